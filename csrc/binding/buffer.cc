@@ -1,0 +1,159 @@
+#include "binding/buffer.h"
+#include <cstring>
+#include <vector>
+#include "binding/napi_util.h"
+#include "runtime/runtime.h"
+
+namespace mla::binding {
+
+Napi::Function DeviceBuffer::Define(Napi::Env env) {
+  return DefineClass(env, "DeviceBuffer",
+                     {InstanceMethod<&DeviceBuffer::Free>("free"),
+                      InstanceMethod<&DeviceBuffer::Upload>("upload"),
+                      InstanceMethod<&DeviceBuffer::Download>("download"),
+                      InstanceMethod<&DeviceBuffer::DownloadAsync>("downloadAsync"),
+                      InstanceAccessor<&DeviceBuffer::GetBytes>("bytes"),
+                      InstanceAccessor<&DeviceBuffer::GetFreed>("freed"),
+                      InstanceAccessor<&DeviceBuffer::GetDevice>("device")});
+}
+
+// new DeviceBuffer(bytes): allocates on the current device.
+DeviceBuffer::DeviceBuffer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DeviceBuffer>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throwError(env, Code::Argument, "DeviceBuffer: `bytes` must be a number");
+  double bytes = info[0].As<Napi::Number>().DoubleValue();
+  if (!(bytes >= 0) || bytes > 1.0e15) throwError(env, Code::Range, "DeviceBuffer: `bytes` out of range");
+  throwIfError(env, gpu::currentDevice(&device_));
+  void* p = nullptr;
+  throwIfError(env, gpu::deviceMalloc(&p, static_cast<size_t>(bytes)));
+  ptr_ = p;
+  bytes_ = static_cast<size_t>(bytes);
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes_));
+}
+
+DeviceBuffer::~DeviceBuffer() {
+  // GC finalizer path: no JS allowed, freeing device memory is fine.
+  if (ptr_) gpu::deviceFree(ptr_);
+  ptr_ = nullptr;
+}
+
+void DeviceBuffer::release() {
+  if (!ptr_) return;
+  gpu::deviceFree(ptr_);
+  ptr_ = nullptr;
+  Napi::MemoryManagement::AdjustExternalMemory(Env(), -static_cast<int64_t>(bytes_));
+}
+
+void DeviceBuffer::endUse() {
+  if (--inFlight_ == 0 && freeRequested_) release();
+}
+
+// free(): idempotent; deferred while an async download still reads the memory.
+Napi::Value DeviceBuffer::Free(const Napi::CallbackInfo& info) {
+  freeRequested_ = true;
+  if (inFlight_ == 0) release();
+  return info.Env().Undefined();
+}
+
+static void checkRange(Napi::Env env, const DeviceBuffer* b, double offset, double bytes, const char* what) {
+  if (b->freed()) throwError(env, Code::Disposed, std::string(what) + ": the buffer was disposed");
+  if (!(offset >= 0) || !(bytes >= 0) || offset + bytes > static_cast<double>(b->bytes()))
+    throwError(env, Code::Range, std::string(what) + ": byte range outside the buffer");
+}
+
+// upload(view: ArrayBufferView, byteOffset): synchronous host -> device copy.
+Napi::Value DeviceBuffer::Upload(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber())
+    throwError(env, Code::Argument, "upload: expected (typedArray, byteOffset)");
+  Napi::TypedArray view = info[0].As<Napi::TypedArray>();
+  double offset = info[1].As<Napi::Number>().DoubleValue();
+  checkRange(env, this, offset, static_cast<double>(view.ByteLength()), "upload");
+  const char* src = static_cast<const char*>(view.ArrayBuffer().Data()) + view.ByteOffset();
+  throwIfError(env, gpu::copyHostToDevice(static_cast<char*>(ptr_) + static_cast<size_t>(offset), src,
+                                          view.ByteLength(), nullptr));
+  return env.Undefined();
+}
+
+// download(byteOffset, bytes): synchronous device -> host copy into a new ArrayBuffer.
+Napi::Value DeviceBuffer::Download(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
+    throwError(env, Code::Argument, "download: expected (byteOffset, bytes)");
+  double offset = info[0].As<Napi::Number>().DoubleValue(), bytes = info[1].As<Napi::Number>().DoubleValue();
+  checkRange(env, this, offset, bytes, "download");
+  Napi::ArrayBuffer out = Napi::ArrayBuffer::New(env, static_cast<size_t>(bytes));
+  throwIfError(env, gpu::copyDeviceToHost(out.Data(), static_cast<char*>(ptr_) + static_cast<size_t>(offset),
+                                          static_cast<size_t>(bytes), nullptr));
+  return out;
+}
+
+// The copy runs on a libuv worker thread so the event loop keeps going.
+class DownloadWorker : public Napi::AsyncWorker {
+ public:
+  DownloadWorker(Napi::Env env, DeviceBuffer* buf, Napi::Object owner, size_t offset, size_t bytes)
+      : Napi::AsyncWorker(env, "mla-cuda:download"), deferred_(Napi::Promise::Deferred::New(env)), buf_(buf),
+        src_(static_cast<char*>(buf->ptr()) + offset), bytes_(bytes), device_(buf->device()), host_(bytes) {
+    owner_ = Napi::Persistent(owner);
+    buf_->beginUse();
+  }
+  ~DownloadWorker() override { buf_->endUse(); }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    status_ = gpu::setDevice(device_);  // the device is per host thread
+    if (status_.ok()) status_ = gpu::copyDeviceToHost(host_.data(), src_, bytes_, nullptr);
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (!status_.ok()) {
+      deferred_.Reject(makeError(env, status_.code, status_.message, status_.cudaName).Value());
+      return;
+    }
+    Napi::ArrayBuffer out = Napi::ArrayBuffer::New(env, bytes_);
+    if (bytes_) std::memcpy(out.Data(), host_.data(), bytes_);
+    deferred_.Resolve(out);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference owner_;  // keeps the buffer object (and its memory) alive meanwhile
+  DeviceBuffer* buf_;
+  const char* src_;
+  size_t bytes_;
+  int device_;
+  std::vector<char> host_;
+  Status status_;
+};
+
+// downloadAsync(byteOffset, bytes): Promise<ArrayBuffer>.
+Napi::Value DeviceBuffer::DownloadAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
+    throwError(env, Code::Argument, "downloadAsync: expected (byteOffset, bytes)");
+  double offset = info[0].As<Napi::Number>().DoubleValue(), bytes = info[1].As<Napi::Number>().DoubleValue();
+  checkRange(env, this, offset, bytes, "downloadAsync");
+  auto* worker = new DownloadWorker(env, this, info.This().As<Napi::Object>(), static_cast<size_t>(offset),
+                                    static_cast<size_t>(bytes));
+  Napi::Promise p = worker->promise();
+  worker->Queue();
+  return p;
+}
+
+Napi::Value DeviceBuffer::GetBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(bytes_));
+}
+Napi::Value DeviceBuffer::GetFreed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), freed()); }
+Napi::Value DeviceBuffer::GetDevice(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), device_); }
+
+DeviceBuffer* unwrapBuffer(Napi::Env env, Napi::Value v, const std::string& argName) {
+  AddonData& data = addonData(env);
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data.bufferClass.Value()))
+    throwError(env, Code::Argument, argName + " is not backed by a DeviceBuffer");
+  DeviceBuffer* b = DeviceBuffer::Unwrap(v.As<Napi::Object>());
+  if (b->freed()) throwError(env, Code::Disposed, argName + " was disposed");
+  return b;
+}
+
+}  // namespace mla::binding

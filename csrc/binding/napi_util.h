@@ -1,0 +1,74 @@
+// Helpers every binding file uses: throwing MlaError, reading a named argument object,
+// turning a JS tensor descriptor into a bounds-checked TensorRef, and op registration.
+#pragma once
+#include <napi.h>
+#include <string>
+#include <vector>
+#include "core/status.h"
+#include "core/tensor.h"
+#include "runtime/runtime.h"
+
+namespace mla::binding {
+
+// Per-environment state (worker_threads get their own).
+struct AddonData {
+  Napi::FunctionReference errorClass;  // lib/errors.ts MlaError, handed over by setErrorClass()
+  Napi::FunctionReference bufferClass;
+  Napi::FunctionReference streamClass;
+  Napi::FunctionReference eventClass;
+};
+AddonData& addonData(Napi::Env env);
+
+// Builds an MlaError (or a plain Error with .code before setErrorClass ran).
+Napi::Error makeError(Napi::Env env, Code code, const std::string& message, const std::string& cudaName = {});
+[[noreturn]] void throwError(Napi::Env env, Code code, const std::string& message);
+void throwIfError(Napi::Env env, const Status& s);
+
+// Reads the single options object an op receives: reader.tensor("q"), reader.i64("pageSize").
+// Every failure names the op and the argument.
+class ArgReader {
+ public:
+  ArgReader(const Napi::CallbackInfo& info, const char* op);
+  Napi::Env env() const { return env_; }
+  bool has(const char* name) const;
+  TensorRef tensor(const char* name) const;
+  bool optionalTensor(const char* name, TensorRef* out) const;
+  int64_t i64(const char* name) const;
+  int64_t i64(const char* name, int64_t fallback) const;
+  double f64(const char* name) const;
+  double f64(const char* name, double fallback) const;
+  bool boolean(const char* name, bool fallback) const;
+  StreamHandle stream() const;  // "stream" key: a native Stream or undefined
+  [[noreturn]] void fail(Code code, const std::string& arg, const std::string& what) const;
+
+ private:
+  Napi::Env env_;
+  Napi::Object obj_;
+  std::string op_;
+};
+
+// Stream handle from a JS value (native Stream object or undefined/null).
+StreamHandle streamFrom(Napi::Env env, Napi::Value v, const std::string& argName);
+
+// Registration of op entry points without a central list: each op's binding file ends with
+// MLA_REGISTER_OP("decode", Decode); module init exports them all under `ops`.
+using OpFn = Napi::Value (*)(const Napi::CallbackInfo&);
+std::vector<std::pair<const char*, OpFn>>& opRegistry();
+struct OpRegistration {
+  OpRegistration(const char* name, OpFn fn) { opRegistry().emplace_back(name, fn); }
+};
+#define MLA_REGISTER_OP(name, fn) static ::mla::binding::OpRegistration mla_op_registration_##fn(name, fn)
+
+// Calls a kernel launcher in CUDA builds; in CPU-only builds the launcher does not exist and
+// the call throws ERR_NO_CUDA. Always checks for a usable device first.
+#if MLA_WITH_CUDA
+#define MLA_LAUNCH(env, call)                                           \
+  do {                                                                  \
+    ::mla::binding::throwIfError(env, ::mla::gpu::requireDevice());     \
+    ::mla::binding::throwIfError(env, (call));                          \
+  } while (0)
+#else
+#define MLA_LAUNCH(env, call) ::mla::binding::throwIfError(env, ::mla::gpu::requireDevice())
+#endif
+
+}  // namespace mla::binding

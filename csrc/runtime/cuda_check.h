@@ -1,0 +1,29 @@
+// CUDA error -> Status mapping, for .cu files only.
+#pragma once
+#include <cuda_runtime.h>
+#include <string>
+#include "core/status.h"
+
+namespace mla::gpu {
+
+inline Status fromCuda(cudaError_t err, const std::string& what) {
+  if (err == cudaSuccess) return Status::Ok();
+  Code code = Code::Cuda;
+  if (err == cudaErrorMemoryAllocation) code = Code::Oom;
+  if (err == cudaErrorInsufficientDriver || err == cudaErrorNoDevice) code = Code::NoDevice;
+  return Status::Error(code,
+                       what + ": " + cudaGetErrorName(err) + " (" + std::to_string(static_cast<int>(err)) +
+                           "): " + cudaGetErrorString(err),
+                       cudaGetErrorName(err));
+}
+
+}  // namespace mla::gpu
+
+#define MLA_CUDA_TRY(expr, what)                                  \
+  do {                                                            \
+    cudaError_t mla_err_ = (expr);                                \
+    if (mla_err_ != cudaSuccess) return ::mla::gpu::fromCuda(mla_err_, what); \
+  } while (0)
+
+// After a launch: configuration errors surface here, asynchronous faults at the next sync.
+#define MLA_CHECK_LAUNCH(what) MLA_CUDA_TRY(cudaGetLastError(), what)

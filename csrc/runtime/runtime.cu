@@ -1,0 +1,194 @@
+// CUDA implementation of runtime.h.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <cuda_runtime.h>
+#include <mutex>
+#include "runtime/cuda_check.h"
+#include "runtime/runtime.h"
+
+namespace mla::gpu {
+
+bool compiledWithCuda() { return true; }
+const char* compiledArchs() { return MLA_CUDA_ARCHS; }
+const char* compilerVersion() { return MLA_CUDA_COMPILER_VERSION; }
+int runtimeVersion() {
+  int v = 0;
+  cudaRuntimeGetVersion(&v);
+  return v;
+}
+
+Status driverVersion(int* version) {
+  *version = 0;
+  MLA_CUDA_TRY(cudaDriverGetVersion(version), "cudaDriverGetVersion");
+  return Status::Ok();
+}
+
+Status deviceCount(int* count) {
+  *count = 0;  // cudaGetDeviceCount leaves it untouched on error
+  cudaError_t err = cudaGetDeviceCount(count);
+  if (err != cudaSuccess) {
+    *count = 0;
+    cudaGetLastError();
+    return fromCuda(err, "cudaGetDeviceCount");
+  }
+  return Status::Ok();
+}
+
+Status deviceInfo(int device, DeviceInfo* info) {
+  cudaDeviceProp p{};
+  MLA_CUDA_TRY(cudaGetDeviceProperties(&p, device), "cudaGetDeviceProperties");
+  info->name = p.name;
+  info->major = p.major;
+  info->minor = p.minor;
+  info->smCount = p.multiProcessorCount;
+  info->totalMemory = p.totalGlobalMem;
+  info->l2CacheBytes = p.l2CacheSize;
+  info->sharedMemPerBlockOptin = static_cast<int>(p.sharedMemPerBlockOptin);
+  info->sharedMemPerSm = static_cast<int>(p.sharedMemPerMultiprocessor);
+  info->memoryBusWidth = p.memoryBusWidth;
+  cudaDeviceGetAttribute(&info->clockKHz, cudaDevAttrClockRate, device);
+  cudaDeviceGetAttribute(&info->memoryClockKHz, cudaDevAttrMemoryClockRate, device);
+  char bus[32] = {};
+  if (cudaDeviceGetPCIBusId(bus, sizeof bus, device) == cudaSuccess) info->pciBusId = bus;
+  int prev = 0;
+  cudaGetDevice(&prev);
+  if (cudaSetDevice(device) == cudaSuccess) {
+    size_t freeB = 0, totalB = 0;
+    if (cudaMemGetInfo(&freeB, &totalB) == cudaSuccess) info->freeMemory = freeB;
+    cudaSetDevice(prev);
+  }
+  cudaGetLastError();
+  return Status::Ok();
+}
+
+Status setDevice(int device) {
+  MLA_CUDA_TRY(cudaSetDevice(device), "cudaSetDevice(" + std::to_string(device) + ")");
+  return Status::Ok();
+}
+
+Status currentDevice(int* device) {
+  *device = 0;
+  MLA_CUDA_TRY(cudaGetDevice(device), "cudaGetDevice");
+  return Status::Ok();
+}
+
+Status requireDevice() {
+  static std::once_flag once;
+  static Status cached;
+  std::call_once(once, [] {
+    int n = 0;
+    Status s = deviceCount(&n);
+    if (!s.ok()) {
+      cached = Status::Error(Code::NoDevice, "no usable CUDA device: " + s.message, s.cudaName);
+    } else if (n == 0) {
+      cached = Status::Error(Code::NoDevice, "no CUDA device found (cudaGetDeviceCount returned 0)");
+    }
+  });
+  return cached;
+}
+
+Status deviceMalloc(void** ptr, size_t bytes) {
+  MLA_RETURN_IF_ERROR(requireDevice());
+  *ptr = nullptr;
+  cudaError_t err = cudaMalloc(ptr, bytes == 0 ? 1 : bytes);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // an allocation failure is not sticky; clear it
+    *ptr = nullptr;
+    return fromCuda(err, "cudaMalloc(" + std::to_string(bytes) + " bytes)");
+  }
+  return Status::Ok();
+}
+
+void deviceFree(void* ptr) {
+  if (ptr) cudaFree(ptr);
+}
+
+static cudaStream_t S(StreamHandle s) { return static_cast<cudaStream_t>(s); }
+
+static Status copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, StreamHandle stream,
+                   const char* what) {
+  if (bytes == 0) return Status::Ok();
+  MLA_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, kind, S(stream)), what);
+  if (kind != cudaMemcpyDeviceToDevice) MLA_CUDA_TRY(cudaStreamSynchronize(S(stream)), what);
+  return Status::Ok();
+}
+
+Status copyHostToDevice(void* dst, const void* src, size_t bytes, StreamHandle stream) {
+  return copy(dst, src, bytes, cudaMemcpyHostToDevice, stream, "copy host to device");
+}
+Status copyDeviceToHost(void* dst, const void* src, size_t bytes, StreamHandle stream) {
+  return copy(dst, src, bytes, cudaMemcpyDeviceToHost, stream, "copy device to host");
+}
+Status copyDeviceToDevice(void* dst, const void* src, size_t bytes, StreamHandle stream) {
+  return copy(dst, src, bytes, cudaMemcpyDeviceToDevice, stream, "copy device to device");
+}
+
+Status deviceSynchronize() {
+  MLA_CUDA_TRY(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  return Status::Ok();
+}
+
+Status streamCreate(StreamHandle* stream) {
+  cudaStream_t s = nullptr;
+  MLA_CUDA_TRY(cudaStreamCreate(&s), "cudaStreamCreate");
+  *stream = s;
+  return Status::Ok();
+}
+Status streamDestroy(StreamHandle stream) {
+  MLA_CUDA_TRY(cudaStreamDestroy(S(stream)), "cudaStreamDestroy");
+  return Status::Ok();
+}
+Status streamSynchronize(StreamHandle stream) {
+  MLA_CUDA_TRY(cudaStreamSynchronize(S(stream)), "cudaStreamSynchronize");
+  return Status::Ok();
+}
+Status streamQuery(StreamHandle stream, bool* done) {
+  cudaError_t err = cudaStreamQuery(S(stream));
+  *done = err == cudaSuccess;
+  if (err == cudaErrorNotReady) return Status::Ok();
+  MLA_CUDA_TRY(err, "cudaStreamQuery");
+  return Status::Ok();
+}
+
+Status eventCreate(void** event) {
+  cudaEvent_t e = nullptr;
+  MLA_CUDA_TRY(cudaEventCreate(&e), "cudaEventCreate");
+  *event = e;
+  return Status::Ok();
+}
+Status eventDestroy(void* event) {
+  MLA_CUDA_TRY(cudaEventDestroy(static_cast<cudaEvent_t>(event)), "cudaEventDestroy");
+  return Status::Ok();
+}
+Status eventRecord(void* event, StreamHandle stream) {
+  MLA_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(event), S(stream)), "cudaEventRecord");
+  return Status::Ok();
+}
+Status eventSynchronize(void* event) {
+  MLA_CUDA_TRY(cudaEventSynchronize(static_cast<cudaEvent_t>(event)), "cudaEventSynchronize");
+  return Status::Ok();
+}
+Status eventQuery(void* event, bool* done) {
+  cudaError_t err = cudaEventQuery(static_cast<cudaEvent_t>(event));
+  *done = err == cudaSuccess;
+  if (err == cudaErrorNotReady) return Status::Ok();
+  MLA_CUDA_TRY(err, "cudaEventQuery");
+  return Status::Ok();
+}
+Status eventElapsedMs(void* start, void* end, float* ms) {
+  MLA_CUDA_TRY(cudaEventElapsedTime(ms, static_cast<cudaEvent_t>(start), static_cast<cudaEvent_t>(end)),
+               "cudaEventElapsedTime");
+  return Status::Ok();
+}
+Status streamWaitEvent(StreamHandle stream, void* event) {
+  MLA_CUDA_TRY(cudaStreamWaitEvent(S(stream), static_cast<cudaEvent_t>(event), 0), "cudaStreamWaitEvent");
+  return Status::Ok();
+}
+
+Status lastLaunchError(const char* what) {
+  MLA_CUDA_TRY(cudaGetLastError(), what);
+  return Status::Ok();
+}
+
+}  // namespace mla::gpu

@@ -1,0 +1,45 @@
+// CPU-only build of runtime.h: the addon loads, reports itself, and every GPU call fails
+// with ERR_NO_CUDA and the fix.
+#include "runtime/runtime.h"
+
+namespace mla::gpu {
+
+static Status noCuda() {
+  return Status::Error(Code::NoCuda,
+                       "mla-cuda was built without CUDA (no nvcc found at install time). Install the CUDA "
+                       "toolkit (12.8+), put nvcc on PATH or set CUDACXX=/path/to/nvcc, then run "
+                       "`npm rebuild mla-cuda`.");
+}
+
+bool compiledWithCuda() { return false; }
+const char* compiledArchs() { return ""; }
+const char* compilerVersion() { return ""; }
+int runtimeVersion() { return 0; }
+Status driverVersion(int* v) { *v = 0; return noCuda(); }
+Status deviceCount(int* n) { *n = 0; return noCuda(); }
+Status deviceInfo(int, DeviceInfo*) { return noCuda(); }
+Status setDevice(int) { return noCuda(); }
+Status currentDevice(int* d) { *d = 0; return noCuda(); }
+Status requireDevice() { return noCuda(); }
+Status deviceMalloc(void** p, size_t) { *p = nullptr; return noCuda(); }
+void deviceFree(void*) {}
+Status copyHostToDevice(void*, const void*, size_t, StreamHandle) { return noCuda(); }
+Status copyDeviceToHost(void*, const void*, size_t, StreamHandle) { return noCuda(); }
+Status copyDeviceToDevice(void*, const void*, size_t, StreamHandle) { return noCuda(); }
+Status deviceSynchronize() { return noCuda(); }
+Status streamCreate(StreamHandle* s) { *s = nullptr; return noCuda(); }
+Status streamDestroy(StreamHandle) { return noCuda(); }
+Status streamSynchronize(StreamHandle) { return noCuda(); }
+Status streamQuery(StreamHandle, bool* d) { *d = true; return noCuda(); }
+Status eventCreate(void** e) { *e = nullptr; return noCuda(); }
+Status eventDestroy(void*) { return noCuda(); }
+Status eventRecord(void*, StreamHandle) { return noCuda(); }
+Status eventSynchronize(void*) { return noCuda(); }
+Status eventQuery(void*, bool* d) { *d = true; return noCuda(); }
+Status eventElapsedMs(void*, void*, float* ms) { *ms = 0; return noCuda(); }
+Status streamWaitEvent(StreamHandle, void*) { return noCuda(); }
+Status fillTensor(const TensorRef&, double, StreamHandle) { return noCuda(); }
+Status copyTensor(const TensorRef&, const TensorRef&, StreamHandle) { return noCuda(); }
+Status lastLaunchError(const char*) { return noCuda(); }
+
+}  // namespace mla::gpu

@@ -1,0 +1,32 @@
+/** Error codes of every failure mla-cuda reports. */
+export type MlaErrorCode =
+  | 'ERR_NO_ADDON' // the native addon is not built or cannot load
+  | 'ERR_NO_CUDA' // the addon was built without CUDA
+  | 'ERR_NO_DEVICE' // no driver or no GPU
+  | 'ERR_CUDA' // any other CUDA error; `cudaError` names it
+  | 'ERR_OOM'
+  | 'ERR_SHAPE'
+  | 'ERR_DTYPE'
+  | 'ERR_RANGE'
+  | 'ERR_DISPOSED'
+  | 'ERR_ARGUMENT';
+
+/**
+ * The one error class of the package. `code` says what kind of failure it is; the message
+ * names the argument at fault. Native code throws instances of this class too.
+ */
+export class MlaError extends Error {
+  readonly code: MlaErrorCode;
+  /** CUDA's error name (e.g. `cudaErrorIllegalAddress`) when `code` is ERR_CUDA / ERR_OOM. */
+  cudaError?: string;
+
+  constructor(code: MlaErrorCode, message: string) {
+    super(message);
+    this.name = 'MlaError';
+    this.code = code;
+  }
+}
+
+export function fail(code: MlaErrorCode, message: string): never {
+  throw new MlaError(code, message);
+}

@@ -1,0 +1,154 @@
+// Typed view of the native addon and its loader. The addon is loaded lazily so the pure
+// TypeScript parts (reference backend, safetensors, configs) work even where it is missing.
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { MlaError } from './errors.js';
+
+/** What csrc/binding/napi_util.cc reads as a tensor argument. */
+export interface NativeTensorRef {
+  buffer: NativeDeviceBuffer;
+  offset: number; // elements
+  dtype: number;
+  shape: readonly number[];
+  strides: readonly number[];
+}
+
+export interface NativeDeviceBuffer {
+  readonly bytes: number;
+  readonly freed: boolean;
+  readonly device: number;
+  free(): void;
+  upload(view: ArrayBufferView, byteOffset: number): void;
+  download(byteOffset: number, bytes: number): ArrayBuffer;
+  downloadAsync(byteOffset: number, bytes: number): Promise<ArrayBuffer>;
+}
+
+export interface NativeStream {
+  synchronize(): void;
+  synchronizeAsync(): Promise<void>;
+  query(): boolean;
+  waitEvent(event: NativeEvent): void;
+  destroy(): void;
+}
+
+export interface NativeEvent {
+  record(stream?: NativeStream): void;
+  synchronize(): void;
+  query(): boolean;
+  elapsedMs(end: NativeEvent): number;
+  destroy(): void;
+}
+
+export interface NativeBuildInfo {
+  compiledWithCuda: boolean;
+  cudaArchitectures: string;
+  nvccVersion: string;
+  runtimeVersion: number;
+  napiVersion: number;
+  ops: string[];
+}
+
+export interface NativeDeviceStatus {
+  ok: boolean;
+  code: string;
+  cudaError: string;
+  message: string;
+  deviceCount: number;
+  driverVersion: number;
+  runtimeVersion: number;
+}
+
+export interface NativeDeviceInfo {
+  index: number;
+  name: string;
+  major: number;
+  minor: number;
+  smCount: number;
+  totalMemory: number;
+  freeMemory: number;
+  l2CacheBytes: number;
+  sharedMemPerBlockOptin: number;
+  sharedMemPerSm: number;
+  clockKHz: number;
+  memoryClockKHz: number;
+  memoryBusWidth: number;
+  pciBusId: string;
+}
+
+/** Every op takes one options object; its keys are documented with the op's TS wrapper. */
+export type NativeOp = (args: Record<string, unknown>) => unknown;
+
+export interface NativeAddon {
+  DeviceBuffer: new (bytes: number) => NativeDeviceBuffer;
+  Stream: new () => NativeStream;
+  Event: new () => NativeEvent;
+  setErrorClass(ctor: typeof MlaError): void;
+  buildInfo(): NativeBuildInfo;
+  deviceStatus(): NativeDeviceStatus;
+  deviceInfo(device: number): NativeDeviceInfo;
+  setDevice(device: number): void;
+  currentDevice(): number;
+  synchronize(): void;
+  encodeF32(data: Float32Array, dtype: number): ArrayBuffer;
+  decodeToF32(data: ArrayBufferView, dtype: number): Float32Array;
+  ops: Readonly<Record<string, NativeOp | undefined>>;
+}
+
+export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+let cached: NativeAddon | undefined;
+let loadError: string | undefined;
+
+/* c8 ignore start */
+function load(): NativeAddon | undefined {
+  if (cached || loadError !== undefined) return cached;
+  const require = createRequire(import.meta.url);
+  try {
+    // MLA_CUDA_ADDON points at a specific .node (used by tests of the CPU-only build).
+    const override = process.env['MLA_CUDA_ADDON'];
+    const addon = (override
+      ? require(override)
+      : (require('node-gyp-build') as (dir: string) => unknown)(packageRoot)) as NativeAddon;
+    addon.setErrorClass(MlaError);
+    cached = addon;
+  } catch (err) {
+    loadError = err instanceof Error ? err.message : String(err);
+  }
+  return cached;
+}
+/* c8 ignore stop */
+
+/** The addon, or undefined when it is not built (see `addonLoadError()`). */
+export function tryNative(): NativeAddon | undefined {
+  return load();
+}
+
+export function addonLoadError(): string | undefined {
+  load();
+  return loadError;
+}
+
+/** The addon, or an MlaError ERR_NO_ADDON explaining how to build it. */
+export function native(): NativeAddon {
+  const addon = load();
+  /* c8 ignore start */
+  if (!addon) {
+    throw new MlaError(
+      'ERR_NO_ADDON',
+      `mla-cuda: the native addon is not built or cannot be loaded (${loadError}).\n` +
+        'Run `npm rebuild mla-cuda` (it needs CMake and a C++17 compiler; with the CUDA toolkit for GPU support). ' +
+        'Package managers that skip install scripts (pnpm, bun, --ignore-scripts) need the build approved or run by hand.',
+    );
+  }
+  /* c8 ignore stop */
+  return addon;
+}
+
+/** The native entry point of an op (throws ERR_NO_ADDON if the addon is missing). */
+export function nativeOp(name: string): NativeOp {
+  const op = native().ops[name];
+  /* c8 ignore next */
+  if (!op) throw new MlaError('ERR_NO_ADDON', `mla-cuda: the addon has no op "${name}"; rebuild it (npm rebuild mla-cuda)`);
+  return op;
+}

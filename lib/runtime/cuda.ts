@@ -1,0 +1,124 @@
+import { MlaError } from '../errors.js';
+import { addonLoadError, tryNative } from '../native.js';
+import type { NativeDeviceInfo } from '../native.js';
+
+export interface BuildInfo {
+  /** The addon loaded. */
+  addonLoaded: boolean;
+  /** Why it did not (undefined when it did). */
+  addonError?: string | undefined;
+  compiledWithCuda: boolean;
+  /** CUDA architectures compiled in, e.g. "80-real 86-real 89-real 90-real 100-real 120". */
+  cudaArchitectures: string;
+  nvccVersion: string;
+  /** CUDA runtime linked into the addon, e.g. 13000 for 13.0. */
+  runtimeVersion: number;
+  /** Native ops available. */
+  ops: string[];
+}
+
+export interface DeviceStatus {
+  /** A usable device exists. */
+  ok: boolean;
+  /** 'OK', 'ERR_NO_ADDON', 'ERR_NO_CUDA' or 'ERR_NO_DEVICE' (no driver / no GPU), 'ERR_CUDA'. */
+  code: string;
+  /** CUDA's error name when the runtime reported one (e.g. cudaErrorInsufficientDriver). */
+  cudaError: string;
+  message: string;
+  deviceCount: number;
+  /** Driver's CUDA version (e.g. 13000), 0 when no driver is installed. */
+  driverVersion: number;
+  runtimeVersion: number;
+}
+
+export interface DeviceInfo extends NativeDeviceInfo {
+  /** "9.0" for an H100. */
+  computeCapability: string;
+  /** The addon has SASS or compatible PTX for this device. */
+  supportedByBuild: boolean;
+}
+
+/** Does a build's architecture list run on compute capability major.minor? */
+export function archSupports(archs: string, major: number, minor: number): boolean {
+  const cc = major * 10 + minor;
+  return archs.split(/[\s;]+/).filter(Boolean).some((a) => {
+    const m = /^(\d+)[af]?(?:-(real|virtual))?$/.exec(a);
+    if (!m) return false;
+    const n = Number(m[1]);
+    const hasSass = m[2] !== 'virtual';
+    const hasPtx = m[2] !== 'real';
+    // SASS runs on the same major with an equal or higher minor; PTX JITs on anything newer.
+    return (hasSass && Math.floor(n / 10) === major && n <= cc) || (hasPtx && n <= cc);
+  });
+}
+
+export function versionString(v: number): string {
+  return v > 0 ? `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}` : 'none';
+}
+
+/** What the addon was built with; never throws. */
+export function buildInfo(): BuildInfo {
+  const addon = tryNative();
+  /* c8 ignore next 3 */
+  if (!addon) {
+    return { addonLoaded: false, addonError: addonLoadError(), compiledWithCuda: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
+  }
+  const b = addon.buildInfo();
+  return { addonLoaded: true, compiledWithCuda: b.compiledWithCuda, cudaArchitectures: b.cudaArchitectures, nvccVersion: b.nvccVersion, runtimeVersion: b.runtimeVersion, ops: b.ops };
+}
+
+/** Whether a GPU can be used, and if not, why; never throws. */
+export function deviceStatus(): DeviceStatus {
+  const addon = tryNative();
+  /* c8 ignore next 3 */
+  if (!addon) {
+    return { ok: false, code: 'ERR_NO_ADDON', cudaError: '', message: `native addon not loaded: ${addonLoadError()}`, deviceCount: 0, driverVersion: 0, runtimeVersion: 0 };
+  }
+  return addon.deviceStatus();
+}
+
+export function gpuAvailable(): boolean {
+  return deviceStatus().ok;
+}
+
+export function deviceCount(): number {
+  return deviceStatus().deviceCount;
+}
+
+function requireGpu(what: string): NonNullable<ReturnType<typeof tryNative>> {
+  const s = deviceStatus();
+  const addon = tryNative();
+  if (!addon || !s.ok) {
+    const code = s.code === 'ERR_NO_CUDA' || s.code === 'ERR_NO_ADDON' ? s.code : 'ERR_NO_DEVICE';
+    throw new MlaError(code, `${what}: ${s.message}`);
+  }
+  return addon;
+}
+
+/** Properties of one device (name, compute capability, SMs, memory, L2, clocks). */
+export function deviceInfo(device = 0): DeviceInfo {
+  const addon = requireGpu('deviceInfo');
+  const d = addon.deviceInfo(device);
+  return { ...d, computeCapability: `${d.major}.${d.minor}`, supportedByBuild: archSupports(addon.buildInfo().cudaArchitectures, d.major, d.minor) };
+}
+
+/** Every device, or [] when there is none. */
+export function devices(): DeviceInfo[] {
+  const n = deviceCount();
+  return Array.from({ length: n }, (_, i) => deviceInfo(i));
+}
+
+export function setDevice(device: number): void {
+  requireGpu('setDevice').setDevice(device);
+}
+
+/** Blocks until all work on the current device is done. */
+export function synchronize(): void {
+  requireGpu('synchronize').synchronize();
+}
+
+/** Everything at once: build, status, devices (for logs and `mla-cuda doctor`). */
+export function info(): { build: BuildInfo; status: DeviceStatus; devices: DeviceInfo[] } {
+  const status = deviceStatus();
+  return { build: buildInfo(), status, devices: status.ok ? devices() : [] };
+}
