@@ -9,7 +9,7 @@
           "message": "Building mla_cuda.node with CMake (scripts/build-native.mjs)",
           "inputs": ["<(module_root_dir)/CMakeLists.txt"],
           "outputs": ["<(module_root_dir)/build/Release/mla_cuda.node"],
-          "action": ["<(node_exec_path)", "<(module_root_dir)/scripts/build-native.mjs", "--from-gyp"]
+          "action": ["node", "<(module_root_dir)/scripts/build-native.mjs", "--from-gyp"]
         }
       ]
     }

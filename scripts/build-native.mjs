@@ -20,8 +20,11 @@ const env = { ...process.env };
 const flag = (name) => /^(1|true|yes|on)$/i.test(env[name] ?? '');
 const log = (msg) => process.stderr.write(`[mla-cuda] ${msg}\n`);
 
+// MLA_CUDA_NVCC_SEARCH=0 turns the fallback search off (tests use it to simulate a machine
+// without the toolkit).
 function findNvcc() {
   if (env.CUDACXX) return env.CUDACXX;
+  if (env.MLA_CUDA_NVCC_SEARCH === '0') return null;
   for (const dir of (env.PATH ?? '').split(delimiter)) {
     if (dir && existsSync(join(dir, 'nvcc'))) return null; // CMake finds it on PATH itself
   }

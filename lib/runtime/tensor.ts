@@ -67,6 +67,11 @@ export class DeviceTensor implements TensorMeta {
     this.offset = offset;
   }
 
+  /** @internal Wraps an allocation this tensor then owns (tests pass a host-memory stand-in). */
+  static _wrap(buffer: NativeDeviceBuffer, shape: readonly number[], dtype: DType): DeviceTensor {
+    return new DeviceTensor(buffer, true, dtype, shape, contiguousStrides(shape), 0);
+  }
+
   /** Uninitialised device memory. */
   static empty(shape: readonly number[], dtype: DType = 'f32'): DeviceTensor {
     checkShape(shape, 'DeviceTensor.empty');
@@ -177,8 +182,8 @@ export class DeviceTensor implements TensorMeta {
     const known = shape.filter((d) => d !== -1);
     const inferred = shape.length - known.length === 1 ? this.numel / Math.max(1, numelOf(known)) : undefined;
     const full = shape.map((d) => (d === -1 ? inferred ?? -1 : d));
+    if (full.some((d) => !Number.isInteger(d)) || numelOf(full) !== this.numel) throw new MlaError('ERR_SHAPE', `reshape: [${shape.join(', ')}] does not match ${this.numel} elements`);
     checkShape(full, 'reshape');
-    if (numelOf(full) !== this.numel) throw new MlaError('ERR_SHAPE', `reshape: [${shape.join(', ')}] does not match ${this.numel} elements`);
     if (!this.isContiguous) throw new MlaError('ERR_SHAPE', 'reshape: the tensor is not contiguous; call contiguous() first');
     return this.#view(full, contiguousStrides(full), this.offset);
   }

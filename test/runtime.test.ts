@@ -1,0 +1,315 @@
+// Device runtime: build info, device status, host conversions, tensor views and lifetime,
+// validation. The GPU parts skip with a visible reason where there is no device.
+import t from 'tap';
+import { cuda, DeviceTensor, Event, MlaError, Stream } from '../lib/index.js';
+import type { DType } from '../lib/index.js';
+import { native, nativeOp } from '../lib/native.js';
+import type { NativeDeviceBuffer } from '../lib/native.js';
+import { checkInt, checkNumber, checkTensor } from '../lib/ops/validate.js';
+import { encodeHost } from '../lib/runtime/tensor.js';
+import { gpuSkip, randn, relError, roundTo } from './helpers/gpu.js';
+
+const noGpuOnly = gpuSkip === false ? 'a GPU is present (this checks the no-device path)' : false;
+
+/** Host-memory stand-in for a device allocation, so view and lifetime logic run in CI. */
+class HostBuffer implements NativeDeviceBuffer {
+  readonly device = 0;
+  freed = false;
+  frees = 0;
+  readonly mem: Uint8Array;
+  constructor(readonly bytes: number) {
+    this.mem = new Uint8Array(bytes);
+  }
+  free(): void {
+    this.frees++;
+    this.freed = true;
+  }
+  upload(view: ArrayBufferView, byteOffset: number): void {
+    this.mem.set(new Uint8Array(view.buffer, view.byteOffset, view.byteLength), byteOffset);
+  }
+  download(byteOffset: number, bytes: number): ArrayBuffer {
+    return this.mem.slice(byteOffset, byteOffset + bytes).buffer;
+  }
+  downloadAsync(byteOffset: number, bytes: number): Promise<ArrayBuffer> {
+    return Promise.resolve(this.download(byteOffset, bytes));
+  }
+}
+
+function hostTensor(shape: number[], dtype: DType = 'f32'): { tensor: DeviceTensor; buf: HostBuffer } {
+  const size = { f32: 4, f16: 2, bf16: 2, fp8e4m3: 1, i32: 4, u8: 1 }[dtype];
+  const buf = new HostBuffer(shape.reduce((a, b) => a * b, 1) * size);
+  return { tensor: DeviceTensor._wrap(buf, shape, dtype), buf };
+}
+
+async function rejects(t: Tap.Test, fn: () => unknown, code: string, pattern: RegExp): Promise<void> {
+  try {
+    await fn();
+    t.fail(`expected ${code}`);
+  } catch (err) {
+    t.ok(err instanceof MlaError, 'is an MlaError');
+    t.equal((err as MlaError).code, code);
+    t.match((err as MlaError).message, pattern);
+  }
+}
+type Tap = typeof t;
+declare namespace Tap { type Test = Tap; }
+
+t.test('build info describes the addon', async (t) => {
+  const b = cuda.buildInfo();
+  t.equal(b.addonLoaded, true);
+  if (b.compiledWithCuda) {
+    t.match(b.cudaArchitectures, /\d/, 'lists the compiled CUDA architectures');
+    t.ok(b.runtimeVersion >= 12000, `links CUDA runtime ${cuda.versionString(b.runtimeVersion)}`);
+  }
+  t.ok(b.ops.includes('fill') && b.ops.includes('copy'), 'registers the runtime ops');
+});
+
+t.test('without a device every GPU call throws a typed error with the reason', { skip: noGpuOnly }, async (t) => {
+  const s = cuda.deviceStatus();
+  t.equal(s.ok, false);
+  t.ok(['ERR_NO_DEVICE', 'ERR_NO_CUDA'].includes(s.code), `status code ${s.code}`);
+  t.ok(s.message.length > 0, `message: ${s.message}`);
+  t.equal(s.deviceCount, 0);
+  t.equal(cuda.gpuAvailable(), false);
+  t.same(cuda.devices(), []);
+  t.same(cuda.info().devices, []);
+  const code = s.code;
+  await rejects(t, () => DeviceTensor.zeros([4, 4], 'bf16'), code, /CUDA|device/i);
+  await rejects(t, () => DeviceTensor.fromArray(new Float32Array(4), [4], 'f16'), code, /CUDA|device/i);
+  await rejects(t, () => new Stream(), code, /device|CUDA/i);
+  await rejects(t, () => new Event(), code, /device|CUDA/i);
+  await rejects(t, () => cuda.deviceInfo(0), code, /deviceInfo/);
+  await rejects(t, () => cuda.synchronize(), code, /synchronize/);
+  await rejects(t, () => cuda.setDevice(0), code, /setDevice/);
+  t.ok(cuda.versionString(s.runtimeVersion).length > 0);
+});
+
+t.test('tensor factories validate shape and dtype before touching the device', async (t) => {
+  await rejects(t, () => DeviceTensor.empty([2, -1]), 'ERR_SHAPE', /invalid size -1/);
+  await rejects(t, () => DeviceTensor.empty([1.5]), 'ERR_SHAPE', /invalid size/);
+  await rejects(t, () => DeviceTensor.empty(new Array<number>(9).fill(1)), 'ERR_SHAPE', /at most 8/);
+  await rejects(t, () => DeviceTensor.empty([2], 'f64' as DType), 'ERR_DTYPE', /unknown dtype f64/);
+  await rejects(t, () => DeviceTensor.fromArray(new Float32Array(5), [2, 3]), 'ERR_SHAPE', /`data` has 5 elements but shape \[2, 3\] needs 6/);
+  await rejects(t, () => encodeHost(new Int32Array(4), 'bf16'), 'ERR_DTYPE', /Int32Array cannot be uploaded as bf16/);
+});
+
+t.test('host conversions round to nearest even', async (t) => {
+  const n = native();
+  const enc = (x: number[], d: number): Uint16Array => new Uint16Array(n.encodeF32(Float32Array.from(x), d));
+  // bf16: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+  t.same([...enc([1 + 2 ** -8, 1 + 3 * 2 ** -8, -2, Infinity], 2)], [0x3f80, 0x3f82, 0xc000, 0x7f80]);
+  t.ok(Number.isNaN(n.decodeToF32(enc([NaN], 2), 2)[0]), 'bf16 keeps NaN');
+  // f16: halfway 1 + 2^-11 -> 1; max 65504; 65520 overflows; 2^-24 is the smallest subnormal.
+  t.same([...enc([1 + 2 ** -11, 65504, 65520, 2 ** -24, 2 ** -25, 3 * 2 ** -25], 1)], [0x3c00, 0x7bff, 0x7c00, 0x0001, 0x0000, 0x0002]);
+  for (const [dtype, code] of [['bf16', 2], ['f16', 1]] as const) {
+    const x = randn(4096, 7, 3);
+    x[0] = 1e-6; x[1] = -7e-8; x[2] = 3000; x[3] = 0;
+    const back = n.decodeToF32(new Uint16Array(n.encodeF32(x, code)), code);
+    t.equal(relError(back, roundTo(x, dtype)), 0, `${dtype}: C++ rounding equals the reference rounding on 4096 values`);
+  }
+  // fp8 e4m3fn: every finite code decodes and re-encodes to itself; beyond 448 saturates.
+  const codes = Uint8Array.from({ length: 256 }, (_, i) => i);
+  const values = n.decodeToF32(codes, 3);
+  t.equal(values[0x7e], 448);
+  t.equal(values[0x01], 2 ** -9);
+  t.ok(Number.isNaN(values[0x7f]!) && Number.isNaN(values[0xff]!), '0x7f and 0xff are NaN');
+  const finite = [...codes].filter((c) => c !== 0x7f && c !== 0xff);
+  const again = new Uint8Array(n.encodeF32(Float32Array.from(finite.map((c) => values[c]!)), 3));
+  t.same([...again], finite, 'fp8 encode(decode(c)) == c for all finite codes');
+  t.same([...new Uint8Array(n.encodeF32(Float32Array.from([1000, -1e9, 1.0625, 1.1875]), 3))], [0x7e, 0xfe, 0x38, 0x3a],
+    'saturates and ties to even (1.0625 -> 1.0, 1.1875 -> 1.25)');
+});
+
+t.test('views share memory and follow the shape arithmetic', async (t) => {
+  const { tensor } = hostTensor([4, 3, 8]);
+  const s = tensor.slice(1, 1, 3);
+  t.same(s.shape, [4, 2, 8]);
+  t.same(s.strides, [24, 8, 1]);
+  t.equal(s.offset, 8);
+  t.equal(s.isContiguous, false);
+  const sel = tensor.select(0, -1);
+  t.same([sel.shape, sel.strides, sel.offset], [[3, 8], [8, 1], 72]);
+  const last = tensor.slice(-1, 6);
+  t.same([last.shape, last.offset], [[4, 3, 2], 6]);
+  const p = tensor.permute([2, 0, 1]);
+  t.same([p.shape, p.strides], [[8, 4, 3], [1, 24, 8]]);
+  const r = tensor.reshape([12, -1]);
+  t.same([r.shape, r.strides, r.isContiguous], [[12, 8], [8, 1], true]);
+  t.equal(tensor.numel, 96);
+  t.equal(tensor.byteLength, 384);
+  t.equal(tensor.ndim, 3);
+  t.match(String(s), /DeviceTensor\(f32, \[4, 2, 8\]\)/);
+  await rejects(t, () => tensor.slice(1, 2, 5), 'ERR_RANGE', /\[2, 5\) is out of range for dim 1 of size 3/);
+  await rejects(t, () => tensor.slice(3, 0, 1), 'ERR_RANGE', /`dim` 3 is out of range/);
+  await rejects(t, () => tensor.select(0, 4), 'ERR_RANGE', /index 4 is out of range/);
+  await rejects(t, () => s.reshape([64]), 'ERR_SHAPE', /not contiguous/);
+  await rejects(t, () => tensor.reshape([5, -1]), 'ERR_SHAPE', /does not match 96 elements/);
+  await rejects(t, () => tensor.permute([0, 0, 1]), 'ERR_ARGUMENT', /not a permutation/);
+});
+
+t.test('upload and download of a contiguous tensor go through the buffer', async (t) => {
+  const { tensor, buf } = hostTensor([2, 3], 'bf16');
+  buf.upload(encodeHost(Float32Array.from([1, 2, 3, -4, 0.5, 256]), 'bf16'), 0);
+  t.same([...tensor.toFloat32Sync()], [1, 2, 3, -4, 0.5, 256]);
+  t.same([...(await tensor.toFloat32())], [1, 2, 3, -4, 0.5, 256]);
+  const row = tensor.select(0, 1);
+  t.same([...row.toFloat32Sync()], [-4, 0.5, 256], 'a contiguous view downloads its own window');
+  const ints = hostTensor([3], 'i32');
+  ints.buf.upload(encodeHost([7, -1, 3], 'i32'), 0);
+  t.same([...(await ints.tensor.toHost())], [7, -1, 3]);
+  t.same([...ints.tensor.toFloat32Sync()], [7, -1, 3]);
+});
+
+t.test('dispose frees once; views and use-after-dispose are errors, never crashes', async (t) => {
+  const { tensor, buf } = hostTensor([4, 4]);
+  const view = tensor.slice(0, 1, 2);
+  view.dispose();
+  t.equal(view.disposed, true);
+  t.equal(tensor.disposed, false, 'disposing a view leaves the parent alive');
+  t.equal(buf.frees, 0);
+  const other = tensor.select(0, 0);
+  tensor[Symbol.dispose]();
+  tensor.dispose();
+  t.equal(buf.frees, 1, 'double dispose frees once');
+  t.equal(other.disposed, true, 'views of a freed allocation report disposed');
+  await rejects(t, () => tensor.toHostSync(), 'ERR_DISPOSED', /toHost: `this` was disposed/);
+  await rejects(t, () => other.slice(0, 0, 1), 'ERR_DISPOSED', /tensor was disposed/);
+  await rejects(t, () => tensor.nativeRef('decode: `q`'), 'ERR_DISPOSED', /decode: `q` was disposed/);
+  await rejects(t, () => checkTensor('decode', 'q', other), 'ERR_DISPOSED', /decode: `q` was disposed/);
+});
+
+t.test('native ops reject malformed descriptors with typed errors', async (t) => {
+  const { tensor } = hostTensor([4]);
+  await rejects(t, () => nativeOp('fill')({ value: 1 }), 'ERR_ARGUMENT', /fill: `dst` is required/);
+  await rejects(t, () => nativeOp('fill')({ dst: tensor.nativeRef(), value: 1 }), 'ERR_ARGUMENT', /fill: `dst` is not backed by a DeviceBuffer/);
+  await rejects(t, () => nativeOp('copy')(5 as unknown as Record<string, unknown>), 'ERR_ARGUMENT', /copy: expected an options object/);
+  await rejects(t, () => tensor.fill('1' as unknown as number), 'ERR_ARGUMENT', /`value` must be a number/);
+  await rejects(t, () => tensor.copyFrom({} as DeviceTensor), 'ERR_ARGUMENT', /`src` must be a DeviceTensor/);
+  await rejects(t, () => nativeOp('nope'), 'ERR_NO_ADDON', /no op "nope"/);
+});
+
+t.test('argument checks name the op and the argument', async (t) => {
+  const meta = (shape: number[], dtype: DType = 'bf16', strides?: number[]) => ({ shape, dtype, disposed: false, strides: strides ?? shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1)) });
+  t.equal(checkTensor('op', 'x', meta([2, 3]), { dtype: ['bf16', 'f16'], shape: [2, null] }).shape[1], 3);
+  await rejects(t, () => checkTensor('op', 'x', 5), 'ERR_ARGUMENT', /op: `x` must be a DeviceTensor/);
+  await rejects(t, () => checkTensor('op', 'x', meta([2, 3], 'f32'), { dtype: ['bf16', 'f16'] }), 'ERR_DTYPE', /op: `x` must be bf16 or f16, got f32/);
+  await rejects(t, () => checkTensor('op', 'x', meta([2, 3]), { shape: [2, 4] }), 'ERR_SHAPE', /must have shape \[2, 4\], got \[2, 3\]/);
+  await rejects(t, () => checkTensor('op', 'x', meta([2, 3], 'bf16', [1, 2]), { innerContiguous: true }), 'ERR_SHAPE', /contiguous last dimension/);
+  await rejects(t, () => checkTensor('op', 'x', meta([2, 3], 'bf16', [6, 1]), { contiguous: true }), 'ERR_SHAPE', /must be contiguous/);
+  await rejects(t, () => checkInt('op', 'n', 2.5), 'ERR_ARGUMENT', /`n` must be an integer/);
+  await rejects(t, () => checkInt('op', 'n', 300, 1, 256), 'ERR_RANGE', /`n` = 300 is out of range \[1, 256\]/);
+  await rejects(t, () => checkNumber('op', 'scale', NaN), 'ERR_ARGUMENT', /`scale` must be a finite number/);
+  await rejects(t, () => checkNumber('op', 'scale', 0, { positive: true }), 'ERR_RANGE', /`scale` must be positive/);
+});
+
+t.test('architecture matching for doctor and deviceInfo', async (t) => {
+  const build = '80-real 86-real 89-real 90-real 100-real 120';
+  t.ok(cuda.archSupports(build, 9, 0));
+  t.ok(cuda.archSupports(build, 8, 7), 'sm_87 runs sm_86 SASS');
+  t.ok(cuda.archSupports(build, 12, 1), 'sm_121 runs sm_120 SASS');
+  t.ok(cuda.archSupports(build, 13, 0), 'a newer GPU JITs the sm_120 PTX');
+  t.notOk(cuda.archSupports(build, 7, 5), 'sm_75 is not built');
+  t.notOk(cuda.archSupports('90-real', 10, 0), 'SASS does not cross major versions');
+  t.ok(cuda.archSupports('90a-real;80-virtual', 8, 6));
+  t.equal(cuda.versionString(13000), '13.0');
+  t.equal(cuda.versionString(12080), '12.8');
+  t.equal(cuda.versionString(0), 'none');
+});
+
+t.test('MlaError', async (t) => {
+  const e = new MlaError('ERR_RANGE', 'x');
+  t.ok(e instanceof Error);
+  t.equal(e.name, 'MlaError');
+  t.equal(e.code, 'ERR_RANGE');
+});
+
+// ---- on a GPU ------------------------------------------------------------------------------
+
+t.test('round trips of every dtype', { skip: gpuSkip }, async (t) => {
+  const x = randn(1000, 3, 4);
+  for (const dtype of ['f32', 'f16', 'bf16', 'fp8e4m3'] as const) {
+    using d = DeviceTensor.fromArray(x, [10, 100], dtype);
+    const back = await d.toFloat32();
+    const want = dtype === 'fp8e4m3' ? native().decodeToF32(new Uint8Array(native().encodeF32(x, 3)), 3) : roundTo(x, dtype);
+    t.equal(relError(back, want), 0, `${dtype} round trip is exact after rounding`);
+    t.same([...d.toFloat32Sync()], [...back], `${dtype} sync and async agree`);
+  }
+  const ints = Int32Array.from({ length: 77 }, (_, i) => i * 7919 - 300000);
+  using di = DeviceTensor.fromArray(ints, [7, 11], 'i32');
+  t.same([...(await di.toHost())], [...ints]);
+  const bytes = Uint8Array.from({ length: 33 }, (_, i) => (i * 37) & 255);
+  using du = DeviceTensor.fromArray(bytes, [33], 'u8');
+  t.same([...du.toHostSync()], [...bytes]);
+  const raw = Uint16Array.from([0x3f80, 0xc000, 0x7fc0]);
+  using dr = DeviceTensor.fromArray(raw, [3], 'bf16');
+  t.same([...(await dr.toHost())], [...raw], 'raw bf16 bits upload unchanged');
+});
+
+t.test('fill, copies, conversions and strided views on the device', { skip: gpuSkip }, async (t) => {
+  using z = DeviceTensor.zeros([3, 5], 'bf16');
+  t.same([...(await z.toFloat32())], new Array(15).fill(0));
+  using f = DeviceTensor.full([2, 2], 'i32', -7);
+  t.same([...(await f.toHost())], [-7, -7, -7, -7]);
+  const x = randn(4 * 6 * 8, 11);
+  using a = DeviceTensor.fromArray(x, [4, 6, 8], 'f32');
+  const ref = (i: number, j: number, k: number): number => x[(i * 6 + j) * 8 + k]!;
+  const sl = a.slice(1, 2, 5).slice(2, 3, 7);
+  const got = await sl.toFloat32();
+  const want: number[] = [];
+  for (let i = 0; i < 4; i++) for (let j = 2; j < 5; j++) for (let k = 3; k < 7; k++) want.push(ref(i, j, k));
+  t.same([...got], want, 'non-contiguous view downloads the right elements');
+  using pt = a.permute([2, 0, 1]).contiguous();
+  const pv = await pt.toFloat32();
+  t.equal(pv[(5 * 4 + 3) * 6 + 2], ref(3, 2, 5), 'permute + contiguous');
+  using b = a.to('bf16');
+  t.equal(relError(await b.toFloat32(), roundTo(x, 'bf16')), 0, 'to(bf16) rounds like the host');
+  using c = DeviceTensor.empty([4, 3, 4], 'f32');
+  c.copyFrom(sl);
+  t.same([...(await c.toFloat32())], want, 'copyFrom a strided view');
+  sl.fill(2.5);
+  const after = await a.toFloat32();
+  t.equal(after[(1 * 6 + 3) * 8 + 4], 2.5, 'fill on a view writes inside the window');
+  t.equal(after[(1 * 6 + 1) * 8 + 4], x[(1 * 6 + 1) * 8 + 4], 'and nothing outside it');
+  await rejects(t, () => c.copyFrom(a), 'ERR_SHAPE', /different (rank|shape)/);
+  using ci = DeviceTensor.empty([4, 3, 4], 'i32');
+  await rejects(t, () => ci.copyFrom(c), 'ERR_DTYPE', /cannot be converted from f32 to i32/);
+});
+
+t.test('streams, events and timing', { skip: gpuSkip }, async (t) => {
+  using s = new Stream();
+  using e0 = new Event();
+  using e1 = new Event();
+  using big = DeviceTensor.empty([1 << 24], 'f32');
+  e0.record(s);
+  for (let i = 0; i < 10; i++) big.fill(i, { stream: s });
+  e1.record(s);
+  const ms = e0.elapsedMs(e1);
+  t.ok(ms > 0, `10 fills of 64 MB took ${ms.toFixed(3)} ms`);
+  await s.synchronizeAsync();
+  t.equal(s.query(), true);
+  t.equal(e1.query(), true);
+  const s2 = new Stream();
+  s2.waitEvent(e1);
+  s2.synchronize();
+  s2.dispose();
+  s2.dispose();
+  await rejects(t, () => s2.synchronize(), 'ERR_DISPOSED', /`stream` was disposed/);
+  t.equal((await big.select(0, 5).toFloat32())[0], 9);
+  const d = cuda.deviceInfo(0);
+  t.ok(d.name.length > 0 && d.smCount > 0 && d.totalMemory > 0 && d.l2CacheBytes > 0, `${d.name}, cc ${d.computeCapability}, ${d.smCount} SMs`);
+  t.equal(d.supportedByBuild, true);
+  t.equal(cuda.devices().length, cuda.deviceCount());
+});
+
+t.test('lifetime on the device: deferred free, OOM, finalizers', { skip: gpuSkip }, async (t) => {
+  const d = DeviceTensor.fromArray(randn(1 << 20, 5), [1 << 20], 'f32');
+  const pending = d.toHost();
+  d.dispose(); // the download still in flight keeps the memory until it completes
+  t.equal((await pending).length, 1 << 20);
+  await rejects(t, () => d.toHost(), 'ERR_DISPOSED', /was disposed/);
+  await rejects(t, () => DeviceTensor.empty([2 ** 48], 'u8'), 'ERR_OOM', /cudaMalloc/);
+  using still = DeviceTensor.zeros([4]);
+  t.same([...(await still.toFloat32())], [0, 0, 0, 0], 'the device is usable after an OOM');
+  for (let i = 0; i < 50; i++) DeviceTensor.empty([1 << 20]); // forgotten: freed by GC finalizers
+  t.pass('forgotten tensors do not crash');
+});
