@@ -9,7 +9,9 @@ export type MlaErrorCode =
   | 'ERR_DTYPE'
   | 'ERR_RANGE'
   | 'ERR_DISPOSED'
-  | 'ERR_ARGUMENT';
+  | 'ERR_ARGUMENT'
+  | 'ERR_FORMAT' // a malformed file (safetensors, config.json)
+  | 'ERR_CAPACITY'; // a paged cache has too few free pages for a request
 
 /**
  * The one error class of the package. `code` says what kind of failure it is; the message

@@ -41,7 +41,9 @@ function hostTensor(shape: number[], dtype: DType = 'f32'): { tensor: DeviceTens
   return { tensor: DeviceTensor._wrap(buf, shape, dtype), buf };
 }
 
-async function rejects(t: Tap.Test, fn: () => unknown, code: string, pattern: RegExp): Promise<void> {
+type Asserts = Pick<typeof t, 'ok' | 'equal' | 'match' | 'fail'>;
+
+async function rejects(t: Asserts, fn: () => unknown, code: string, pattern: RegExp): Promise<void> {
   try {
     await fn();
     t.fail(`expected ${code}`);
@@ -51,8 +53,6 @@ async function rejects(t: Tap.Test, fn: () => unknown, code: string, pattern: Re
     t.match((err as MlaError).message, pattern);
   }
 }
-type Tap = typeof t;
-declare namespace Tap { type Test = Tap; }
 
 t.test('build info describes the addon', async (t) => {
   const b = cuda.buildInfo();

@@ -1,0 +1,125 @@
+// Absorbed MLA attention over the paged latent cache (FlashMLA's decode
+// problem): every head's query is [q_latent ; q_rope] of width D = kvLora + rope,
+// there is one KV head, keys are the cache rows and values their first dimLatent
+// columns.
+
+import { type PagedCacheView, pagedSlot } from './cache.js';
+import { checkPosInt, perRequest } from './util.js';
+
+export interface DecodeArgs {
+  /** [tokens, H, D]: per head the absorbed latent query then the rotated rope query. */
+  q: Float64Array;
+  /** [numPages, pageSize, D] */
+  cache: Float64Array;
+  pageSize: number;
+  /** [B, maxPages] physical page per logical page. */
+  blockTable: Int32Array;
+  /** [B] keys per request (cached tokens, including this step's). */
+  seqLens: ArrayLike<number>;
+  /** Queries per request (uniform s_q as a number); a request's queries are consecutive in q. */
+  qSeqLens: number | ArrayLike<number>;
+  numHeads: number;
+  /** kvLora: V is the first dimLatent columns of each cache row. */
+  dimLatent: number;
+  /** D; derived from q when omitted. */
+  headDim?: number;
+  scale: number;
+  causal: boolean;
+}
+
+export interface AttentionResult {
+  /** [tokens, H, dV] */
+  out: Float64Array;
+  /** [tokens, H], natural log; +Infinity where no key is visible. */
+  lse: Float64Array;
+}
+
+// For query j of request b with s_q queries and L keys (bottom-right causal):
+//   visible = causal ? L − s_q + j + 1 : L
+//   s_t   = scale · q·K_t,  t < visible
+//   lse   = m + ln Σ_t exp(s_t − m),  m = max_t s_t
+//   out   = Σ_t exp(s_t − lse) · V_t
+// A query that sees no key gets out = 0 and lse = +∞ (FlashMLA's convention).
+export function decodeReference(args: DecodeArgs): AttentionResult {
+  const { q, cache, pageSize, blockTable, numHeads: H, dimLatent, scale, causal } = args;
+  const B = args.seqLens.length;
+  const seqLens = perRequest('decode seqLens', args.seqLens, B);
+  const qSeqLens = perRequest('decode qSeqLens', args.qSeqLens, B);
+  checkPosInt('decode numHeads', H);
+  checkPosInt('decode pageSize', pageSize);
+  let tokens = 0;
+  for (let b = 0; b < B; b++) tokens += qSeqLens[b]!;
+  let D: number;
+  if (args.headDim !== undefined) {
+    D = args.headDim;
+  } else if (tokens > 0) {
+    D = q.length / (tokens * H);
+  } else {
+    return { out: new Float64Array(0), lse: new Float64Array(0) };
+  }
+  checkPosInt('decode headDim (q.length / (tokens·H))', D);
+  checkPosInt('decode dimLatent', dimLatent);
+  if (dimLatent > D) throw new RangeError(`decode: dimLatent ${dimLatent} exceeds head dim ${D}`);
+  if (q.length !== tokens * H * D) {
+    throw new RangeError(`decode q: expected ${tokens}·${H}·${D} = ${tokens * H * D} elements, got ${q.length}`);
+  }
+  if (B > 0 && blockTable.length % B !== 0) {
+    throw new RangeError(`decode blockTable: length ${blockTable.length} is not a multiple of batch ${B}`);
+  }
+  const maxPages = B === 0 ? 0 : blockTable.length / B;
+  if (cache.length % (pageSize * D) !== 0) {
+    throw new RangeError(`decode cache: length ${cache.length} is not a multiple of pageSize·D = ${pageSize * D}`);
+  }
+  const view: PagedCacheView = { cache, pageSize, dim: D, blockTable, maxPages };
+
+  const out = new Float64Array(tokens * H * dimLatent);
+  const lse = new Float64Array(tokens * H);
+  let maxLen = 0;
+  for (let b = 0; b < B; b++) maxLen = Math.max(maxLen, seqLens[b]!);
+  const rowOf = new Int32Array(maxLen);
+  const p = new Float64Array(maxLen);
+  let tok0 = 0;
+  for (let b = 0; b < B; b++) {
+    const L = seqLens[b]!;
+    const sq = qSeqLens[b]!;
+    // Resolve the page walk once per request: row offsets into cache.
+    for (let t = 0; t < L; t++) rowOf[t] = pagedSlot(view, b, t) * D;
+    for (let j = 0; j < sq; j++) {
+      let visible = causal ? L - sq + j + 1 : L;
+      if (visible > L) visible = L;
+      const tok = tok0 + j;
+      for (let h = 0; h < H; h++) {
+        const qo = (tok * H + h) * D;
+        const oo = (tok * H + h) * dimLatent;
+        if (visible <= 0) {
+          lse[tok * H + h] = Infinity;
+          continue;
+        }
+        let m = -Infinity;
+        for (let t = 0; t < visible; t++) {
+          const ko = rowOf[t]!;
+          let s = 0;
+          for (let d = 0; d < D; d++) s += q[qo + d]! * cache[ko + d]!;
+          s *= scale;
+          p[t] = s;
+          if (s > m) m = s;
+        }
+        let l = 0;
+        for (let t = 0; t < visible; t++) {
+          const e = Math.exp(p[t]! - m);
+          p[t] = e;
+          l += e;
+        }
+        const inv = 1 / l;
+        for (let t = 0; t < visible; t++) {
+          const w = p[t]! * inv;
+          const ko = rowOf[t]!;
+          for (let c = 0; c < dimLatent; c++) out[oo + c] += w * cache[ko + c]!;
+        }
+        lse[tok * H + h] = m + Math.log(l);
+      }
+    }
+    tok0 += sq;
+  }
+  return { out, lse };
+}

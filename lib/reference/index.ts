@@ -1,0 +1,44 @@
+// Float64 reference implementation of every MLA op: the oracle the CUDA kernels
+// are checked against and the CPU fallback where there is no GPU.
+
+export { rmsnorm, type RmsnormStrides } from './rmsnorm.js';
+export { linear } from './linear.js';
+export {
+  applyRope,
+  ropeInvFreq,
+  ropeLayoutOf,
+  ropeTable,
+  yarnFindCorrectionDim,
+  yarnFindCorrectionRange,
+  yarnLinearRamp,
+  type RopeLayout,
+  type RopeTable,
+} from './rope.js';
+export {
+  appendLatentReference,
+  gatherPagedCache,
+  pagedSlot,
+  type AppendLatentArgs,
+  type PagedCacheView,
+} from './cache.js';
+export { decodeReference, type AttentionResult, type DecodeArgs } from './decode.js';
+export {
+  expandLatentKv,
+  mhaVarlenReference,
+  prefillReference,
+  type ExpandDims,
+  type MhaVarlenArgs,
+  type PrefillArgs,
+} from './prefill.js';
+export { absorbOutput, absorbQuery, splitKvBProj, type AbsorbDims, type AbsorbedWeights } from './absorb.js';
+export {
+  loadLayerWeights,
+  ReferenceMlaLayer,
+  validateLayerWeights,
+  type AttentionMode,
+  type LayerForwardResult,
+  type MlaLayerWeights,
+  type ReferenceLayerOptions,
+} from './layer.js';
+export { denseAttendOne, makePagedCache, type PagedCache } from './testing.js';
+export { maxAbsDiff, mulberry32, randn, randnArray, relError } from './util.js';

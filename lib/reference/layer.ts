@@ -1,0 +1,324 @@
+// One MLA attention layer, forward only, float64, with its own paged latent
+// cache: the composition of the reference ops, mirroring DeepSeek-V3's
+// inference/model.py class MLA.
+
+import type { MlaConfig } from '../config.js';
+import type { SafetensorsFile } from '../safetensors.js';
+import { absorbOutput, absorbQuery, splitKvBProj, type AbsorbedWeights } from './absorb.js';
+import { appendLatentReference, gatherPagedCache, pagedSlot, type PagedCacheView } from './cache.js';
+import { decodeReference } from './decode.js';
+import { linear } from './linear.js';
+import { prefillReference } from './prefill.js';
+import { rmsnorm } from './rmsnorm.js';
+import { applyRope, ropeLayoutOf, ropeTable, type RopeTable } from './rope.js';
+import { checkLength, checkNonNegInt, checkPosInt } from './util.js';
+
+/** Weights as stored in checkpoints ([out, in]), converted to float64. */
+export interface MlaLayerWeights {
+  /** [qLora, hidden], null without query compression. */
+  qAProj: Float64Array | null;
+  /** [qLora] */
+  qALayernorm: Float64Array | null;
+  /** [H·(nope + rope), qLora] */
+  qBProj: Float64Array | null;
+  /** [H·(nope + rope), hidden], only without query compression. */
+  qProj: Float64Array | null;
+  /** [kvLora + rope, hidden] */
+  kvAProjWithMqa: Float64Array;
+  /** [kvLora] */
+  kvALayernorm: Float64Array;
+  /** [H·(nope + v), kvLora] */
+  kvBProj: Float64Array;
+  /** [hidden, H·v] */
+  oProj: Float64Array;
+}
+
+/**
+ * Reads one layer's weights by Hugging Face names under prefix: 'weights.' for
+ * the fixtures, 'model.layers.N.self_attn.' for a checkpoint shard. The query
+ * path is taken from what the file holds (q_a_proj... or q_proj).
+ */
+export function loadLayerWeights(file: SafetensorsFile, prefix = 'weights.'): MlaLayerWeights {
+  const get = (n: string): Float64Array => file.readFloat64(prefix + n).data;
+  const opt = (n: string): Float64Array | null => (file.has(prefix + n) ? get(n) : null);
+  return {
+    qAProj: opt('q_a_proj.weight'),
+    qALayernorm: opt('q_a_layernorm.weight'),
+    qBProj: opt('q_b_proj.weight'),
+    qProj: opt('q_proj.weight'),
+    kvAProjWithMqa: get('kv_a_proj_with_mqa.weight'),
+    kvALayernorm: get('kv_a_layernorm.weight'),
+    kvBProj: get('kv_b_proj.weight'),
+    oProj: get('o_proj.weight'),
+  };
+}
+
+/** Throws RangeError naming the weight whose size does not fit cfg. */
+export function validateLayerWeights(cfg: MlaConfig, w: MlaLayerWeights): void {
+  const H = cfg.numHeads;
+  const qk = cfg.qkNopeHeadDim + cfg.qkRopeHeadDim;
+  const need = (name: string, a: Float64Array | null, n: number): void => {
+    if (a === null) throw new RangeError(`layer weight ${name} is missing`);
+    checkLength(`layer weight ${name}`, a, n);
+  };
+  if (cfg.qLoraRank !== null) {
+    need('q_a_proj', w.qAProj, cfg.qLoraRank * cfg.hiddenSize);
+    need('q_a_layernorm', w.qALayernorm, cfg.qLoraRank);
+    need('q_b_proj', w.qBProj, H * qk * cfg.qLoraRank);
+  } else {
+    need('q_proj', w.qProj, H * qk * cfg.hiddenSize);
+  }
+  need('kv_a_proj_with_mqa', w.kvAProjWithMqa, (cfg.kvLoraRank + cfg.qkRopeHeadDim) * cfg.hiddenSize);
+  need('kv_a_layernorm', w.kvALayernorm, cfg.kvLoraRank);
+  need('kv_b_proj', w.kvBProj, H * (cfg.qkNopeHeadDim + cfg.vHeadDim) * cfg.kvLoraRank);
+  need('o_proj', w.oProj, cfg.hiddenSize * H * cfg.vHeadDim);
+}
+
+export type AttentionMode = 'absorb' | 'naive';
+
+export interface ReferenceLayerOptions {
+  /** Sequences in the batch (all advance together, as in DeepSeek's reference). */
+  batch: number;
+  /** Cache capacity per sequence, in tokens. */
+  maxSeqLen: number;
+  /** Default 16. */
+  pageSize?: number;
+  /** Default attention for forward(); 'absorb' unless set. */
+  mode?: AttentionMode;
+  /** Rope table size; default covers startPos + maxSeqLen up to cfg.maxPositionEmbeddings. */
+  ropeTable?: RopeTable;
+  /** cos/sin magnitude (1 in DeepSeek's reference). */
+  attentionFactor?: number;
+}
+
+export interface LayerForwardResult {
+  /** [B, S, hidden] */
+  y: Float64Array;
+  /** [B, S, H, kvLora]: q_nope·W_UK (absorb mode; null in naive mode). */
+  qLatent: Float64Array | null;
+  /** [B, S, H, rope]: rotated query rope part. */
+  qRope: Float64Array;
+  /** [B, S, H, kvLora]: attention output before W_UV (absorb mode; null in naive mode). */
+  oLatent: Float64Array | null;
+  /** [B, S, H]: natural-log LSE of the scaled scores. */
+  lse: Float64Array;
+  /** [S] RoPE positions used. */
+  positions: Int32Array;
+}
+
+export class ReferenceMlaLayer {
+  readonly cfg: MlaConfig;
+  readonly weights: MlaLayerWeights;
+  readonly absorbed: AbsorbedWeights;
+  readonly batch: number;
+  readonly maxSeqLen: number;
+  readonly pageSize: number;
+  readonly maxPages: number;
+  readonly numPages: number;
+  /** [numPages, pageSize, kvLora + rope] */
+  readonly cache: Float64Array;
+  /** [batch, maxPages] */
+  readonly blockTable: Int32Array;
+  readonly mode: AttentionMode;
+  private table: RopeTable | null;
+  private readonly attentionFactor: number;
+  private length = 0;
+  private firstPos: number | null = null;
+
+  constructor(cfg: MlaConfig, weights: MlaLayerWeights, opts: ReferenceLayerOptions) {
+    validateLayerWeights(cfg, weights);
+    checkPosInt('layer batch', opts.batch);
+    checkPosInt('layer maxSeqLen', opts.maxSeqLen);
+    this.cfg = cfg;
+    this.weights = weights;
+    this.absorbed = splitKvBProj(weights.kvBProj, cfg);
+    this.batch = opts.batch;
+    this.maxSeqLen = opts.maxSeqLen;
+    this.pageSize = opts.pageSize ?? 16;
+    checkPosInt('layer pageSize', this.pageSize);
+    this.maxPages = Math.ceil(this.maxSeqLen / this.pageSize);
+    this.numPages = this.maxPages * this.batch;
+    this.cache = new Float64Array(this.numPages * this.pageSize * (cfg.kvLoraRank + cfg.qkRopeHeadDim));
+    // Interleave sequences across physical pages so a kernel that ignored the
+    // block table (assuming contiguous pages) would read another sequence's rows.
+    this.blockTable = new Int32Array(this.batch * this.maxPages);
+    for (let b = 0; b < this.batch; b++) {
+      for (let p = 0; p < this.maxPages; p++) this.blockTable[b * this.maxPages + p] = (this.maxPages - 1 - p) * this.batch + b;
+    }
+    this.mode = opts.mode ?? 'absorb';
+    this.table = opts.ropeTable ?? null;
+    this.attentionFactor = opts.attentionFactor ?? 1;
+  }
+
+  /** Tokens cached per sequence. */
+  get cachedTokens(): number {
+    return this.length;
+  }
+
+  /** Position of cache slot 0, once the first forward has run. */
+  get startPosition(): number | null {
+    return this.firstPos;
+  }
+
+  reset(): void {
+    this.length = 0;
+    this.firstPos = null;
+    this.cache.fill(0);
+  }
+
+  private view(): PagedCacheView {
+    const D = this.cfg.kvLoraRank + this.cfg.qkRopeHeadDim;
+    return { cache: this.cache, pageSize: this.pageSize, dim: D, blockTable: this.blockTable, maxPages: this.maxPages };
+  }
+
+  // One table for the whole cache span, grown only if positions run past it.
+  private ropeFor(startPos: number, S: number): RopeTable {
+    const needed = startPos + S;
+    if (this.table === null || this.table.maxPos < needed) {
+      const base = this.firstPos ?? startPos;
+      const size = Math.max(needed, Math.min(this.cfg.maxPositionEmbeddings, base + this.maxSeqLen));
+      this.table = ropeTable(this.cfg, size, { attentionFactor: this.attentionFactor });
+    }
+    return this.table;
+  }
+
+  /** Cache contents so far: latent [B, len, kvLora] and rope key [B, len, rope]. */
+  readCache(): { latent: Float64Array; rope: Float64Array; length: number } {
+    const { kvLoraRank: C, qkRopeHeadDim: R } = this.cfg;
+    const D = C + R;
+    const view = this.view();
+    const L = this.length;
+    const latent = new Float64Array(this.batch * L * C);
+    const rope = new Float64Array(this.batch * L * R);
+    for (let b = 0; b < this.batch; b++) {
+      for (let t = 0; t < L; t++) {
+        const s = pagedSlot(view, b, t) * D;
+        latent.set(this.cache.subarray(s, s + C), (b * L + t) * C);
+        rope.set(this.cache.subarray(s + C, s + D), (b * L + t) * R);
+      }
+    }
+    return { latent, rope, length: L };
+  }
+
+  /**
+   * x: [B, S, hidden] for the tokens at positions startPos .. startPos + S − 1
+   * (a prefill when S > 1, a decode step when S = 1). The cache holds the
+   * sequence from the first call's startPos on, so later calls must continue it.
+   */
+  forward(x: Float64Array, startPos: number, opts: { mode?: AttentionMode } = {}): LayerForwardResult {
+    const cfg = this.cfg;
+    const w = this.weights;
+    const B = this.batch;
+    const { hiddenSize: hid, numHeads: H, kvLoraRank: C, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V } = cfg;
+    const QK = N + R;
+    const D = C + R;
+    const mode = opts.mode ?? this.mode;
+    checkNonNegInt('forward startPos', startPos);
+    if (x.length % (B * hid) !== 0 || x.length === 0) {
+      throw new RangeError(`forward x: length ${x.length} is not a positive multiple of batch·hidden = ${B * hid}`);
+    }
+    const S = x.length / (B * hid);
+    if (this.firstPos !== null && startPos !== this.firstPos + this.length) {
+      throw new RangeError(`forward: startPos ${startPos} does not continue the cached sequence (next position ${this.firstPos + this.length})`);
+    }
+    if (this.length + S > this.maxSeqLen) {
+      throw new RangeError(`forward: ${this.length} cached + ${S} new tokens exceed maxSeqLen ${this.maxSeqLen}`);
+    }
+    const T = B * S;
+    const positions = Int32Array.from({ length: S }, (_, s) => startPos + s);
+    const table = this.ropeFor(startPos, S);
+    const layout = ropeLayoutOf(cfg);
+
+    // Query: q = W_qb·RMSNorm(W_qa·x) (or W_q·x), then rotate its rope part.
+    let q: Float64Array;
+    if (cfg.qLoraRank !== null) {
+      const qa = linear(x, T, hid, w.qAProj!, cfg.qLoraRank);
+      rmsnorm(qa, T, cfg.qLoraRank, w.qALayernorm!, cfg.rmsNormEps, { out: qa });
+      q = linear(qa, T, cfg.qLoraRank, w.qBProj!, H * QK);
+    } else {
+      q = linear(x, T, hid, w.qProj!, H * QK);
+    }
+    const rowPos = new Int32Array(T * H);
+    for (let t = 0; t < T; t++) rowPos.fill(positions[t % S]!, t * H, (t + 1) * H);
+    applyRope(q, T * H, QK, N, R, rowPos, table, layout);
+    const qRope = new Float64Array(T * H * R);
+    for (let r = 0; r < T * H; r++) qRope.set(q.subarray(r * QK + N, (r + 1) * QK), r * R);
+
+    // Latent: [c ; k_rope] = W_kva·x, cached as [RMSNorm(c) ; RoPE(k_rope)].
+    const kvDown = linear(x, T, hid, w.kvAProjWithMqa, D);
+    const view = this.view();
+    const slots = new Int32Array(T);
+    const tokPos = new Int32Array(T);
+    for (let b = 0; b < B; b++) {
+      for (let s = 0; s < S; s++) {
+        slots[b * S + s] = pagedSlot(view, b, this.length + s);
+        tokPos[b * S + s] = positions[s]!;
+      }
+    }
+    appendLatentReference({
+      kvDown,
+      normWeight: w.kvALayernorm,
+      eps: cfg.rmsNormEps,
+      positions: tokPos,
+      slotMapping: slots,
+      cache: this.cache,
+      pageSize: this.pageSize,
+      ropeTable: table,
+      layout,
+    });
+    if (this.firstPos === null) this.firstPos = startPos;
+    this.length += S;
+    const seqLens = new Int32Array(B).fill(this.length);
+
+    let o: Float64Array;
+    let qLatent: Float64Array | null = null;
+    let oLatent: Float64Array | null = null;
+    let lse: Float64Array;
+    if (mode === 'absorb') {
+      // Attention in latent space: [q_nope·W_UK ; q_rope] against [c ; k_rope], V = c.
+      qLatent = absorbQuery(q, T, this.absorbed, { stride: QK });
+      const qAbs = new Float64Array(T * H * D);
+      for (let r = 0; r < T * H; r++) {
+        qAbs.set(qLatent.subarray(r * C, (r + 1) * C), r * D);
+        qAbs.set(qRope.subarray(r * R, (r + 1) * R), r * D + C);
+      }
+      const att = decodeReference({
+        q: qAbs,
+        cache: this.cache,
+        pageSize: this.pageSize,
+        blockTable: this.blockTable,
+        seqLens,
+        qSeqLens: S,
+        numHeads: H,
+        dimLatent: C,
+        headDim: D,
+        scale: cfg.softmaxScale,
+        causal: true,
+      });
+      oLatent = att.out;
+      lse = att.lse;
+      o = absorbOutput(oLatent, T, this.absorbed);
+    } else if (mode === 'naive') {
+      const att = prefillReference({
+        q,
+        kv: gatherPagedCache(view, seqLens),
+        kvBProj: w.kvBProj,
+        qSeqLens: new Int32Array(B).fill(S),
+        kvSeqLens: seqLens,
+        numHeads: H,
+        qkNopeHeadDim: N,
+        qkRopeHeadDim: R,
+        vHeadDim: V,
+        kvLoraRank: C,
+        scale: cfg.softmaxScale,
+        causal: true,
+      });
+      o = att.out;
+      lse = att.lse;
+    } else {
+      throw new RangeError(`forward: unknown mode '${String(mode)}'`);
+    }
+    const y = linear(o, T, H * V, w.oProj, hid);
+    return { y, qLatent, qRope, oLatent, lse, positions };
+  }
+}

@@ -1,0 +1,174 @@
+// Naive (non-absorbed) MLA prefill: expand the cached latent back to per-head
+// keys and values, then ordinary multi-head attention with d_qk = nope + rope
+// and d_v = v. This is the compute-friendly form serving engines use for
+// prefill; it must agree with the absorbed form in decode.ts.
+
+import { linear } from './linear.js';
+import type { AttentionResult } from './decode.js';
+import { checkLength, checkPosInt, perRequest } from './util.js';
+
+export interface MhaVarlenArgs {
+  /** [Σ qSeqLens, H, dQk] */
+  q: Float64Array;
+  /** [Σ kvSeqLens, Hkv, dQk] */
+  k: Float64Array;
+  /** [Σ kvSeqLens, Hkv, dV] */
+  v: Float64Array;
+  qSeqLens: ArrayLike<number>;
+  kvSeqLens: ArrayLike<number>;
+  numHeads: number;
+  /** Heads h·Hkv/H share KV head; default numHeads. */
+  numKvHeads?: number;
+  headDimQk: number;
+  headDimV: number;
+  scale: number;
+  causal: boolean;
+}
+
+// Ragged multi-head attention, requests packed back to back (cu_seqlens style).
+// Query i of a request with s_q queries and L keys sees keys 0 .. L − s_q + i when
+// causal (queries aligned to the end of the sequence, the cached prefix first).
+//   out = softmax(scale · q·Kᵀ) · V,  lse = ln Σ exp(scale · q·K)
+export function mhaVarlenReference(args: MhaVarlenArgs): AttentionResult {
+  const { q, k, v, numHeads: H, headDimQk: Dq, headDimV: Dv, scale, causal } = args;
+  const B = args.qSeqLens.length;
+  const qLens = perRequest('mha qSeqLens', args.qSeqLens, B);
+  const kLens = perRequest('mha kvSeqLens', args.kvSeqLens, B);
+  const Hk = args.numKvHeads ?? H;
+  checkPosInt('mha numHeads', H);
+  checkPosInt('mha numKvHeads', Hk);
+  if (H % Hk !== 0) throw new RangeError(`mha: numHeads ${H} is not a multiple of numKvHeads ${Hk}`);
+  checkPosInt('mha headDimQk', Dq);
+  checkPosInt('mha headDimV', Dv);
+  let Tq = 0;
+  let Tk = 0;
+  let maxL = 0;
+  for (let b = 0; b < B; b++) {
+    Tq += qLens[b]!;
+    Tk += kLens[b]!;
+    maxL = Math.max(maxL, kLens[b]!);
+  }
+  checkLength('mha q', q, Tq * H * Dq);
+  checkLength('mha k', k, Tk * Hk * Dq);
+  checkLength('mha v', v, Tk * Hk * Dv);
+  const out = new Float64Array(Tq * H * Dv);
+  const lse = new Float64Array(Tq * H);
+  const p = new Float64Array(maxL);
+  const group = H / Hk;
+  let q0 = 0;
+  let k0 = 0;
+  for (let b = 0; b < B; b++) {
+    const sq = qLens[b]!;
+    const L = kLens[b]!;
+    for (let i = 0; i < sq; i++) {
+      const visible = Math.min(L, causal ? L - sq + i + 1 : L);
+      const tq = q0 + i;
+      for (let h = 0; h < H; h++) {
+        const hk = Math.floor(h / group);
+        if (visible <= 0) {
+          lse[tq * H + h] = Infinity;
+          continue;
+        }
+        const qo = (tq * H + h) * Dq;
+        let m = -Infinity;
+        for (let t = 0; t < visible; t++) {
+          const ko = ((k0 + t) * Hk + hk) * Dq;
+          let s = 0;
+          for (let d = 0; d < Dq; d++) s += q[qo + d]! * k[ko + d]!;
+          s *= scale;
+          p[t] = s;
+          if (s > m) m = s;
+        }
+        let l = 0;
+        for (let t = 0; t < visible; t++) {
+          p[t] = Math.exp(p[t]! - m);
+          l += p[t]!;
+        }
+        const oo = (tq * H + h) * Dv;
+        for (let t = 0; t < visible; t++) {
+          const w = p[t]! / l;
+          const vo = ((k0 + t) * Hk + hk) * Dv;
+          for (let d = 0; d < Dv; d++) out[oo + d] += w * v[vo + d]!;
+        }
+        lse[tq * H + h] = m + Math.log(l);
+      }
+    }
+    q0 += sq;
+    k0 += L;
+  }
+  return { out, lse };
+}
+
+export interface ExpandDims {
+  numHeads: number;
+  qkNopeHeadDim: number;
+  qkRopeHeadDim: number;
+  vHeadDim: number;
+  kvLoraRank: number;
+}
+
+// From cache rows [c ; k_rope] (width kvLora + rope):
+//   [K_nope | V][t, h] = c_t · kv_b_projᵀ (per head nope then v rows)
+//   K[t, h] = [K_nope[t, h] ; k_rope[t]]   (the rope key is shared by all heads)
+export function expandLatentKv(
+  kv: Float64Array,
+  tokens: number,
+  kvBProj: Float64Array,
+  dims: ExpandDims,
+): { k: Float64Array; v: Float64Array } {
+  const { numHeads: H, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V, kvLoraRank: C } = dims;
+  const W = C + R;
+  checkLength('expandLatentKv kv', kv, tokens * W);
+  checkLength('expandLatentKv kvBProj', kvBProj, H * (N + V) * C);
+  const latent = new Float64Array(tokens * C);
+  for (let t = 0; t < tokens; t++) latent.set(kv.subarray(t * W, t * W + C), t * C);
+  const up = linear(latent, tokens, C, kvBProj, H * (N + V));
+  const k = new Float64Array(tokens * H * (N + R));
+  const v = new Float64Array(tokens * H * V);
+  for (let t = 0; t < tokens; t++) {
+    const rope = kv.subarray(t * W + C, (t + 1) * W);
+    for (let h = 0; h < H; h++) {
+      const uo = (t * H + h) * (N + V);
+      const ko = (t * H + h) * (N + R);
+      k.set(up.subarray(uo, uo + N), ko);
+      k.set(rope, ko + N);
+      v.set(up.subarray(uo + N, uo + N + V), (t * H + h) * V);
+    }
+  }
+  return { k, v };
+}
+
+export interface PrefillArgs extends ExpandDims {
+  /** [Σ qSeqLens, H, nope + rope]: rope part already rotated. */
+  q: Float64Array;
+  /** [Σ kvSeqLens, kvLora + rope]: cache rows (normalised latent, rotated rope key), each request's cached prefix then its new tokens. */
+  kv: Float64Array;
+  /** [H·(nope + v), kvLora] */
+  kvBProj: Float64Array;
+  qSeqLens: ArrayLike<number>;
+  /** Keys per request, prefix included; ≥ qSeqLens for a causal prefill. */
+  kvSeqLens: ArrayLike<number>;
+  scale: number;
+  /** Default true. */
+  causal?: boolean;
+}
+
+// Naive MLA prefill over ragged requests: expandLatentKv then mhaVarlenReference.
+// Output [Σ qSeqLens, H, v] and LSE [Σ qSeqLens, H].
+export function prefillReference(args: PrefillArgs): AttentionResult {
+  let Tk = 0;
+  for (let b = 0; b < args.kvSeqLens.length; b++) Tk += args.kvSeqLens[b]!;
+  const { k, v } = expandLatentKv(args.kv, Tk, args.kvBProj, args);
+  return mhaVarlenReference({
+    q: args.q,
+    k,
+    v,
+    qSeqLens: args.qSeqLens,
+    kvSeqLens: args.kvSeqLens,
+    numHeads: args.numHeads,
+    headDimQk: args.qkNopeHeadDim + args.qkRopeHeadDim,
+    headDimV: args.vHeadDim,
+    scale: args.scale,
+    causal: args.causal ?? true,
+  });
+}

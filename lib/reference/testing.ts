@@ -1,0 +1,70 @@
+// Test helpers, also for kernel tests: random paged caches with shuffled pages,
+// and a dense attention oracle written independently of decode.ts/prefill.ts
+// (full score row, −∞ mask, then softmax) to cross-check them.
+
+import { randnArray } from './util.js';
+
+export interface PagedCache {
+  cache: Float64Array;
+  blockTable: Int32Array;
+  maxPages: number;
+  pageSize: number;
+}
+
+// Scatters each request's rows [L_b, D] into pages handed out in a shuffled
+// order; unused slots hold random garbage so a wrong page walk shows.
+export function makePagedCache(rows: Float64Array[], D: number, pageSize: number, rng: () => number): PagedCache {
+  const lens = rows.map((r) => r.length / D);
+  const maxPages = Math.max(1, ...lens.map((l) => Math.ceil(l / pageSize)));
+  const numPages = rows.length * maxPages + 2;
+  const order = Array.from({ length: numPages }, (_, i) => i);
+  for (let i = numPages - 1; i > 0; i--) {
+    const j = Math.floor(rng() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  const cache = randnArray(numPages * pageSize * D, rng, 100);
+  const blockTable = new Int32Array(rows.length * maxPages).fill(-1);
+  let next = 0;
+  rows.forEach((r, b) => {
+    const pages = Math.ceil(lens[b]! / pageSize);
+    for (let p = 0; p < pages; p++) blockTable[b * maxPages + p] = order[next++]!;
+    for (let t = 0; t < lens[b]!; t++) {
+      const page = blockTable[b * maxPages + Math.floor(t / pageSize)]!;
+      cache.set(r.subarray(t * D, (t + 1) * D), (page * pageSize + (t % pageSize)) * D);
+    }
+  });
+  return { cache, blockTable, maxPages, pageSize };
+}
+
+// softmax(scale·q·Kᵀ + mask)·V for one query row, written the textbook way:
+// full score vector, −∞ for masked keys, then normalise.
+export function denseAttendOne(
+  q: ArrayLike<number>,
+  keys: ArrayLike<number>,
+  values: ArrayLike<number>,
+  L: number,
+  dQk: number,
+  dV: number,
+  scale: number,
+  visible: number,
+): { out: Float64Array; lse: number } {
+  const scores: number[] = [];
+  for (let t = 0; t < L; t++) {
+    if (t >= visible) {
+      scores.push(-Infinity);
+      continue;
+    }
+    let s = 0;
+    for (let d = 0; d < dQk; d++) s += q[d]! * keys[t * dQk + d]!;
+    scores.push(s * scale);
+  }
+  const out = new Float64Array(dV);
+  const m = Math.max(...scores, -Infinity);
+  if (m === -Infinity) return { out, lse: Infinity };
+  const e = scores.map((s) => Math.exp(s - m));
+  const z = e.reduce((a, b) => a + b, 0);
+  for (let t = 0; t < L; t++) {
+    for (let d = 0; d < dV; d++) out[d]! += (e[t]! / z) * values[t * dV + d]!;
+  }
+  return { out, lse: m + Math.log(z) };
+}
