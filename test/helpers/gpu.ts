@@ -1,5 +1,6 @@
 // Shared by GPU tests: the skip reason, poisoning, fresh random data, error metrics.
 import { cuda, DeviceTensor } from '../../lib/index.js';
+import { mulberry32, randnArray, relError } from '../../lib/reference/util.js';
 
 const status = cuda.deviceStatus();
 
@@ -11,43 +12,13 @@ export function poison(t: DeviceTensor): DeviceTensor {
   return t.fill(Number.NaN);
 }
 
-/** Seeded uniform RNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-/** n normal samples times `scale` (Box-Muller), as float32. */
+/** n normal samples times `scale`, as float32 (what a test uploads). */
 export function randn(n: number, seed: number, scale = 1): Float32Array {
-  const u = rng(seed);
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(u() + 1e-12)) * scale;
-    const th = 2 * Math.PI * u();
-    out[i] = r * Math.cos(th);
-    if (i + 1 < n) out[i + 1] = r * Math.sin(th);
-  }
-  return out;
+  return Float32Array.from(randnArray(n, mulberry32(seed), scale));
 }
 
-/** ‖a − b‖_F / ‖b‖_F; NaN anywhere gives NaN (so a poisoned element fails every bound). */
-export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new Error(`relError: lengths differ (${a.length} vs ${b.length})`);
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = a[i]! - b[i]!;
-    num += d * d;
-    den += b[i]! * b[i]!;
-  }
-  return Math.sqrt(num) / Math.sqrt(den || 1);
-}
+export { relError };
+export { mulberry32 as rng };
 
 /** Values rounded through a dtype (what the GPU actually sees after upload), as float64. */
 export function roundTo(data: Float32Array, dtype: 'bf16' | 'f16' | 'f32'): Float64Array {
