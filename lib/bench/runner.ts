@@ -1,0 +1,181 @@
+// Times benchmark cases: warm-up, then `repeats` runs each bracketed by CUDA events on one
+// stream, cycling through enough independent instances that their inputs do not fit in L2
+// together (otherwise repeated runs would measure the cache, not device memory).
+import { MlaError } from '../errors.js';
+import { Event } from '../runtime/stream.js';
+import type { Stream } from '../runtime/stream.js';
+import { metricsFor } from './ceilings.js';
+import type { Ceilings, TimingResult } from './ceilings.js';
+import { arithmeticIntensity } from './formulas.js';
+import { scaleSummary, summarize } from './stats.js';
+import type { Summary } from './stats.js';
+import type { BenchCase, BenchInstance, BenchParams } from './types.js';
+
+/** Device time of consecutive runs; the real one uses CUDA events, tests use a fake. */
+export interface Timer {
+  /** Enqueues body(0..n-1) in order and returns each one's device time in ms. */
+  each(n: number, body: (i: number) => void): number[];
+}
+
+/**
+ * n + 1 events recorded between the runs: run i is the time from event i to event i + 1.
+ * Nothing synchronizes until all runs are queued, so host launch overhead overlaps with
+ * device work as it would in an application.
+ */
+export function eventTimer(stream: Stream): Timer {
+  return {
+    each(n, body) {
+      const events: Event[] = [];
+      try {
+        for (let i = 0; i <= n; i++) events.push(new Event());
+        events[0]!.record(stream);
+        for (let i = 0; i < n; i++) {
+          body(i);
+          events[i + 1]!.record(stream);
+        }
+        const ms: number[] = [];
+        for (let i = 0; i < n; i++) ms.push(events[i]!.elapsedMs(events[i + 1]!));
+        return ms;
+      } finally {
+        for (const e of events) e.dispose();
+      }
+    },
+  };
+}
+
+export interface RunnerEnv {
+  stream: Stream;
+  timer: Timer;
+  /** Free device memory now, in bytes. */
+  freeBytes(): number;
+  /** L2 cache size of the device (deviceInfo().l2CacheBytes). */
+  l2Bytes: number;
+}
+
+export interface RunnerOptions {
+  /** Warm-up length in milliseconds of device time (at least one run is made). */
+  warmupMs: number;
+  /** Timed runs per measured function. */
+  repeats: number;
+  /** Most instances one case may allocate (bounds setup time for tiny cases). */
+  maxInstances?: number | undefined;
+}
+
+export const DEFAULT_MAX_INSTANCES = 256;
+/** Share of free memory the rotation may use; the rest is left for workspaces. */
+const MEMORY_SHARE = 0.8;
+const MAX_WARMUP_RUNS = 100_000;
+/** Runs per warm-up batch (each batch holds one event per run). */
+const MAX_WARMUP_BATCH = 1024;
+
+/**
+ * Instances to rotate through: enough that k · footprint ≥ 2 · L2 and k ≥ 2, but no more than
+ * fit in MEMORY_SHARE of free memory (at least 1) or `maxInstances`.
+ */
+export function rotationCount(footprintBytes: number, l2Bytes: number, freeBytes: number, maxInstances = DEFAULT_MAX_INSTANCES): number {
+  const fp = Math.max(1, footprintBytes);
+  const want = Math.max(2, Math.ceil((2 * l2Bytes) / fp));
+  const fit = Math.floor((freeBytes * MEMORY_SHARE) / fp);
+  return Math.max(1, Math.min(want, fit, maxInstances));
+}
+
+export interface CaseTiming {
+  instances: number;
+  /** instances · footprintBytes. */
+  rotatedBytes: number;
+  /** rotatedBytes ≥ 2 · L2: the timings are not cache hits. */
+  pastL2: boolean;
+  warmupRuns: number;
+  /** Per-run device time of run(), microseconds. */
+  run: Summary;
+  /** Per-run device time of runMain(), microseconds, when the case has one. */
+  main?: Summary | undefined;
+}
+
+function setupInstances(c: BenchCase, k: number): BenchInstance[] {
+  const out: BenchInstance[] = [];
+  try {
+    for (let i = 0; i < k; i++) out.push(c.setup());
+  } catch (err) {
+    // Running out of memory part-way still leaves a usable (if smaller) rotation.
+    if (out.length > 0 && err instanceof MlaError && err.code === 'ERR_OOM') return out;
+    for (const inst of out) inst.dispose();
+    throw err;
+  }
+  return out;
+}
+
+function warmUp(timer: Timer, warmupMs: number, body: (i: number) => void): number {
+  let runs = 0;
+  let spent = 0;
+  let batch = 1;
+  do {
+    const ms = timer.each(batch, (i) => body(runs + i));
+    runs += batch;
+    spent += ms.reduce((a, b) => a + b, 0);
+    batch = Math.min(batch * 2, MAX_WARMUP_BATCH, MAX_WARMUP_RUNS - runs);
+  } while (spent < warmupMs && batch > 0);
+  return runs;
+}
+
+/** Sets up the rotation, warms up, times run() (and runMain()), and always frees everything. */
+export function runCase(c: BenchCase, env: RunnerEnv, opts: RunnerOptions): CaseTiming {
+  if (!Number.isInteger(opts.repeats) || opts.repeats < 1) throw new RangeError(`repeats must be a positive integer, got ${opts.repeats}`);
+  const k = rotationCount(c.footprintBytes, env.l2Bytes, env.freeBytes(), opts.maxInstances);
+  const instances = setupInstances(c, k);
+  const n = instances.length;
+  try {
+    const pick = (i: number): BenchInstance => instances[i % n]!;
+    const warmupRuns = warmUp(env.timer, opts.warmupMs, (i) => pick(i).run(env.stream));
+    const run = env.timer.each(opts.repeats, (i) => pick(i).run(env.stream));
+    let main: Summary | undefined;
+    if (instances[0]!.runMain) {
+      const runMain = (i: number): void => pick(i).runMain!(env.stream);
+      // A shorter warm-up: the kernels are already loaded and the clocks are up.
+      warmUp(env.timer, opts.warmupMs / 4, runMain);
+      main = scaleSummary(summarize(env.timer.each(opts.repeats, runMain)), 1000);
+    }
+    const rotatedBytes = n * c.footprintBytes;
+    return { instances: n, rotatedBytes, pastL2: rotatedBytes >= 2 * env.l2Bytes, warmupRuns, run: scaleSummary(summarize(run), 1000), main };
+  } finally {
+    for (const inst of instances) inst.dispose();
+  }
+}
+
+export interface CaseResult {
+  suite: string;
+  name: string;
+  params: BenchParams;
+  flops: number;
+  bytes: number;
+  /** FLOP per byte. */
+  intensity: number;
+  footprintBytes: number;
+  instances?: number | undefined;
+  pastL2?: boolean | undefined;
+  run?: TimingResult | undefined;
+  main?: TimingResult | undefined;
+  /** Why the case could not be measured (setup failed, unsupported on this device...). */
+  error?: string | undefined;
+}
+
+/** Times one case and turns the timings into rates against the ceilings; never throws. */
+export function measureCase(suite: string, c: BenchCase, env: RunnerEnv, opts: RunnerOptions, ceilings: Ceilings): CaseResult {
+  const base: CaseResult = {
+    suite, name: c.name, params: c.params, flops: c.flops, bytes: c.bytes,
+    intensity: arithmeticIntensity(c.flops, c.bytes), footprintBytes: c.footprintBytes,
+  };
+  try {
+    const t = runCase(c, env, opts);
+    return {
+      ...base,
+      instances: t.instances,
+      pastL2: t.pastL2,
+      run: metricsFor(c.flops, c.bytes, t.run, ceilings),
+      main: t.main ? metricsFor(c.flops, c.bytes, t.main, ceilings) : undefined,
+    };
+  } catch (err) {
+    const why = err instanceof MlaError ? `${err.code}: ${err.message}` : err instanceof Error ? err.message : String(err);
+    return { ...base, error: why };
+  }
+}

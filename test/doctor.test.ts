@@ -1,0 +1,207 @@
+// `mla-cuda doctor` and `info` on synthetic facts (every failure a user can hit, each with
+// its fix), plus one run of the built CLI on this machine.
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import t from 'tap';
+import { diagnose, doctorReport, formatDoctor, gatherFacts, minDriverFor, runDoctor, runInfo, satisfiesRange } from '../lib/cli/doctor.js';
+import type { DoctorDeps, DoctorFacts, DoctorReport } from '../lib/cli/doctor.js';
+import type { DeviceInfo } from '../lib/runtime/cuda.js';
+
+const H100: DeviceInfo = {
+  index: 0, name: 'NVIDIA H100 80GB HBM3', major: 9, minor: 0, smCount: 132, totalMemory: 85e9, freeMemory: 80e9, l2CacheBytes: 50e6,
+  sharedMemPerBlockOptin: 232448, sharedMemPerSm: 233472, clockKHz: 1980000, memoryClockKHz: 2619000, memoryBusWidth: 5120, pciBusId: '0000:01:00.0',
+  computeCapability: '9.0', supportedByBuild: true,
+};
+
+function healthy(): DoctorFacts {
+  return {
+    node: 'v22.11.0',
+    package: { name: 'mla-cuda', version: '0.1.0', nodeEngines: '^20.17.0 || >=22.9.0' },
+    build: { addonLoaded: true, compiledWithCuda: true, cudaArchitectures: '80-real 86-real 89-real 90-real 100-real 120', nvccVersion: '13.0.88', runtimeVersion: 13000, ops: ['fill', 'copy'] },
+    napiVersion: 8,
+    status: { ok: true, code: 'OK', cudaError: '', message: 'ok', deviceCount: 1, driverVersion: 13000, runtimeVersion: 13000 },
+    devices: [H100],
+    env: {},
+  };
+}
+
+const NO_DRIVER = { ok: false, code: 'ERR_NO_DEVICE', cudaError: 'cudaErrorInsufficientDriver', message: 'CUDA driver version is insufficient for CUDA runtime version', deviceCount: 0, driverVersion: 0, runtimeVersion: 13000 };
+
+function errors(f: DoctorFacts) {
+  return diagnose(f).filter((c) => c.severity === 'error');
+}
+
+t.test('satisfiesRange: the engines ranges npm uses', async (t) => {
+  const range = '^20.17.0 || >=22.9.0';
+  t.equal(satisfiesRange('v20.17.0', range), true);
+  t.equal(satisfiesRange('v20.20.2', range), true);
+  t.equal(satisfiesRange('v20.16.9', range), false);
+  t.equal(satisfiesRange('v21.7.0', range), false);
+  t.equal(satisfiesRange('v22.8.0', range), false);
+  t.equal(satisfiesRange('v22.9.0', range), true);
+  t.equal(satisfiesRange('v24.1.0', range), true);
+  t.equal(satisfiesRange('v18.0.0', '>=18 <19'), true);
+  t.equal(satisfiesRange('v19.0.0', '>=18 <19'), false);
+  t.equal(satisfiesRange('v1.2.9', '~1.2.3'), true);
+  t.equal(satisfiesRange('v1.3.0', '~1.2.3'), false);
+  t.equal(satisfiesRange('v0.2.5', '^0.2.1'), true);
+  t.equal(satisfiesRange('v0.3.0', '^0.2.1'), false);
+  t.equal(satisfiesRange('v20.0.0', ''), true);
+  t.equal(satisfiesRange('v20.0.0', 'lts/*'), null, 'unknown syntax: cannot tell');
+});
+
+t.test('a healthy setup has no problems', async (t) => {
+  const r = doctorReport(healthy());
+  t.equal(r.ok, true);
+  t.equal(r.gpuUsable, true);
+  t.same(r.checks.map((c) => c.severity), ['ok', 'ok', 'ok', 'ok', 'ok']);
+  const text = formatDoctor(r);
+  t.match(text, /\[ok\] +gpu 0: GPU 0: NVIDIA H100 80GB HBM3, compute capability 9\.0, 79\.2 GiB, 132 SMs; sm_90 is in the build/);
+  t.match(text, /built with nvcc 13\.0\.88 for architectures 80-real/);
+  t.match(text, /No problems found/);
+  t.notMatch(text, /fix:/);
+});
+
+t.test('old Node: the engines range and how to fix it', async (t) => {
+  const [e] = errors({ ...healthy(), node: 'v18.19.0' });
+  t.equal(e?.name, 'node');
+  t.match(e?.detail, /Node v18\.19\.0 does not satisfy mla-cuda's engines "\^20\.17\.0 \|\| >=22\.9\.0"/);
+  t.match(e?.fix, /Node\.js 20\.17/);
+});
+
+t.test('addon not built: npm rebuild mla-cuda', async (t) => {
+  const f = healthy();
+  f.build = { addonLoaded: false, addonError: 'No native build was found', compiledWithCuda: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
+  f.status = { ...NO_DRIVER, code: 'ERR_NO_ADDON', message: 'native addon not loaded' };
+  f.env = { MLA_CUDA_ADDON: '/tmp/x.node' };
+  const checks = diagnose(f);
+  const addon = checks.find((c) => c.name === 'addon');
+  t.equal(addon?.severity, 'error');
+  t.match(addon?.detail, /No native build was found/);
+  t.match(addon?.fix, /^`npm rebuild mla-cuda`/);
+  t.match(checks.find((c) => c.name === 'addon path')?.fix, /unset MLA_CUDA_ADDON/);
+  t.notOk(checks.some((c) => c.name === 'driver'), 'nothing else can be checked without the addon');
+});
+
+t.test('built without CUDA: install the toolkit, CUDACXX, rebuild', async (t) => {
+  const f = healthy();
+  f.build = { ...f.build, compiledWithCuda: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0 };
+  f.status = { ...NO_DRIVER, code: 'ERR_NO_CUDA' };
+  const [e] = errors(f);
+  t.equal(e?.name, 'cuda build');
+  t.match(e?.detail, /built without CUDA/);
+  t.match(e?.fix, /install the CUDA toolkit/);
+  t.match(e?.fix, /CUDACXX=\/usr\/local\/cuda\/bin\/nvcc npm rebuild mla-cuda/);
+});
+
+t.test('no driver: install the NVIDIA driver', async (t) => {
+  const r = doctorReport({ ...healthy(), status: NO_DRIVER, devices: [] });
+  const e = r.checks.filter((c) => c.severity === 'error');
+  t.equal(e.length, 1);
+  t.equal(e[0]?.name, 'driver');
+  t.match(e[0]?.detail, /no NVIDIA driver found \(cudaErrorInsufficientDriver\)/);
+  t.match(e[0]?.fix, /install the NVIDIA driver, branch 580 or newer for CUDA 13\.0/);
+  t.equal(r.gpuUsable, false);
+  t.match(formatDoctor(r), /No usable GPU: the CPU reference backend still works/);
+});
+
+t.test('driver older than the runtime: "driver too old" with the fix', async (t) => {
+  const status = { ...NO_DRIVER, driverVersion: 12040 };
+  const [e] = errors({ ...healthy(), status, devices: [] });
+  t.equal(e?.name, 'driver');
+  t.match(e?.detail, /driver too old: it supports CUDA 12\.4, the addon uses CUDA runtime 13\.0/);
+  t.match(e?.fix, /branch 580 or newer/);
+  t.match(e?.fix, /CUDACXX=\/usr\/local\/cuda-12\.4\/bin\/nvcc npm rebuild mla-cuda/);
+  // Same major, older minor, but it runs (minor-version compatibility): a warning only.
+  const compat = diagnose({ ...healthy(), status: { ...healthy().status, driverVersion: 12040, runtimeVersion: 12080 }, build: { ...healthy().build, runtimeVersion: 12080 } });
+  t.equal(compat.find((c) => c.name === 'driver')?.severity, 'warning');
+  t.equal(minDriverFor(12080), '525');
+  t.equal(minDriverFor(11080), '450');
+});
+
+t.test('driver fine but no GPU visible', async (t) => {
+  const f = { ...healthy(), status: { ...NO_DRIVER, cudaError: 'cudaErrorNoDevice', message: 'no CUDA-capable device is detected', driverVersion: 13000 }, devices: [], env: { CUDA_VISIBLE_DEVICES: '' } };
+  const [e] = errors(f);
+  t.equal(e?.name, 'gpu');
+  t.match(e?.detail, /no CUDA-capable device/);
+  t.match(e?.fix, /nvidia-smi/);
+  t.match(e?.fix, /CUDA_VISIBLE_DEVICES="" may hide them/);
+});
+
+t.test('GPU architecture missing from the build: CUDAARCHS=<cc> npm rebuild', async (t) => {
+  const f = healthy();
+  f.build = { ...f.build, cudaArchitectures: '80-real 90-real' };
+  f.devices = [{ ...H100, name: 'NVIDIA RTX PRO 6000', major: 12, minor: 0, computeCapability: '12.0', supportedByBuild: false }];
+  const [e] = errors(f);
+  t.match(e?.detail, /architecture sm_120 is not in this build \(80-real 90-real\)/);
+  t.equal(e?.fix, '`CUDAARCHS=120 npm rebuild mla-cuda`');
+  // sm_80 SASS runs on sm_89: no problem there.
+  f.devices = [{ ...H100, name: 'NVIDIA L40S', major: 8, minor: 9, computeCapability: '8.9' }];
+  t.same(errors(f), []);
+  f.devices = [{ ...H100, name: 'Tesla T4', major: 7, minor: 5, computeCapability: '7.5' }];
+  t.match(errors(f)[0]?.detail, /need compute capability 8\.0 or newer/);
+});
+
+function deps(facts: DoctorFacts): DoctorDeps & { out: string; err: string } {
+  const d = { out: '', err: '', stdout: (s: string) => void (d.out += s), stderr: (s: string) => void (d.err += s), facts: () => facts };
+  return d;
+}
+
+t.test('runDoctor: exits 0 without a GPU, says so; --json; bad flags exit 1', async (t) => {
+  const d = deps({ ...healthy(), status: NO_DRIVER, devices: [] });
+  t.equal(await runDoctor([], d), 0);
+  t.match(d.out, /\[FAIL\] driver: no NVIDIA driver found/);
+  t.match(d.out, / {7}fix: install the NVIDIA driver/);
+  t.match(d.out, /No usable GPU/);
+  const j = deps({ ...healthy(), status: NO_DRIVER, devices: [] });
+  t.equal(await runDoctor(['--json'], j), 0);
+  const report = JSON.parse(j.out) as DoctorReport;
+  t.equal(report.ok, false);
+  t.equal(report.gpuUsable, false);
+  t.equal(report.facts.status.code, 'ERR_NO_DEVICE');
+  t.ok(report.checks.some((c) => c.fix?.includes('NVIDIA driver')));
+  const bad = deps(healthy());
+  t.equal(await runDoctor(['--jsn'], bad), 1);
+  t.match(bad.err, /unknown flag --jsn \(did you mean --json\?\)/);
+  const extra = deps(healthy());
+  t.equal(await runDoctor(['now'], extra), 1);
+  t.match(extra.err, /takes no arguments/);
+  const help = deps(healthy());
+  t.equal(await runDoctor(['--help'], help), 0);
+  t.match(help.out, /usage: mla-cuda doctor/);
+});
+
+t.test('runInfo prints build, status and devices as JSON', async (t) => {
+  const d = deps(healthy());
+  t.equal(await runInfo([], d), 0);
+  const info = JSON.parse(d.out) as { build: { napiVersion: number; cudaArchitectures: string }; status: { ok: boolean }; devices: DeviceInfo[] };
+  t.equal(info.build.napiVersion, 8);
+  t.equal(info.status.ok, true);
+  t.equal(info.devices[0]?.name, 'NVIDIA H100 80GB HBM3');
+  const bad = deps(healthy());
+  t.equal(await runInfo(['--json'], bad), 1);
+});
+
+t.test('gatherFacts on this machine never throws', async (t) => {
+  const f = gatherFacts();
+  t.equal(f.node, process.version);
+  t.equal(f.package.name, 'mla-cuda');
+  t.type(f.status.ok, 'boolean');
+  t.ok(diagnose(f).length >= 1);
+});
+
+const cli = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
+
+t.test('built CLI: doctor and info exit 0 on this machine', { skip: existsSync(cli) ? false : 'dist/ not built (npm run build)' }, async (t) => {
+  const doc = spawnSync(process.execPath, [cli, 'doctor'], { encoding: 'utf8' });
+  t.equal(doc.status, 0, doc.stderr);
+  t.match(doc.stdout, /^mla-cuda doctor/);
+  t.match(doc.stdout, /\[(ok|FAIL)\] +node: Node v/);
+  const json = spawnSync(process.execPath, [cli, 'doctor', '--json'], { encoding: 'utf8' });
+  t.equal(json.status, 0);
+  t.type((JSON.parse(json.stdout) as DoctorReport).ok, 'boolean');
+  const info = spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8' });
+  t.equal(info.status, 0);
+  t.ok((JSON.parse(info.stdout) as { status: unknown }).status);
+});
