@@ -1,0 +1,159 @@
+// Prefill throughput: one request of n new tokens (no cached prefix) with H heads.
+//   run():     the whole prefill() call (reusing a PrefillWorkspace, so no scratch allocation;
+//              the per-call plan upload and its free, which synchronises, are included):
+//              gather from the paged cache, K/V recompute
+//              (latent · kv_b_projᵀ, one GEMM per chunk), causal attention per chunk, LSE merges.
+//   runMain(): the causal attention kernel alone (prefillAttention) on precomputed K_nope / V,
+//              one launch over all n keys.
+//
+// FLOPs (both timings use the same count, so run()'s TFLOP/s is an "effective" rate that
+// charges the recompute to the attention):
+//   flops = 2 · H · (192 + 128) · n(n + 1)/2
+// i.e. 2 FLOP per multiply-add of Q·Kᵀ (192) and P·V (128) over the unmasked (query, key)
+// pairs of a bottom-right causal mask (attentionPairs), ≈ half of the full n² square.
+// The recompute (not counted above) is params.recomputeFlops = 2 · n · 512 · H · 256.
+// Bytes (fewest the whole call must move): q n·H·192·e + out n·H·128·e + lse n·H·4
+//   + cache rows n·576·e + kv_b_proj H·256·512·e.
+import { DTYPE_SIZE } from '../dtype.js';
+import type { DType } from '../dtype.js';
+import { linear } from '../ops/linear.js';
+import { prefill, prefillAttention, PREFILL_DEFAULT_CHUNK_TOKENS, PrefillWorkspace } from '../ops/prefill.js';
+import { mulberry32, randnArray } from '../reference/util.js';
+import { DeviceTensor } from '../runtime/tensor.js';
+import { attentionFlops } from './formulas.js';
+import type { BenchCase, BenchSuite, BenchSuiteOptions } from './types.js';
+
+const LENGTHS = [512, 1024, 2048, 4096, 8192, 16384, 32768];
+const QUICK_LENGTHS = [512, 4096];
+const HEADS = [128, 16];
+const QUICK_HEADS = [16];
+const PAGE_SIZE = 64;
+const NOPE = 128;
+const ROPE = 64;
+const V = 128;
+const KV_LORA = 512;
+const WIDTH = KV_LORA + ROPE;
+const TILE = 1 << 20;
+
+type HalfDType = 'bf16' | 'f16';
+
+/** Random normal data (std) in a contiguous tensor: one uploaded tile repeated by device copies. */
+function fillRandom(t: DeviceTensor, seed: number, std = 1): void {
+  const flat = t.reshape([t.numel]);
+  const n = Math.min(TILE, t.numel);
+  const tile = DeviceTensor.fromArray(randnArray(n, mulberry32(seed), std), [n], t.dtype);
+  try {
+    for (let off = 0; off < t.numel; off += n) {
+      const len = Math.min(n, t.numel - off);
+      flat.slice(0, off, off + len).copyFrom(len === n ? tile : tile.slice(0, 0, len));
+    }
+  } finally {
+    tile.dispose();
+  }
+}
+
+function disposeAll(list: Array<{ dispose(): void }>): void {
+  for (const x of list) x.dispose();
+}
+
+export function prefillFlops(n: number, heads: number): number {
+  return attentionFlops({ b: 1, hQ: heads, sQ: n, sK: n, dQK: NOPE + ROPE, dV: V, causal: true });
+}
+
+export function prefillCase(n: number, heads: number, dtype: HalfDType = 'bf16', chunkTokens = PREFILL_DEFAULT_CHUNK_TOKENS): BenchCase {
+  const e = DTYPE_SIZE[dtype];
+  const pages = Math.ceil(n / PAGE_SIZE);
+  const qBytes = n * heads * (NOPE + ROPE) * e;
+  const outBytes = n * heads * V * e + n * heads * 4;
+  const cacheBytes = pages * PAGE_SIZE * WIDTH * e;
+  const wBytes = heads * (NOPE + V) * KV_LORA * e;
+  const upBytes = n * heads * (NOPE + V) * e; // runMain's precomputed K_nope | V
+  const chunk = Math.min(n, chunkTokens);
+  const scratchBytes = chunk * (WIDTH + heads * (NOPE + V)) * e;
+  return {
+    name: `prefill n${n} h${heads} ${dtype}${chunkTokens === PREFILL_DEFAULT_CHUNK_TOKENS ? '' : ` chunk${chunkTokens}`}`,
+    params: {
+      op: 'prefill', n, h: heads, dtype, chunkTokens, pageSize: PAGE_SIZE,
+      recomputeFlops: 2 * n * KV_LORA * heads * (NOPE + V),
+    },
+    flops: prefillFlops(n, heads),
+    bytes: qBytes + outBytes + n * WIDTH * e + wBytes,
+    footprintBytes: qBytes + outBytes + cacheBytes + n * WIDTH * e + wBytes + upBytes + scratchBytes,
+    setup() {
+      const owned: Array<{ dispose(): void }> = [];
+      const own = <T extends { dispose(): void }>(x: T): T => {
+        owned.push(x);
+        return x;
+      };
+      try {
+        const q = own(DeviceTensor.empty([n, heads, NOPE + ROPE], dtype));
+        fillRandom(q, 1);
+        // Context rows contiguous (for runMain) and the same rows in the paged cache, in order.
+        const rows = own(DeviceTensor.empty([n, WIDTH], dtype));
+        fillRandom(rows, 2);
+        const cache = own(DeviceTensor.zeros([pages, PAGE_SIZE, WIDTH], dtype));
+        cache.reshape([pages * PAGE_SIZE, WIDTH]).slice(0, 0, n).copyFrom(rows);
+        const tableHost = Int32Array.from({ length: pages }, (_, i) => i);
+        const blockTable = own(DeviceTensor.fromArray(tableHost, [1, pages], 'i32'));
+        const kvBProj = own(DeviceTensor.empty([heads * (NOPE + V), KV_LORA], dtype));
+        fillRandom(kvBProj, 3, 1 / Math.sqrt(KV_LORA));
+        const up = own(linear(rows.slice(1, 0, KV_LORA), kvBProj)).reshape([n, heads, NOPE + V]);
+        const kNope = up.slice(2, 0, NOPE);
+        const v = up.slice(2, NOPE, NOPE + V);
+        const kRope = rows.slice(1, KV_LORA, WIDTH);
+        const out = own(DeviceTensor.empty([n, heads, V], dtype));
+        const lse = own(DeviceTensor.empty([n, heads], 'f32'));
+        const lens = Int32Array.of(n);
+        // Scratch reused across runs, as a serving engine would (no cudaMalloc in the timing).
+        const workspace = own(new PrefillWorkspace());
+        const scale = 1 / Math.sqrt(NOPE + ROPE);
+        return {
+          run: (stream) => {
+            prefill({
+              q, cache, blockTable, blockTableHost: tableHost, seqLens: lens, qSeqLens: lens,
+              weights: { kvBProj }, scale, out, lse, chunkTokens, workspace, stream,
+            });
+          },
+          runMain: (stream) => {
+            prefillAttention({ q, kNope, kRope, v, qSeqLens: lens, kvSeqLens: lens, scale, out, lse, stream });
+          },
+          dispose: () => disposeAll(owned),
+        };
+      } catch (err) {
+        disposeAll(owned);
+        throw err;
+      }
+    },
+  };
+}
+
+function gridNumbers(opts: BenchSuiteOptions, key: string, fallback: number[]): number[] {
+  const v = opts.grid?.[key]?.map(Number) ?? fallback;
+  for (const x of v) if (!Number.isSafeInteger(x) || x < 1) throw new RangeError(`prefill: grid ${key} must hold positive integers, got ${String(x)}`);
+  return v;
+}
+
+function gridDTypes(opts: BenchSuiteOptions): HalfDType[] {
+  return (opts.grid?.['dtype'] ?? ['bf16']).map((x): HalfDType => {
+    const d = String(x) as DType;
+    if (d !== 'bf16' && d !== 'f16') throw new RangeError(`prefill: dtype must be bf16 or f16, got ${d}`);
+    return d;
+  });
+}
+
+export const suite: BenchSuite = {
+  name: 'prefill',
+  description:
+    'causal MLA prefill, one request of n tokens: run = whole call (gather + K/V recompute + chunked attention + merge), ' +
+    'main = attention kernel alone; TFLOP/s over 2·H·320·n(n+1)/2 (grid keys: n, h, dtype, chunk)',
+  cases(opts) {
+    const lengths = gridNumbers(opts, 'n', opts.quick ? QUICK_LENGTHS : LENGTHS);
+    const heads = gridNumbers(opts, 'h', opts.quick ? QUICK_HEADS : HEADS);
+    const chunks = gridNumbers(opts, 'chunk', [PREFILL_DEFAULT_CHUNK_TOKENS]);
+    const out: BenchCase[] = [];
+    for (const dtype of gridDTypes(opts)) {
+      for (const h of heads) for (const n of lengths) for (const c of chunks) out.push(prefillCase(n, h, dtype, c));
+    }
+    return out;
+  },
+};
