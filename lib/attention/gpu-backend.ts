@@ -1,0 +1,279 @@
+// MlaAttention on the CUDA ops of lib/ops: linear / rmsNorm for the projections,
+// ropeQuery and the fused appendLatent for RoPE and the cache write, the naive
+// prefill kernel for prompts, absorbQuery → decode → absorbOutput for decodes, o_proj.
+//
+// The attention kernels are built for DeepSeek's head geometry (kv_lora 512, rope 64,
+// nope 128, v 128); create() rejects anything else with ERR_SHAPE.
+
+import type { MlaConfig } from '../config.js';
+import { MlaError } from '../errors.js';
+import type { CacheDType, CacheStep, DeviceCacheStep, LatentCache } from '../latent-cache.js';
+import { DECODE_MAX_HEADS, DECODE_MAX_PAGE_SIZE, DECODE_MIN_PAGE_SIZE, decode, DecodeWorkspace } from '../ops/decode.js';
+import { absorbOutput, absorbQuery, linear, prepareAbsorbWeights, type AbsorbWeights } from '../ops/linear.js';
+import { PREFILL_KV_LORA, PREFILL_NOPE_DIM, PREFILL_ROPE_DIM, PREFILL_V_DIM, prefill, preparePrefillWeights } from '../ops/prefill.js';
+import { rmsNorm } from '../ops/rmsnorm.js';
+import { appendLatent, ROPE_MAX_POSITIONS, ropeConfigFrom, ropeQuery, RopeTable } from '../ops/rope.js';
+import type { MlaLayerWeights } from '../reference/layer.js';
+import type { Stream } from '../runtime/stream.js';
+import { DeviceTensor } from '../runtime/tensor.js';
+import { isPowerOfTwo } from '../ops/validate.js';
+import { isHostWeights, type MlaWeights } from '../weights.js';
+import type { AttentionBackend, AttentionPath } from './types.js';
+
+export interface GpuBackendOptions {
+  config: MlaConfig;
+  weights: MlaWeights | MlaLayerWeights;
+  cache: LatentCache;
+  layer: number;
+  dtype: CacheDType;
+  stream?: Stream | undefined;
+}
+
+/** A run of consecutive requests that take the same path: one attention launch. */
+interface Segment {
+  path: AttentionPath;
+  b0: number;
+  b1: number;
+  t0: number;
+  t1: number;
+}
+
+function segmentsOf(step: CacheStep, paths: readonly AttentionPath[]): Segment[] {
+  const out: Segment[] = [];
+  step.entries.forEach((e, b) => {
+    const last = out[out.length - 1];
+    if (last !== undefined && last.path === paths[b]) {
+      last.b1 = b + 1;
+      last.t1 = e.tokenStart + e.numTokens;
+    } else {
+      out.push({ path: paths[b]!, b0: b, b1: b + 1, t0: e.tokenStart, t1: e.tokenStart + e.numTokens });
+    }
+  });
+  return out;
+}
+
+/** Throws ERR_SHAPE unless the kernels support this geometry and page size. */
+export function checkGpuGeometry(cfg: MlaConfig, pageSize: number): void {
+  const bad: string[] = [];
+  if (cfg.kvLoraRank !== PREFILL_KV_LORA) bad.push(`kv_lora_rank ${cfg.kvLoraRank} (needs ${PREFILL_KV_LORA})`);
+  if (cfg.qkRopeHeadDim !== PREFILL_ROPE_DIM) bad.push(`qk_rope_head_dim ${cfg.qkRopeHeadDim} (needs ${PREFILL_ROPE_DIM})`);
+  if (cfg.qkNopeHeadDim !== PREFILL_NOPE_DIM) bad.push(`qk_nope_head_dim ${cfg.qkNopeHeadDim} (needs ${PREFILL_NOPE_DIM})`);
+  if (cfg.vHeadDim !== PREFILL_V_DIM) bad.push(`v_head_dim ${cfg.vHeadDim} (needs ${PREFILL_V_DIM})`);
+  if (cfg.numHeads > DECODE_MAX_HEADS) bad.push(`${cfg.numHeads} heads (at most ${DECODE_MAX_HEADS})`);
+  if (cfg.hiddenSize % 8 !== 0) bad.push(`hidden_size ${cfg.hiddenSize} (a multiple of 8)`);
+  if (cfg.qLoraRank !== null && cfg.qLoraRank % 8 !== 0) bad.push(`q_lora_rank ${cfg.qLoraRank} (a multiple of 8)`);
+  if (!isPowerOfTwo(pageSize) || pageSize < DECODE_MIN_PAGE_SIZE || pageSize > DECODE_MAX_PAGE_SIZE) {
+    bad.push(`cache page size ${pageSize} (a power of two in [${DECODE_MIN_PAGE_SIZE}, ${DECODE_MAX_PAGE_SIZE}])`);
+  }
+  if (bad.length > 0) throw new MlaError('ERR_SHAPE', `MlaAttention (gpu backend): the CUDA kernels do not support ${bad.join(', ')}`);
+}
+
+interface DeviceWeights {
+  qAProj: DeviceTensor | null;
+  qALayernorm: DeviceTensor | null;
+  qBProj: DeviceTensor | null;
+  qProj: DeviceTensor | null;
+  kvAProjWithMqa: DeviceTensor;
+  kvALayernorm: DeviceTensor;
+  oProj: DeviceTensor;
+  absorb: AbsorbWeights;
+  /** [H·128, 512] W_UK rows for the prefill up-projection (W_UV is absorb.wUV reshaped). */
+  prefillWUK: DeviceTensor;
+}
+
+// Uploads everything, freeing what was uploaded if any step fails.
+function uploadWeights(cfg: MlaConfig, w: MlaWeights | MlaLayerWeights, dtype: CacheDType, stream: Stream | undefined): DeviceWeights {
+  const made: DeviceTensor[] = [];
+  const host = isHostWeights(w);
+  const data = (k: keyof MlaLayerWeights): Float32Array | null => {
+    if (host) return w[k]?.data ?? null;
+    const v = w[k];
+    return v === null ? null : Float32Array.from(v);
+  };
+  const up = (k: keyof MlaLayerWeights, shape: readonly number[], dt: CacheDType | 'f32' = dtype): DeviceTensor | null => {
+    const d = data(k);
+    if (d === null) return null;
+    const t = DeviceTensor.fromArray(d, shape, dt);
+    made.push(t);
+    return t;
+  };
+  let absorb: AbsorbWeights | undefined;
+  try {
+    const { hiddenSize: hid, numHeads: H, qLoraRank: q, kvLoraRank: C, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V } = cfg;
+    const kvB = up('kvBProj', [H * (N + V), C])!;
+    const sopts = { stream };
+    absorb = prepareAbsorbWeights(kvB, { numHeads: H, qkNopeHeadDim: N, vHeadDim: V, kvLoraRank: C }, sopts);
+    const pw = preparePrefillWeights(kvB, { numHeads: H }, sopts);
+    pw.wUV.dispose();
+    made.push(pw.wUK);
+    const dw: DeviceWeights = {
+      qAProj: q === null ? null : up('qAProj', [q, hid]),
+      // Norm weights stay f32: the kernels accept them and it saves a rounding.
+      qALayernorm: q === null ? null : up('qALayernorm', [q], 'f32'),
+      qBProj: q === null ? null : up('qBProj', [H * (N + R), q]),
+      qProj: q === null ? up('qProj', [H * (N + R), hid]) : null,
+      kvAProjWithMqa: up('kvAProjWithMqa', [C + R, hid])!,
+      kvALayernorm: up('kvALayernorm', [C], 'f32')!,
+      oProj: up('oProj', [hid, H * V])!,
+      absorb,
+      prefillWUK: pw.wUK,
+    };
+    // kv_b_proj itself is not needed once split.
+    kvB.dispose();
+    return dw;
+  } catch (e) {
+    for (const t of made) t.dispose();
+    absorb?.dispose();
+    throw e;
+  }
+}
+
+export class GpuBackend implements AttentionBackend {
+  readonly #cfg: MlaConfig;
+  readonly #cache: LatentCache;
+  readonly #layer: number;
+  readonly #dtype: CacheDType;
+  readonly #stream: Stream | undefined;
+  #w: DeviceWeights | null;
+  #rope: RopeTable | null = null;
+  #workspace: DecodeWorkspace | null = null;
+
+  private constructor(opts: GpuBackendOptions, w: DeviceWeights) {
+    this.#cfg = opts.config;
+    this.#cache = opts.cache;
+    this.#layer = opts.layer;
+    this.#dtype = opts.dtype;
+    this.#stream = opts.stream;
+    this.#w = w;
+  }
+
+  static create(opts: GpuBackendOptions): GpuBackend {
+    checkGpuGeometry(opts.config, opts.cache.pageSize);
+    return new GpuBackend(opts, uploadWeights(opts.config, opts.weights, opts.dtype, opts.stream));
+  }
+
+  // Grows geometrically so a long generation rebuilds the table O(log n) times.
+  #ropeTable(maxPos: number): RopeTable {
+    if (this.#rope === null || this.#rope.maxPositions < maxPos) {
+      const size = Math.min(ROPE_MAX_POSITIONS, Math.max(maxPos, 2 * (this.#rope?.maxPositions ?? 0), 4096));
+      if (size < maxPos) throw new MlaError('ERR_RANGE', `MlaAttention: position ${maxPos - 1} exceeds the largest RoPE table (${ROPE_MAX_POSITIONS} positions)`);
+      this.#rope?.dispose();
+      this.#rope = null;
+      this.#rope = RopeTable.create(ropeConfigFrom(this.#cfg), size, { stream: this.#stream });
+    }
+    return this.#rope;
+  }
+
+  #decodeWorkspace(batch: number, maxQ: number): DecodeWorkspace {
+    const H = this.#cfg.numHeads;
+    const ws = this.#workspace;
+    if (ws !== null && ws.fits(batch, H, maxQ)) return ws;
+    const next = new DecodeWorkspace({ maxBatch: Math.max(batch, ws?.maxBatch ?? 0), maxHeads: H, maxQSeqLen: Math.max(maxQ, ws?.maxQSeqLen ?? 1) });
+    ws?.dispose();
+    this.#workspace = next;
+    return next;
+  }
+
+  forward(hidden: DeviceTensor, step: CacheStep, paths: readonly AttentionPath[]): DeviceTensor {
+    const w = this.#w;
+    if (w === null) throw new MlaError('ERR_DISPOSED', 'MlaAttention was disposed');
+    const cfg = this.#cfg;
+    const { numHeads: H, qkNopeHeadDim: N, qkRopeHeadDim: R, kvLoraRank: C, vHeadDim: V } = cfg;
+    const T = step.numTokens;
+    const stream = this.#stream;
+    const so = { stream };
+    let maxPos = 0;
+    for (const p of step.positions) maxPos = Math.max(maxPos, p + 1);
+    const table = this.#ropeTable(maxPos);
+    const dev: DeviceCacheStep = this.#cache.uploadStep(step);
+    const cache = this.#cache.deviceLayer(this.#layer);
+    const temps: DeviceTensor[] = [];
+    const keep = <X extends DeviceTensor>(t: X): X => {
+      temps.push(t);
+      return t;
+    };
+    try {
+      // Query: q = W_qb·RMSNorm(W_qa·x) (or W_q·x), rope part rotated in place.
+      let q: DeviceTensor;
+      if (w.qAProj !== null) {
+        const qa = keep(linear(hidden, w.qAProj, so));
+        rmsNorm(qa, w.qALayernorm!, cfg.rmsNormEps, { out: qa, stream });
+        q = keep(linear(qa, w.qBProj!, so));
+      } else {
+        q = keep(linear(hidden, w.qProj!, so));
+      }
+      const q3 = q.reshape([T, H, N + R]);
+      // Positions come from the cache's own plan and the table covers them: no host check.
+      ropeQuery(q3, dev.positions, table, { nopeDim: N, stream, checkIndices: false });
+
+      // Latent: [RMSNorm(c) ; RoPE(k_rope)] into this step's cache slots.
+      const kvDown = keep(linear(hidden, w.kvAProjWithMqa, so));
+      appendLatent({ kvDown, normWeight: w.kvALayernorm, eps: cfg.rmsNormEps, positions: dev.positions, slotMapping: dev.slotMapping, cache, table, stream, checkIndices: false });
+
+      const o = keep(DeviceTensor.empty([T, H, V], this.#dtype));
+      for (const s of segmentsOf(step, paths)) {
+        const qs = q3.slice(0, s.t0, s.t1);
+        const bt = dev.blockTable.slice(0, s.b0, s.b1);
+        if (s.path === 'prefill') {
+          const r = prefill({
+            q: qs,
+            cache,
+            blockTable: bt,
+            seqLens: step.seqLens.subarray(s.b0, s.b1),
+            qSeqLens: step.qSeqLens.subarray(s.b0, s.b1),
+            blockTableHost: step.blockTable.subarray(s.b0 * step.maxPages, s.b1 * step.maxPages),
+            weights: { wUK: w.prefillWUK, wUV: w.absorb.wUV.reshape([H * V, C]) },
+            scale: cfg.softmaxScale,
+            out: o.slice(0, s.t0, s.t1),
+            stream,
+          });
+          keep(r.lse);
+        } else {
+          const Td = s.t1 - s.t0;
+          const qAbs = keep(DeviceTensor.empty([Td, H, C + R], this.#dtype));
+          absorbQuery(qs.slice(2, 0, N), w.absorb, { out: qAbs.slice(2, 0, C), stream });
+          qAbs.slice(2, C, C + R).copyFrom(qs.slice(2, N, N + R), so);
+          let maxQ = 0;
+          let uniform = true;
+          for (let b = s.b0; b < s.b1; b++) {
+            maxQ = Math.max(maxQ, step.qSeqLens[b]!);
+            if (step.qSeqLens[b] !== step.qSeqLens[s.b0]) uniform = false;
+          }
+          const oLat = keep(DeviceTensor.empty([Td, H, C], this.#dtype));
+          const r = decode({
+            q: qAbs,
+            cache,
+            blockTable: bt,
+            seqLens: dev.seqLens.slice(0, s.b0, s.b1),
+            qSeqLens: uniform ? undefined : dev.qSeqLens.slice(0, s.b0, s.b1),
+            maxQSeqLen: maxQ,
+            scale: cfg.softmaxScale,
+            causal: true,
+            out: oLat,
+            workspace: this.#decodeWorkspace(s.b1 - s.b0, maxQ),
+            checkIndices: false,
+            stream,
+          });
+          keep(r.lse);
+          absorbOutput(oLat, w.absorb, { out: o.slice(0, s.t0, s.t1), stream });
+        }
+      }
+      return linear(o.reshape([T, H * V]), w.oProj, so);
+    } finally {
+      // cudaFree waits for the kernels still reading these.
+      for (const t of temps) t.dispose();
+    }
+  }
+
+  dispose(): void {
+    const w = this.#w;
+    if (w === null) return;
+    this.#w = null;
+    for (const t of [w.qAProj, w.qALayernorm, w.qBProj, w.qProj, w.kvAProjWithMqa, w.kvALayernorm, w.oProj, w.prefillWUK]) t?.dispose();
+    w.absorb.dispose();
+    this.#rope?.dispose();
+    this.#rope = null;
+    this.#workspace?.dispose();
+    this.#workspace = null;
+  }
+}

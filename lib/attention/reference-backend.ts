@@ -1,0 +1,151 @@
+// MlaAttention on the float64 reference ops, reading and writing the
+// LatentCache's host storage. Exact and slow: the CI oracle and the CPU fallback.
+
+import type { MlaConfig } from '../config.js';
+import type { CacheStep, LatentCache } from '../latent-cache.js';
+import { absorbOutput, absorbQuery, splitKvBProj, type AbsorbedWeights } from '../reference/absorb.js';
+import { appendLatentReference, gatherPagedCache, type PagedCacheView } from '../reference/cache.js';
+import { decodeReference } from '../reference/decode.js';
+import type { MlaLayerWeights } from '../reference/layer.js';
+import { linear } from '../reference/linear.js';
+import { prefillReference } from '../reference/prefill.js';
+import { rmsnorm } from '../reference/rmsnorm.js';
+import { applyRope, ropeLayoutOf, ropeTable, type RopeLayout, type RopeTable } from '../reference/rope.js';
+import { tokenRows, type AttentionBackend, type AttentionPath } from './types.js';
+
+function gatherRows(src: Float64Array, width: number, rows: Int32Array): Float64Array {
+  const out = new Float64Array(rows.length * width);
+  for (let i = 0; i < rows.length; i++) out.set(src.subarray(rows[i]! * width, (rows[i]! + 1) * width), i * width);
+  return out;
+}
+
+function scatterRows(dst: Float64Array, src: Float64Array, width: number, rows: Int32Array): void {
+  for (let i = 0; i < rows.length; i++) dst.set(src.subarray(i * width, (i + 1) * width), rows[i]! * width);
+}
+
+export class ReferenceBackend implements AttentionBackend {
+  readonly #cfg: MlaConfig;
+  readonly #w: MlaLayerWeights;
+  readonly #absorbed: AbsorbedWeights;
+  readonly #cache: LatentCache;
+  readonly #layer: number;
+  readonly #layout: RopeLayout;
+  #table: RopeTable | null = null;
+
+  constructor(cfg: MlaConfig, weights: MlaLayerWeights, cache: LatentCache, layer: number) {
+    this.#cfg = cfg;
+    this.#w = weights;
+    this.#absorbed = splitKvBProj(weights.kvBProj, cfg);
+    this.#cache = cache;
+    this.#layer = layer;
+    this.#layout = ropeLayoutOf(cfg);
+  }
+
+  // Table rows are independent of its size, so growing it never changes a result.
+  #rope(maxPos: number): RopeTable {
+    if (this.#table === null || this.#table.maxPos < maxPos) {
+      this.#table = ropeTable(this.#cfg, Math.max(maxPos, 2 * (this.#table?.maxPos ?? 0), 256));
+    }
+    return this.#table;
+  }
+
+  forward(hidden: Float64Array, step: CacheStep, paths: readonly AttentionPath[]): Float64Array {
+    const cfg = this.#cfg;
+    const w = this.#w;
+    const { hiddenSize: hid, numHeads: H, kvLoraRank: C, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V } = cfg;
+    const QK = N + R;
+    const D = C + R;
+    const T = step.numTokens;
+    let maxPos = 0;
+    for (const p of step.positions) maxPos = Math.max(maxPos, p + 1);
+    const table = this.#rope(maxPos);
+
+    let q: Float64Array;
+    if (cfg.qLoraRank !== null) {
+      const qa = linear(hidden, T, hid, w.qAProj!, cfg.qLoraRank);
+      rmsnorm(qa, T, cfg.qLoraRank, w.qALayernorm!, cfg.rmsNormEps, { out: qa });
+      q = linear(qa, T, cfg.qLoraRank, w.qBProj!, H * QK);
+    } else {
+      q = linear(hidden, T, hid, w.qProj!, H * QK);
+    }
+    const rowPos = new Int32Array(T * H);
+    for (let t = 0; t < T; t++) rowPos.fill(step.positions[t]!, t * H, (t + 1) * H);
+    applyRope(q, T * H, QK, N, R, rowPos, table, this.#layout);
+
+    const storage = this.#cache.hostLayer(this.#layer);
+    const pageSize = this.#cache.pageSize;
+    appendLatentReference({
+      kvDown: linear(hidden, T, hid, w.kvAProjWithMqa, D),
+      normWeight: w.kvALayernorm,
+      eps: cfg.rmsNormEps,
+      positions: step.positions,
+      slotMapping: step.slotMapping,
+      cache: storage,
+      pageSize,
+      ropeTable: table,
+      layout: this.#layout,
+    });
+
+    const o = new Float64Array(T * H * V);
+    const group = (path: AttentionPath): number[] => paths.flatMap((p, b) => (p === path ? [b] : []));
+    const view = (idx: number[]): PagedCacheView => {
+      const { table: blockTable, maxPages } = this.#cache.blockTable(idx.map((b) => step.entries[b]!.seqId));
+      return { cache: storage, pageSize, dim: D, blockTable, maxPages };
+    };
+    const lens = (idx: number[], of: Int32Array): Int32Array => Int32Array.from(idx, (b) => of[b]!);
+
+    const pre = group('prefill');
+    if (pre.length > 0) {
+      const rows = tokenRows(step, pre);
+      const seqLens = lens(pre, step.seqLens);
+      const att = prefillReference({
+        q: gatherRows(q, H * QK, rows),
+        kv: gatherPagedCache(view(pre), seqLens),
+        kvBProj: w.kvBProj,
+        qSeqLens: lens(pre, step.qSeqLens),
+        kvSeqLens: seqLens,
+        numHeads: H,
+        qkNopeHeadDim: N,
+        qkRopeHeadDim: R,
+        vHeadDim: V,
+        kvLoraRank: C,
+        scale: cfg.softmaxScale,
+        causal: true,
+      });
+      scatterRows(o, att.out, H * V, rows);
+    }
+
+    const dec = group('decode');
+    if (dec.length > 0) {
+      const rows = tokenRows(step, dec);
+      const Td = rows.length;
+      const qd = gatherRows(q, H * QK, rows);
+      const qLatent = absorbQuery(qd, Td, this.#absorbed, { stride: QK });
+      const qAbs = new Float64Array(Td * H * D);
+      for (let r = 0; r < Td * H; r++) {
+        qAbs.set(qLatent.subarray(r * C, (r + 1) * C), r * D);
+        qAbs.set(qd.subarray(r * QK + N, (r + 1) * QK), r * D + C);
+      }
+      const v = view(dec);
+      const att = decodeReference({
+        q: qAbs,
+        cache: storage,
+        pageSize,
+        blockTable: v.blockTable,
+        seqLens: lens(dec, step.seqLens),
+        qSeqLens: lens(dec, step.qSeqLens),
+        numHeads: H,
+        dimLatent: C,
+        headDim: D,
+        scale: cfg.softmaxScale,
+        causal: true,
+      });
+      scatterRows(o, absorbOutput(att.out, Td, this.#absorbed), H * V, rows);
+    }
+    return linear(o, T, H * V, w.oProj, hid);
+  }
+
+  dispose(): void {
+    this.#table = null;
+  }
+}

@@ -1,0 +1,252 @@
+// One decode step of a DeepSeek-V3-shaped attention layer (hidden 7168, 128 heads,
+// q_lora 1536, kv_lora 512, rope 64, random bf16 weights) for B sequences at context L,
+// run as MlaAttention's GPU backend runs it, with preallocated buffers and no host
+// round trips. The BenchInstance contract times one function per case, so the per-kernel
+// breakdown is one case per stage: `stage=step` is the whole step (its runMain the
+// attention kernel alone), the other stages time each kernel of the step by itself.
+import { MLA_PRESETS } from '../config.js';
+import { decode, DecodeWorkspace } from '../ops/decode.js';
+import { absorbOutput, absorbQuery, linear, prepareAbsorbWeights, type AbsorbWeights } from '../ops/linear.js';
+import { rmsNorm } from '../ops/rmsnorm.js';
+import { appendLatent, ropeConfigFrom, ropeQuery, RopeTable } from '../ops/rope.js';
+import { mulberry32, randnArray } from '../reference/util.js';
+import type { Stream } from '../runtime/stream.js';
+import { DeviceTensor } from '../runtime/tensor.js';
+import { gemmBytes, gemmFlops, mlaDecodeBytes, mlaDecodeFlops } from './formulas.js';
+import type { BenchCase, BenchInstance, BenchSuite, BenchSuiteOptions } from './types.js';
+
+const CFG = MLA_PRESETS['deepseek-v3'];
+const PAGE_SIZE = 64;
+const TILE = 1 << 20;
+const E = 2; // bf16
+
+export const LAYER_STAGES = ['step', 'q_a_proj', 'q_norm', 'q_b_proj', 'rope_q', 'kv_a_proj', 'append_latent', 'absorb_q', 'decode', 'absorb_o', 'o_proj'] as const;
+export type LayerStage = (typeof LAYER_STAGES)[number];
+
+function isStage(s: string): s is LayerStage {
+  return (LAYER_STAGES as readonly string[]).includes(s);
+}
+
+// Device-side tiling of one random host tile: weights of 100M+ values without a
+// 100M-value host array.
+function fillRandom(t: DeviceTensor, seed: number, std: number): void {
+  const flat = t.reshape([t.numel]);
+  const n = Math.min(TILE, t.numel);
+  const tile = DeviceTensor.fromArray(randnArray(n, mulberry32(seed), std), [n], t.dtype);
+  try {
+    for (let off = 0; off < t.numel; off += n) {
+      const len = Math.min(n, t.numel - off);
+      flat.slice(0, off, off + len).copyFrom(len === n ? tile : tile.slice(0, 0, len));
+    }
+  } finally {
+    tile.dispose();
+  }
+}
+
+interface Dims {
+  b: number;
+  ctx: number;
+}
+
+const G = (() => {
+  const { hiddenSize: hid, numHeads: H, qLoraRank, kvLoraRank: C, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V } = CFG;
+  return { hid, H, q: qLoraRank!, C, N, R, V, QK: N + R, D: C + R };
+})();
+
+/** FLOPs and minimum bytes of one run of a stage (bf16 everywhere, f32 norm weights). */
+export function stageCost(stage: LayerStage, d: Dims): { flops: number; bytes: number } {
+  const B = d.b;
+  const { hid, H, q, C, N, R, V, QK, D } = G;
+  switch (stage) {
+    case 'q_a_proj':
+      return { flops: gemmFlops(B, q, hid), bytes: gemmBytes(B, q, hid) };
+    case 'q_norm':
+      return { flops: 4 * B * q, bytes: 2 * B * q * E + q * 4 };
+    case 'q_b_proj':
+      return { flops: gemmFlops(B, H * QK, q), bytes: gemmBytes(B, H * QK, q) };
+    case 'rope_q':
+      return { flops: 6 * B * H * R, bytes: 2 * B * H * R * E };
+    case 'kv_a_proj':
+      return { flops: gemmFlops(B, D, hid), bytes: gemmBytes(B, D, hid) };
+    case 'append_latent':
+      return { flops: 4 * B * D, bytes: 2 * B * D * E + C * 4 };
+    case 'absorb_q':
+      return { flops: H * gemmFlops(B, C, N), bytes: H * gemmBytes(B, C, N) };
+    case 'decode': {
+      const s = { b: B, sQ: 1, hQ: H, sumSeqlen: B * d.ctx, elemBytes: E };
+      return { flops: mlaDecodeFlops(s), bytes: mlaDecodeBytes(s) };
+    }
+    case 'absorb_o':
+      return { flops: H * gemmFlops(B, V, C), bytes: H * gemmBytes(B, V, C) };
+    case 'o_proj':
+      return { flops: gemmFlops(B, hid, H * V), bytes: gemmBytes(B, hid, H * V) };
+    case 'step': {
+      let flops = 0;
+      let bytes = 0;
+      for (const s of LAYER_STAGES) {
+        if (s === 'step') continue;
+        const c = stageCost(s, d);
+        flops += c.flops;
+        bytes += c.bytes;
+      }
+      return { flops, bytes };
+    }
+  }
+}
+
+function weightBytes(): number {
+  const { hid, H, q, C, N, V, QK, D } = G;
+  return (q * hid + H * QK * q + D * hid + 2 * H * (N + V) * C + hid * H * V) * E + (q + C) * 4;
+}
+
+function cacheBytes(d: Dims): number {
+  return Math.ceil(d.ctx / PAGE_SIZE) * d.b * PAGE_SIZE * G.D * E;
+}
+
+// Everything one decode step touches, allocated once.
+// `owned` is the caller's, so a constructor that throws halfway leaks nothing.
+class LayerStep {
+  readonly owned: Array<{ dispose(): void }>;
+  readonly run: Record<LayerStage, (stream?: Stream) => void>;
+
+  constructor(d: Dims, owned: Array<{ dispose(): void }>) {
+    this.owned = owned;
+    const { hid, H, q: QL, C, N, R, V, QK, D } = G;
+    const B = d.b;
+    const t = (shape: number[], dtype: 'bf16' | 'f32' | 'i32' = 'bf16'): DeviceTensor => {
+      const x = DeviceTensor.empty(shape, dtype);
+      this.owned.push(x);
+      return x;
+    };
+    let seed = 1;
+    const rand = (shape: number[], std: number): DeviceTensor => {
+      const x = t(shape);
+      fillRandom(x, seed++, std);
+      return x;
+    };
+    const norm = (n: number): DeviceTensor => {
+      const x = DeviceTensor.fromArray(Float32Array.from(randnArray(n, mulberry32(seed++), 0.1), (v) => 1 + v), [n], 'f32');
+      this.owned.push(x);
+      return x;
+    };
+    const wqa = rand([QL, hid], hid ** -0.5);
+    const qaNorm = norm(QL);
+    const wqb = rand([H * QK, QL], QL ** -0.5);
+    const wkva = rand([D, hid], hid ** -0.5);
+    const kvaNorm = norm(C);
+    const wkvb = rand([H * (N + V), C], C ** -0.5);
+    const absorb: AbsorbWeights = prepareAbsorbWeights(wkvb, { numHeads: H, qkNopeHeadDim: N, vHeadDim: V, kvLoraRank: C });
+    this.owned.push(absorb);
+    const wo = rand([hid, H * V], (H * V) ** -0.5);
+
+    // Each sequence holds ctx − 1 cached tokens plus this step's; pages shuffled.
+    const pagesPer = Math.ceil(d.ctx / PAGE_SIZE);
+    const numPages = pagesPer * B;
+    const cache = t([numPages, PAGE_SIZE, D]);
+    cache.fill(0.01);
+    const perm = Int32Array.from({ length: numPages }, (_, i) => i);
+    const r = mulberry32(seed++);
+    for (let i = numPages - 1; i > 0; i--) {
+      const j = Math.floor(r() * (i + 1));
+      [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+    }
+    const blockTable = DeviceTensor.fromArray(perm, [B, pagesPer], 'i32');
+    this.owned.push(blockTable);
+    const seqLens = DeviceTensor.fromArray(new Int32Array(B).fill(d.ctx), [B], 'i32');
+    this.owned.push(seqLens);
+    const positions = DeviceTensor.fromArray(new Int32Array(B).fill(d.ctx - 1), [B], 'i32');
+    this.owned.push(positions);
+    const slots = DeviceTensor.fromArray(Int32Array.from({ length: B }, (_, b) => perm[b * pagesPer + pagesPer - 1]! * PAGE_SIZE + ((d.ctx - 1) % PAGE_SIZE)), [B], 'i32');
+    this.owned.push(slots);
+    const table = RopeTable.create(ropeConfigFrom(CFG), Math.max(d.ctx, 4096));
+    this.owned.push(table);
+    const workspace = new DecodeWorkspace({ maxBatch: B, maxHeads: H });
+    this.owned.push(workspace);
+
+    const x = rand([B, hid], 1);
+    const qa = t([B, QL]);
+    const qFull = t([B, H, QK]);
+    const kvDown = t([B, D]);
+    const qAbs = t([B, H, D]);
+    const oLat = t([B, H, C]);
+    const lse = t([B, H], 'f32');
+    const o = t([B, H, V]);
+    const y = t([B, hid]);
+    // Inputs of stages timed alone hold real data from one full step.
+    const eps = CFG.rmsNormEps;
+    const run: Record<LayerStage, (stream?: Stream) => void> = {
+      q_a_proj: (stream) => void linear(x, wqa, { out: qa, stream }),
+      q_norm: (stream) => void rmsNorm(qa, qaNorm, eps, { out: qa, stream }),
+      q_b_proj: (stream) => void linear(qa, wqb, { out: qFull.reshape([B, H * QK]), stream }),
+      rope_q: (stream) => ropeQuery(qFull, positions, table, { nopeDim: N, stream, checkIndices: false }),
+      kv_a_proj: (stream) => void linear(x, wkva, { out: kvDown, stream }),
+      append_latent: (stream) => appendLatent({ kvDown, normWeight: kvaNorm, eps, positions, slotMapping: slots, cache, table, stream, checkIndices: false }),
+      absorb_q: (stream) => {
+        absorbQuery(qFull.slice(2, 0, N), absorb, { out: qAbs.slice(2, 0, C), stream });
+        qAbs.slice(2, C, D).copyFrom(qFull.slice(2, N, QK), { stream });
+      },
+      decode: (stream) => void decode({ q: qAbs, cache, blockTable, seqLens, scale: CFG.softmaxScale, causal: true, out: oLat, lse, workspace, checkIndices: false, stream }),
+      absorb_o: (stream) => void absorbOutput(oLat, absorb, { out: o, stream }),
+      o_proj: (stream) => void linear(o.reshape([B, H * V]), wo, { out: y, stream }),
+      step: (stream) => {
+        for (const s of LAYER_STAGES) if (s !== 'step') run[s](stream);
+      },
+    };
+    this.run = run;
+  }
+
+  dispose(): void {
+    for (const x of this.owned.reverse()) x.dispose();
+  }
+}
+
+export function layerCase(stage: LayerStage, d: Dims): BenchCase {
+  const { flops, bytes } = stageCost(stage, d);
+  const act = d.b * (G.hid * 2 + G.q + G.H * (G.QK + G.D + G.C + G.V) + G.D) * E;
+  return {
+    name: `${stage} b${d.b} ctx${d.ctx}`,
+    params: { stage, b: d.b, ctx: d.ctx, h: G.H, hidden: G.hid, pageSize: PAGE_SIZE, dtype: 'bf16' },
+    flops,
+    bytes,
+    footprintBytes: weightBytes() + cacheBytes(d) + act,
+    setup(): BenchInstance {
+      const owned: Array<{ dispose(): void }> = [];
+      try {
+        const s = new LayerStep(d, owned);
+        // One full step first: the plan decode's runMain relies on, real data for every stage.
+        s.run.step();
+        return {
+          run: (stream) => s.run[stage](stream),
+          ...(stage === 'step' ? { runMain: (stream: Stream) => s.run.decode(stream) } : {}),
+          dispose: () => s.dispose(),
+        };
+      } catch (e) {
+        for (const x of owned.reverse()) x.dispose();
+        throw e;
+      }
+    },
+  };
+}
+
+function gridNumbers(opts: BenchSuiteOptions, key: string, fallback: number[]): number[] {
+  const v = opts.grid?.[key]?.map(Number) ?? fallback;
+  for (const n of v) if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`layer: grid ${key} must hold positive integers, got ${String(n)}`);
+  return v;
+}
+
+export const suite: BenchSuite = {
+  name: 'layer',
+  description: 'one decode step of a DeepSeek-V3 attention layer (128 heads, hidden 7168), whole and per kernel (grid keys: b, ctx, stage)',
+  cases(opts) {
+    const bs = gridNumbers(opts, 'b', opts.quick ? [1, 32] : [1, 32, 128]);
+    const ctxs = gridNumbers(opts, 'ctx', opts.quick ? [4096] : [4096, 32768]);
+    const stages = (opts.grid?.['stage'] ?? (opts.quick ? ['step', 'decode'] : [...LAYER_STAGES])).map((v) => {
+      const s = String(v);
+      if (!isStage(s)) throw new RangeError(`layer: unknown stage ${s} (known: ${LAYER_STAGES.join(', ')})`);
+      return s;
+    });
+    const out: BenchCase[] = [];
+    for (const ctx of ctxs) for (const b of bs) for (const stage of stages) out.push(layerCase(stage, { b, ctx }));
+    return out;
+  },
+};
