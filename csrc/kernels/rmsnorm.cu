@@ -1,0 +1,100 @@
+// RMSNorm: one warp per row, two passes over the row (the second one hits L1). The op is a
+// rounding error next to the projections around it, so it favours generality (any dim, any
+// row stride, mixed dtypes) over vector loads.
+#include <climits>
+#include <cmath>
+#include <string>
+
+#include "kernels/common.cuh"
+#include "kernels/rmsnorm.h"
+#include "runtime/cuda_check.h"
+
+namespace mla {
+namespace {
+using namespace mla::kernels;
+
+constexpr int kRowsPerBlock = 8;  // 8 warps
+
+// y = x · rsqrt(Σx²/dim + eps) · w, accumulated and scaled in fp32, rounded once.
+template <typename TIn, typename TW, typename TOut>
+__global__ void __launch_bounds__(kRowsPerBlock * 32) rmsNormKernel(const TIn* x, int64_t ldx, const TW* w, TOut* y,
+                                                                    int64_t ldy, int rows, int dim, float eps) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const TIn* xr = x + row * ldx;
+  TOut* yr = y + row * ldy;
+  float ss = 0.f;
+  for (int i = lane; i < dim; i += 32) {
+    const float v = toFloat<TIn>(xr[i]);
+    ss = fmaf(v, v, ss);
+  }
+  // Every lane has read its whole share before any lane writes: safe when y aliases x.
+  const float inv = rsqrtf(warpSum(ss) / static_cast<float>(dim) + eps);
+  for (int i = lane; i < dim; i += 32) yr[i] = fromFloat<TOut>(toFloat<TIn>(xr[i]) * inv * toFloat<TW>(w[i]));
+}
+
+Status fail(Code c, const char* arg, const std::string& what) {
+  return Status::Error(c, std::string("rmsNorm: `") + arg + "` " + what);
+}
+
+bool isFloat(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+
+template <typename TIn, typename TW, typename TOut>
+Status run(const RmsNormParams& p, int64_t ldx, int64_t ldy, cudaStream_t s) {
+  const int rows = static_cast<int>(p.x.shape[0]), dim = static_cast<int>(p.x.shape[1]);
+  const int blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  rmsNormKernel<TIn, TW, TOut><<<blocks, kRowsPerBlock * 32, 0, s>>>(
+      p.x.ptr<const TIn>(), ldx, p.weight.ptr<const TW>(), p.out.ptr<TOut>(), ldy, rows, dim, p.eps);
+  MLA_CHECK_LAUNCH("rmsNorm");
+  return Status::Ok();
+}
+
+template <typename TIn, typename TW>
+Status dispatchOut(const RmsNormParams& p, int64_t ldx, int64_t ldy, cudaStream_t s) {
+  switch (p.out.dtype) {
+    case DType::F32: return run<TIn, TW, float>(p, ldx, ldy, s);
+    case DType::F16: return run<TIn, TW, __half>(p, ldx, ldy, s);
+    default: return run<TIn, TW, __nv_bfloat16>(p, ldx, ldy, s);
+  }
+}
+
+template <typename TIn>
+Status dispatchWeight(const RmsNormParams& p, int64_t ldx, int64_t ldy, cudaStream_t s) {
+  switch (p.weight.dtype) {
+    case DType::F32: return dispatchOut<TIn, float>(p, ldx, ldy, s);
+    case DType::F16: return dispatchOut<TIn, __half>(p, ldx, ldy, s);
+    default: return dispatchOut<TIn, __nv_bfloat16>(p, ldx, ldy, s);
+  }
+}
+
+}  // namespace
+
+Status launchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
+  const TensorRef &x = p.x, &w = p.weight, &y = p.out;
+  if (!isFloat(x.dtype)) return fail(Code::Dtype, "x", "must be bf16, f16 or f32");
+  if (!isFloat(w.dtype)) return fail(Code::Dtype, "weight", "must be bf16, f16 or f32");
+  if (!isFloat(y.dtype)) return fail(Code::Dtype, "out", "must be bf16, f16 or f32");
+  if (x.ndim != 2) return fail(Code::Shape, "x", "must be [rows, dim]");
+  const int64_t rows = x.shape[0], dim = x.shape[1];
+  if (dim <= 0) return fail(Code::Shape, "x", "must have dim > 0");
+  if (rows > INT_MAX || dim > INT_MAX) return fail(Code::Range, "x", "is too large");
+  if (w.ndim != 1 || w.shape[0] != dim) return fail(Code::Shape, "weight", "must be [dim]");
+  if (y.ndim != 2 || y.shape[0] != rows || y.shape[1] != dim) return fail(Code::Shape, "out", "must have the shape of `x`");
+  if (dim > 1 && (x.strides[1] != 1)) return fail(Code::Shape, "x", "must have a contiguous last dimension (stride 1)");
+  if (dim > 1 && (y.strides[1] != 1)) return fail(Code::Shape, "out", "must have a contiguous last dimension (stride 1)");
+  if (dim > 1 && w.strides[0] != 1) return fail(Code::Shape, "weight", "must be contiguous");
+  const int64_t ldx = rows > 1 ? x.strides[0] : 0, ldy = rows > 1 ? y.strides[0] : 0;
+  if (ldx < 0) return fail(Code::Shape, "x", "must have a non-negative row stride");
+  if (ldy < 0) return fail(Code::Shape, "out", "must have a non-negative row stride");
+  if (!(p.eps >= 0.f) || !std::isfinite(p.eps)) return fail(Code::Range, "eps", "must be a finite number >= 0");
+  if (rows == 0) return Status::Ok();
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (x.dtype) {
+    case DType::F32: return dispatchWeight<float>(p, ldx, ldy, s);
+    case DType::F16: return dispatchWeight<__half>(p, ldx, ldy, s);
+    default: return dispatchWeight<__nv_bfloat16>(p, ldx, ldy, s);
+  }
+}
+
+}  // namespace mla
