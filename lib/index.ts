@@ -8,3 +8,22 @@ export type { TensorMeta, StreamOption } from './runtime/tensor.js';
 export { Stream, Event } from './runtime/stream.js';
 export * as cuda from './runtime/cuda.js';
 export type { BuildInfo, DeviceStatus, DeviceInfo } from './runtime/cuda.js';
+
+// Kernels (validated wrappers over the native ops).
+export * from './ops/decode.js';
+export * from './ops/linear.js';
+export * from './ops/rmsnorm.js';
+export * from './ops/rope.js';
+export * from './ops/prefill.js';
+
+// Models: configs, checkpoints, the paged latent cache and the attention layer.
+export * from './config.js';
+export { SafetensorsFile, SafetensorsError, writeSafetensors } from './safetensors.js';
+export * from './weights.js';
+export * from './latent-cache.js';
+export * from './attention.js';
+export * from './kv-calculator.js';
+
+// The float64 reference of every op (also the CPU backend), as a namespace: its names
+// (linear, absorbQuery, ...) mirror the device ops'.
+export * as reference from './reference/index.js';

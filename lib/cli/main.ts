@@ -18,6 +18,7 @@ export const COMMANDS: Record<string, Command> = {
   bench: { summary: 'time the kernels, report TB/s, TFLOP/s and a roofline (needs a GPU)', run: async (a) => (await import('./bench.js')).runBench(a) },
   doctor: { summary: 'check Node, the addon build, the driver and the GPUs, with fixes', run: async (a) => (await import('./doctor.js')).runDoctor(a) },
   info: { summary: 'print build, device status and devices as JSON', run: async (a) => (await import('./doctor.js')).runInfo(a) },
+  demo: { summary: 'run the bundled DeepSeek layer fixture and compare with DeepSeek\'s reference outputs', run: async (a) => (await import('./demo.js')).runDemo([...a]) },
   help: { summary: 'show this help (help <command>: that command\'s flags)', run: async (a) => helpFor(a[0]) },
 };
 

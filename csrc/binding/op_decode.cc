@@ -1,0 +1,84 @@
+// decode / decodeWorkspaceBytes / decodeConfig: the native side of lib/ops/decode.ts.
+#include "binding/napi_util.h"
+#include "kernels/decode.h"
+
+namespace mla::binding {
+namespace {
+
+// decode({ q, cache, blockTable, seqLens, qSeqLens?, out, lse, workspace, scale, causal,
+//          sQ (uniform s_q; ignored with qSeqLens), maxQSeqLen, wsMaxBatch, wsPartialRows,
+//          wsMaxParts, runPlan?, runMain?, runCombine?, stream? })
+// The TS wrapper has validated everything it can see; the launcher re-checks what memory
+// safety depends on, so a direct call cannot fault the GPU.
+Napi::Value Decode(const Napi::CallbackInfo& info) {
+  ArgReader a(info, "decode");
+  DecodeParams p;
+  p.q = a.tensor("q");
+  p.cache = a.tensor("cache");
+  p.blockTable = a.tensor("blockTable");
+  p.seqLens = a.tensor("seqLens");
+  p.hasQSeqLens = a.optionalTensor("qSeqLens", &p.qSeqLens);
+  p.out = a.tensor("out");
+  p.lse = a.tensor("lse");
+  p.workspace = a.tensor("workspace");
+  const double scale = a.f64("scale");
+  if (!(scale > 0) || !(scale < 1e30)) a.fail(Code::Range, "scale", "must be positive and finite");
+  p.scale = static_cast<float>(scale);
+  p.causal = a.boolean("causal", false);
+  p.uniformQSeqLen = a.i64("sQ", 1);
+  p.maxQSeqLen = a.i64("maxQSeqLen", p.uniformQSeqLen);
+  p.wsMaxBatch = a.i64("wsMaxBatch");
+  p.wsPartialRows = a.i64("wsPartialRows");
+  p.wsMaxParts = a.i64("wsMaxParts");
+  if (p.wsMaxBatch < 0 || p.wsPartialRows < 0 || p.wsMaxParts < 1 || p.wsMaxBatch > (int64_t(1) << 31) ||
+      p.wsPartialRows > (int64_t(1) << 31) || p.wsMaxParts > 65535)
+    a.fail(Code::Range, "workspace", "has an invalid layout");
+  p.runPlan = a.boolean("runPlan", true);
+  p.runMain = a.boolean("runMain", true);
+  p.runCombine = a.boolean("runCombine", true);
+  MLA_LAUNCH(a.env(), gpu::launchDecode(p, a.stream()));
+  return a.env().Undefined();
+}
+
+// decodeWorkspaceBytes({ maxBatch, partialRows, maxParts }) -> layout (no device needed).
+Napi::Value DecodeWorkspaceBytes(const Napi::CallbackInfo& info) {
+  ArgReader a(info, "decodeWorkspaceBytes");
+  const int64_t maxBatch = a.i64("maxBatch"), rows = a.i64("partialRows"), maxParts = a.i64("maxParts");
+  if (maxBatch < 0 || maxBatch > (int64_t(1) << 31)) a.fail(Code::Range, "maxBatch", "is out of range");
+  if (rows < 0 || rows > (int64_t(1) << 31)) a.fail(Code::Range, "partialRows", "is out of range");
+  if (maxParts < 1 || maxParts > 65535) a.fail(Code::Range, "maxParts", "is out of range");
+  const DecodeWorkspaceLayout l = decodeWorkspaceLayout(maxBatch, rows, maxParts);
+  Napi::Object o = Napi::Object::New(a.env());
+  o.Set("totalBytes", Napi::Number::New(a.env(), static_cast<double>(l.totalBytes)));
+  o.Set("partMetaOffset", Napi::Number::New(a.env(), static_cast<double>(l.partMetaOff)));
+  o.Set("reqInfoOffset", Napi::Number::New(a.env(), static_cast<double>(l.reqInfoOff)));
+  o.Set("lseOffset", Napi::Number::New(a.env(), static_cast<double>(l.lseOff)));
+  o.Set("oOffset", Napi::Number::New(a.env(), static_cast<double>(l.oOff)));
+  return o;
+}
+
+// decodeConfig({ numHeads, maxQSeqLen, maxParts }) -> the tile config a call would use here.
+Napi::Value DecodeConfig(const Napi::CallbackInfo& info) {
+  ArgReader a(info, "decodeConfig");
+  const int64_t h = a.i64("numHeads"), q = a.i64("maxQSeqLen"), parts = a.i64("maxParts");
+  if (h < 1 || h > 128) a.fail(Code::Range, "numHeads", "must be in [1, 128]");
+  if (q < 1 || q > (int64_t(1) << 20)) a.fail(Code::Range, "maxQSeqLen", "is out of range");
+  if (parts < 1 || parts > 65535) a.fail(Code::Range, "maxParts", "is out of range");
+  gpu::DecodeConfigInfo c;
+  MLA_LAUNCH(a.env(), gpu::decodeConfigFor(h, q, parts, &c));
+  Napi::Object o = Napi::Object::New(a.env());
+  o.Set("blockM", c.blockM);
+  o.Set("blockN", c.blockN);
+  o.Set("stages", c.stages);
+  o.Set("smemBytes", c.smemBytes);
+  o.Set("numParts", c.numParts);
+  o.Set("rowTiles", c.rowTiles);
+  o.Set("ctasPerSm", c.ctasPerSm);
+  return o;
+}
+
+}  // namespace
+MLA_REGISTER_OP("decode", Decode);
+MLA_REGISTER_OP("decodeWorkspaceBytes", DecodeWorkspaceBytes);
+MLA_REGISTER_OP("decodeConfig", DecodeConfig);
+}  // namespace mla::binding

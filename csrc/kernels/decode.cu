@@ -1,0 +1,754 @@
+// Absorbed MLA decode over a paged latent cache: device-side split plan, split-KV main kernel
+// (mma.sync m16n8k16 + cp.async page gathers), LSE combine. Design notes: docs/decode-kernel.md.
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include "kernels/common.cuh"
+#include "kernels/decode.h"
+#include "runtime/cuda_check.h"
+
+namespace mla::gpu {
+using namespace mla::kernels;
+
+namespace {
+
+constexpr int kD = kDecodeDimQK;   // 576
+constexpr int kDV = kDecodeDimV;   // 512
+constexpr int kChunks = kD / 8;    // 16-byte chunks per cache / query row
+constexpr int kThreads = 256;      // 8 warps in every main-kernel config
+constexpr int kPlanThreads = 512;
+constexpr float kLn2 = 0.69314718055994530942f;
+constexpr float kLog2e = 1.44269504088896340736f;
+
+// Everything the three kernels read; by value, so no device-side metadata allocation.
+struct DecodeArgs {
+  const void* q; int64_t qTok, qHead;
+  const void* cache; int64_t cPage, cRow; int numPages, pageSize, pageShift;
+  const int32_t* bt; int64_t btStride; int maxPages;
+  const int32_t* seqLens; int64_t seqStride;
+  const int32_t* qSeqLens; int64_t qsStride; int hasQ, uniformQ, maxQ;
+  void* out; int64_t oTok, oHead;
+  float* lse; int64_t lTok, lHead;
+  int B, H, tokens, causal;
+  float scaleLog2;
+  int32_t* err; int32_t* partMeta; int32_t* reqInfo; float* lsePart; float* oPart;
+  int64_t maxRows;  // partial-row stride of one slot: H * maxQSeqLen of this call
+  int numParts, blockN, overhead;
+};
+
+// reqInfo fields (int32 [B][8]).
+enum { kRiBlocks = 0, kRiSplits = 1, kRiSplitStart = 2, kRiQStart = 3, kRiQLen = 4, kRiSeqLen = 5, kRiBad = 6 };
+
+// One tile shape. RG row groups of 16 query rows x CG column groups (warps = RG*CG = 8).
+// A warp owns rows [16*rg, 16*rg+16) and output columns [COLS*cg, COLS*(cg+1)); for S it
+// computes the n8 key tiles j = cg, cg+CG, ... of the BN-key tile (QK sharding, no redundant
+// QK work), the row max is exchanged through shared memory and P goes through shared memory
+// so every column group multiplies the full 16xBN P by its slice of V.
+template <int BM_, int BN_, int ST_>
+struct Cfg {
+  static constexpr int BM = BM_, BN = BN_, ST = ST_;
+  static constexpr int RG = BM / 16, CG = 8 / RG, COLS = kDV / CG;
+  static constexpr int NT_ALL = BN / 8, NTS = (NT_ALL + CG - 1) / CG;
+  static constexpr int PLD = BN + 8;  // padded P row: odd number of 16-byte chunks, no ldmatrix conflicts
+  static constexpr int smemBytes = (BM * kD + ST * BN * kD + BM * PLD) * 2 + 128 * 4;
+  static_assert(RG * CG == 8, "8 warps");
+  static_assert(BN % 16 == 0 && kThreads % BN == 0 && kThreads % BM == 0, "tile");
+};
+
+// Q and K tiles are [rows][576] with the 16-byte chunk index XOR-ed by (row & 7): the 8 rows an
+// ldmatrix phase reads (row stride 1152 B = a multiple of 128 B) land in 8 distinct bank groups.
+__device__ __forceinline__ int swz(int row, int col) {
+  return row * kD + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+}
+
+// ---- plan --------------------------------------------------------------------------------
+// Per-request plan state: staged in shared memory (field-major) when the batch fits, so the
+// sequential part runs at shared-memory latency; otherwise worked on in place in reqInfo.
+constexpr int kRiFields = 7;
+constexpr int kPlanSmemBatch = 1536;  // 7 * 4 * 1536 = 43 KB, under the 48 KB default
+struct ReqStore {
+  int32_t* base;
+  int bStride, fieldStride;
+  __device__ int32_t& at(int field, int b) const { return base[field * fieldStride + b * bStride]; }
+};
+
+// One CTA. Validates every request (seqLen range, used page indices, query counts), then
+// FlashMLA's balancing: request b costs nBlocks_b + overhead units, every part gets
+// ceil(total / numParts) + overhead units of a contiguous walk over (request, block); the last
+// part takes whatever is left so coverage never depends on the rounding. Requests whose
+// blocks land in >= 2 parts get partial slots (at most 2 per part: its first and last segment).
+__global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeArgs a) {
+  extern __shared__ int32_t planSmem[];
+  const bool staged = a.B <= kPlanSmemBatch;
+  const ReqStore st = staged ? ReqStore{planSmem, 1, a.B} : ReqStore{a.reqInfo, 8, 1};
+  for (int b = threadIdx.x; b < a.B; b += blockDim.x) {
+    const int L = a.seqLens[b * a.seqStride];
+    const int sq = a.hasQ ? a.qSeqLens[b * a.qsStride] : a.uniformQ;
+    int bad = 0;
+    if (L < 0 || int64_t(L) > int64_t(a.maxPages) * a.pageSize) bad |= kDecodeErrSeqLen;
+    if (sq < 0 || sq > a.maxQ) bad |= kDecodeErrQSeqLen;
+    st.at(kRiQLen, b) = sq;
+    st.at(kRiSeqLen, b) = L;
+    st.at(kRiBad, b) = bad;
+  }
+  __syncthreads();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  for (int b = warp; b < a.B; b += nw) {
+    if (st.at(kRiBad, b) & kDecodeErrSeqLen) continue;
+    const int64_t np = (int64_t(st.at(kRiSeqLen, b)) + a.pageSize - 1) >> a.pageShift;
+    bool badPage = false;
+    for (int64_t i = lane; i < np; i += 32) {
+      const int pg = a.bt[b * a.btStride + i];
+      badPage |= unsigned(pg) >= unsigned(a.numPages);
+    }
+    if (__any_sync(0xffffffffu, badPage) && lane == 0) st.at(kRiBad, b) |= kDecodeErrPage;
+  }
+  __syncthreads();
+
+  if (threadIdx.x == 0) {
+    int64_t qs = 0, total = 0;
+    int errs = 0;
+    for (int b = 0; b < a.B; ++b) {
+      int bad = st.at(kRiBad, b);
+      const int sq = st.at(kRiQLen, b), L = st.at(kRiSeqLen, b);
+      if (!(bad & kDecodeErrQSeqLen) && qs + sq > a.tokens) bad |= kDecodeErrQSeqLen;
+      st.at(kRiQStart, b) = int(qs);
+      if (bad & kDecodeErrQSeqLen) st.at(kRiQLen, b) = 0;  // owns no rows: never read or written
+      else qs += sq;
+      const int nb = (bad || st.at(kRiQLen, b) == 0) ? 0 : (L + a.blockN - 1) / a.blockN;
+      st.at(kRiBlocks, b) = nb;
+      st.at(kRiSplits, b) = 0;
+      st.at(kRiBad, b) = bad;
+      errs |= bad;
+      if (nb > 0) total += nb + a.overhead;
+    }
+    if (errs) atomicOr(a.err, errs);
+
+    const int64_t payload = total > 0 ? (total + a.numParts - 1) / a.numParts + a.overhead : 0;
+    int b = 0, blk = 0;
+    for (int p = 0; p < a.numParts; ++p) {
+      while (b < a.B && st.at(kRiBlocks, b) == 0) ++b;
+      int32_t* meta = a.partMeta + p * 8;
+      meta[0] = b;
+      meta[1] = blk;
+      meta[4] = b < a.B ? st.at(kRiSplits, b) : 0;
+      int64_t remain = p == a.numParts - 1 ? INT64_MAX / 2 : payload;
+      while (b < a.B) {
+        const int nb = st.at(kRiBlocks, b);
+        if (nb == 0) { ++b; blk = 0; continue; }
+        const int64_t left = nb - blk;
+        if (remain >= left + a.overhead) {
+          st.at(kRiSplits, b) += 1;
+          remain -= left + a.overhead;
+          ++b;
+          blk = 0;
+        } else {
+          const int64_t take = remain - a.overhead;
+          if (take > 0) {
+            st.at(kRiSplits, b) += 1;
+            blk += int(take);
+          }
+          break;
+        }
+      }
+      meta[2] = b;
+      meta[3] = blk;
+    }
+    int slots = 0;
+    for (int r = 0; r < a.B; ++r) {
+      const int ns = st.at(kRiSplits, r);
+      st.at(kRiSplitStart, r) = ns >= 2 ? slots : -1;
+      if (ns >= 2) slots += ns;
+    }
+  }
+  if (!staged) return;
+  __syncthreads();
+  for (int b = threadIdx.x; b < a.B; b += blockDim.x)
+#pragma unroll
+    for (int f = 0; f < kRiFields; ++f) a.reqInfo[b * 8 + f] = st.at(f, b);
+}
+
+// ---- main split-KV kernel ------------------------------------------------------------------
+// CTA (part, rowTile) walks its part's (request, block) range; for each request it owns rows
+// [BM*rowTile, BM*rowTile + BM) of the packed s_q*H rows (row = token_in_request*H + head):
+//   s_t = q.K_t * scale*log2(e),   t < limit(row) = causal ? L - s_q + j + 1 : L
+//   m' = max(m, max_t s_t), o = o*2^(m - m') + sum_t 2^(s_t - m') V_t, l likewise
+// A single-split request is finished here (out = o/l, lse = (m + log2 l)*ln2); otherwise the
+// normalised o/l and base-2 LSE go to the partial slot for the combine kernel.
+template <typename T, class C>
+__global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeArgs a) {
+  constexpr int BM = C::BM, BN = C::BN, ST = C::ST, CG = C::CG, COLS = C::COLS;
+  constexpr int NT_ALL = C::NT_ALL, NTS = C::NTS, PLD = C::PLD, NO = COLS / 8;
+  extern __shared__ __align__(128) unsigned char smemRaw[];
+  T* sQ = reinterpret_cast<T*>(smemRaw);
+  T* sK = sQ + BM * kD;
+  T* sP = sK + ST * BN * kD;
+  float* sRed = reinterpret_cast<float*>(sP + BM * PLD);  // [CG][BM] row max, then row sum
+
+  const int part = blockIdx.x, rt = blockIdx.y;
+  if (part >= a.numParts) return;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int rg = warp / CG, cg = warp % CG;
+  const int g = lane >> 2, t = lane & 3;
+  const T* qBase = static_cast<const T*>(a.q);
+  const T* cBase = static_cast<const T*>(a.cache);
+  const int32_t* meta = a.partMeta + part * 8;
+  const int beginReq = meta[0], beginBlk = meta[1], endReq = meta[2], endBlk = meta[3], firstSplit = meta[4];
+  const int lastReq = min(endReq, a.B - 1);
+
+  for (int b = beginReq; b <= lastReq; ++b) {
+    const int32_t* ri = a.reqInfo + b * 8;
+    const int nb = ri[kRiBlocks];
+    const int blk0 = b == beginReq ? beginBlk : 0;
+    const int blk1 = b == endReq ? endBlk : nb;
+    if (blk1 <= blk0 || blk1 > nb) continue;
+    const int sq = ri[kRiQLen], L = ri[kRiSeqLen], qStart = ri[kRiQStart], numSplits = ri[kRiSplits];
+    const int rows = sq * a.H, row0 = rt * BM;
+    if (row0 >= rows) continue;
+    int slot = -1;
+    if (numSplits > 1) {
+      slot = ri[kRiSplitStart] + (b == beginReq ? firstSplit : 0);
+      if (slot < 0 || slot >= 2 * a.numParts) continue;  // cannot happen with a well-formed plan
+    }
+    const int kvBegin = blk0 * BN, ntiles = blk1 - blk0;
+    const int32_t* btRow = a.bt + b * a.btStride;
+
+    __syncthreads();  // the previous request's readers of sQ / sK / sP / sRed are done
+
+    // Q tile: row r of the tile is packed row row0 + r; rows past s_q*H are zero-filled.
+    {
+      constexpr int TPR = kThreads / BM;
+      const int r = tid / TPR, idx = row0 + r;
+      const bool valid = idx < rows;
+      const T* src = qBase;
+      if (valid) {
+        const int j = idx / a.H, h = idx - j * a.H;
+        src = qBase + int64_t(qStart + j) * a.qTok + int64_t(h) * a.qHead;
+      }
+      T* dst = sQ + r * kD;
+      for (int ch = tid % TPR; ch < kChunks; ch += TPR) cpAsync16(dst + ((ch ^ (r & 7)) << 3), src + ch * 8, valid);
+    }
+    // KV tile: one cache row per thread group, its page looked up once; keys >= L and
+    // (never after a clean plan) bad pages are zero-filled so P*V stays finite.
+    auto loadKV = [&](int stage, int key0) {
+      constexpr int TPR = kThreads / BN;
+      const int r = tid / TPR, key = key0 + r;
+      bool valid = key < L;
+      const T* src = cBase;
+      if (valid) {
+        const int pg = btRow[key >> a.pageShift];
+        if (unsigned(pg) < unsigned(a.numPages)) {
+          src = cBase + int64_t(pg) * a.cPage + int64_t(key & (a.pageSize - 1)) * a.cRow;
+        } else {
+          valid = false;
+          if (tid % TPR == 0) atomicOr(a.err, int(kDecodeErrPage));
+        }
+      }
+      T* dst = sK + (stage * BN + r) * kD;
+      for (int ch = tid % TPR; ch < kChunks; ch += TPR) cpAsync16(dst + ((ch ^ (r & 7)) << 3), src + ch * 8, valid);
+    };
+
+    loadKV(0, kvBegin);
+    cpAsyncCommit();
+#pragma unroll
+    for (int s = 1; s < ST - 1; ++s) {
+      if (s < ntiles) loadKV(s, kvBegin + s * BN);
+      cpAsyncCommit();
+    }
+
+    // Key limits of this lane's two rows (g and g+8 of the warp's 16).
+    int rowLim[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int idx = row0 + rg * 16 + g + r * 8;
+      const int j = idx / a.H;
+      const int lim = a.causal ? L - sq + j + 1 : L;
+      rowLim[r] = idx < rows ? min(lim, L) : 0;
+    }
+
+    float o[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+    for (int it = 0; it < ntiles; ++it) {
+      if (ST == 1 && it > 0) {
+        loadKV(0, kvBegin + it * BN);
+        cpAsyncCommit();
+      }
+      cpAsyncWait<(ST >= 2 ? ST - 2 : 0)>();
+      __syncthreads();
+      if (ST > 1) {
+        const int nxt = it + ST - 1;
+        if (nxt < ntiles) loadKV(nxt % ST, kvBegin + nxt * BN);
+        cpAsyncCommit();
+      }
+      const T* sKs = sK + (it % ST) * BN * kD;
+      const int key0 = kvBegin + it * BN;
+
+      // S = Q K^T for this warp's n8 key tiles.
+      float s[NTS][4];
+#pragma unroll
+      for (int i = 0; i < NTS; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      {
+        const int qr = rg * 16 + (lane & 15);
+#pragma unroll 1
+        for (int kk = 0; kk < kD; kk += 32) {
+          uint32_t qa0[4], qa1[4];
+          ldmatrixX4(qa0, sQ + swz(qr, kk + (lane >> 4) * 8));
+          ldmatrixX4(qa1, sQ + swz(qr, kk + 16 + (lane >> 4) * 8));
+#pragma unroll
+          for (int i = 0; i < NTS; ++i) {
+            const int j = cg + i * CG;
+            if (NT_ALL % CG == 0 || j < NT_ALL) {
+              uint32_t kb[4];
+              ldmatrixX4(kb, sKs + swz(j * 8 + (lane & 7), kk + (lane >> 3) * 8));
+              mma16816<T>(s[i], qa0, kb);
+              mma16816<T>(s[i], qa1, kb + 2);
+            }
+          }
+        }
+      }
+
+      // Scale, mask, local row max (c0,c1: row g; c2,c3: row g+8; cols 2t, 2t+1).
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int i = 0; i < NTS; ++i) {
+        const int j = cg + i * CG;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = key0 + j * 8 + 2 * t + (e & 1);
+          const bool ok = j < NT_ALL && key < rowLim[e >> 1];
+          s[i][e] = ok ? s[i][e] * a.scaleLog2 : -INFINITY;
+          mx[e >> 1] = fmaxf(mx[e >> 1], s[i][e]);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+      }
+      if (t == 0) {
+        sRed[cg * BM + rg * 16 + g] = mx[0];
+        sRed[cg * BM + rg * 16 + g + 8] = mx[1];
+      }
+      __syncthreads();
+
+      float alpha[2], mUse[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float tm = -INFINITY;
+#pragma unroll
+        for (int c = 0; c < CG; ++c) tm = fmaxf(tm, sRed[c * BM + rg * 16 + g + r * 8]);
+        const float mNew = fmaxf(m[r], tm);
+        mUse[r] = mNew == -INFINITY ? 0.f : mNew;  // no finite score yet: keep exp2 args at -inf
+        alpha[r] = exp2f(m[r] - mUse[r]);
+        m[r] = mNew;
+        l[r] *= alpha[r];
+      }
+#pragma unroll
+      for (int i = 0; i < NTS; ++i) {
+        const int j = cg + i * CG;
+        float p[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          p[e] = exp2f(s[i][e] - mUse[e >> 1]);
+          l[e >> 1] += p[e];
+        }
+        if (NT_ALL % CG == 0 || j < NT_ALL) {
+          T* pr = sP + (rg * 16 + g) * PLD + j * 8 + 2 * t;
+          *reinterpret_cast<uint32_t*>(pr) = packPair<T>(p[0], p[1]);
+          *reinterpret_cast<uint32_t*>(pr + 8 * PLD) = packPair<T>(p[2], p[3]);
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < NO; ++n) {
+        o[n][0] *= alpha[0];
+        o[n][1] *= alpha[0];
+        o[n][2] *= alpha[1];
+        o[n][3] *= alpha[1];
+      }
+      __syncthreads();
+
+      // O[:, cg*COLS .. +COLS) += P (16 x BN) * V (BN x COLS); V = first 512 columns of K.
+#pragma unroll 1
+      for (int ks = 0; ks < BN / 16; ++ks) {
+        uint32_t pa[4];
+        ldmatrixX4(pa, sP + (rg * 16 + (lane & 15)) * PLD + ks * 16 + (lane >> 4) * 8);
+        const int vr = ks * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int np = 0; np < COLS / 16; ++np) {
+          uint32_t vb[4];
+          ldmatrixX4Trans(vb, sKs + swz(vr, cg * COLS + np * 16 + (lane >> 4) * 8));
+          mma16816<T>(o[2 * np], pa, vb);
+          mma16816<T>(o[2 * np + 1], pa, vb + 2);
+        }
+      }
+      if (ST == 1) __syncthreads();  // the next tile's loads overwrite this stage
+    }
+    cpAsyncWait<0>();
+
+    // Row sums: quad lanes, then the CG column groups (sRed is free: every read of the
+    // last tile's maxima happened before the P barrier).
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    __syncthreads();
+    if (t == 0) {
+      sRed[cg * BM + rg * 16 + g] = l[0];
+      sRed[cg * BM + rg * 16 + g + 8] = l[1];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float lt = 0.f;
+#pragma unroll
+      for (int c = 0; c < CG; ++c) lt += sRed[c * BM + rg * 16 + g + r * 8];
+      const int idx = row0 + rg * 16 + g + r * 8;
+      if (idx >= rows) continue;
+      const float inv = lt > 0.f ? 1.f / lt : 0.f;
+      const float lse2 = lt > 0.f ? m[r] + log2f(lt) : -INFINITY;
+      const int j = idx / a.H, h = idx - j * a.H;
+      if (slot < 0) {
+        T* orow = static_cast<T*>(a.out) + int64_t(qStart + j) * a.oTok + int64_t(h) * a.oHead + cg * COLS + 2 * t;
+#pragma unroll
+        for (int n = 0; n < NO; ++n)
+          *reinterpret_cast<uint32_t*>(orow + n * 8) = packPair<T>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+        if (cg == 0 && t == 0) a.lse[int64_t(qStart + j) * a.lTok + int64_t(h) * a.lHead] = lt > 0.f ? lse2 * kLn2 : INFINITY;
+      } else {
+        float* prow = a.oPart + (int64_t(slot) * a.maxRows + idx) * kDV + cg * COLS + 2 * t;
+#pragma unroll
+        for (int n = 0; n < NO; ++n)
+          *reinterpret_cast<float2*>(prow + n * 8) = make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+        if (cg == 0 && t == 0) a.lsePart[int64_t(slot) * a.maxRows + idx] = lse2;
+      }
+    }
+  }
+}
+
+// ---- combine -------------------------------------------------------------------------------
+// One warp per (token, head) row. For a request cut into n >= 2 splits with base-2 LSEs λ_i:
+//   λ = M + log2 Σ 2^(λ_i − M),  out = Σ 2^(λ_i − λ) o_i,  lse = λ·ln2.
+// Rows of empty or invalid requests (and rows no request owns) get out 0, lse +inf; rows of
+// single-split requests were written by the main kernel.
+template <typename T>
+__global__ void __launch_bounds__(256, 1) decodeCombineKernel(DecodeArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  if (row >= int64_t(a.tokens) * a.H) return;
+  const int tok = int(row / a.H), h = int(row - int64_t(tok) * a.H);
+  int lo = 0, hi = a.B - 1, b = -1;
+  while (lo <= hi) {
+    const int mid = (lo + hi) >> 1;
+    if (a.reqInfo[mid * 8 + kRiQStart] <= tok) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
+  }
+  int ns = 0, idx = 0, slot0 = 0;
+  if (b >= 0) {
+    const int32_t* ri = a.reqInfo + b * 8;
+    if (tok < ri[kRiQStart] + ri[kRiQLen]) {
+      ns = ri[kRiSplits];
+      idx = (tok - ri[kRiQStart]) * a.H + h;
+      slot0 = ri[kRiSplitStart];
+    }
+  }
+  if (ns == 1) return;
+  T* orow = static_cast<T*>(a.out) + int64_t(tok) * a.oTok + int64_t(h) * a.oHead;
+  float* lrow = a.lse + int64_t(tok) * a.lTok + int64_t(h) * a.lHead;
+  float M = -INFINITY;
+  if (ns >= 2) {
+    for (int s = lane; s < ns; s += 32) M = fmaxf(M, a.lsePart[int64_t(slot0 + s) * a.maxRows + idx]);
+    M = warpMax(M);
+  }
+  float acc[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) acc[i] = 0.f;
+  float lseOut = INFINITY;
+  if (M != -INFINITY) {
+    float sum = 0.f;
+    for (int s = lane; s < ns; s += 32) sum += exp2f(a.lsePart[int64_t(slot0 + s) * a.maxRows + idx] - M);
+    const float lse2 = M + log2f(warpSum(sum));
+    for (int s = 0; s < ns; ++s) {
+      const float w = exp2f(a.lsePart[int64_t(slot0 + s) * a.maxRows + idx] - lse2);
+      const float* src = a.oPart + (int64_t(slot0 + s) * a.maxRows + idx) * kDV;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float4 v = *reinterpret_cast<const float4*>(src + i * 128 + lane * 4);
+        acc[i * 4 + 0] += w * v.x;
+        acc[i * 4 + 1] += w * v.y;
+        acc[i * 4 + 2] += w * v.z;
+        acc[i * 4 + 3] += w * v.w;
+      }
+    }
+    lseOut = lse2 * kLn2;
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    T* dst = orow + i * 128 + lane * 4;
+    *reinterpret_cast<uint32_t*>(dst) = packPair<T>(acc[i * 4 + 0], acc[i * 4 + 1]);
+    *reinterpret_cast<uint32_t*>(dst + 2) = packPair<T>(acc[i * 4 + 2], acc[i * 4 + 3]);
+  }
+  if (lane == 0) *lrow = lseOut;
+}
+
+// ---- host side -----------------------------------------------------------------------------
+struct DeviceProps {
+  int smCount = 0, smemOptin = 0;
+};
+
+Status devicePropsFor(DeviceProps* out) {
+  static std::mutex mu;
+  static DeviceProps cache[64];
+  int dev = 0;
+  MLA_CUDA_TRY(cudaGetDevice(&dev), "decode: cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev >= 0 && dev < 64 && cache[dev].smCount > 0) {
+    *out = cache[dev];
+    return Status::Ok();
+  }
+  DeviceProps p;
+  MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.smCount, cudaDevAttrMultiProcessorCount, dev), "decode: SM count");
+  MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.smemOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "decode: smem opt-in");
+  if (dev >= 0 && dev < 64) cache[dev] = p;
+  *out = p;
+  return Status::Ok();
+}
+
+// Tiers by opt-in shared memory (the BN x 576 K tile dominates): 227 KB (sm_90/100) gets 64-key
+// tiles, 163 KB (sm_80/87) 32-key tiles, 99 KB (sm_86/89/120) 16/32-key tiles.
+using C64_T1 = Cfg<64, 64, 2>;
+using C32_T1 = Cfg<32, 64, 2>;
+using C16_T1 = Cfg<16, 64, 2>;
+using C64_T2 = Cfg<64, 32, 2>;
+using C32_T2 = Cfg<32, 32, 3>;
+using C16_T2 = Cfg<16, 32, 3>;
+using C64_T3 = Cfg<64, 16, 1>;
+using C32_T3 = Cfg<32, 16, 3>;
+using C16_T3 = Cfg<16, 32, 2>;
+
+struct Choice {
+  int bm = 0, tier = 0;
+};
+
+int pickBlockM(int64_t rowsBound) { return rowsBound <= 16 ? 16 : rowsBound <= 32 ? 32 : 64; }
+
+int tierFor(int smemOptin) {
+  if (smemOptin >= C64_T1::smemBytes) return 1;
+  if (smemOptin >= C64_T2::smemBytes) return 2;
+  if (smemOptin >= C64_T3::smemBytes && smemOptin >= C32_T3::smemBytes && smemOptin >= C16_T3::smemBytes) return 3;
+  return 0;
+}
+
+template <class C> int overheadFor() { return (5 * 64 + C::BN - 1) / C::BN; }
+
+template <typename T, class C>
+Status prepareKernel(int* ctasPerSm) {
+  auto kernel = decodeMainKernel<T, C>;
+  MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::smemBytes),
+               "decode: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  int n = 0;
+  MLA_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, C::smemBytes), "decode: occupancy");
+  if (n < 1) return Status::Error(Code::Cuda, "decode: the main kernel does not fit on this device (occupancy 0)");
+  *ctasPerSm = n;
+  return Status::Ok();
+}
+
+struct Plan {
+  int blockM = 0, blockN = 0, stages = 0, smem = 0, numParts = 0, rowTiles = 0, ctasPerSm = 0, overhead = 0;
+};
+
+template <typename T, class C>
+Status planFor(int64_t rowsBound, int64_t wsMaxParts, const DeviceProps& dp, Plan* plan) {
+  int ctas = 1;
+  MLA_RETURN_IF_ERROR((prepareKernel<T, C>(&ctas)));
+  plan->blockM = C::BM;
+  plan->blockN = C::BN;
+  plan->stages = C::ST;
+  plan->smem = C::smemBytes;
+  plan->ctasPerSm = ctas;
+  plan->rowTiles = int((rowsBound + C::BM - 1) / C::BM);
+  const int64_t parts = int64_t(dp.smCount) * ctas / std::max(1, plan->rowTiles);
+  plan->numParts = int(std::max<int64_t>(1, std::min<int64_t>(parts, wsMaxParts)));
+  plan->overhead = overheadFor<C>();
+  return Status::Ok();
+}
+
+template <typename T, class C>
+Status runDecode(DecodeArgs a, const Plan& plan, const DecodeParams& p, cudaStream_t s) {
+  if (p.runPlan) {
+    const size_t planSmem = a.B <= kPlanSmemBatch ? size_t(kRiFields) * a.B * sizeof(int32_t) : 0;
+    decodePlanKernel<<<1, kPlanThreads, planSmem, s>>>(a);
+    MLA_CHECK_LAUNCH("decode: plan kernel");
+  }
+  if (p.runMain) {
+    decodeMainKernel<T, C><<<dim3(plan.numParts, plan.rowTiles), kThreads, C::smemBytes, s>>>(a);
+    MLA_CHECK_LAUNCH("decode: main kernel");
+  }
+  if (p.runCombine) {
+    const int64_t rows = int64_t(a.tokens) * a.H;
+    decodeCombineKernel<T><<<unsigned((rows + 7) / 8), 256, 0, s>>>(a);
+    MLA_CHECK_LAUNCH("decode: combine kernel");
+  }
+  return Status::Ok();
+}
+
+// Calls fn.template run<C>() for the config of (bm, tier).
+template <class F>
+Status withConfig(int bm, int tier, F& fn) {
+  switch (tier * 100 + bm) {
+    case 164: return fn.template run<C64_T1>();
+    case 132: return fn.template run<C32_T1>();
+    case 116: return fn.template run<C16_T1>();
+    case 264: return fn.template run<C64_T2>();
+    case 232: return fn.template run<C32_T2>();
+    case 216: return fn.template run<C16_T2>();
+    case 364: return fn.template run<C64_T3>();
+    case 332: return fn.template run<C32_T3>();
+    case 316: return fn.template run<C16_T3>();
+  }
+  return Status::Error(Code::Argument, "decode: no tile config for this device");
+}
+
+struct ConfigProbe {
+  int64_t rowsBound, wsMaxParts;
+  const DeviceProps* dp;
+  Plan* plan;
+  template <class C> Status run() { return planFor<__nv_bfloat16, C>(rowsBound, wsMaxParts, *dp, plan); }
+};
+
+struct Launcher {
+  DecodeArgs a;
+  const DecodeParams* p;
+  const DeviceProps* dp;
+  int64_t rowsBound;
+  cudaStream_t s;
+  template <typename T, class C> Status go() {
+    Plan plan;
+    MLA_RETURN_IF_ERROR((planFor<T, C>(rowsBound, p->wsMaxParts, *dp, &plan)));
+    if (plan.rowTiles > 65535) return Status::Error(Code::Range, "decode: H * maxQSeqLen is too large for one launch");
+    // Each part may need 2 partial slots of rowsBound rows: fewer parts if the workspace is small.
+    const int64_t cap = p->wsPartialRows / (2 * rowsBound);
+    if (cap < 1) return Status::Error(Code::Range, "decode: the workspace's partial buffer is too small for H * maxQSeqLen");
+    plan.numParts = int(std::min<int64_t>(plan.numParts, cap));
+    DecodeArgs args = a;
+    args.numParts = plan.numParts;
+    args.blockN = plan.blockN;
+    args.overhead = plan.overhead;
+    return runDecode<T, C>(args, plan, *p, s);
+  }
+  template <class C> Status run() {
+    if (p->q.dtype == DType::BF16) return go<__nv_bfloat16, C>();
+    return go<__half, C>();
+  }
+};
+
+Status checkAligned16(const TensorRef& t, const char* name, int dims) {
+  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
+    return Status::Error(Code::Shape, std::string("decode: `") + name + "` must start at a 16-byte aligned address");
+  for (int d = 0; d < dims; ++d)
+    if (t.strides[d] % 8 != 0)
+      return Status::Error(Code::Shape, std::string("decode: `") + name + "` strides must be multiples of 8 elements");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts, DecodeConfigInfo* info) {
+  DeviceProps dp;
+  MLA_RETURN_IF_ERROR(devicePropsFor(&dp));
+  const int tier = tierFor(dp.smemOptin);
+  if (tier == 0) return Status::Error(Code::Argument, "decode: the device has too little shared memory per block");
+  const int64_t rowsBound = numHeads * maxQSeqLen;
+  Plan plan;
+  ConfigProbe probe{rowsBound, wsMaxParts, &dp, &plan};
+  MLA_RETURN_IF_ERROR(withConfig(pickBlockM(rowsBound), tier, probe));
+  info->blockM = plan.blockM;
+  info->blockN = plan.blockN;
+  info->stages = plan.stages;
+  info->smemBytes = plan.smem;
+  info->numParts = plan.numParts;
+  info->rowTiles = plan.rowTiles;
+  info->ctasPerSm = plan.ctasPerSm;
+  return Status::Ok();
+}
+
+Status launchDecode(const DecodeParams& p, StreamHandle stream) {
+  auto err = [](Code c, const std::string& m) { return Status::Error(c, "decode: " + m); };
+  const TensorRef &q = p.q, &cache = p.cache, &bt = p.blockTable, &sl = p.seqLens, &out = p.out, &lse = p.lse;
+  if (q.dtype != DType::BF16 && q.dtype != DType::F16) return err(Code::Dtype, "`q` must be bf16 or f16");
+  if (cache.dtype != q.dtype) return err(Code::Dtype, "`cache` must have q's dtype");
+  if (out.dtype != q.dtype) return err(Code::Dtype, "`out` must have q's dtype");
+  if (lse.dtype != DType::F32) return err(Code::Dtype, "`lse` must be f32");
+  if (bt.dtype != DType::I32 || sl.dtype != DType::I32) return err(Code::Dtype, "`blockTable` and `seqLens` must be i32");
+  if (p.hasQSeqLens && p.qSeqLens.dtype != DType::I32) return err(Code::Dtype, "`qSeqLens` must be i32");
+  if (q.ndim != 3 || q.shape[2] != kD) return err(Code::Shape, "`q` must be [tokens, H, 576]");
+  if (cache.ndim != 3 || cache.shape[2] != kD) return err(Code::Shape, "`cache` must be [numPages, pageSize, 576]");
+  const int64_t tokens = q.shape[0], H = q.shape[1], numPages = cache.shape[0], pageSize = cache.shape[1];
+  if (H < 1 || H > 128) return err(Code::Range, "head count must be in [1, 128]");
+  if (pageSize < 16 || pageSize > 256 || (pageSize & (pageSize - 1)) != 0)
+    return err(Code::Range, "page size must be a power of two in [16, 256]");
+  if (numPages < 1 || numPages > INT32_MAX) return err(Code::Shape, "`cache` must have 1 .. 2^31-1 pages");
+  if (bt.ndim != 2 || sl.ndim != 1 || bt.shape[0] != sl.shape[0]) return err(Code::Shape, "`blockTable` must be [B, maxPages] and `seqLens` [B]");
+  const int64_t B = sl.shape[0], maxPages = bt.shape[1];
+  if (p.hasQSeqLens && (p.qSeqLens.ndim != 1 || p.qSeqLens.shape[0] != B)) return err(Code::Shape, "`qSeqLens` must be [B]");
+  if (out.ndim != 3 || out.shape[0] != tokens || out.shape[1] != H || out.shape[2] != kDV) return err(Code::Shape, "`out` must be [tokens, H, 512]");
+  if (lse.ndim != 2 || lse.shape[0] != tokens || lse.shape[1] != H) return err(Code::Shape, "`lse` must be [tokens, H]");
+  if (q.strides[2] != 1 || cache.strides[2] != 1 || out.strides[2] != 1) return err(Code::Shape, "`q`, `cache`, `out` need a contiguous last dim");
+  if (maxPages > 0 && bt.strides[1] != 1) return err(Code::Shape, "`blockTable` rows must be contiguous");
+  MLA_RETURN_IF_ERROR(checkAligned16(q, "q", 2));
+  MLA_RETURN_IF_ERROR(checkAligned16(cache, "cache", 2));
+  if (reinterpret_cast<uintptr_t>(out.data) % 4 != 0 || out.strides[0] % 2 != 0 || out.strides[1] % 2 != 0)
+    return err(Code::Shape, "`out` must be 4-byte aligned with even strides");
+  if (!p.hasQSeqLens && (p.uniformQSeqLen < 0 || tokens != B * p.uniformQSeqLen))
+    return err(Code::Shape, "`q` must hold B * s_q tokens");
+  const int64_t maxQ = p.hasQSeqLens ? p.maxQSeqLen : p.uniformQSeqLen;
+  if (maxQ < 0 || maxQ > INT32_MAX / 128) return err(Code::Range, "`maxQSeqLen` is out of range");
+  if (!(p.scale > 0.f) || !std::isfinite(p.scale)) return err(Code::Range, "`scale` must be positive and finite");
+  if (tokens * H > INT32_MAX / kDV || B > INT32_MAX / 8) return err(Code::Range, "too many tokens or requests");
+  // Workspace.
+  const DecodeWorkspaceLayout lay = decodeWorkspaceLayout(p.wsMaxBatch, p.wsPartialRows, p.wsMaxParts);
+  if (p.workspace.dtype != DType::U8 || p.workspace.ndim != 1 || !p.workspace.isContiguous() ||
+      p.workspace.shape[0] < lay.totalBytes || reinterpret_cast<uintptr_t>(p.workspace.data) % 256 != 0)
+    return err(Code::Argument, "`workspace` is not a decode workspace buffer of the declared size");
+  if (B > p.wsMaxBatch) return err(Code::Range, "batch exceeds the workspace's maxBatch");
+  if (2 * std::max<int64_t>(1, H * maxQ) > p.wsPartialRows) return err(Code::Range, "H * maxQSeqLen exceeds the workspace's partial rows");
+  if (p.wsMaxParts < 1) return err(Code::Argument, "workspace has no parts");
+  if (B == 0 || tokens == 0 || H * maxQ == 0) {
+    if (tokens == 0 || !p.runCombine) return Status::Ok();
+  }
+
+  DeviceProps dp;
+  MLA_RETURN_IF_ERROR(devicePropsFor(&dp));
+  const int tier = tierFor(dp.smemOptin);
+  if (tier == 0) return err(Code::Argument, "the device has too little shared memory per block (needs ~96 KB opt-in)");
+  const int64_t rowsBound = std::max<int64_t>(1, H * maxQ);
+
+  DecodeArgs a{};
+  a.q = q.data; a.qTok = q.strides[0]; a.qHead = q.strides[1];
+  a.cache = cache.data; a.cPage = cache.strides[0]; a.cRow = cache.strides[1];
+  a.numPages = int(numPages); a.pageSize = int(pageSize);
+  a.pageShift = 0;
+  while ((int64_t(1) << a.pageShift) < pageSize) ++a.pageShift;
+  a.bt = bt.ptr<int32_t>(); a.btStride = bt.strides[0]; a.maxPages = int(std::min<int64_t>(maxPages, INT32_MAX / 256));
+  a.seqLens = sl.ptr<int32_t>(); a.seqStride = sl.strides[0];
+  a.qSeqLens = p.hasQSeqLens ? p.qSeqLens.ptr<int32_t>() : nullptr;
+  a.qsStride = p.hasQSeqLens ? p.qSeqLens.strides[0] : 0;
+  a.hasQ = p.hasQSeqLens ? 1 : 0; a.uniformQ = int(p.uniformQSeqLen); a.maxQ = int(maxQ);
+  a.out = out.data; a.oTok = out.strides[0]; a.oHead = out.strides[1];
+  a.lse = lse.ptr<float>(); a.lTok = lse.strides[0]; a.lHead = lse.strides[1];
+  a.B = int(B); a.H = int(H); a.tokens = int(tokens); a.causal = p.causal ? 1 : 0;
+  a.scaleLog2 = p.scale * kLog2e;
+  unsigned char* ws = static_cast<unsigned char*>(p.workspace.data);
+  a.err = reinterpret_cast<int32_t*>(ws);
+  a.partMeta = reinterpret_cast<int32_t*>(ws + lay.partMetaOff);
+  a.reqInfo = reinterpret_cast<int32_t*>(ws + lay.reqInfoOff);
+  a.lsePart = reinterpret_cast<float*>(ws + lay.lseOff);
+  a.oPart = reinterpret_cast<float*>(ws + lay.oOff);
+  a.maxRows = rowsBound;
+
+  Launcher launcher{a, &p, &dp, rowsBound, static_cast<cudaStream_t>(stream)};
+  return withConfig(pickBlockM(rowsBound), tier, launcher);
+}
+
+}  // namespace mla::gpu

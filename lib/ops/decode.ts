@@ -1,0 +1,403 @@
+// mla.decode: absorbed MLA attention of s_q new query tokens per request over a paged
+// latent cache (FlashMLA's problem), split-KV with a device-side plan. Kernel design:
+// docs/decode-kernel.md; float64 oracle: lib/reference/decode.ts.
+import { MlaError } from '../errors.js';
+import { native, nativeOp } from '../native.js';
+import type { Stream } from '../runtime/stream.js';
+import { DeviceTensor } from '../runtime/tensor.js';
+import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
+import { checkInt, checkNumber, checkSameDType, checkTensor, isPowerOfTwo } from './validate.js';
+
+const OP = 'decode';
+
+/** Width of a query / cache row: latent (kv_lora 512) then rotated RoPE key (64). */
+export const DECODE_DIM_QK = 576;
+/** Width of V and of the output: the first 512 columns of a cache row. */
+export const DECODE_DIM_V = 512;
+export const DECODE_MAX_HEADS = 128;
+export const DECODE_MIN_PAGE_SIZE = 16;
+export const DECODE_MAX_PAGE_SIZE = 256;
+
+/** Error bits the kernels OR into the workspace (sticky until `checkErrors()`). */
+export const DECODE_ERROR_BITS = Object.freeze({ seqLens: 1, blockTable: 2, qSeqLens: 4 });
+
+/** What `validateDecodeArgs` needs: metadata only, so it runs (and is tested) without a GPU. */
+export interface DecodeArgsMeta {
+  q: unknown;
+  cache: unknown;
+  blockTable: unknown;
+  seqLens: unknown;
+  qSeqLens?: unknown;
+  out?: unknown;
+  lse?: unknown;
+  scale: unknown;
+  causal: unknown;
+}
+
+/** The geometry validation derives. */
+export interface DecodeGeometry {
+  dtype: 'bf16' | 'f16';
+  tokens: number;
+  numHeads: number;
+  numPages: number;
+  pageSize: number;
+  batch: number;
+  maxPages: number;
+  /** Uniform queries per request, or null when `qSeqLens` gives them per request. */
+  sQ: number | null;
+  scale: number;
+  causal: boolean;
+}
+
+function checkRowAlignment(name: string, t: TensorMeta, multiple: number, what: string): void {
+  for (let d = 0; d < t.strides.length - 1; d++) {
+    if (t.shape[d]! > 1 && t.strides[d]! % multiple !== 0) {
+      throw new MlaError('ERR_SHAPE', `${OP}: \`${name}\` strides must be multiples of ${multiple} elements (${what}), got [${t.strides.join(', ')}]`);
+    }
+  }
+}
+
+/**
+ * Checks every argument of decode() that metadata can show; throws a typed MlaError naming
+ * the argument. Device-resident indices (blockTable entries, seqLens, qSeqLens values) are
+ * checked by `checkDecodeIndices` (host copies) and always by the kernels.
+ */
+export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
+  const q = checkTensor(OP, 'q', args.q, { dtype: ['bf16', 'f16'], shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
+  const dtype = q.dtype as 'bf16' | 'f16';
+  const [tokens, numHeads] = q.shape as [number, number, number];
+  if (numHeads < 1 || numHeads > DECODE_MAX_HEADS) {
+    throw new MlaError('ERR_RANGE', `${OP}: \`q\` has ${numHeads} heads; the head count must be in [1, ${DECODE_MAX_HEADS}]`);
+  }
+  checkRowAlignment('q', q, 8, 'rows are gathered 16 bytes at a time');
+  const cache = checkTensor(OP, 'cache', args.cache, { shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
+  checkSameDType(OP, 'cache', cache, 'q', dtype);
+  const [numPages, pageSize] = cache.shape as [number, number, number];
+  if (!isPowerOfTwo(pageSize) || pageSize < DECODE_MIN_PAGE_SIZE || pageSize > DECODE_MAX_PAGE_SIZE) {
+    throw new MlaError('ERR_RANGE', `${OP}: \`cache\` page size ${pageSize} must be a power of two in [${DECODE_MIN_PAGE_SIZE}, ${DECODE_MAX_PAGE_SIZE}]`);
+  }
+  if (numPages < 1) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` must hold at least one page`);
+  if (numPages > 0x7fffffff) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` has more than 2^31 − 1 pages`);
+  checkRowAlignment('cache', cache, 8, 'rows are gathered 16 bytes at a time');
+
+  const blockTable = checkTensor(OP, 'blockTable', args.blockTable, { dtype: 'i32', shape: [null, null], innerContiguous: true });
+  const [batch, maxPages] = blockTable.shape as [number, number];
+  checkTensor(OP, 'seqLens', args.seqLens, { dtype: 'i32', shape: [batch] });
+  let sQ: number | null;
+  if (args.qSeqLens !== undefined && args.qSeqLens !== null) {
+    checkTensor(OP, 'qSeqLens', args.qSeqLens, { dtype: 'i32', shape: [batch] });
+    sQ = null;
+  } else if (batch === 0) {
+    if (tokens !== 0) throw new MlaError('ERR_SHAPE', `${OP}: \`q\` has ${tokens} tokens but the batch (\`blockTable\` rows) is empty`);
+    sQ = 0;
+  } else {
+    if (tokens % batch !== 0) {
+      throw new MlaError('ERR_SHAPE', `${OP}: \`q\` has ${tokens} tokens, not batch (${batch}) × s_q; pass \`qSeqLens\` for variable query lengths`);
+    }
+    sQ = tokens / batch;
+  }
+  if (args.out !== undefined && args.out !== null) {
+    const out = checkTensor(OP, 'out', args.out, { shape: [tokens, numHeads, DECODE_DIM_V], innerContiguous: true });
+    checkSameDType(OP, 'out', out, 'q', dtype);
+    checkRowAlignment('out', out, 2, 'outputs are stored in pairs');
+  }
+  if (args.lse !== undefined && args.lse !== null) checkTensor(OP, 'lse', args.lse, { dtype: 'f32', shape: [tokens, numHeads] });
+  const scale = checkNumber(OP, 'scale', args.scale, { positive: true });
+  if (typeof args.causal !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${OP}: \`causal\` must be a boolean, got ${String(args.causal)}`);
+  return { dtype, tokens, numHeads, numPages, pageSize, batch, maxPages, sQ, scale, causal: args.causal };
+}
+
+/** Host copies of the device-resident indices, as `checkDecodeIndices` reads them. */
+export interface DecodeIndices {
+  seqLens: ArrayLike<number>;
+  /** Row-major [batch, blockTableCols]: at least the used columns of each row. */
+  blockTable: ArrayLike<number>;
+  /** Columns per row of `blockTable` (default maxPages). */
+  blockTableCols?: number | undefined;
+  qSeqLens?: ArrayLike<number> | undefined;
+}
+
+/**
+ * Throws ERR_RANGE naming `seqLens`, `blockTable` or `qSeqLens` (and the request) when a
+ * value would make the kernels skip a request: a length outside [0, maxPages·pageSize], a
+ * used page outside [0, numPages), query lengths that do not add up to `tokens`. Pure: the
+ * tests call it with plain arrays. Returns the largest query length.
+ */
+export function checkDecodeIndices(geo: DecodeGeometry, idx: DecodeIndices): number {
+  const { batch, maxPages, pageSize, numPages, tokens } = geo;
+  const capacity = maxPages * pageSize;
+  const cols = idx.blockTableCols ?? maxPages;
+  for (let b = 0; b < batch; b++) {
+    const L = idx.seqLens[b]!;
+    if (!Number.isInteger(L) || L < 0 || L > capacity) {
+      throw new MlaError('ERR_RANGE', `${OP}: \`seqLens\`[${b}] = ${L} is outside [0, ${capacity}] (maxPages ${maxPages} × pageSize ${pageSize})`);
+    }
+    const used = Math.ceil(L / pageSize);
+    if (used > cols) throw new MlaError('ERR_ARGUMENT', `${OP}: host copy of \`blockTable\` has ${cols} columns, request ${b} uses ${used}`);
+    for (let i = 0; i < used; i++) {
+      const p = idx.blockTable[b * cols + i]!;
+      if (!Number.isInteger(p) || p < 0 || p >= numPages) {
+        throw new MlaError('ERR_RANGE', `${OP}: \`blockTable\`[${b}][${i}] = ${p} is outside [0, ${numPages}) (request ${b} uses ${used} pages)`);
+      }
+    }
+  }
+  if (geo.sQ !== null) return geo.sQ;
+  if (!idx.qSeqLens) throw new MlaError('ERR_ARGUMENT', `${OP}: \`qSeqLens\` values are needed to check variable query lengths`);
+  let sum = 0;
+  let max = 0;
+  for (let b = 0; b < batch; b++) {
+    const s = idx.qSeqLens[b]!;
+    if (!Number.isInteger(s) || s < 0) throw new MlaError('ERR_RANGE', `${OP}: \`qSeqLens\`[${b}] = ${s} must be a non-negative integer`);
+    sum += s;
+    max = Math.max(max, s);
+  }
+  if (sum !== tokens) throw new MlaError('ERR_RANGE', `${OP}: \`qSeqLens\` sums to ${sum} but \`q\` has ${tokens} tokens`);
+  return max;
+}
+
+/** Sizes a workspace is created for; a call fits if batch, heads·maxQSeqLen stay within. */
+export interface DecodeWorkspaceOptions {
+  /** Largest batch (requests) per call. */
+  maxBatch: number;
+  /** Largest head count per call (1..128). */
+  maxHeads: number;
+  /** Largest query length of one request (s_q; MTP / speculative tokens). Default 1. */
+  maxQSeqLen?: number | undefined;
+  /** Split-KV parts (≈ CTAs per wave); default the device's SM count. */
+  maxParts?: number | undefined;
+}
+
+export interface DecodeErrorReport {
+  ok: boolean;
+  /** Raw sticky bits (see DECODE_ERROR_BITS). */
+  bits: number;
+  /** One line per bit set, naming the argument. */
+  messages: string[];
+}
+
+interface WorkspaceLayout {
+  totalBytes: number;
+}
+
+/**
+ * Device buffer holding the split plan, the fp32 partial outputs / LSEs of split requests and
+ * a sticky error word. Create one per (max) geometry and reuse it across layers and calls
+ * (calls on one stream run in order; don't share one between concurrent streams). Its size
+ * and addresses never change, so calls using it can be captured in a CUDA graph.
+ */
+export class DecodeWorkspace {
+  readonly maxBatch: number;
+  readonly maxHeads: number;
+  readonly maxQSeqLen: number;
+  readonly maxParts: number;
+  /** Packed query rows per request (maxHeads · maxQSeqLen). */
+  readonly maxRows: number;
+  /** fp32 partial rows (of 512) for split requests: 2 · maxParts · min(64, maxRows), ≥ 2 · maxRows. */
+  readonly partialRows: number;
+  readonly bytes: number;
+  #buffer: DeviceTensor;
+
+  constructor(opts: DecodeWorkspaceOptions) {
+    const where = 'DecodeWorkspace';
+    this.maxBatch = checkInt(where, 'maxBatch', opts.maxBatch, 1, 0x7fffffff);
+    this.maxHeads = checkInt(where, 'maxHeads', opts.maxHeads, 1, DECODE_MAX_HEADS);
+    this.maxQSeqLen = checkInt(where, 'maxQSeqLen', opts.maxQSeqLen ?? 1, 1, 1 << 20);
+    const addon = native();
+    const parts = opts.maxParts ?? addon.deviceInfo(addon.currentDevice()).smCount;
+    this.maxParts = checkInt(where, 'maxParts', parts, 1, 65535);
+    this.maxRows = this.maxHeads * this.maxQSeqLen;
+    // A call uses ~SMs / ceil(rows / BM) parts (BM ≤ 64) with ≤ 2 slots of `rows` each.
+    this.partialRows = Math.max(2 * this.maxParts * Math.min(64, this.maxRows), 2 * this.maxRows);
+    const layout = nativeOp('decodeWorkspaceBytes')({ maxBatch: this.maxBatch, partialRows: this.partialRows, maxParts: this.maxParts }) as WorkspaceLayout;
+    this.bytes = layout.totalBytes;
+    this.#buffer = DeviceTensor.zeros([this.bytes], 'u8');
+  }
+
+  get disposed(): boolean {
+    return this.#buffer.disposed;
+  }
+
+  /** Whether a call with this geometry fits (see decode()). */
+  fits(batch: number, numHeads: number, maxQSeqLen: number): boolean {
+    return batch <= this.maxBatch && numHeads * maxQSeqLen <= this.maxRows;
+  }
+
+  /** @internal Arguments the native op reads. */
+  nativeArgs(): Record<string, unknown> {
+    return {
+      workspace: this.#buffer.nativeRef(`${OP}: \`workspace\``),
+      wsMaxBatch: this.maxBatch,
+      wsPartialRows: this.partialRows,
+      wsMaxParts: this.maxParts,
+    };
+  }
+
+  /**
+   * Reads (and clears) the sticky error word the kernels set when a device-resident index was
+   * out of range; the affected requests got out 0 and lse +inf. Synchronises with `stream`'s
+   * prior work via a blocking copy.
+   */
+  checkErrors(opts: StreamOption = {}): DecodeErrorReport {
+    const head = this.#buffer.slice(0, 0, 4);
+    opts.stream?.synchronize();
+    const raw = head.toHostSync() as Uint8Array;
+    const bits = (raw[0]! | (raw[1]! << 8) | (raw[2]! << 16) | (raw[3]! << 24)) >>> 0;
+    if (bits !== 0) head.fill(0, opts);
+    const messages: string[] = [];
+    if (bits & DECODE_ERROR_BITS.seqLens) messages.push('decode: `seqLens` had a value outside [0, maxPages · pageSize]');
+    if (bits & DECODE_ERROR_BITS.blockTable) messages.push('decode: `blockTable` had a used page index outside [0, numPages)');
+    if (bits & DECODE_ERROR_BITS.qSeqLens) messages.push('decode: `qSeqLens` had a negative value, one above maxQSeqLen, or more queries than `q` holds');
+    return { ok: bits === 0, bits, messages };
+  }
+
+  /** Like checkErrors() but throws ERR_RANGE with the messages. */
+  throwIfErrors(opts: StreamOption = {}): void {
+    const r = this.checkErrors(opts);
+    if (!r.ok) throw new MlaError('ERR_RANGE', r.messages.join('; '));
+  }
+
+  dispose(): void {
+    this.#buffer.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+export interface DecodeOptions extends StreamOption {
+  /** [tokens, H, 576] bf16/f16: per head q_nope·W_UK (512) then the rotated RoPE query (64). */
+  q: DeviceTensor;
+  /** [numPages, pageSize, 576], q's dtype: normalised latent (512) then rotated RoPE key (64). */
+  cache: DeviceTensor;
+  /** i32 [B, maxPages]: physical page of each logical page. */
+  blockTable: DeviceTensor;
+  /** i32 [B]: keys per request (0 allowed). */
+  seqLens: DeviceTensor;
+  /** Softmax scale (DeepSeek: 192^-0.5 · mscale², not 576^-0.5). */
+  scale: number;
+  /** Query j of a request with s_q queries sees keys 0 .. seqLen − s_q + j. */
+  causal: boolean;
+  /** i32 [B]: queries per request (consecutive in q); uniform tokens / B when omitted. */
+  qSeqLens?: DeviceTensor | undefined;
+  /** Upper bound of qSeqLens (sizes the grid) when checkIndices is false. */
+  maxQSeqLen?: number | undefined;
+  /** [tokens, H, 512], q's dtype; written in place. */
+  out?: DeviceTensor | undefined;
+  /** f32 [tokens, H], natural log; written in place. */
+  lse?: DeviceTensor | undefined;
+  /** Reusable plan / partials buffer; a temporary one is made (and freed) when omitted. */
+  workspace?: DecodeWorkspace | undefined;
+  /**
+   * Copy seqLens / qSeqLens and the used blockTable rows to the host and throw ERR_RANGE
+   * before launching (default true; blocking). false for graph capture and benchmarks: the
+   * kernels still guard every index and report through workspace.checkErrors().
+   */
+  checkIndices?: boolean | undefined;
+  /** @internal Benchmarks: launch only the main kernel (the plan must be current). */
+  phases?: 'all' | 'main' | undefined;
+}
+
+export interface DecodeResult {
+  out: DeviceTensor;
+  lse: DeviceTensor;
+}
+
+function downloadInts(t: DeviceTensor): Int32Array {
+  return t.toHostSync() as Int32Array;
+}
+
+/**
+ * Absorbed MLA decode: out[t, h] = softmax(scale · q[t, h] · Kᵀ) · V over the request's
+ * paged cache rows (K = the 576-wide row, V = its first 512 columns), lse natural log.
+ * A query that sees no key gets out 0 and lse +inf.
+ */
+export function decode(opts: DecodeOptions): DecodeResult {
+  if (typeof opts !== 'object' || opts === null) throw new MlaError('ERR_ARGUMENT', `${OP}: expected an options object`);
+  const geo = validateDecodeArgs(opts);
+  const checkIndices = opts.checkIndices ?? true;
+  if (typeof checkIndices !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${OP}: \`checkIndices\` must be a boolean`);
+  const phases = opts.phases ?? 'all';
+  if (phases !== 'all' && phases !== 'main') throw new MlaError('ERR_ARGUMENT', `${OP}: \`phases\` must be 'all' or 'main'`);
+  const ws = opts.workspace;
+  if (ws !== undefined && !(ws instanceof DecodeWorkspace)) throw new MlaError('ERR_ARGUMENT', `${OP}: \`workspace\` must be a DecodeWorkspace`);
+  if (ws?.disposed) throw new MlaError('ERR_DISPOSED', `${OP}: \`workspace\` was disposed`);
+
+  let maxQ: number;
+  if (checkIndices) {
+    const seqLens = downloadInts(opts.seqLens);
+    // Only the columns some request uses travel (lengths over capacity throw below anyway).
+    let cols = 0;
+    for (const L of seqLens) cols = Math.max(cols, Math.min(geo.maxPages, Math.ceil(Math.max(L, 0) / geo.pageSize)));
+    const blockTable = geo.batch > 0 && cols > 0 ? downloadInts(opts.blockTable.slice(1, 0, cols)) : new Int32Array(0);
+    const qSeqLens = opts.qSeqLens ? downloadInts(opts.qSeqLens) : undefined;
+    maxQ = checkDecodeIndices(geo, { seqLens, blockTable, blockTableCols: cols, qSeqLens });
+  } else if (geo.sQ !== null) {
+    maxQ = geo.sQ;
+  } else {
+    maxQ = opts.maxQSeqLen ?? ws?.maxQSeqLen ?? geo.tokens;
+  }
+  maxQ = checkInt(OP, 'maxQSeqLen', maxQ, 0, 1 << 20);
+  if (opts.maxQSeqLen !== undefined && geo.sQ === null) {
+    const bound = checkInt(OP, 'maxQSeqLen', opts.maxQSeqLen, 0, 1 << 20);
+    if (bound < maxQ) throw new MlaError('ERR_RANGE', `${OP}: \`qSeqLens\` has a request with ${maxQ} queries, above \`maxQSeqLen\` ${bound}`);
+    maxQ = Math.max(maxQ, bound);
+  }
+  const rowsQ = Math.max(1, maxQ);
+  if (ws && !ws.fits(geo.batch, geo.numHeads, rowsQ)) {
+    throw new MlaError('ERR_RANGE', `${OP}: \`workspace\` (maxBatch ${ws.maxBatch}, ${ws.maxRows} rows) is too small for batch ${geo.batch} × ${geo.numHeads} heads × s_q ${rowsQ}`);
+  }
+
+  const out = opts.out ?? DeviceTensor.empty([geo.tokens, geo.numHeads, DECODE_DIM_V], geo.dtype);
+  let lse: DeviceTensor | undefined;
+  let temp: DecodeWorkspace | undefined;
+  try {
+    lse = opts.lse ?? DeviceTensor.empty([geo.tokens, geo.numHeads], 'f32');
+    if (geo.tokens === 0) return { out, lse };
+    const workspace = ws ?? (temp = new DecodeWorkspace({ maxBatch: Math.max(1, geo.batch), maxHeads: geo.numHeads, maxQSeqLen: rowsQ }));
+    const stream: Stream | undefined = opts.stream;
+    nativeOp(OP)({
+      q: opts.q.nativeRef(`${OP}: \`q\``),
+      cache: opts.cache.nativeRef(`${OP}: \`cache\``),
+      blockTable: opts.blockTable.nativeRef(`${OP}: \`blockTable\``),
+      seqLens: opts.seqLens.nativeRef(`${OP}: \`seqLens\``),
+      qSeqLens: opts.qSeqLens?.nativeRef(`${OP}: \`qSeqLens\``),
+      out: out.nativeRef(`${OP}: \`out\``),
+      lse: lse.nativeRef(`${OP}: \`lse\``),
+      ...workspace.nativeArgs(),
+      scale: geo.scale,
+      causal: geo.causal,
+      sQ: geo.sQ ?? 0,
+      maxQSeqLen: rowsQ,
+      runPlan: phases === 'all',
+      runCombine: phases === 'all',
+      stream: stream?.nativeHandle(),
+    });
+    return { out, lse };
+  } catch (err) {
+    if (!opts.out) out.dispose();
+    if (!opts.lse) lse?.dispose();
+    throw err;
+  } finally {
+    // cudaFree waits for the device, so freeing the temporary right away is safe.
+    temp?.dispose();
+  }
+}
+
+/** Tile config a call with this geometry would use on the current device (for reports). */
+export interface DecodeConfig {
+  blockM: number;
+  blockN: number;
+  stages: number;
+  smemBytes: number;
+  numParts: number;
+  rowTiles: number;
+  ctasPerSm: number;
+}
+
+export function decodeConfig(numHeads: number, maxQSeqLen = 1, maxParts?: number): DecodeConfig {
+  const addon = native();
+  const parts = maxParts ?? addon.deviceInfo(addon.currentDevice()).smCount;
+  return nativeOp('decodeConfig')({ numHeads, maxQSeqLen, maxParts: parts }) as DecodeConfig;
+}
+

@@ -1,0 +1,478 @@
+// decode: argument validation (runs everywhere, on TensorMeta stand-ins) and GPU checks
+// against the float64 reference (lib/reference/decode.ts) on the same bf16/f16-rounded inputs.
+import t from 'tap';
+import { fileURLToPath } from 'node:url';
+import { DeviceTensor, MlaError } from '../lib/index.js';
+import type { TensorMeta } from '../lib/index.js';
+import type { DType } from '../lib/dtype.js';
+import { checkDecodeIndices, decode, DecodeWorkspace, validateDecodeArgs } from '../lib/ops/decode.js';
+import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
+import { decodeReference } from '../lib/reference/decode.js';
+import { SafetensorsFile } from '../lib/safetensors.js';
+import { gpuSkip, poison, randn, relError, rng, roundTo } from './helpers/gpu.js';
+
+const D = 576;
+const DV = 512;
+
+function meta(shape: number[], dtype: DType, extra: Partial<{ strides: number[]; disposed: boolean }> = {}): TensorMeta {
+  const strides = extra.strides ?? shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
+  return { shape, strides, dtype, disposed: extra.disposed ?? false };
+}
+
+function baseArgs(over: Partial<DecodeArgsMeta> = {}): DecodeArgsMeta {
+  return {
+    q: meta([4, 16, D], 'bf16'),
+    cache: meta([10, 64, D], 'bf16'),
+    blockTable: meta([4, 8], 'i32'),
+    seqLens: meta([4], 'i32'),
+    scale: 0.1352,
+    causal: false,
+    ...over,
+  };
+}
+
+/** The assertions the helpers below use (structural, so any tap Test fits). */
+interface Asserts {
+  ok(v: unknown, msg: string): unknown;
+  equal(a: unknown, b: unknown, msg: string): unknown;
+  match(a: unknown, b: string, msg: string): unknown;
+  fail(msg: string): unknown;
+}
+
+function expectError(tt: Asserts, fn: () => unknown, code: string, arg: string, what: string): void {
+  try {
+    fn();
+    tt.fail(`${what}: expected ${code} naming \`${arg}\``);
+  } catch (err) {
+    tt.ok(err instanceof MlaError, `${what}: throws MlaError`);
+    tt.equal((err as MlaError).code, code, `${what}: code`);
+    tt.match((err as Error).message, `\`${arg}\``, `${what}: message names \`${arg}\``);
+  }
+}
+
+t.test('validateDecodeArgs accepts a well-formed call and derives the geometry', (tt) => {
+  const g = validateDecodeArgs(baseArgs());
+  tt.same(
+    { tokens: g.tokens, numHeads: g.numHeads, pageSize: g.pageSize, numPages: g.numPages, batch: g.batch, maxPages: g.maxPages, sQ: g.sQ, dtype: g.dtype },
+    { tokens: 4, numHeads: 16, pageSize: 64, numPages: 10, batch: 4, maxPages: 8, sQ: 1, dtype: 'bf16' },
+  );
+  tt.equal(validateDecodeArgs(baseArgs({ q: meta([8, 128, D], 'f16'), cache: meta([3, 16, D], 'f16') })).sQ, 2);
+  tt.equal(validateDecodeArgs(baseArgs({ q: meta([7, 1, D], 'bf16'), qSeqLens: meta([4], 'i32') })).sQ, null);
+  tt.equal(validateDecodeArgs(baseArgs({ cache: meta([1, 256, D], 'bf16') })).pageSize, 256);
+  tt.end();
+});
+
+t.test('validateDecodeArgs rejects bad arguments with a typed error naming them', (tt) => {
+  const cases: Array<[string, Partial<DecodeArgsMeta>, string, string]> = [
+    ['q dtype f32', { q: meta([4, 16, D], 'f32') }, 'ERR_DTYPE', 'q'],
+    ['q not a tensor', { q: 42 }, 'ERR_ARGUMENT', 'q'],
+    ['q width 512', { q: meta([4, 16, 512], 'bf16') }, 'ERR_SHAPE', 'q'],
+    ['q rank 4', { q: meta([4, 1, 16, D], 'bf16') }, 'ERR_SHAPE', 'q'],
+    ['0 heads', { q: meta([4, 0, D], 'bf16') }, 'ERR_RANGE', 'q'],
+    ['129 heads', { q: meta([4, 129, D], 'bf16') }, 'ERR_RANGE', 'q'],
+    ['q strided last dim', { q: meta([4, 16, D], 'bf16', { strides: [16 * D * 2, D * 2, 2] }) }, 'ERR_SHAPE', 'q'],
+    ['q rows misaligned', { q: meta([4, 16, D], 'bf16', { strides: [16 * 580, 580, 1] }) }, 'ERR_SHAPE', 'q'],
+    ['tokens not B·s_q', { q: meta([5, 16, D], 'bf16') }, 'ERR_SHAPE', 'q'],
+    ['q/cache dtype mismatch', { cache: meta([10, 64, D], 'f16') }, 'ERR_DTYPE', 'cache'],
+    ['page size 48', { cache: meta([10, 48, D], 'bf16') }, 'ERR_RANGE', 'cache'],
+    ['page size 8', { cache: meta([10, 8, D], 'bf16') }, 'ERR_RANGE', 'cache'],
+    ['page size 512', { cache: meta([10, 512, D], 'bf16') }, 'ERR_RANGE', 'cache'],
+    ['no pages', { cache: meta([0, 64, D], 'bf16') }, 'ERR_SHAPE', 'cache'],
+    ['cache width 512', { cache: meta([10, 64, 512], 'bf16') }, 'ERR_SHAPE', 'cache'],
+    ['disposed cache', { cache: meta([10, 64, D], 'bf16', { disposed: true }) }, 'ERR_DISPOSED', 'cache'],
+    ['blockTable f32', { blockTable: meta([4, 8], 'f32') }, 'ERR_DTYPE', 'blockTable'],
+    ['blockTable rank 1', { blockTable: meta([32], 'i32') }, 'ERR_SHAPE', 'blockTable'],
+    ['seqLens i64-ish f32', { seqLens: meta([4], 'f32') }, 'ERR_DTYPE', 'seqLens'],
+    ['seqLens wrong batch', { seqLens: meta([3], 'i32') }, 'ERR_SHAPE', 'seqLens'],
+    ['disposed seqLens', { seqLens: meta([4], 'i32', { disposed: true }) }, 'ERR_DISPOSED', 'seqLens'],
+    ['qSeqLens wrong batch', { qSeqLens: meta([5], 'i32') }, 'ERR_SHAPE', 'qSeqLens'],
+    ['qSeqLens f32', { qSeqLens: meta([4], 'f32') }, 'ERR_DTYPE', 'qSeqLens'],
+    ['out wrong width', { out: meta([4, 16, 576], 'bf16') }, 'ERR_SHAPE', 'out'],
+    ['out wrong dtype', { out: meta([4, 16, DV], 'f32') }, 'ERR_DTYPE', 'out'],
+    ['out disposed', { out: meta([4, 16, DV], 'bf16', { disposed: true }) }, 'ERR_DISPOSED', 'out'],
+    ['lse bf16', { lse: meta([4, 16], 'bf16') }, 'ERR_DTYPE', 'lse'],
+    ['lse transposed', { lse: meta([16, 4], 'f32') }, 'ERR_SHAPE', 'lse'],
+    ['scale 0', { scale: 0 }, 'ERR_RANGE', 'scale'],
+    ['scale NaN', { scale: Number.NaN }, 'ERR_ARGUMENT', 'scale'],
+    ['scale missing', { scale: undefined }, 'ERR_ARGUMENT', 'scale'],
+    ['causal not boolean', { causal: 1 }, 'ERR_ARGUMENT', 'causal'],
+  ];
+  for (const [what, over, code, arg] of cases) expectError(tt, () => validateDecodeArgs(baseArgs(over)), code, arg, what);
+  tt.end();
+});
+
+t.test('checkDecodeIndices: lengths over capacity and bad pages from host arrays', (tt) => {
+  const geo: DecodeGeometry = validateDecodeArgs(baseArgs({ q: meta([3, 16, D], 'bf16'), blockTable: meta([3, 4], 'i32'), seqLens: meta([3], 'i32') }));
+  const table = Int32Array.from([0, 1, -1, -1, 2, 3, 4, 5, 9, -7, -7, -7]);
+  tt.equal(checkDecodeIndices(geo, { seqLens: [100, 256, 1], blockTable: table }), 1, 'unused entries are not checked');
+  tt.equal(checkDecodeIndices(geo, { seqLens: [0, 0, 0], blockTable: table }), 1, 'empty requests are fine');
+  const usedCols = Int32Array.from([0, 1, 2, 3, 9, -7]);
+  tt.equal(checkDecodeIndices(geo, { seqLens: [100, 128, 1], blockTable: usedCols, blockTableCols: 2 }), 1, 'only the used columns');
+  expectError(tt, () => checkDecodeIndices(geo, { seqLens: [100, 129, 1], blockTable: usedCols, blockTableCols: 2 }), 'ERR_ARGUMENT', 'blockTable', 'host copy too narrow');
+  expectError(tt, () => checkDecodeIndices(geo, { seqLens: [100, 257, 1], blockTable: table }), 'ERR_RANGE', 'seqLens', 'length over capacity');
+  expectError(tt, () => checkDecodeIndices(geo, { seqLens: [-1, 0, 1], blockTable: table }), 'ERR_RANGE', 'seqLens', 'negative length');
+  expectError(tt, () => checkDecodeIndices(geo, { seqLens: [129, 0, 1], blockTable: table }), 'ERR_RANGE', 'blockTable', 'page -1 in use');
+  expectError(tt, () => checkDecodeIndices(geo, { seqLens: [0, 0, 65], blockTable: table }), 'ERR_RANGE', 'blockTable', 'negative page in use');
+  const bigPage = Int32Array.from(table);
+  bigPage[8] = 10;
+  expectError(tt, () => checkDecodeIndices(geo, { seqLens: [0, 0, 1], blockTable: bigPage }), 'ERR_RANGE', 'blockTable', 'page >= numPages');
+
+  const vgeo = validateDecodeArgs(baseArgs({ q: meta([5, 2, D], 'bf16'), blockTable: meta([3, 4], 'i32'), seqLens: meta([3], 'i32'), qSeqLens: meta([3], 'i32') }));
+  tt.equal(checkDecodeIndices(vgeo, { seqLens: [5, 5, 5], blockTable: table.map(() => 0), qSeqLens: [1, 4, 0] }), 4, 'max query length');
+  expectError(tt, () => checkDecodeIndices(vgeo, { seqLens: [5, 5, 5], blockTable: table.map(() => 0), qSeqLens: [1, 1, 1] }), 'ERR_RANGE', 'qSeqLens', 'sum != tokens');
+  expectError(tt, () => checkDecodeIndices(vgeo, { seqLens: [5, 5, 5], blockTable: table.map(() => 0), qSeqLens: [6, -1, 0] }), 'ERR_RANGE', 'qSeqLens', 'negative');
+  tt.end();
+});
+
+t.test('DecodeWorkspace validates its sizes before touching the device', (tt) => {
+  expectError(tt, () => new DecodeWorkspace({ maxBatch: 0, maxHeads: 16 }), 'ERR_RANGE', 'maxBatch', 'maxBatch 0');
+  expectError(tt, () => new DecodeWorkspace({ maxBatch: 4, maxHeads: 129 }), 'ERR_RANGE', 'maxHeads', 'maxHeads 129');
+  expectError(tt, () => new DecodeWorkspace({ maxBatch: 4, maxHeads: 8, maxQSeqLen: 0 }), 'ERR_RANGE', 'maxQSeqLen', 'maxQSeqLen 0');
+  tt.end();
+});
+
+function fixturePath(name: string): string {
+  return fileURLToPath(new URL(`./fixtures/${name}.safetensors`, import.meta.url));
+}
+
+t.test('the tiny fixture (kv_lora 32, rope 16) is rejected: only 512 + 64 is supported', (tt) => {
+  const f = SafetensorsFile.open(fixturePath('mla-tiny'));
+  try {
+    const ql = f.info('q_latent.decode.0').shape;
+    const qr = f.info('q_rope.decode.0').shape;
+    const [B, , H, lora] = ql as [number, number, number, number];
+    const width = lora + qr[3]!;
+    const cl = f.info('cache.latent').shape;
+    const args = baseArgs({
+      q: meta([B, H, width], 'bf16'),
+      cache: meta([cl[0]! * 1, 16, width], 'bf16'),
+      blockTable: meta([B, 1], 'i32'),
+      seqLens: meta([B], 'i32'),
+    });
+    expectError(tt, () => validateDecodeArgs(args), 'ERR_SHAPE', 'q', `q width ${width}`);
+    expectError(tt, () => validateDecodeArgs({ ...args, q: meta([B, H, D], 'bf16') }), 'ERR_SHAPE', 'cache', `cache width ${width}`);
+  } finally {
+    f.close();
+  }
+  tt.end();
+});
+
+// ---- GPU ---------------------------------------------------------------------------------
+
+interface CaseSpec {
+  B: number;
+  H: number;
+  pageSize: number;
+  seqLens: number[];
+  /** Uniform s_q, or per request (then qSeqLens is passed). */
+  sQ: number | number[];
+  causal: boolean;
+  dtype: 'bf16' | 'f16';
+  seed: number;
+  scale?: number;
+}
+
+interface Built {
+  q: DeviceTensor;
+  cache: DeviceTensor;
+  blockTable: DeviceTensor;
+  seqLens: DeviceTensor;
+  qSeqLens?: DeviceTensor;
+  ref: { out: Float64Array; lse: Float64Array };
+  tokens: number;
+  tensors: DeviceTensor[];
+}
+
+/** Random inputs over shuffled pages (unused table entries hold -1), and the reference. */
+function build(spec: CaseSpec): Built {
+  const { B, H, pageSize, seqLens, dtype } = spec;
+  const r = rng(spec.seed);
+  const qLens = typeof spec.sQ === 'number' ? seqLens.map(() => spec.sQ as number) : spec.sQ;
+  const tokens = qLens.reduce((a, b) => a + b, 0);
+  const pagesOf = seqLens.map((L) => Math.ceil(L / pageSize));
+  const maxPages = Math.max(1, ...pagesOf) + 1;
+  const numPages = pagesOf.reduce((a, b) => a + b, 0) + 3;
+  const perm = Array.from({ length: numPages }, (_, i) => i);
+  for (let i = numPages - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+  }
+  const table = new Int32Array(B * maxPages).fill(-1);
+  let next = 0;
+  for (let b = 0; b < B; b++) for (let i = 0; i < pagesOf[b]!; i++) table[b * maxPages + i] = perm[next++]!;
+  const qF = randn(tokens * H * D, spec.seed + 1, 0.5);
+  const cF = randn(numPages * pageSize * D, spec.seed + 2, 1);
+  const scale = spec.scale ?? 0.1352337788608801;
+  const ref = decodeReference({
+    q: roundTo(qF, dtype),
+    cache: roundTo(cF, dtype),
+    pageSize,
+    blockTable: table,
+    seqLens,
+    qSeqLens: qLens,
+    numHeads: H,
+    dimLatent: DV,
+    headDim: D,
+    scale,
+    causal: spec.causal,
+  });
+  const tensors: DeviceTensor[] = [];
+  const up = <T extends DeviceTensor>(x: T): T => {
+    tensors.push(x);
+    return x;
+  };
+  const built: Built = {
+    q: up(DeviceTensor.fromArray(qF, [tokens, H, D], dtype)),
+    cache: up(DeviceTensor.fromArray(cF, [numPages, pageSize, D], dtype)),
+    blockTable: up(DeviceTensor.fromArray(table, [B, maxPages], 'i32')),
+    seqLens: up(DeviceTensor.fromArray(Int32Array.from(seqLens), [B], 'i32')),
+    ref,
+    tokens,
+    tensors,
+  };
+  if (typeof spec.sQ !== 'number') built.qSeqLens = up(DeviceTensor.fromArray(Int32Array.from(qLens), [B], 'i32'));
+  return built;
+}
+
+function checkOutputs(tt: Asserts, label: string, got: { out: Float32Array; lse: Float32Array }, ref: { out: Float64Array; lse: Float64Array }): void {
+  const err = relError(got.out, ref.out);
+  tt.ok(err < 1e-2, `${label}: out rel err ${err.toExponential(2)} < 1e-2`);
+  let lseBad = 0;
+  let emptyBad = 0;
+  for (let i = 0; i < ref.lse.length; i++) {
+    const want = ref.lse[i]!;
+    const have = got.lse[i]!;
+    if (want === Infinity) {
+      if (have !== Infinity) lseBad++;
+      for (let c = 0; c < DV; c++) if (got.out[i * DV + c] !== 0) emptyBad++;
+    } else if (!(Math.abs(have - want) <= 2e-3 + 2e-3 * Math.abs(want))) {
+      lseBad++;
+    }
+  }
+  tt.equal(lseBad, 0, `${label}: lse matches (+inf for rows without keys)`);
+  tt.equal(emptyBad, 0, `${label}: rows without keys are exactly 0`);
+}
+
+function runBuilt(b: Built, spec: CaseSpec, ws?: DecodeWorkspace): { out: Float32Array; lse: Float32Array } {
+  const H = spec.H;
+  const out = poison(DeviceTensor.empty([b.tokens, H, DV], spec.dtype));
+  const lse = poison(DeviceTensor.empty([b.tokens, H], 'f32'));
+  try {
+    const res = decode({
+      q: b.q,
+      cache: b.cache,
+      blockTable: b.blockTable,
+      seqLens: b.seqLens,
+      qSeqLens: b.qSeqLens,
+      scale: spec.scale ?? 0.1352337788608801,
+      causal: spec.causal,
+      out,
+      lse,
+      workspace: ws,
+    });
+    return { out: res.out.toFloat32Sync(), lse: res.lse.toFloat32Sync() };
+  } finally {
+    out.dispose();
+    lse.dispose();
+  }
+}
+
+function disposeBuilt(b: Built): void {
+  for (const x of b.tensors) x.dispose();
+}
+
+t.test('decode matches the float64 reference on a randomized grid', { skip: gpuSkip }, (tt) => {
+  const r = rng(1234);
+  const heads = [1, 3, 16, 64, 128];
+  const pages = [16, 64, 256];
+  const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)]!;
+  let caseNo = 0;
+  for (const H of heads) {
+    for (const dtype of ['bf16', 'f16'] as const) {
+      const pageSize = pick(pages);
+      const B = 1 + Math.floor(r() * 4);
+      const sQ = 1 + Math.floor(r() * 4);
+      const causal = r() < 0.5;
+      // 0, 1, a page multiple, a non-multiple, and longer ones (split over several parts).
+      const pool = [0, 1, pageSize, pageSize + 3, 37, 700 + Math.floor(r() * 900)];
+      const seqLens = Array.from({ length: B }, (_, i) => (i === 0 ? pool[(caseNo + 5) % pool.length]! : pick(pool)));
+      const spec: CaseSpec = { B, H, pageSize, seqLens, sQ: H >= 64 && sQ > 2 ? 2 : sQ, causal, dtype, seed: 100 + caseNo };
+      const label = `#${caseNo} H${H} ${dtype} ps${pageSize} B${B} sq${spec.sQ as number} ${causal ? 'causal' : 'full'} L[${seqLens.join(',')}]`;
+      const b = build(spec);
+      try {
+        checkOutputs(tt, label, runBuilt(b, spec), b.ref);
+      } finally {
+        disposeBuilt(b);
+      }
+      caseNo++;
+    }
+  }
+  tt.end();
+});
+
+t.test('decode: variable query lengths (qSeqLens), causal, one shared workspace', { skip: gpuSkip }, (tt) => {
+  const ws = new DecodeWorkspace({ maxBatch: 8, maxHeads: 16, maxQSeqLen: 4 });
+  try {
+    for (const [i, causal] of [true, false].entries()) {
+      const spec: CaseSpec = { B: 5, H: 16, pageSize: 64, seqLens: [3, 0, 130, 1000, 2], sQ: [1, 2, 4, 3, 4], causal, dtype: 'bf16', seed: 900 + i };
+      const b = build(spec);
+      try {
+        checkOutputs(tt, `varlen ${causal ? 'causal' : 'full'}`, runBuilt(b, spec, ws), b.ref);
+      } finally {
+        disposeBuilt(b);
+      }
+    }
+    tt.ok(ws.checkErrors().ok, 'no device-side index errors');
+  } finally {
+    ws.dispose();
+  }
+  tt.end();
+});
+
+t.test('decode: a long sequence split over every part, next to short ones', { skip: gpuSkip }, (tt) => {
+  const spec: CaseSpec = { B: 3, H: 8, pageSize: 256, seqLens: [40000, 5, 0], sQ: 1, causal: true, dtype: 'bf16', seed: 77 };
+  const b = build(spec);
+  try {
+    checkOutputs(tt, 'long', runBuilt(b, spec), b.ref);
+  } finally {
+    disposeBuilt(b);
+  }
+  tt.end();
+});
+
+t.test('decode: empty sequences give out 0 and lse +inf', { skip: gpuSkip }, (tt) => {
+  const spec: CaseSpec = { B: 2, H: 4, pageSize: 16, seqLens: [0, 0], sQ: 2, causal: true, dtype: 'f16', seed: 5 };
+  const b = build(spec);
+  try {
+    const got = runBuilt(b, spec);
+    tt.ok(got.lse.every((v) => v === Infinity), 'lse +inf');
+    tt.ok(got.out.every((v) => v === 0), 'out 0');
+  } finally {
+    disposeBuilt(b);
+  }
+  tt.end();
+});
+
+t.test('decode: bad device indices are caught on the host, or guarded on the device', { skip: gpuSkip }, (tt) => {
+  const spec: CaseSpec = { B: 3, H: 16, pageSize: 16, seqLens: [40, 70, 20], sQ: 1, causal: false, dtype: 'bf16', seed: 31 };
+  const b = build(spec);
+  const ws = new DecodeWorkspace({ maxBatch: 4, maxHeads: 16 });
+  try {
+    const table = b.blockTable.toHostSync() as Int32Array;
+    const maxPages = b.blockTable.shape[1]!;
+    const badTable = Int32Array.from(table);
+    badTable[1 * maxPages + 2] = 1 << 30; // request 1's third page
+    const badBt = DeviceTensor.fromArray(badTable, [3, maxPages], 'i32');
+    const badLens = DeviceTensor.fromArray(Int32Array.from([40, 70, 1 << 20]), [3], 'i32');
+    try {
+      const base = { q: b.q, cache: b.cache, scale: 0.1352337788608801, causal: false, workspace: ws };
+      expectError(tt, () => decode({ ...base, blockTable: badBt, seqLens: b.seqLens }), 'ERR_RANGE', 'blockTable', 'host check: page');
+      expectError(tt, () => decode({ ...base, blockTable: b.blockTable, seqLens: badLens }), 'ERR_RANGE', 'seqLens', 'host check: length');
+
+      for (const [name, bt, lens, bit, badReq] of [
+        ['page', badBt, b.seqLens, 2, 1],
+        ['seqLen', b.blockTable, badLens, 1, 2],
+      ] as const) {
+        const out = poison(DeviceTensor.empty([3, 16, DV], 'bf16'));
+        const lse = poison(DeviceTensor.empty([3, 16], 'f32'));
+        try {
+          decode({ ...base, blockTable: bt, seqLens: lens, out, lse, checkIndices: false });
+          const o = out.toFloat32Sync();
+          const l = lse.toFloat32Sync();
+          const rep = ws.checkErrors();
+          tt.equal(rep.bits & bit, bit, `${name}: device error bit set`);
+          tt.ok(rep.messages.length > 0, `${name}: error message`);
+          tt.ok(ws.checkErrors().ok, `${name}: checkErrors clears the flag`);
+          const rows = 16 * DV;
+          tt.ok(o.subarray(badReq * rows, (badReq + 1) * rows).every((v) => v === 0), `${name}: bad request written as zeros`);
+          tt.ok(l.subarray(badReq * 16, (badReq + 1) * 16).every((v) => v === Infinity), `${name}: bad request lse +inf`);
+          const okReqs = [0, 1, 2].filter((x) => x !== badReq);
+          for (const rq of okReqs) {
+            const e = relError(o.subarray(rq * rows, (rq + 1) * rows), b.ref.out.subarray(rq * rows, (rq + 1) * rows));
+            tt.ok(e < 1e-2, `${name}: request ${rq} still correct (${e.toExponential(2)})`);
+          }
+        } finally {
+          out.dispose();
+          lse.dispose();
+        }
+      }
+    } finally {
+      badBt.dispose();
+      badLens.dispose();
+    }
+  } finally {
+    ws.dispose();
+    disposeBuilt(b);
+  }
+  tt.end();
+});
+
+t.test('decode reproduces the DeepSeek-V3 fixture decode steps (v3slim, paged)', { skip: gpuSkip }, (tt) => {
+  const f = SafetensorsFile.open(fixturePath('mla-v3slim'));
+  try {
+    const cfg = JSON.parse(f.metadata['config'] ?? '{}') as { softmax_scale: number; kv_lora_rank: number; qk_rope_head_dim: number };
+    tt.equal(cfg.kv_lora_rank + cfg.qk_rope_head_dim, D, 'fixture is 512 + 64');
+    const B = Number(f.metadata['batch']);
+    const P = Number(f.metadata['prefill_len']);
+    const K = Number(f.metadata['decode_steps']);
+    const latent = f.readFloat64('cache.latent');
+    const rope = f.readFloat64('cache.rope');
+    const S = latent.shape[1]!;
+    const pageSize = 16;
+    const maxPages = Math.ceil(S / pageSize);
+    const numPages = B * maxPages;
+    // Request b's logical page i lives in physical page (i * B + b): interleaved, not contiguous.
+    const cacheF = new Float32Array(numPages * pageSize * D);
+    const table = new Int32Array(B * maxPages);
+    for (let b = 0; b < B; b++) {
+      for (let i = 0; i < maxPages; i++) table[b * maxPages + i] = i * B + b;
+      for (let s = 0; s < S; s++) {
+        const row = (table[b * maxPages + Math.floor(s / pageSize)]! * pageSize + (s % pageSize)) * D;
+        for (let c = 0; c < 512; c++) cacheF[row + c] = latent.data[(b * S + s) * 512 + c]!;
+        for (let c = 0; c < 64; c++) cacheF[row + 512 + c] = rope.data[(b * S + s) * 64 + c]!;
+      }
+    }
+    for (const dtype of ['bf16', 'f16'] as const) {
+      const cache = DeviceTensor.fromArray(cacheF, [numPages, pageSize, D], dtype);
+      const bt = DeviceTensor.fromArray(table, [B, maxPages], 'i32');
+      try {
+        for (let k = 0; k < K; k++) {
+          const ql = f.readFloat64(`q_latent.decode.${k}`);
+          const qr = f.readFloat64(`q_rope.decode.${k}`);
+          const H = ql.shape[2]!;
+          const qF = new Float32Array(B * H * D);
+          for (let r = 0; r < B * H; r++) {
+            for (let c = 0; c < 512; c++) qF[r * D + c] = ql.data[r * 512 + c]!;
+            for (let c = 0; c < 64; c++) qF[r * D + 512 + c] = qr.data[r * 64 + c]!;
+          }
+          const q = DeviceTensor.fromArray(qF, [B, H, D], dtype);
+          const lens = DeviceTensor.fromArray(Int32Array.from({ length: B }, () => P + k + 1), [B], 'i32');
+          try {
+            const res = decode({ q, cache, blockTable: bt, seqLens: lens, scale: cfg.softmax_scale, causal: true });
+            try {
+              const o = res.out.toFloat32Sync();
+              const l = res.lse.toFloat32Sync();
+              const e = relError(o, f.readFloat64(`o_latent.decode.${k}`).data);
+              tt.ok(e < 1e-2, `${dtype} step ${k}: o_latent rel err ${e.toExponential(2)}`);
+              const lref = f.readFloat64(`lse.decode.${k}`).data;
+              const el = relError(l, lref);
+              tt.ok(el < 1e-2, `${dtype} step ${k}: lse rel err ${el.toExponential(2)}`);
+            } finally {
+              res.out.dispose();
+              res.lse.dispose();
+            }
+          } finally {
+            q.dispose();
+            lens.dispose();
+          }
+        }
+      } finally {
+        cache.dispose();
+        bt.dispose();
+      }
+    }
+  } finally {
+    f.close();
+  }
+  tt.end();
+});
