@@ -11,13 +11,12 @@ import { mulberry32, randnArray } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { mlaDecodeBytes, mlaDecodeFlops, MLA_DK, MLA_DV } from './formulas.js';
 import type { BenchCase, BenchSuite, BenchSuiteOptions } from './types.js';
+import { type HalfDType, disposeAll, fillRandom, gridNumbers } from './suite-util.js';
 
 const PAGE_SIZE = 64;
-const TILE = 1 << 20;
 /** DeepSeek-V3's softmax scale (192^-0.5 · mscale²). */
 const SCALE = 0.1352337788608801;
 
-type HalfDType = 'bf16' | 'f16';
 
 export interface DecodeBenchShape {
   b: number;
@@ -31,20 +30,6 @@ export interface DecodeBenchShape {
   seed?: number;
 }
 
-function fillRandom(t: DeviceTensor, seed: number, std = 1): void {
-  const flat = t.reshape([t.numel]);
-  const n = Math.min(TILE, t.numel);
-  const tile = DeviceTensor.fromArray(randnArray(n, mulberry32(seed), std), [n], t.dtype);
-  try {
-    for (let off = 0; off < t.numel; off += n) {
-      const len = Math.min(n, t.numel - off);
-      flat.slice(0, off, off + len).copyFrom(len === n ? tile : tile.slice(0, 0, len));
-    }
-  } finally {
-    tile.dispose();
-  }
-}
-
 /** FlashMLA's lengths: all = mean, or normal(mean, mean/2) clamped to ≥ s_q. */
 export function decodeSeqLens(s: DecodeBenchShape): Int32Array {
   const out = new Int32Array(s.b);
@@ -52,10 +37,6 @@ export function decodeSeqLens(s: DecodeBenchShape): Int32Array {
   const normal = randnArray(s.b, mulberry32(s.seed ?? 7));
   for (let i = 0; i < s.b; i++) out[i] = Math.max(s.sQ, Math.round(s.sK + (s.sK / 2) * normal[i]!));
   return out;
-}
-
-function disposeAll(list: Array<{ dispose(): void }>): void {
-  for (const x of list.reverse()) x.dispose();
 }
 
 export function decodeCase(s: DecodeBenchShape): BenchCase {
@@ -120,12 +101,6 @@ export function decodeCase(s: DecodeBenchShape): BenchCase {
   };
 }
 
-function gridNumbers(opts: BenchSuiteOptions, key: string, fallback: number[]): number[] {
-  const v = opts.grid?.[key]?.map(Number) ?? fallback;
-  for (const n of v) if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`decode: grid ${key} must hold positive integers, got ${String(n)}`);
-  return v;
-}
-
 function gridBooleans(opts: BenchSuiteOptions, key: string, fallback: boolean[]): boolean[] {
   return (opts.grid?.[key] ?? fallback).map((v) => {
     if (typeof v === 'boolean') return v;
@@ -140,10 +115,10 @@ export const suite: BenchSuite = {
   description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype)",
   cases(opts) {
     const quick = opts.quick;
-    const bs = gridNumbers(opts, 'b', quick ? [16] : [128]);
-    const hs = gridNumbers(opts, 'h', quick ? [16, 128] : [16, 32, 64, 128]);
-    const sqs = gridNumbers(opts, 'sq', quick ? [1] : [1, 2]);
-    const sks = gridNumbers(opts, 'sk', quick ? [1024] : [4096, 8192, 16384, 32768]);
+    const bs = gridNumbers('decode', opts, 'b', quick ? [16] : [128]);
+    const hs = gridNumbers('decode', opts, 'h', quick ? [16, 128] : [16, 32, 64, 128]);
+    const sqs = gridNumbers('decode', opts, 'sq', quick ? [1] : [1, 2]);
+    const sks = gridNumbers('decode', opts, 'sk', quick ? [1024] : [4096, 8192, 16384, 32768]);
     const varlens = gridBooleans(opts, 'varlen', [false]);
     const causals = gridBooleans(opts, 'causal', [true]);
     const dtypes = (opts.grid?.['dtype'] ?? ['bf16']).map((v): HalfDType => {

@@ -13,11 +13,11 @@ import { mulberry32, randnArray } from '../reference/util.js';
 import type { Stream } from '../runtime/stream.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { gemmBytes, gemmFlops, mlaDecodeBytes, mlaDecodeFlops } from './formulas.js';
-import type { BenchCase, BenchInstance, BenchSuite, BenchSuiteOptions } from './types.js';
+import type { BenchCase, BenchInstance, BenchSuite } from './types.js';
+import { fillRandom, gridNumbers } from './suite-util.js';
 
 const CFG = MLA_PRESETS['deepseek-v3'];
 const PAGE_SIZE = 64;
-const TILE = 1 << 20;
 const E = 2; // bf16
 
 export const LAYER_STAGES = ['step', 'q_a_proj', 'q_norm', 'q_b_proj', 'rope_q', 'kv_a_proj', 'append_latent', 'absorb_q', 'decode', 'absorb_o', 'o_proj'] as const;
@@ -25,22 +25,6 @@ export type LayerStage = (typeof LAYER_STAGES)[number];
 
 function isStage(s: string): s is LayerStage {
   return (LAYER_STAGES as readonly string[]).includes(s);
-}
-
-// Device-side tiling of one random host tile: weights of 100M+ values without a
-// 100M-value host array.
-function fillRandom(t: DeviceTensor, seed: number, std: number): void {
-  const flat = t.reshape([t.numel]);
-  const n = Math.min(TILE, t.numel);
-  const tile = DeviceTensor.fromArray(randnArray(n, mulberry32(seed), std), [n], t.dtype);
-  try {
-    for (let off = 0; off < t.numel; off += n) {
-      const len = Math.min(n, t.numel - off);
-      flat.slice(0, off, off + len).copyFrom(len === n ? tile : tile.slice(0, 0, len));
-    }
-  } finally {
-    tile.dispose();
-  }
 }
 
 interface Dims {
@@ -111,7 +95,7 @@ class LayerStep {
 
   constructor(d: Dims, owned: Array<{ dispose(): void }>) {
     this.owned = owned;
-    const { hid, H, q: QL, C, N, R, V, QK, D } = G;
+    const { hid, H, q: QL, C, N, V, QK, D } = G;
     const B = d.b;
     const t = (shape: number[], dtype: 'bf16' | 'f32' | 'i32' = 'bf16'): DeviceTensor => {
       const x = DeviceTensor.empty(shape, dtype);
@@ -228,18 +212,12 @@ export function layerCase(stage: LayerStage, d: Dims): BenchCase {
   };
 }
 
-function gridNumbers(opts: BenchSuiteOptions, key: string, fallback: number[]): number[] {
-  const v = opts.grid?.[key]?.map(Number) ?? fallback;
-  for (const n of v) if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`layer: grid ${key} must hold positive integers, got ${String(n)}`);
-  return v;
-}
-
 export const suite: BenchSuite = {
   name: 'layer',
   description: 'one decode step of a DeepSeek-V3 attention layer (128 heads, hidden 7168), whole and per kernel (grid keys: b, ctx, stage)',
   cases(opts) {
-    const bs = gridNumbers(opts, 'b', opts.quick ? [1, 32] : [1, 32, 128]);
-    const ctxs = gridNumbers(opts, 'ctx', opts.quick ? [4096] : [4096, 32768]);
+    const bs = gridNumbers('layer', opts, 'b', opts.quick ? [1, 32] : [1, 32, 128]);
+    const ctxs = gridNumbers('layer', opts, 'ctx', opts.quick ? [4096] : [4096, 32768]);
     const stages = (opts.grid?.['stage'] ?? (opts.quick ? ['step', 'decode'] : [...LAYER_STAGES])).map((v) => {
       const s = String(v);
       if (!isStage(s)) throw new RangeError(`layer: unknown stage ${s} (known: ${LAYER_STAGES.join(', ')})`);

@@ -9,6 +9,7 @@ import type { AbsorbWeights } from '../ops/linear.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { gemmFlops } from './formulas.js';
 import type { BenchCase, BenchInstance, BenchSuite, BenchSuiteOptions } from './types.js';
+import { disposeAll, randomTensor } from './suite-util.js';
 
 const V3 = { hidden: 7168, qLora: 1536, kvLora: 512, rope: 64, nope: 128, v: 128, heads: 128 };
 
@@ -23,45 +24,6 @@ const TOKENS = [1, 8, 64, 512, 4096, 16384];
 const QUICK_TOKENS = [1, 512];
 
 type Dtype = 'bf16' | 'f16';
-
-/** Fills a tensor with N(0, scale²) values: one random block uploaded once, copied over it. */
-function randomTensor(shape: readonly number[], dtype: Dtype, seed: number, scale: number): DeviceTensor {
-  const t = DeviceTensor.empty(shape, dtype);
-  try {
-    const flat = t.reshape([-1]);
-    const n = flat.shape[0]!;
-    const block = Math.min(n, 1 << 22);
-    const host = new Float32Array(block);
-    let s = seed >>> 0;
-    for (let i = 0; i < block; i += 2) {
-      // xorshift + Box-Muller: fast enough for a few million values per case.
-      s ^= s << 13; s ^= s >>> 17; s ^= s << 5;
-      const u1 = ((s >>> 0) + 1) / 4294967297;
-      s ^= s << 13; s ^= s >>> 17; s ^= s << 5;
-      const u2 = (s >>> 0) / 4294967296;
-      const r = Math.sqrt(-2 * Math.log(u1)) * scale;
-      host[i] = r * Math.cos(2 * Math.PI * u2);
-      if (i + 1 < block) host[i + 1] = r * Math.sin(2 * Math.PI * u2);
-    }
-    const src = DeviceTensor.fromArray(host, [block], dtype);
-    try {
-      for (let off = 0; off < n; off += block) {
-        const len = Math.min(block, n - off);
-        flat.slice(0, off, off + len).copyFrom(len === block ? src : src.slice(0, 0, len));
-      }
-    } finally {
-      src.dispose();
-    }
-  } catch (err) {
-    t.dispose();
-    throw err;
-  }
-  return t;
-}
-
-function disposeAll(ts: readonly (DeviceTensor | AbsorbWeights | undefined)[]): void {
-  for (const t of ts) t?.dispose();
-}
 
 export function linearCase(name: string, T: number, N: number, K: number, dtype: Dtype = 'bf16'): BenchCase {
   const e = DTYPE_SIZE[dtype];

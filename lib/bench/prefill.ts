@@ -15,13 +15,12 @@
 // Bytes (fewest the whole call must move): q n·H·192·e + out n·H·128·e + lse n·H·4
 //   + cache rows n·576·e + kv_b_proj H·256·512·e.
 import { DTYPE_SIZE } from '../dtype.js';
-import type { DType } from '../dtype.js';
 import { linear } from '../ops/linear.js';
 import { prefill, prefillAttention, PREFILL_DEFAULT_CHUNK_TOKENS, PrefillWorkspace } from '../ops/prefill.js';
-import { mulberry32, randnArray } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { attentionFlops } from './formulas.js';
-import type { BenchCase, BenchSuite, BenchSuiteOptions } from './types.js';
+import type { BenchCase, BenchSuite } from './types.js';
+import { type HalfDType, disposeAll, fillRandom, gridDTypes, gridNumbers } from './suite-util.js';
 
 const LENGTHS = [512, 1024, 2048, 4096, 8192, 16384, 32768];
 const QUICK_LENGTHS = [512, 4096];
@@ -33,28 +32,7 @@ const ROPE = 64;
 const V = 128;
 const KV_LORA = 512;
 const WIDTH = KV_LORA + ROPE;
-const TILE = 1 << 20;
 
-type HalfDType = 'bf16' | 'f16';
-
-/** Random normal data (std) in a contiguous tensor: one uploaded tile repeated by device copies. */
-function fillRandom(t: DeviceTensor, seed: number, std = 1): void {
-  const flat = t.reshape([t.numel]);
-  const n = Math.min(TILE, t.numel);
-  const tile = DeviceTensor.fromArray(randnArray(n, mulberry32(seed), std), [n], t.dtype);
-  try {
-    for (let off = 0; off < t.numel; off += n) {
-      const len = Math.min(n, t.numel - off);
-      flat.slice(0, off, off + len).copyFrom(len === n ? tile : tile.slice(0, 0, len));
-    }
-  } finally {
-    tile.dispose();
-  }
-}
-
-function disposeAll(list: Array<{ dispose(): void }>): void {
-  for (const x of list) x.dispose();
-}
 
 export function prefillFlops(n: number, heads: number): number {
   return attentionFlops({ b: 1, hQ: heads, sQ: n, sK: n, dQK: NOPE + ROPE, dV: V, causal: true });
@@ -127,31 +105,17 @@ export function prefillCase(n: number, heads: number, dtype: HalfDType = 'bf16',
   };
 }
 
-function gridNumbers(opts: BenchSuiteOptions, key: string, fallback: number[]): number[] {
-  const v = opts.grid?.[key]?.map(Number) ?? fallback;
-  for (const x of v) if (!Number.isSafeInteger(x) || x < 1) throw new RangeError(`prefill: grid ${key} must hold positive integers, got ${String(x)}`);
-  return v;
-}
-
-function gridDTypes(opts: BenchSuiteOptions): HalfDType[] {
-  return (opts.grid?.['dtype'] ?? ['bf16']).map((x): HalfDType => {
-    const d = String(x) as DType;
-    if (d !== 'bf16' && d !== 'f16') throw new RangeError(`prefill: dtype must be bf16 or f16, got ${d}`);
-    return d;
-  });
-}
-
 export const suite: BenchSuite = {
   name: 'prefill',
   description:
     'causal MLA prefill, one request of n tokens: run = whole call (gather + K/V recompute + chunked attention + merge), ' +
     'main = attention kernel alone; TFLOP/s over 2·H·320·n(n+1)/2 (grid keys: n, h, dtype, chunk)',
   cases(opts) {
-    const lengths = gridNumbers(opts, 'n', opts.quick ? QUICK_LENGTHS : LENGTHS);
-    const heads = gridNumbers(opts, 'h', opts.quick ? QUICK_HEADS : HEADS);
-    const chunks = gridNumbers(opts, 'chunk', [PREFILL_DEFAULT_CHUNK_TOKENS]);
+    const lengths = gridNumbers('prefill', opts, 'n', opts.quick ? QUICK_LENGTHS : LENGTHS);
+    const heads = gridNumbers('prefill', opts, 'h', opts.quick ? QUICK_HEADS : HEADS);
+    const chunks = gridNumbers('prefill', opts, 'chunk', [PREFILL_DEFAULT_CHUNK_TOKENS]);
     const out: BenchCase[] = [];
-    for (const dtype of gridDTypes(opts)) {
+    for (const dtype of gridDTypes('prefill', opts)) {
       for (const h of heads) for (const n of lengths) for (const c of chunks) out.push(prefillCase(n, h, dtype, c));
     }
     return out;

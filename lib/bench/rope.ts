@@ -9,11 +9,11 @@
 //   ropeQuery:    2·T·H·64·e (read + write the rope slice) + 4·T + T·64·4
 import { MLA_PRESETS } from '../config.js';
 import { DTYPE_SIZE } from '../dtype.js';
-import type { DType } from '../dtype.js';
 import { appendLatent, ropeConfigFrom, ropeQuery, RopeTable } from '../ops/rope.js';
-import { mulberry32, randnArray } from '../reference/util.js';
+import { mulberry32 } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
-import type { BenchCase, BenchSuite, BenchSuiteOptions } from './types.js';
+import type { BenchCase, BenchSuite } from './types.js';
+import { type HalfDType, disposeAll, fillRandom, gridDTypes, gridNumbers } from './suite-util.js';
 
 const TOKENS = [1, 16, 256, 4096, 65536];
 const QUICK_TOKENS = [16, 4096];
@@ -22,24 +22,7 @@ const ROPE = 64;
 const NOPE = 128;
 const WIDTH = KV_LORA + ROPE;
 const PAGE_SIZE = 64;
-const TILE = 1 << 20;
 
-type HalfDType = 'bf16' | 'f16';
-
-/** Random normal data in a contiguous tensor: one uploaded tile repeated by device copies. */
-function fillRandom(t: DeviceTensor, seed: number): void {
-  const flat = t.reshape([t.numel]);
-  const n = Math.min(TILE, t.numel);
-  const tile = DeviceTensor.fromArray(randnArray(n, mulberry32(seed)), [n], t.dtype);
-  try {
-    for (let off = 0; off < t.numel; off += n) {
-      const len = Math.min(n, t.numel - off);
-      flat.slice(0, off, off + len).copyFrom(len === n ? tile : tile.slice(0, 0, len));
-    }
-  } finally {
-    tile.dispose();
-  }
-}
 
 /** Slots of T tokens over shuffled pages (a fresh prefill into a fragmented cache). */
 function shuffledSlots(tokens: number, numPages: number, seed: number): Int32Array {
@@ -50,10 +33,6 @@ function shuffledSlots(tokens: number, numPages: number, seed: number): Int32Arr
     [pages[i], pages[j]] = [pages[j]!, pages[i]!];
   }
   return Int32Array.from({ length: tokens }, (_, t) => pages[Math.floor(t / PAGE_SIZE)]! * PAGE_SIZE + (t % PAGE_SIZE));
-}
-
-function disposeAll(list: Array<{ dispose(): void }>): void {
-  for (const x of list) x.dispose();
 }
 
 export function appendLatentCase(tokens: number, dtype: HalfDType = 'bf16'): BenchCase {
@@ -131,29 +110,15 @@ export function ropeQueryCase(tokens: number, heads: number, dtype: HalfDType = 
   };
 }
 
-function gridNumbers(opts: BenchSuiteOptions, key: string, fallback: number[]): number[] {
-  const v = opts.grid?.[key]?.map(Number) ?? fallback;
-  for (const n of v) if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`rope: grid ${key} must hold positive integers, got ${String(n)}`);
-  return v;
-}
-
-function gridDTypes(opts: BenchSuiteOptions): HalfDType[] {
-  return (opts.grid?.['dtype'] ?? ['bf16']).map((v): HalfDType => {
-    const d = String(v) as DType;
-    if (d !== 'bf16' && d !== 'f16') throw new RangeError(`rope: dtype must be bf16 or f16, got ${d}`);
-    return d;
-  });
-}
-
 export const suite: BenchSuite = {
   name: 'rope',
   description: 'appendLatent (RMSNorm + RoPE into the paged 576-wide cache) and ropeQuery bandwidth (grid keys: op, t, h, dtype)',
   cases(opts) {
-    const tokens = gridNumbers(opts, 't', opts.quick ? QUICK_TOKENS : TOKENS);
-    const heads = gridNumbers(opts, 'h', [16]);
+    const tokens = gridNumbers('rope', opts, 't', opts.quick ? QUICK_TOKENS : TOKENS);
+    const heads = gridNumbers('rope', opts, 'h', [16]);
     const ops = (opts.grid?.['op'] ?? ['appendLatent', 'ropeQuery']).map(String);
     for (const op of ops) if (op !== 'appendLatent' && op !== 'ropeQuery') throw new RangeError(`rope: op must be appendLatent or ropeQuery, got ${op}`);
-    const dtypes = gridDTypes(opts);
+    const dtypes = gridDTypes('rope', opts);
     const out: BenchCase[] = [];
     for (const dtype of dtypes) {
       if (ops.includes('appendLatent')) for (const t of tokens) out.push(appendLatentCase(t, dtype));
