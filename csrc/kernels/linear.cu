@@ -388,8 +388,14 @@ class Workspace {
     }
   }
   Status alloc(size_t bytes) {
-    if (pools_) MLA_CUDA_TRY(cudaMallocAsync(&ptr_, bytes, stream_), "linear: split-K workspace");
-    else MLA_CUDA_TRY(cudaMalloc(&ptr_, bytes), "linear: split-K workspace");
+    const cudaError_t err = pools_ ? cudaMallocAsync(&ptr_, bytes, stream_) : cudaMalloc(&ptr_, bytes);
+    if (err != cudaSuccess) {
+      ptr_ = nullptr;
+      // A failed allocation also sets the runtime's last-error state; clear it, or the next
+      // op's launch check (cudaGetLastError) would report this out-of-memory as its own.
+      (void)cudaGetLastError();
+      return gpu::fromCuda(err, "linear: split-K workspace");
+    }
     return Status::Ok();
   }
   float* get() const { return static_cast<float*>(ptr_); }
@@ -555,6 +561,9 @@ Status launchLinear(const LinearParams& p, StreamHandle stream) {
   MLA_RETURN_IF_ERROR(checkOperand(w, "weight"));
   MLA_RETURN_IF_ERROR(checkOperand(y, "out"));
   if (M == 0 || B == 0) return Status::Ok();
+  // Overlap of out with x or W is not checked in general, but out written in place over an
+  // operand (same start address) would let CTAs overwrite rows other CTAs still read.
+  if (y.data == x.data || y.data == w.data) return fail(Code::Argument, "out", "must not alias `x` or `weight`");
 
   GemmArgs g{};
   g.a = x.data;

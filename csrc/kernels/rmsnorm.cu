@@ -43,8 +43,9 @@ bool isFloat(DType t) { return t == DType::F32 || t == DType::F16 || t == DType:
 template <typename TIn, typename TW, typename TOut>
 Status run(const RmsNormParams& p, int64_t ldx, int64_t ldy, cudaStream_t s) {
   const int rows = static_cast<int>(p.x.shape[0]), dim = static_cast<int>(p.x.shape[1]);
-  const int blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
-  rmsNormKernel<TIn, TW, TOut><<<blocks, kRowsPerBlock * 32, 0, s>>>(
+  // 64-bit: rows + 7 overflows int for rows near INT_MAX.
+  const int64_t blocks = (static_cast<int64_t>(rows) + kRowsPerBlock - 1) / kRowsPerBlock;
+  rmsNormKernel<TIn, TW, TOut><<<static_cast<unsigned>(blocks), kRowsPerBlock * 32, 0, s>>>(
       p.x.ptr<const TIn>(), ldx, p.weight.ptr<const TW>(), p.out.ptr<TOut>(), ldy, rows, dim, p.eps);
   MLA_CHECK_LAUNCH("rmsNorm");
   return Status::Ok();
@@ -78,7 +79,8 @@ Status launchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
   if (x.ndim != 2) return fail(Code::Shape, "x", "must be [rows, dim]");
   const int64_t rows = x.shape[0], dim = x.shape[1];
   if (dim <= 0) return fail(Code::Shape, "x", "must have dim > 0");
-  if (rows > INT_MAX || dim > INT_MAX) return fail(Code::Range, "x", "is too large");
+  // dim headroom: the kernel's `i += 32` lane loop must not overflow int.
+  if (rows > INT_MAX || dim > INT_MAX - 32) return fail(Code::Range, "x", "is too large");
   if (w.ndim != 1 || w.shape[0] != dim) return fail(Code::Shape, "weight", "must be [dim]");
   if (y.ndim != 2 || y.shape[0] != rows || y.shape[1] != dim) return fail(Code::Shape, "out", "must have the shape of `x`");
   if (dim > 1 && (x.strides[1] != 1)) return fail(Code::Shape, "x", "must have a contiguous last dimension (stride 1)");
@@ -89,6 +91,11 @@ Status launchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
   if (ldy < 0) return fail(Code::Shape, "out", "must have a non-negative row stride");
   if (!(p.eps >= 0.f) || !std::isfinite(p.eps)) return fail(Code::Range, "eps", "must be a finite number >= 0");
   if (rows == 0) return Status::Ok();
+  // In place is only race-free when out is exactly x (same dtype and row stride): each lane then
+  // rewrites only the elements it read itself. A different element size or row stride at the
+  // same address makes lanes/warps overwrite elements others have yet to read.
+  if (x.data == y.data && (x.dtype != y.dtype || ldx != ldy))
+    return fail(Code::Shape, "out", "may alias `x` only exactly (same dtype and row stride)");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (x.dtype) {
     case DType::F32: return dispatchWeight<float>(p, ldx, ldy, s);
