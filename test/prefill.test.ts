@@ -404,6 +404,37 @@ t.test('prefillAttention (kernel alone) vs mhaVarlenReference', { skip: gpuSkip 
   }
 });
 
+t.test('mergeAttnStates edge LSEs: both −inf, one side +inf (no NaN)', { skip: gpuSkip }, async (t) => {
+  const D = 128;
+  for (const dtype of ['bf16', 'f16'] as const) {
+    const o1 = new Float32Array(3 * D);
+    const o2 = new Float32Array(3 * D);
+    for (let i = 0; i < 3 * D; i++) {
+      o1[i] = 0.25 * ((i % 7) - 3);
+      o2[i] = 0.5 * ((i % 5) - 2);
+    }
+    const out = DeviceTensor.fromArray(o1, [3, 1, D], dtype);
+    const part = DeviceTensor.fromArray(o2, [3, 1, D], dtype);
+    const lse = DeviceTensor.fromArray(Float32Array.from([-Infinity, Infinity, 1]), [3, 1], 'f32');
+    const plse = DeviceTensor.fromArray(Float32Array.from([-Infinity, 0.5, Infinity]), [3, 1], 'f32');
+    try {
+      mergeAttnStates({ out, lse, part, partLse: plse });
+      const got = out.toFloat32Sync();
+      const gotL = lse.toFloat32Sync();
+      t.same(Array.from(gotL), [-Infinity, Infinity, Infinity], `${dtype} lse`);
+      let bad = 0;
+      for (let d = 0; d < D; d++) {
+        if (got[d] !== 0) bad++;
+        if (got[D + d] !== o1[D + d]) bad++;
+        if (got[2 * D + d] !== o2[2 * D + d]) bad++;
+      }
+      t.equal(bad, 0, `${dtype} out: zero row, then the +inf side's o`);
+    } finally {
+      for (const x of [out, part, lse, plse]) x.dispose();
+    }
+  }
+});
+
 t.test('mergeAttnStates vs float64', { skip: gpuSkip }, async (t) => {
   const R = 37;
   const Hh = 3;

@@ -138,9 +138,11 @@ __global__ void __launch_bounds__(kThreads, 2) prefillAttentionKernel(AttnArgs a
   // Positions come from i32 plan entries, so 32-bit arithmetic is exact (and saves registers).
   const int qLen = int(pr.qLen);
   const int diag = int(pr.seqLen - pr.qLen);  // query j sees positions ≤ diag + j
-  const int kLo = int(imax(0, a.g0 - pr.kvStart));
   // Clipped to the key buffers too, so a bad plan from a direct native call cannot read past them.
   const int kHi = int(imax(0, imin(imin(pr.seqLen, a.g1 - pr.kvStart), a.Tk + a.g0 - pr.kvStart)));
+  // Clamped to kHi in 64 bits: g0 − kvStart can exceed INT_MAX for a direct call with a large
+  // g0 (or a negative kvStart), and a wrapped kLo would index key rows before the buffer.
+  const int kLo = int(imin(imax(0, a.g0 - pr.kvStart), kHi));
   const int jEnd = int(imin(pr.qLen, j0 + kBM));
   const int kMax = min(kHi, diag + jEnd);  // exclusive bound of keys any row of the tile sees
   const int nTiles = kMax > kLo ? (kMax - kLo + kBN - 1) / kBN : 0;
@@ -341,7 +343,8 @@ struct MergeArgs {
 };
 
 // m = max(lse1, lse2), w_i = e^{lse_i − m}:  out = (o1·w1 + o2·w2)/(w1 + w2),  lse = m + ln(w1 + w2).
-// A side with lse = −inf (no keys) has weight 0 and its o is not read (it may be anything).
+// A side with lse = −inf (no keys) has weight 0 and its o is not read (it may be anything);
+// a side with lse = +inf gets weight 1 and the finite side 0 (never e^{inf − inf} = NaN).
 template <typename T>
 __global__ void __launch_bounds__(128) mergeAttnStatesKernel(MergeArgs a) {
   const int64_t idx = blockIdx.x * 4LL + (threadIdx.x >> 5);
@@ -352,8 +355,9 @@ __global__ void __launch_bounds__(128) mergeAttnStatesKernel(MergeArgs a) {
   const float l2 = a.plse[r * a.sQr + h * a.sQh];
   const float m = fmaxf(l1, l2);
   const bool none = m == -INFINITY;
-  const float w1 = none ? 0.f : expf(l1 - m);
-  const float w2 = none ? 0.f : expf(l2 - m);
+  // l == m gives weight 1 without evaluating e^{inf − inf} = NaN when a side has lse = +inf.
+  const float w1 = none ? 0.f : (l1 == m ? 1.f : expf(l1 - m));
+  const float w2 = none ? 0.f : (l2 == m ? 1.f : expf(l2 - m));
   const float inv = none ? 0.f : 1.f / (w1 + w2);
   T* o = static_cast<T*>(a.out) + r * a.sOr + h * a.sOh;
   const T* p = static_cast<const T*>(a.part) + r * a.sPr + h * a.sPh;
@@ -363,6 +367,9 @@ __global__ void __launch_bounds__(128) mergeAttnStatesKernel(MergeArgs a) {
     if (w2 > 0.f) acc += toFloat<T>(p[d]) * w2;
     o[d] = fromFloat<T>(acc * inv);
   }
+  // Every lane read l1 from this word above: order those reads before lane 0 overwrites it
+  // (the early return is per warp, so the whole warp is here).
+  __syncwarp();
   if (lane == 0) a.lse[r * a.sLr + h * a.sLh] = none ? -INFINITY : m + logf(w1 + w2);
 }
 
