@@ -542,14 +542,26 @@ int tierFor(int smemOptin) {
 
 template <class C> int overheadFor() { return (5 * 64 + C::BN - 1) / C::BN; }
 
+// The smem attribute and the occupancy query are per device; both are cached (per kernel
+// instantiation and device ordinal) so a decode call per layer does not repeat them.
 template <typename T, class C>
 Status prepareKernel(int* ctasPerSm) {
+  static std::mutex mu;
+  static int cached[64] = {};
+  int dev = 0;
+  MLA_CUDA_TRY(cudaGetDevice(&dev), "decode: cudaGetDevice");
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev >= 0 && dev < 64 && cached[dev] > 0) {
+    *ctasPerSm = cached[dev];
+    return Status::Ok();
+  }
   auto kernel = decodeMainKernel<T, C>;
   MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::smemBytes),
                "decode: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
   int n = 0;
   MLA_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, C::smemBytes), "decode: occupancy");
   if (n < 1) return Status::Error(Code::Cuda, "decode: the main kernel does not fit on this device (occupancy 0)");
+  if (dev >= 0 && dev < 64) cached[dev] = n;
   *ctasPerSm = n;
   return Status::Ok();
 }
