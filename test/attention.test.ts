@@ -138,9 +138,10 @@ t.test('gpu backend reproduces the v3slim fixture within bf16 tolerance', { skip
   cache.dispose();
 });
 
-t.test('gpu backend: mixed batch against the reference backend', { skip: gpuSkip }, async (t) => {
+// q_lora_rank 96 (q_a_proj → norm → q_b_proj) and null (q_proj, V2-Lite style).
+for (const qLora of [96, null]) t.test(`gpu backend: mixed batch against the reference backend (q_lora_rank ${String(qLora)})`, { skip: gpuSkip }, async (t) => {
   // DeepSeek head geometry, small hidden size and head count, random weights rounded to bf16.
-  const cfg: MlaConfig = mlaConfigFromHuggingFace({ hidden_size: 256, num_attention_heads: 4, q_lora_rank: 96, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 });
+  const cfg: MlaConfig = mlaConfigFromHuggingFace({ hidden_size: 256, num_attention_heads: 4, q_lora_rank: qLora, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 });
   const w = randomWeights(cfg, 5);
   const bf = (a: Float64Array | null): Float64Array | null => (a === null ? null : roundTo(Float32Array.from(a), 'bf16'));
   const wb: MlaLayerWeights = {
@@ -155,6 +156,8 @@ t.test('gpu backend: mixed batch against the reference backend', { skip: gpuSkip
     [{ seqId: 'a', numTokens: 20 }, { seqId: 'b', numTokens: 7 }],
     [{ seqId: 'a', numTokens: 1 }, { seqId: 'b', numTokens: 3 }, { seqId: 'c', numTokens: 9 }],
     [{ seqId: 'c', numTokens: 1 }, { seqId: 'a', numTokens: 1 }, { seqId: 'b', numTokens: 1 }],
+    // prefill, decode, prefill: three attention launches over one step.
+    [{ seqId: 'a', numTokens: 6 }, { seqId: 'b', numTokens: 1 }, { seqId: 'c', numTokens: 5 }],
   ];
   for (const id of ['a', 'b', 'c']) {
     gc.addSequence(id);
@@ -173,6 +176,8 @@ t.test('gpu backend: mixed batch against the reference backend', { skip: gpuSkip
   t.same(gc.state(), rc.state(), 'both caches hold the same pages and lengths');
   gl.dispose();
   gc.dispose();
+  rl.dispose();
+  rc.dispose();
 });
 
 // A DeepSeek-V2-Lite-shaped layer (no query compression: q_proj), scaled down.
