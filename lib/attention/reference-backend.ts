@@ -6,10 +6,9 @@ import type { CacheStep, LatentCache } from '../latent-cache.js';
 import { absorbOutput, absorbQuery, splitKvBProj, type AbsorbedWeights } from '../reference/absorb.js';
 import { appendLatentReference, gatherPagedCache, type PagedCacheView } from '../reference/cache.js';
 import { decodeReference } from '../reference/decode.js';
-import type { MlaLayerWeights } from '../reference/layer.js';
+import { projectQuery, type MlaLayerWeights } from '../reference/layer.js';
 import { linear } from '../reference/linear.js';
 import { prefillReference } from '../reference/prefill.js';
-import { rmsnorm } from '../reference/rmsnorm.js';
 import { applyRope, ropeLayoutOf, ropeTable, type RopeLayout, type RopeTable } from '../reference/rope.js';
 import { tokenRows, type AttentionBackend, type AttentionPath } from './types.js';
 
@@ -60,14 +59,7 @@ export class ReferenceBackend implements AttentionBackend {
     for (const p of step.positions) maxPos = Math.max(maxPos, p + 1);
     const table = this.#rope(maxPos);
 
-    let q: Float64Array;
-    if (cfg.qLoraRank !== null) {
-      const qa = linear(hidden, T, hid, w.qAProj!, cfg.qLoraRank);
-      rmsnorm(qa, T, cfg.qLoraRank, w.qALayernorm!, cfg.rmsNormEps, { out: qa });
-      q = linear(qa, T, cfg.qLoraRank, w.qBProj!, H * QK);
-    } else {
-      q = linear(hidden, T, hid, w.qProj!, H * QK);
-    }
+    const q = projectQuery(cfg, w, hidden, T);
     const rowPos = new Int32Array(T * H);
     for (let t = 0; t < T; t++) rowPos.fill(step.positions[t]!, t * H, (t + 1) * H);
     applyRope(q, T * H, QK, N, R, rowPos, table, this.#layout);

@@ -38,6 +38,18 @@ export interface MlaLayerWeights {
  * the fixtures, 'model.layers.N.self_attn.' for a checkpoint shard. The query
  * path is taken from what the file holds (q_a_proj... or q_proj).
  */
+/**
+ * The query projection, before RoPE: q = W_qb·RMSNorm(W_qa·x) on the q_lora path, or W_q·x
+ * without query compression (V2-Lite). Returns [T, H·(nope+rope)].
+ */
+export function projectQuery(cfg: MlaConfig, w: MlaLayerWeights, x: Float64Array, T: number): Float64Array {
+  const out = cfg.numHeads * (cfg.qkNopeHeadDim + cfg.qkRopeHeadDim);
+  if (cfg.qLoraRank === null) return linear(x, T, cfg.hiddenSize, w.qProj!, out);
+  const qa = linear(x, T, cfg.hiddenSize, w.qAProj!, cfg.qLoraRank);
+  rmsnorm(qa, T, cfg.qLoraRank, w.qALayernorm!, cfg.rmsNormEps, { out: qa });
+  return linear(qa, T, cfg.qLoraRank, w.qBProj!, out);
+}
+
 export function loadLayerWeights(file: SafetensorsFile, prefix = 'weights.'): MlaLayerWeights {
   const get = (n: string): Float64Array => file.readFloat64(prefix + n).data;
   const opt = (n: string): Float64Array | null => (file.has(prefix + n) ? get(n) : null);
@@ -230,14 +242,7 @@ export class ReferenceMlaLayer {
     const layout = ropeLayoutOf(cfg);
 
     // Query: q = W_qb·RMSNorm(W_qa·x) (or W_q·x), then rotate its rope part.
-    let q: Float64Array;
-    if (cfg.qLoraRank !== null) {
-      const qa = linear(x, T, hid, w.qAProj!, cfg.qLoraRank);
-      rmsnorm(qa, T, cfg.qLoraRank, w.qALayernorm!, cfg.rmsNormEps, { out: qa });
-      q = linear(qa, T, cfg.qLoraRank, w.qBProj!, H * QK);
-    } else {
-      q = linear(x, T, hid, w.qProj!, H * QK);
-    }
+    const q = projectQuery(cfg, w, x, T);
     const rowPos = new Int32Array(T * H);
     for (let t = 0; t < T; t++) rowPos.fill(positions[t % S]!, t * H, (t + 1) * H);
     applyRope(q, T * H, QK, N, R, rowPos, table, layout);
