@@ -2,7 +2,7 @@
 // against the float64 reference (lib/reference/decode.ts) on the same bf16/f16-rounded inputs.
 import t from 'tap';
 import { fileURLToPath } from 'node:url';
-import { DeviceTensor, MlaError } from '../lib/index.js';
+import { DeviceTensor } from '../lib/index.js';
 import type { TensorMeta } from '../lib/index.js';
 import type { DType } from '../lib/dtype.js';
 import { checkDecodeIndices, decode, DecodeWorkspace, validateDecodeArgs } from '../lib/ops/decode.js';
@@ -10,6 +10,7 @@ import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
 import { decodeReference } from '../lib/reference/decode.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { gpuSkip, poison, randn, relError, rng, roundTo } from './helpers/gpu.js';
+import { throwsNaming as expectError, type Asserts } from './helpers/validation.js';
 
 const D = 576;
 const DV = 512;
@@ -29,25 +30,6 @@ function baseArgs(over: Partial<DecodeArgsMeta> = {}): DecodeArgsMeta {
     causal: false,
     ...over,
   };
-}
-
-/** The assertions the helpers below use (structural, so any tap Test fits). */
-interface Asserts {
-  ok(v: unknown, msg: string): unknown;
-  equal(a: unknown, b: unknown, msg: string): unknown;
-  match(a: unknown, b: string, msg: string): unknown;
-  fail(msg: string): unknown;
-}
-
-function expectError(tt: Asserts, fn: () => unknown, code: string, arg: string, what: string): void {
-  try {
-    fn();
-    tt.fail(`${what}: expected ${code} naming \`${arg}\``);
-  } catch (err) {
-    tt.ok(err instanceof MlaError, `${what}: throws MlaError`);
-    tt.equal((err as MlaError).code, code, `${what}: code`);
-    tt.match((err as Error).message, `\`${arg}\``, `${what}: message names \`${arg}\``);
-  }
 }
 
 t.test('validateDecodeArgs accepts a well-formed call and derives the geometry', (tt) => {

@@ -4,7 +4,6 @@ import t from 'tap';
 import type { Test } from 'tap';
 import { fileURLToPath } from 'node:url';
 import type { DType } from '../lib/dtype.js';
-import { MlaError } from '../lib/errors.js';
 import {
   absorbOutput,
   absorbQuery,
@@ -24,6 +23,7 @@ import { DeviceTensor, contiguousStrides } from '../lib/runtime/tensor.js';
 import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { gpuSkip, poison, randn, relError, roundTo } from './helpers/gpu.js';
+import { throwsNaming } from './helpers/validation.js';
 
 // ---- validation (no GPU) -----------------------------------------------------------------
 
@@ -33,19 +33,6 @@ interface Meta extends TensorMeta {
 
 function meta(shape: number[], dtype: DType = 'bf16', strides: number[] = contiguousStrides(shape), extra: { disposed?: boolean; offset?: number } = {}): Meta {
   return { shape, strides, dtype, disposed: extra.disposed ?? false, ...(extra.offset === undefined ? {} : { offset: extra.offset }) };
-}
-
-/** Runs fn, expects an MlaError with `code` whose message names `arg` in backticks. */
-function throwsNaming(tt: Test, fn: () => unknown, code: string, arg: string, what: string): void {
-  try {
-    fn();
-    tt.fail(`${what}: did not throw`);
-  } catch (err) {
-    tt.ok(err instanceof MlaError, `${what}: MlaError`);
-    const e = err as MlaError;
-    tt.equal(e.code, code, `${what}: code ${code} (${e.message})`);
-    tt.match(e.message, `\`${arg}\``, `${what}: message names \`${arg}\``);
-  }
 }
 
 const asTensor = (m: TensorMeta): DeviceTensor => m as unknown as DeviceTensor;

@@ -2,7 +2,7 @@
 // naive-prefill reference (GPU only, skipped with the reason otherwise).
 import t from 'tap';
 import type { Test } from 'tap';
-import { DeviceTensor, MlaError } from '../lib/index.js';
+import { DeviceTensor } from '../lib/index.js';
 import type { DType, TensorMeta } from '../lib/index.js';
 import {
   mergeAttnStates,
@@ -18,23 +18,13 @@ import {
 import type { PrefillArgsMeta, PrefillDims } from '../lib/ops/prefill.js';
 import { mhaVarlenReference, prefillReference } from '../lib/reference/prefill.js';
 import { gpuSkip, poison, randn, relError, roundTo } from './helpers/gpu.js';
+import { throwsNaming as expectMla } from './helpers/validation.js';
 
 // ---- helpers ----------------------------------------------------------------------------------
 
 function meta(shape: number[], dtype: DType, extra: Partial<{ strides: number[]; disposed: boolean }> = {}): TensorMeta {
   const strides = extra.strides ?? shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
   return { shape, strides, dtype, disposed: extra.disposed ?? false };
-}
-
-function expectMla(t: Test, fn: () => unknown, code: string, arg: string): void {
-  try {
-    fn();
-    t.fail(`expected ${code} naming ${arg}`);
-  } catch (err) {
-    t.ok(err instanceof MlaError, `MlaError (${String(err)})`);
-    t.equal((err as MlaError).code, code, `code for ${arg}: ${(err as Error).message}`);
-    t.match((err as Error).message, `\`${arg}\``, 'names the argument');
-  }
 }
 
 const H = 4;

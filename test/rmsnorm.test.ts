@@ -3,27 +3,15 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import type { DType } from '../lib/dtype.js';
-import { MlaError } from '../lib/errors.js';
 import { rmsNorm, validateRmsNorm } from '../lib/ops/rmsnorm.js';
 import { rmsnorm as refRmsnorm } from '../lib/reference/rmsnorm.js';
 import { DeviceTensor, contiguousStrides } from '../lib/runtime/tensor.js';
 import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { gpuSkip, poison, randn, relError, roundTo } from './helpers/gpu.js';
+import { throwsNaming } from './helpers/validation.js';
 
 function meta(shape: number[], dtype: DType = 'bf16', strides: number[] = contiguousStrides(shape), disposed = false): TensorMeta {
   return { shape, strides, dtype, disposed };
-}
-
-function throwsNaming(tt: Test, fn: () => unknown, code: string, arg: string, what: string): void {
-  try {
-    fn();
-    tt.fail(`${what}: did not throw`);
-  } catch (err) {
-    tt.ok(err instanceof MlaError, `${what}: MlaError`);
-    const e = err as MlaError;
-    tt.equal(e.code, code, `${what}: code ${code} (${e.message})`);
-    tt.match(e.message, `\`${arg}\``, `${what}: message names \`${arg}\``);
-  }
 }
 
 t.test('validateRmsNorm', async (t) => {

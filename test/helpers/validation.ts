@@ -1,0 +1,22 @@
+// Shared by the validation tests: the one check every bad-input case makes.
+import { MlaError } from '../../lib/index.js';
+
+/** The assertions used here (structural, so any tap Test fits). */
+export interface Asserts {
+  ok(v: unknown, msg: string): unknown;
+  equal(a: unknown, b: unknown, msg: string): unknown;
+  match(a: unknown, b: string, msg: string): unknown;
+  fail(msg: string): unknown;
+}
+
+/** fn must throw an MlaError with `code` whose message names `arg` in backticks. */
+export function throwsNaming(t: Asserts, fn: () => unknown, code: string, arg: string, what = arg): void {
+  try {
+    fn();
+    t.fail(`${what}: expected ${code} naming \`${arg}\``);
+  } catch (err) {
+    t.ok(err instanceof MlaError, `${what}: MlaError (${String(err)})`);
+    t.equal((err as MlaError).code, code, `${what}: code ${code} (${(err as Error).message})`);
+    t.match((err as Error).message, `\`${arg}\``, `${what}: message names \`${arg}\``);
+  }
+}
