@@ -285,6 +285,10 @@ t.test('streams, events and timing', { skip: gpuSkip }, async (t) => {
   e1.record(s);
   const ms = e0.elapsedMs(e1);
   t.ok(ms > 0, `10 fills of 64 MB took ${ms.toFixed(3)} ms`);
+  big.fill(11, { stream: s });
+  t.equal((await big.select(0, 7).toFloat32({ stream: s }))[0], 11, 'toHost({ stream }) comes after the stream\'s queued work');
+  t.equal(big.select(0, 8).toFloat32Sync({ stream: s })[0], 11, 'and so does toHostSync({ stream })');
+  big.fill(9, { stream: s });
   await s.synchronizeAsync();
   t.equal(s.query(), true);
   t.equal(e1.query(), true);

@@ -210,7 +210,15 @@ export class DecodeWorkspace {
     this.partialRows = Math.max(2 * this.maxParts * Math.min(64, this.maxRows), 2 * this.maxRows);
     const layout = nativeOp('decodeWorkspaceBytes')({ maxBatch: this.maxBatch, partialRows: this.partialRows, maxParts: this.maxParts }) as WorkspaceLayout;
     this.bytes = layout.totalBytes;
-    this.#buffer = DeviceTensor.zeros([this.bytes], 'u8');
+    this.#buffer = DeviceTensor.empty([this.bytes], 'u8');
+    // Only the error word needs a value; every call rewrites the plan before reading it and
+    // reads only the partial rows it wrote.
+    try {
+      this.#buffer.slice(0, 0, 256).fill(0);
+    } catch (err) {
+      this.#buffer.dispose();
+      throw err;
+    }
   }
 
   get disposed(): boolean {
@@ -239,8 +247,7 @@ export class DecodeWorkspace {
    */
   checkErrors(opts: StreamOption = {}): DecodeErrorReport {
     const head = this.#buffer.slice(0, 0, 4);
-    opts.stream?.synchronize();
-    const raw = head.toHostSync() as Uint8Array;
+    const raw = head.toHostSync(opts) as Uint8Array;
     const bits = (raw[0]! | (raw[1]! << 8) | (raw[2]! << 16) | (raw[3]! << 24)) >>> 0;
     if (bits !== 0) head.fill(0, opts);
     const messages: string[] = [];
@@ -303,10 +310,6 @@ export interface DecodeResult {
   lse: DeviceTensor;
 }
 
-function downloadInts(t: DeviceTensor): Int32Array {
-  return t.toHostSync() as Int32Array;
-}
-
 /**
  * Absorbed MLA decode: out[t, h] = softmax(scale · q[t, h] · Kᵀ) · V over the request's
  * paged cache rows (K = the 576-wide row, V = its first 512 columns), lse natural log.
@@ -325,6 +328,8 @@ export function decode(opts: DecodeOptions): DecodeResult {
 
   let maxQ: number;
   if (checkIndices) {
+    // Blocking, after the work already queued on the caller's stream (which may write them).
+    const downloadInts = (t: DeviceTensor): Int32Array => t.toHostSync(opts) as Int32Array;
     const seqLens = downloadInts(opts.seqLens);
     // Only the columns some request uses travel (lengths over capacity throw below anyway).
     let cols = 0;

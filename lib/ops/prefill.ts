@@ -311,8 +311,9 @@ export function validatePrefillIndices(
   return { plan, chunks, totalKv: kv, maxSplitQLen, maxChunkRows };
 }
 
-function hostIndex(v: PrefillIndexInput): ArrayLike<number> {
-  return v instanceof DeviceTensor ? (v.toHostSync() as Int32Array) : v;
+/** Host values of an index argument: blocking, after the work queued on `stream`. */
+function hostIndex(v: PrefillIndexInput, opts: StreamOption): ArrayLike<number> {
+  return v instanceof DeviceTensor ? (v.toHostSync(opts) as Int32Array) : v;
 }
 
 function disposeAll(ts: readonly (DeviceTensor | undefined)[]): void {
@@ -335,9 +336,9 @@ export function prefill(opts: PrefillOptions): PrefillResult {
   }
   const { heads: H, tokens: Tq, dtype, fused } = dims;
   const host = {
-    blockTable: opts.blockTableHost ?? (opts.blockTable.toHostSync() as Int32Array),
-    seqLens: hostIndex(opts.seqLens),
-    qSeqLens: hostIndex(opts.qSeqLens),
+    blockTable: opts.blockTableHost ?? (opts.blockTable.toHostSync(opts) as Int32Array),
+    seqLens: hostIndex(opts.seqLens, opts),
+    qSeqLens: hostIndex(opts.qSeqLens, opts),
   };
   const pl = validatePrefillIndices(dims, host, op);
   const out = opts.out ?? DeviceTensor.empty([Tq, H, PREFILL_V_DIM], dtype);
@@ -525,8 +526,8 @@ export function validatePrefillAttentionArgs(args: PrefillAttentionMeta, op = 'p
 export function prefillAttention(opts: PrefillAttentionOptions): PrefillResult {
   const op = 'prefillAttention';
   const { batch: B, heads: H, tokens: Tq, keys: Tk } = validatePrefillAttentionArgs(opts, op);
-  const qLens = hostIndex(opts.qSeqLens);
-  const kLens = hostIndex(opts.kvSeqLens);
+  const qLens = hostIndex(opts.qSeqLens, opts);
+  const kLens = hostIndex(opts.kvSeqLens, opts);
   const plan = new Int32Array(B * 4);
   let qs = 0;
   let ks = 0;

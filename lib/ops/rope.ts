@@ -367,12 +367,6 @@ function ropeTableArg(op: string, t: unknown): RopeTable {
   return t;
 }
 
-function hostIndices(t: DeviceTensor, opts: StreamOption): Int32Array {
-  // Whatever produced the indices on the caller's stream must finish before we read them.
-  opts.stream?.synchronize();
-  return t.toHostSync() as Int32Array;
-}
-
 const LAYOUT_CODE: Readonly<Record<RopeLayout, number>> = { interleaved: 0, neox: 1 };
 
 /**
@@ -387,7 +381,7 @@ export function rope(x: DeviceTensor, positions: DeviceTensor, table: RopeTable,
 }
 
 function launchRope(op: string, x: DeviceTensor, positions: DeviceTensor, table: RopeTable, layout: RopeLayout, opts: RopeOptions): void {
-  if (opts.checkIndices ?? true) validateRopePositions(op, hostIndices(positions, opts), table.maxPositions);
+  if (opts.checkIndices ?? true) validateRopePositions(op, (positions.toHostSync(opts) as Int32Array), table.maxPositions);
   nativeOp('rope')({
     x: x.nativeRef(`${op}: \`x\``),
     positions: positions.nativeRef(`${op}: \`positions\``),
@@ -445,9 +439,9 @@ export function appendLatent(args: AppendLatentOptions): void {
   const slotMapping = device(op, 'slotMapping', args.slotMapping);
   const cache = device(op, 'cache', args.cache);
   if (args.checkIndices ?? true) {
-    const slots = hostIndices(slotMapping, args);
+    const slots = slotMapping.toHostSync(args) as Int32Array;
     validateSlotMapping(op, slots, shape.numSlots);
-    validateRopePositions(op, hostIndices(positions, {}), table.maxPositions, (i) => slots[i] !== -1);
+    validateRopePositions(op, (positions.toHostSync() as Int32Array), table.maxPositions, (i) => slots[i] !== -1);
   }
   nativeOp('appendLatent')({
     kvDown: kvDown.nativeRef(`${op}: \`kvDown\``),

@@ -237,8 +237,12 @@ export class DeviceTensor implements TensorMeta {
     return src === this ? { result } : { result, temp: src };
   }
 
-  /** Copies to the host without blocking the event loop; raw elements (bits for 16-bit floats). */
-  async toHost(): Promise<HostArray> {
+  /**
+   * Copies to the host without blocking the event loop; raw elements (bits for 16-bit floats).
+   * With `stream`, the copy comes after the work already queued there.
+   */
+  async toHost(opts: StreamOption = {}): Promise<HostArray> {
+    await opts.stream?.synchronizeAsync();
     const { result, temp } = this.#download((b, off, n) => b.downloadAsync(off, n));
     try {
       return hostArrayFor(this.dtype, await result);
@@ -248,19 +252,20 @@ export class DeviceTensor implements TensorMeta {
   }
 
   /** Blocking variant of toHost(). */
-  toHostSync(): HostArray {
+  toHostSync(opts: StreamOption = {}): HostArray {
+    opts.stream?.synchronize();
     const { result, temp } = this.#download((b, off, n) => b.download(off, n));
     temp?.dispose();
     return hostArrayFor(this.dtype, result);
   }
 
   /** Values as float32 (decoding bf16/f16/fp8 on the host). */
-  async toFloat32(): Promise<Float32Array> {
-    return decodeHost(await this.toHost(), this.dtype);
+  async toFloat32(opts: StreamOption = {}): Promise<Float32Array> {
+    return decodeHost(await this.toHost(opts), this.dtype);
   }
 
-  toFloat32Sync(): Float32Array {
-    return decodeHost(this.toHostSync(), this.dtype);
+  toFloat32Sync(opts: StreamOption = {}): Float32Array {
+    return decodeHost(this.toHostSync(opts), this.dtype);
   }
 
   /** Frees the allocation (if this tensor made it); idempotent. Views only detach. */
