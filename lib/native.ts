@@ -42,6 +42,8 @@ export interface NativeEvent {
 
 export interface NativeBuildInfo {
   compiledWithCuda: boolean;
+  /** The emulated-device build (kernels run on the CPU; csrc/emu). */
+  emulated: boolean;
   cudaArchitectures: string;
   nvccVersion: string;
   runtimeVersion: number;
@@ -97,6 +99,29 @@ export interface NativeAddon {
 
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
 
+/**
+ * Which device the package runs on, from `MLA_CUDA_DEVICE`:
+ * - `cuda` (the default): the CUDA addon and the real GPU;
+ * - `emulator`: the emulated-device addon, which runs the same kernels on the CPU (for machines
+ *   without a GPU: CI, development; never a timing tool);
+ * - `auto`: the GPU when one is usable, otherwise the emulator (what the test suite uses).
+ * The emulator is never chosen silently: only these values select it, and `cuda.info()` and
+ * `doctor` say "emulated device" whenever it is in use.
+ */
+export type DeviceSelection = 'cuda' | 'emulator' | 'auto';
+
+export function deviceSelection(): DeviceSelection {
+  const v = (process.env['MLA_CUDA_DEVICE'] ?? '').trim().toLowerCase();
+  if (v === '' || v === 'cuda' || v === 'gpu') return 'cuda';
+  if (v === 'emulator' || v === 'emulated' || v === 'auto') return v === 'auto' ? 'auto' : 'emulator';
+  throw new MlaError('ERR_ARGUMENT', `MLA_CUDA_DEVICE must be \`cuda\`, \`emulator\` or \`auto\`, not "${v}"`);
+}
+
+/** Where the emulated-device addon is built (scripts/build-native.mjs, cmake/emulator.cmake). */
+export function emulatorAddonPath(): string {
+  return process.env['MLA_CUDA_EMULATOR_ADDON'] ?? join(packageRoot, 'build', 'Release', 'emulator', 'mla_cuda_emulator.node');
+}
+
 let cached: NativeAddon | undefined;
 let loadError: string | undefined;
 
@@ -104,12 +129,33 @@ let loadError: string | undefined;
 function load(): NativeAddon | undefined {
   if (cached || loadError !== undefined) return cached;
   const require = createRequire(import.meta.url);
-  try {
+  const loadCuda = (): NativeAddon => {
     // MLA_CUDA_ADDON points at a specific .node (used by tests of the CPU-only build).
     const override = process.env['MLA_CUDA_ADDON'];
-    const addon = (override
-      ? require(override)
-      : (require('node-gyp-build') as (dir: string) => unknown)(packageRoot)) as NativeAddon;
+    return (override ? require(override) : (require('node-gyp-build') as (dir: string) => unknown)(packageRoot)) as NativeAddon;
+  };
+  const loadEmulator = (): NativeAddon => {
+    const path = emulatorAddonPath();
+    try {
+      return require(path) as NativeAddon;
+    } catch (err) {
+      throw new Error(`the emulated-device addon (${path}) is not built or cannot be loaded: ` +
+        `${err instanceof Error ? err.message.split('\n')[0] : String(err)}. It builds with the package where the CUDA ` +
+        'toolkit headers exist on x86-64 (npm rebuild mla-cuda; MLA_CUDA_EMULATOR=0 turns it off)');
+    }
+  };
+  try {
+    const selection = deviceSelection();
+    let addon: NativeAddon;
+    if (selection === 'emulator') {
+      addon = loadEmulator();
+    } else if (selection === 'cuda') {
+      addon = loadCuda();
+    } else {
+      let real: NativeAddon | undefined;
+      try { real = loadCuda(); } catch { real = undefined; }
+      addon = real && real.deviceStatus().ok ? real : loadEmulator();
+    }
     addon.setErrorClass(MlaError);
     cached = addon;
   } catch (err) {

@@ -7,6 +7,7 @@
 //   CUDAARCHS="90"        CUDA architectures (default: 80;86;89;90;100;120 SASS + 120 PTX)
 //   MLA_CUDA_REQUIRE=1    fail instead of building the CPU-only addon when nvcc is missing
 //   MLA_CUDA_DISABLE=1    build the CPU-only addon even if nvcc exists
+//   MLA_CUDA_EMULATOR=0   skip the emulated-device addon (built by default where the CUDA headers are)
 //   MLA_CUDA_OUT_DIR=dir  put the .node (and the CMake tree under dir/cmake) elsewhere
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync, mkdirSync } from 'node:fs';
@@ -46,9 +47,11 @@ function findNvcc() {
 const outDir = resolve(env.MLA_CUDA_OUT_DIR ?? join(root, 'build', 'Release'));
 const workDir = env.MLA_CUDA_OUT_DIR ? join(outDir, 'cmake') : join(root, 'build', 'cmake');
 const addon = join(outDir, 'mla_cuda.node');
+const emulatorAddon = join(outDir, 'emulator', 'mla_cuda_emulator.node');
 mkdirSync(outDir, { recursive: true });
 // A failed build must not leave an older addon (with an older CUDA decision) to be loaded.
 rmSync(addon, { force: true });
+rmSync(emulatorAddon, { force: true });
 
 const args = [require.resolve('cmake-js/bin/cmake-js'), 'rebuild', '--out', workDir,
   `--CDMLA_OUTPUT_DIR=${outDir}`];
@@ -62,6 +65,7 @@ if (flag('MLA_CUDA_DISABLE')) {
   }
 }
 if (flag('MLA_CUDA_REQUIRE')) args.push('--CDMLA_CUDA_REQUIRE=ON');
+if (/^(0|false|no|off)$/i.test(env.MLA_CUDA_EMULATOR ?? '')) args.push('--CDMLA_EMULATOR=OFF');
 
 const started = Date.now();
 const result = spawnSync(process.execPath, args, { cwd: root, env, stdio: 'inherit' });
@@ -85,4 +89,7 @@ if (withCuda) {
   log(`WARNING: built the CPU-only addon in ${seconds}s: no CUDA compiler was found` +
     (flag('MLA_CUDA_DISABLE') ? ' (MLA_CUDA_DISABLE is set)' : '') + '.');
   log('GPU calls will throw MlaError ERR_NO_CUDA. To fix: install the CUDA toolkit, put nvcc on PATH or set CUDACXX=/path/to/nvcc, then `npm rebuild mla-cuda`.');
+}
+if (existsSync(emulatorAddon)) {
+  log(`built the emulated-device addon ${emulatorAddon} (used only with MLA_CUDA_DEVICE=emulator or auto)`);
 }

@@ -524,7 +524,7 @@ function deps(over: Partial<BenchDeps> = {}): BenchDeps & { out: string; err: st
     stderr: (s: string) => void (d.err += s),
     interactive: false,
     status: () => GPU,
-    build: () => ({ addonLoaded: true, compiledWithCuda: true, cudaArchitectures: '90-real', nvccVersion: '13.0.88', runtimeVersion: 13000, ops: [] }),
+    build: () => ({ addonLoaded: true, compiledWithCuda: true, emulated: false, cudaArchitectures: '90-real', nvccVersion: '13.0.88', runtimeVersion: 13000, ops: [] }),
     openDevice: () => {
       d.opened++;
       return { info: H100, env: fakeEnv(0.05), dispose: () => {} };

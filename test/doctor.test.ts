@@ -18,7 +18,7 @@ function healthy(): DoctorFacts {
   return {
     node: 'v22.11.0',
     package: { name: 'mla-cuda', version: '0.1.0', nodeEngines: '^20.17.0 || >=22.9.0' },
-    build: { addonLoaded: true, compiledWithCuda: true, cudaArchitectures: '80-real 86-real 89-real 90-real 100-real 120', nvccVersion: '13.0.88', runtimeVersion: 13000, ops: ['fill', 'copy'] },
+    build: { addonLoaded: true, compiledWithCuda: true, emulated: false, cudaArchitectures: '80-real 86-real 89-real 90-real 100-real 120', nvccVersion: '13.0.88', runtimeVersion: 13000, ops: ['fill', 'copy'] },
     napiVersion: 8,
     status: { ok: true, code: 'OK', cudaError: '', message: 'ok', deviceCount: 1, driverVersion: 13000, runtimeVersion: 13000 },
     devices: [H100],
@@ -72,7 +72,7 @@ t.test('old Node: the engines range and how to fix it', async (t) => {
 
 t.test('addon not built: npm rebuild mla-cuda', async (t) => {
   const f = healthy();
-  f.build = { addonLoaded: false, addonError: 'No native build was found', compiledWithCuda: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
+  f.build = { addonLoaded: false, addonError: 'No native build was found', compiledWithCuda: false, emulated: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
   f.status = { ...NO_DRIVER, code: 'ERR_NO_ADDON', message: 'native addon not loaded' };
   f.env = { MLA_CUDA_ADDON: '/tmp/x.node' };
   const checks = diagnose(f);

@@ -22,6 +22,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   o.Set("compiledWithCuda", gpu::compiledWithCuda());
+  o.Set("emulated", gpu::emulated());
   o.Set("cudaArchitectures", std::string(gpu::compiledArchs()));
   o.Set("nvccVersion", std::string(gpu::compilerVersion()));
   o.Set("runtimeVersion", gpu::runtimeVersion());

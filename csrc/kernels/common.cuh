@@ -8,6 +8,13 @@
 #include <cstdint>
 #include "core/dtype.h"
 
+// Kernel launches and dynamic shared memory go through these two macros so the same sources
+// also compile as host C++ for the emulated device (csrc/emu/device.h defines its own).
+#ifndef MLA_EMULATE
+#define MLA_LAUNCH_KERNEL(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define MLA_DYNAMIC_SMEM(T, name, align) extern __shared__ __align__(align) T name[]
+#endif
+
 namespace mla::kernels {
 
 // ---- element types ---------------------------------------------------------------------
@@ -45,6 +52,33 @@ template <> __device__ __forceinline__ uint32_t packPair<__nv_bfloat16>(float lo
 // ---- tensor cores ------------------------------------------------------------------------
 // D (16x8 fp32) += A (16x16, row) * B (16x8, col), 16-bit inputs. Fragment layout as in the
 // PTX ISA "mma.m16n8k16" figures: a[4], b[2] packed pairs, c[4] floats per lane.
+// ldmatrix: each lane gives the shared address of one 16-byte row; x4 loads four 8x8 tiles.
+// cp.async (global -> shared, 16 bytes, bypassing registers): with pred false the 16
+// destination bytes are zero-filled and global memory is not read.
+#ifdef MLA_EMULATE
+// Emulated twins (csrc/emu/scheduler.cc): the call site's file and line travel with each call so
+// the emulator's reports name the kernel line.
+#define MLA_EMU_SITE const char* file = __builtin_FILE(), int line = __builtin_LINE()
+template <typename T> inline void mma16816(float* c, const uint32_t* a, const uint32_t* b, MLA_EMU_SITE);
+template <> inline void mma16816<__nv_bfloat16>(float* c, const uint32_t* a, const uint32_t* b, const char* file, int line) {
+  ::mla::emu::mmaM16N8K16(::mla::emu::kMmaBF16, c, a, b, file, line);
+}
+template <> inline void mma16816<__half>(float* c, const uint32_t* a, const uint32_t* b, const char* file, int line) {
+  ::mla::emu::mmaM16N8K16(::mla::emu::kMmaF16, c, a, b, file, line);
+}
+inline void ldmatrixX4(uint32_t* r, const void* p, MLA_EMU_SITE) { ::mla::emu::ldmatrix(4, false, r, p, file, line); }
+inline void ldmatrixX2(uint32_t* r, const void* p, MLA_EMU_SITE) { ::mla::emu::ldmatrix(2, false, r, p, file, line); }
+inline void ldmatrixX1(uint32_t* r, const void* p, MLA_EMU_SITE) { ::mla::emu::ldmatrix(1, false, r, p, file, line); }
+inline void ldmatrixX4Trans(uint32_t* r, const void* p, MLA_EMU_SITE) { ::mla::emu::ldmatrix(4, true, r, p, file, line); }
+inline void ldmatrixX2Trans(uint32_t* r, const void* p, MLA_EMU_SITE) { ::mla::emu::ldmatrix(2, true, r, p, file, line); }
+inline void ldmatrixX1Trans(uint32_t* r, const void* p, MLA_EMU_SITE) { ::mla::emu::ldmatrix(1, true, r, p, file, line); }
+inline void cpAsync16(void* smem, const void* gmem, bool pred = true, MLA_EMU_SITE) {
+  ::mla::emu::cpAsync(smem, gmem, pred ? 16 : 0, file, line);
+}
+inline void cpAsyncCommit() { ::mla::emu::cpAsyncCommit(); }
+template <int N> inline void cpAsyncWait(MLA_EMU_SITE) { ::mla::emu::cpAsyncWait(N, file, line); }
+#undef MLA_EMU_SITE
+#else
 template <typename T> __device__ __forceinline__ void mma16816(float* c, const uint32_t* a, const uint32_t* b);
 template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float* c, const uint32_t* a, const uint32_t* b) {
   asm volatile(
@@ -65,13 +99,15 @@ __device__ __forceinline__ uint32_t smemAddr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// ldmatrix: each lane gives the shared address of one 16-byte row; x4 loads four 8x8 tiles.
 __device__ __forceinline__ void ldmatrixX4(uint32_t* r, const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smemAddr(p)));
 }
 __device__ __forceinline__ void ldmatrixX2(uint32_t* r, const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smemAddr(p)));
+}
+__device__ __forceinline__ void ldmatrixX1(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(smemAddr(p)));
 }
 __device__ __forceinline__ void ldmatrixX4Trans(uint32_t* r, const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -81,15 +117,17 @@ __device__ __forceinline__ void ldmatrixX2Trans(uint32_t* r, const void* p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
                : "=r"(r[0]), "=r"(r[1]) : "r"(smemAddr(p)));
 }
-
-// ---- cp.async (global -> shared, 16 bytes, bypassing registers) --------------------------
-// With pred false the 16 destination bytes are zero-filled and global memory is not read.
+__device__ __forceinline__ void ldmatrixX1Trans(uint32_t* r, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n" : "=r"(r[0]) : "r"(smemAddr(p)));
+}
 __device__ __forceinline__ void cpAsync16(void* smem, const void* gmem, bool pred = true) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                :: "r"(smemAddr(smem)), "l"(gmem), "r"(pred ? 16 : 0));
 }
 __device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
+
+#endif  // MLA_EMULATE
 
 __device__ __forceinline__ float warpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

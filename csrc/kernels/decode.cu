@@ -78,7 +78,7 @@ struct ReqStore {
 // part takes whatever is left so coverage never depends on the rounding. Requests whose
 // blocks land in >= 2 parts get partial slots (at most 2 per part: its first and last segment).
 __global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeArgs a) {
-  extern __shared__ int32_t planSmem[];
+  MLA_DYNAMIC_SMEM(int32_t, planSmem, 16);
   const bool staged = a.B <= kPlanSmemBatch;
   const ReqStore st = staged ? ReqStore{planSmem, 1, a.B} : ReqStore{a.reqInfo, 8, 1};
   for (int b = threadIdx.x; b < a.B; b += blockDim.x) {
@@ -179,7 +179,7 @@ template <typename T, class C>
 __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeArgs a) {
   constexpr int BM = C::BM, BN = C::BN, ST = C::ST, CG = C::CG, COLS = C::COLS;
   constexpr int NT_ALL = C::NT_ALL, NTS = C::NTS, PLD = C::PLD, NO = COLS / 8;
-  extern __shared__ __align__(128) unsigned char smemRaw[];
+  MLA_DYNAMIC_SMEM(unsigned char, smemRaw, 128);
   T* sQ = reinterpret_cast<T*>(smemRaw);
   T* sK = sQ + BM * kD;
   T* sP = sK + ST * BN * kD;
@@ -590,16 +590,16 @@ template <typename T, class C>
 Status runDecode(DecodeArgs a, const Plan& plan, const DecodeParams& p, cudaStream_t s) {
   if (p.runPlan) {
     const size_t planSmem = a.B <= kPlanSmemBatch ? size_t(kRiFields) * a.B * sizeof(int32_t) : 0;
-    decodePlanKernel<<<1, kPlanThreads, planSmem, s>>>(a);
+    MLA_LAUNCH_KERNEL(1, kPlanThreads, planSmem, s, decodePlanKernel)(a);
     MLA_CHECK_LAUNCH("decode: plan kernel");
   }
   if (p.runMain) {
-    decodeMainKernel<T, C><<<dim3(plan.numParts, plan.rowTiles), kThreads, C::smemBytes, s>>>(a);
+    MLA_LAUNCH_KERNEL(dim3(plan.numParts, plan.rowTiles), kThreads, C::smemBytes, s, decodeMainKernel<T, C>)(a);
     MLA_CHECK_LAUNCH("decode: main kernel");
   }
   if (p.runCombine) {
     const int64_t rows = int64_t(a.tokens) * a.H;
-    decodeCombineKernel<T><<<unsigned((rows + 7) / 8), 256, 0, s>>>(a);
+    MLA_LAUNCH_KERNEL(unsigned((rows + 7) / 8), 256, 0, s, decodeCombineKernel<T>)(a);
     MLA_CHECK_LAUNCH("decode: combine kernel");
   }
   return Status::Ok();

@@ -92,7 +92,7 @@ static int gridFor(int64_t n) {
 Status fillTensor(const TensorRef& t, double value, StreamHandle stream) {
   int64_t n = t.numel();
   if (n == 0) return Status::Ok();
-  fillKernel<<<gridFor(n), 256, 0, static_cast<cudaStream_t>(stream)>>>(t.data, indexOf(t), t.dtype, value, n);
+  MLA_LAUNCH_KERNEL(gridFor(n), 256, 0, static_cast<cudaStream_t>(stream), fillKernel)(t.data, indexOf(t), t.dtype, value, n);
   MLA_CHECK_LAUNCH("fill");
   return Status::Ok();
 }
@@ -102,7 +102,7 @@ Status copyTensor(const TensorRef& dst, const TensorRef& src, StreamHandle strea
   if (n == 0) return Status::Ok();
   if (dst.dtype == src.dtype && dst.isContiguous() && src.isContiguous())
     return copyDeviceToDevice(dst.data, src.data, n * dtypeSize(dst.dtype), stream);
-  copyKernel<<<gridFor(n), 256, 0, static_cast<cudaStream_t>(stream)>>>(dst.data, indexOf(dst), dst.dtype, src.data,
+  MLA_LAUNCH_KERNEL(gridFor(n), 256, 0, static_cast<cudaStream_t>(stream), copyKernel)(dst.data, indexOf(dst), dst.dtype, src.data,
                                                                        indexOf(src), src.dtype, n);
   MLA_CHECK_LAUNCH("copy");
   return Status::Ok();

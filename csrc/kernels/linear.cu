@@ -86,7 +86,7 @@ __device__ __forceinline__ void loadTile(T* s, const T* g, int64_t ld, int rowBa
 template <typename T, typename OutT, int BM, int BN, int STAGES>
 __global__ void __launch_bounds__(kThreads) gemmTiled(GemmArgs g) {
   using C = TileCfg<BM, BN, STAGES>;
-  extern __shared__ __align__(16) unsigned char smemRaw[];
+  MLA_DYNAMIC_SMEM(unsigned char, smemRaw, 16);
   T* smem = reinterpret_cast<T*>(smemRaw);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / C::kWarpsN, wn = warp % C::kWarpsN;
@@ -412,7 +412,7 @@ template <typename OutT>
 Status launchReduce(const GemmArgs& g, cudaStream_t s) {
   const int64_t pairs = static_cast<int64_t>(g.batch) * g.M * g.N / 2;
   const int64_t blocks = (pairs + 255) / 256;
-  splitKReduce<OutT><<<static_cast<int>(blocks < 65535 ? blocks : 65535), 256, 0, s>>>(g);
+  MLA_LAUNCH_KERNEL(static_cast<int>(blocks < 65535 ? blocks : 65535), 256, 0, s, splitKReduce<OutT>)(g);
   MLA_CHECK_LAUNCH("linear: split-K reduce");
   return Status::Ok();
 }
@@ -460,7 +460,7 @@ Status runTiled(GemmArgs g, const DeviceProps& dp, cudaStream_t s) {
     MLA_RETURN_IF_ERROR(ws.alloc(static_cast<size_t>(g.splits) * g.batch * g.M * g.N * 4));
     g.ws = ws.get();
   }
-  kernel<<<dim3(static_cast<unsigned>(tiles), g.batch * g.splits), kThreads, C::kSmemBytes, s>>>(g);
+  MLA_LAUNCH_KERNEL(dim3(static_cast<unsigned>(tiles), g.batch * g.splits), kThreads, C::kSmemBytes, s, kernel)(g);
   MLA_CHECK_LAUNCH("linear: tiled gemm");
   if (g.splits > 1) return launchReduce<OutT>(g, s);
   return Status::Ok();
@@ -484,10 +484,10 @@ Status runSkinny(GemmArgs g, const DeviceProps& dp, cudaStream_t s) {
   }
   const dim3 grid(static_cast<unsigned>(ctasN), g.splits, g.batch);
   switch (kw) {
-    case 8: gemmSkinny<T, OutT, 8><<<grid, kThreads, 0, s>>>(g); break;
-    case 4: gemmSkinny<T, OutT, 4><<<grid, kThreads, 0, s>>>(g); break;
-    case 2: gemmSkinny<T, OutT, 2><<<grid, kThreads, 0, s>>>(g); break;
-    default: gemmSkinny<T, OutT, 1><<<grid, kThreads, 0, s>>>(g); break;
+    case 8: MLA_LAUNCH_KERNEL(grid, kThreads, 0, s, gemmSkinny<T, OutT, 8>)(g); break;
+    case 4: MLA_LAUNCH_KERNEL(grid, kThreads, 0, s, gemmSkinny<T, OutT, 4>)(g); break;
+    case 2: MLA_LAUNCH_KERNEL(grid, kThreads, 0, s, gemmSkinny<T, OutT, 2>)(g); break;
+    default: MLA_LAUNCH_KERNEL(grid, kThreads, 0, s, gemmSkinny<T, OutT, 1>)(g); break;
   }
   MLA_CHECK_LAUNCH("linear: skinny gemm");
   if (g.splits > 1) return launchReduce<OutT>(g, s);

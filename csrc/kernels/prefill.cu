@@ -123,7 +123,7 @@ struct AttnArgs {
 // the kernel past 255 registers next to the 64 O and 32 S accumulators).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 2) prefillAttentionKernel(AttnArgs a) {
-  extern __shared__ __align__(16) unsigned char smemRaw[];
+  MLA_DYNAMIC_SMEM(unsigned char, smemRaw, 16);
   T* qs = reinterpret_cast<T*>(smemRaw);
   T* ks = qs + kQTile;
   T* vs = ks + kKTile;
@@ -427,7 +427,7 @@ Status launchPrefillGather(const PrefillGatherParams& p, StreamHandle stream) {
   a.rows = rows;
   const int64_t blocks = (rows + 3) / 4;
   if (blocks > 0x7fffffffLL) return Status::Error(Code::Range, "prefillGather: too many rows");
-  prefillGatherKernel<<<static_cast<unsigned>(blocks), 128, 0, static_cast<cudaStream_t>(stream)>>>(a);
+  MLA_LAUNCH_KERNEL(static_cast<unsigned>(blocks), 128, 0, static_cast<cudaStream_t>(stream), prefillGatherKernel)(a);
   MLA_CHECK_LAUNCH("prefillGather");
   return Status::Ok();
 }
@@ -495,7 +495,7 @@ Status launchPrefillAttention(const PrefillAttentionParams& p, StreamHandle stre
     auto kernel = prefillAttentionKernel<T>;
     MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
                  "prefillAttention: set smem");
-    kernel<<<grid, kThreads, kSmemBytes, s>>>(a);
+    MLA_LAUNCH_KERNEL(grid, kThreads, kSmemBytes, s, kernel)(a);
     MLA_CHECK_LAUNCH("prefillAttention");
     return Status::Ok();
   });
@@ -523,7 +523,7 @@ Status launchMergeAttnStates(const MergeAttnStatesParams& p, StreamHandle stream
   a.rows = o.shape[0]; a.heads = o.shape[1]; a.dim = o.shape[2];
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   return MLA_DISPATCH_HALF_TYPES(o.dtype, T, [&] {
-    mergeAttnStatesKernel<T><<<static_cast<unsigned>(blocks), 128, 0, s>>>(a);
+    MLA_LAUNCH_KERNEL(static_cast<unsigned>(blocks), 128, 0, s, mergeAttnStatesKernel<T>)(a);
     MLA_CHECK_LAUNCH("mergeAttnStates");
     return Status::Ok();
   });

@@ -45,7 +45,7 @@ Status run(const RmsNormParams& p, int64_t ldx, int64_t ldy, cudaStream_t s) {
   const int rows = static_cast<int>(p.x.shape[0]), dim = static_cast<int>(p.x.shape[1]);
   // 64-bit: rows + 7 overflows int for rows near INT_MAX.
   const int64_t blocks = (static_cast<int64_t>(rows) + kRowsPerBlock - 1) / kRowsPerBlock;
-  rmsNormKernel<TIn, TW, TOut><<<static_cast<unsigned>(blocks), kRowsPerBlock * 32, 0, s>>>(
+  MLA_LAUNCH_KERNEL(static_cast<unsigned>(blocks), kRowsPerBlock * 32, 0, s, rmsNormKernel<TIn, TW, TOut>)(
       p.x.ptr<const TIn>(), ldx, p.weight.ptr<const TW>(), p.out.ptr<TOut>(), ldy, rows, dim, p.eps);
   MLA_CHECK_LAUNCH("rmsNorm");
   return Status::Ok();

@@ -242,12 +242,12 @@ Status launchRopeTyped(const RopeArgs& a, StreamHandle stream) {
   const int half = a.R / 2;
   if (half % 4 == 0) {
     const int64_t n = a.T * a.H * (half / 4);
-    ropeKernel<T, 4><<<gridFor(n, 256), 256, 0, s>>>(a);
+    MLA_LAUNCH_KERNEL(gridFor(n, 256), 256, 0, s, ropeKernel<T, 4>)(a);
   } else {
     RopeArgs b = a;
     b.vec = false;  // single pairs are never worth a vector access
     const int64_t n = a.T * a.H * half;
-    ropeKernel<T, 1><<<gridFor(n, 256), 256, 0, s>>>(b);
+    MLA_LAUNCH_KERNEL(gridFor(n, 256), 256, 0, s, ropeKernel<T, 1>)(b);
   }
   MLA_CHECK_LAUNCH("rope");
   return Status::Ok();
@@ -333,8 +333,8 @@ template <typename TIn, typename TOut>
 Status launchAppendTyped(const AppendArgs& a, StreamHandle stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int grid = gridFor(a.T, kAppendWarps);
-  if (a.C <= 32 * kChunk * 2) appendLatentKernel<TIn, TOut, 2><<<grid, kAppendWarps * 32, 0, s>>>(a);
-  else appendLatentKernel<TIn, TOut, 4><<<grid, kAppendWarps * 32, 0, s>>>(a);
+  if (a.C <= 32 * kChunk * 2) MLA_LAUNCH_KERNEL(grid, kAppendWarps * 32, 0, s, appendLatentKernel<TIn, TOut, 2>)(a);
+  else MLA_LAUNCH_KERNEL(grid, kAppendWarps * 32, 0, s, appendLatentKernel<TIn, TOut, 4>)(a);
   MLA_CHECK_LAUNCH("appendLatent");
   return Status::Ok();
 }
@@ -365,7 +365,7 @@ Status launchRopeTable(const RopeTableParams& p, StreamHandle stream) {
   const int64_t maxPos = p.table.shape[0];
   if (maxPos > (int64_t{1} << 24)) return Status::Error(Code::Range, "ropeTable: maxPositions must be at most 2^24 (positions are exact in f32)");
   if (!std::isfinite(p.attentionFactor)) return Status::Error(Code::Argument, "ropeTable: `attentionFactor` must be finite");
-  ropeTableKernel<<<gridFor(maxPos * half, 256), 256, 0, static_cast<cudaStream_t>(stream)>>>(
+  MLA_LAUNCH_KERNEL(gridFor(maxPos * half, 256), 256, 0, static_cast<cudaStream_t>(stream), ropeTableKernel)(
       static_cast<float2*>(p.table.data), p.invFreq.ptr<float>(), maxPos, static_cast<int>(half), p.attentionFactor);
   MLA_CHECK_LAUNCH("ropeTable");
   return Status::Ok();

@@ -10,6 +10,11 @@
 namespace mla::gpu {
 
 bool compiledWithCuda() { return true; }
+#ifdef MLA_EMULATE
+bool emulated() { return true; }
+#else
+bool emulated() { return false; }
+#endif
 const char* compiledArchs() { return MLA_CUDA_ARCHS; }
 const char* compilerVersion() { return MLA_CUDA_COMPILER_VERSION; }
 int runtimeVersion() {

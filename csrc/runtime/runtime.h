@@ -11,6 +11,7 @@
 namespace mla::gpu {
 
 bool compiledWithCuda();
+bool emulated();                    // the emulated-device build (csrc/emu): kernels run on the CPU
 const char* compiledArchs();        // e.g. "80-real 86-real ... 120"
 const char* compilerVersion();      // nvcc version used for the build
 int runtimeVersion();               // CUDA runtime linked in, e.g. 13000

@@ -12,6 +12,7 @@ static Status noCuda() {
 }
 
 bool compiledWithCuda() { return false; }
+bool emulated() { return false; }
 const char* compiledArchs() { return ""; }
 const char* compilerVersion() { return ""; }
 int runtimeVersion() { return 0; }

@@ -122,6 +122,17 @@ export function diagnose(f: DoctorFacts): Check[] {
     });
     return checks;
   }
+  if (b.emulated) {
+    checks.push({
+      name: 'device', severity: 'warning',
+      detail: `emulated device (MLA_CUDA_DEVICE=${f.env['MLA_CUDA_DEVICE'] ?? ''}): the kernels run on the CPU, built with ${b.nvccVersion}; results are checked, times mean nothing`,
+      fix: 'unset MLA_CUDA_DEVICE (or set it to `cuda`) on a machine with an NVIDIA GPU to use the GPU',
+    });
+    for (const d of f.devices) {
+      checks.push({ name: `gpu ${d.index}`, severity: 'info', detail: `emulated device ${d.index}: ${d.name}, compute capability ${d.computeCapability}, ${gib(d.totalMemory)} limit` });
+    }
+    return checks;
+  }
   checks.push({ name: 'cuda build', severity: 'ok', detail: `built with nvcc ${b.nvccVersion || 'unknown'} for architectures ${b.cudaArchitectures || 'unknown'}; CUDA runtime ${versionString(b.runtimeVersion)}` });
 
   const s = f.status;

@@ -8,6 +8,11 @@ export interface BuildInfo {
   /** Why it did not (undefined when it did). */
   addonError?: string | undefined;
   compiledWithCuda: boolean;
+  /**
+   * The emulated-device addon is loaded (MLA_CUDA_DEVICE=emulator or auto without a GPU): the
+   * kernels run on the CPU, correct but slow, and nothing it times means anything.
+   */
+  emulated: boolean;
   /** CUDA architectures compiled in, e.g. "80-real 86-real 89-real 90-real 100-real 120". */
   cudaArchitectures: string;
   nvccVersion: string;
@@ -61,10 +66,10 @@ export function buildInfo(): BuildInfo {
   const addon = tryNative();
   /* c8 ignore next 3 */
   if (!addon) {
-    return { addonLoaded: false, addonError: addonLoadError(), compiledWithCuda: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
+    return { addonLoaded: false, addonError: addonLoadError(), compiledWithCuda: false, emulated: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
   }
   const b = addon.buildInfo();
-  return { addonLoaded: true, compiledWithCuda: b.compiledWithCuda, cudaArchitectures: b.cudaArchitectures, nvccVersion: b.nvccVersion, runtimeVersion: b.runtimeVersion, ops: b.ops };
+  return { addonLoaded: true, compiledWithCuda: b.compiledWithCuda, emulated: b.emulated, cudaArchitectures: b.cudaArchitectures, nvccVersion: b.nvccVersion, runtimeVersion: b.runtimeVersion, ops: b.ops };
 }
 
 /** Whether a GPU can be used, and if not, why; never throws. */
@@ -99,7 +104,8 @@ function requireGpu(what: string): NonNullable<ReturnType<typeof tryNative>> {
 export function deviceInfo(device = 0): DeviceInfo {
   const addon = requireGpu('deviceInfo');
   const d = addon.deviceInfo(device);
-  return { ...d, computeCapability: `${d.major}.${d.minor}`, supportedByBuild: archSupports(addon.buildInfo().cudaArchitectures, d.major, d.minor) };
+  const b = addon.buildInfo();
+  return { ...d, computeCapability: `${d.major}.${d.minor}`, supportedByBuild: b.emulated || archSupports(b.cudaArchitectures, d.major, d.minor) };
 }
 
 /** Every device, or [] when there is none. */

@@ -1,0 +1,478 @@
+// The CUDA runtime API subset the package calls (runtime.cu, the launchers), implemented for the
+// emulated device, so runtime.cu and the kernels compile unchanged against cuda_runtime_api.h.
+// Work is synchronous: a copy or launch has finished when the call returns, which is one valid
+// schedule of CUDA's in-order streams (events record the host clock at that moment).
+//
+// MLA_EMU_DEVICES lists the emulated devices, e.g. "sm_90" (default) or "sm_90,sm_80:4,sm_86:3":
+// an architecture preset (compute capability, shared memory per block and per SM), optionally
+// with its SM count (small counts make split plans hold several tiles per split).
+// MLA_EMU_MEMORY_MB caps each device's memory (default 8192), so OOM paths can be tested.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+#include "emu/emu.h"
+
+struct CUstream_st {
+  int device;
+};
+struct CUevent_st {
+  bool recorded = false;
+  std::chrono::steady_clock::time_point at;
+};
+
+namespace mla::emu {
+namespace {
+
+struct Preset {
+  const char* arch;
+  const char* gpu;
+  int major, minor, sms, optin, perSm, l2MB;
+};
+// Shared-memory limits are the CUDA programming guide's per-architecture values.
+constexpr Preset kPresets[] = {
+    {"sm_80", "A100", 8, 0, 108, 166912, 167936, 40},
+    {"sm_86", "RTX 3090", 8, 6, 82, 101376, 102400, 6},
+    {"sm_89", "RTX 4090", 8, 9, 128, 101376, 102400, 72},
+    {"sm_90", "H100", 9, 0, 132, 232448, 233472, 50},
+    {"sm_100", "B200", 10, 0, 148, 232448, 233472, 126},
+    {"sm_120", "RTX 5090", 12, 0, 170, 101376, 102400, 96},
+};
+
+struct Registry {
+  std::vector<DeviceSpec> devices;
+  std::string configError;
+  Registry() {
+    const char* env = std::getenv("MLA_EMU_DEVICES");
+    std::string list = env && *env ? env : "sm_90";
+    const char* mem = std::getenv("MLA_EMU_MEMORY_MB");
+    const size_t memBytes = size_t(mem && *mem ? std::strtoull(mem, nullptr, 10) : 8192) << 20;
+    size_t pos = 0;
+    while (pos <= list.size()) {
+      size_t comma = list.find(',', pos);
+      if (comma == std::string::npos) comma = list.size();
+      std::string item = list.substr(pos, comma - pos);
+      pos = comma + 1;
+      if (item.empty()) continue;
+      std::string arch = item, sms;
+      if (size_t colon = item.find(':'); colon != std::string::npos) {
+        arch = item.substr(0, colon);
+        sms = item.substr(colon + 1);
+      }
+      const Preset* p = nullptr;
+      for (const Preset& c : kPresets)
+        if (arch == c.arch) p = &c;
+      const int smCount = sms.empty() ? (p ? p->sms : 0) : std::atoi(sms.c_str());
+      if (!p || smCount < 1 || smCount > 1024) {
+        configError = "MLA_EMU_DEVICES: cannot read \"" + item +
+                      "\" (expected sm_80, sm_86, sm_89, sm_90, sm_100 or sm_120, optionally :<SM count 1-1024>)";
+        devices.clear();
+        return;
+      }
+      DeviceSpec d;
+      d.name = std::string("Emulated ") + p->gpu + " (" + p->arch + ", " + std::to_string(smCount) + " SMs, CPU)";
+      d.major = p->major;
+      d.minor = p->minor;
+      d.smCount = smCount;
+      d.smemOptin = p->optin;
+      d.smemPerSm = p->perSm;
+      d.l2Bytes = p->l2MB << 20;
+      d.memoryBytes = memBytes;
+      devices.push_back(d);
+    }
+  }
+};
+const Registry& registry() {
+  static const Registry r;
+  return r;
+}
+
+thread_local int tlDevice = 0;
+thread_local cudaError_t tlLastError = cudaSuccess;
+
+std::mutex stickyMu;
+std::atomic<int> sticky{0};
+std::string stickyText;
+
+struct Allocation {
+  size_t bytes;
+  int device;
+};
+std::shared_mutex memMu;
+std::map<uintptr_t, Allocation> allocations;
+std::vector<size_t> inUse(64, 0);
+
+std::mutex handleMu;
+std::set<const void*> streams, events;
+std::mutex attrMu;
+std::map<const void*, int> dynSmemLimit;
+
+cudaError_t fail(cudaError_t err) {
+  tlLastError = err;
+  return err;
+}
+bool validStream(cudaStream_t s) {
+  if (!s) return true;
+  std::lock_guard<std::mutex> lock(handleMu);
+  return streams.count(s) != 0;
+}
+bool validEvent(cudaEvent_t e) {
+  std::lock_guard<std::mutex> lock(handleMu);
+  return e && events.count(e) != 0;
+}
+// Precondition of every call a lost context refuses.
+#define MLA_EMU_STICKY()                                      \
+  do {                                                        \
+    if (cudaError_t s_ = stickyError()) return fail(s_);      \
+  } while (0)
+
+}  // namespace
+
+int deviceCount() { return int(registry().devices.size()); }
+const DeviceSpec& device(int index) { return registry().devices.at(size_t(index)); }
+int currentDevice() { return tlDevice; }
+
+void setLastError(cudaError_t err) { tlLastError = err; }
+cudaError_t stickyError() { return cudaError_t(sticky.load()); }
+void raiseSticky(cudaError_t err, const std::string& message) {
+  std::lock_guard<std::mutex> lock(stickyMu);
+  if (sticky.load()) return;  // the first fault is the one that matters
+  stickyText = message;
+  sticky.store(int(err));
+  if (std::getenv("MLA_EMU_VERBOSE")) std::fprintf(stderr, "[mla-cuda emulator] %s\n", message.c_str());
+}
+const char* stickyMessage() {
+  std::lock_guard<std::mutex> lock(stickyMu);
+  return sticky.load() ? stickyText.c_str() : nullptr;
+}
+
+// The last allocation a thread hit is cached (cp.async asks per 16 bytes); any free invalidates it.
+std::atomic<uint64_t> freeGeneration{0};
+bool isDeviceRange(const void* p, size_t bytes) {
+  thread_local uintptr_t hitBase = 0, hitEnd = 0;
+  thread_local uint64_t hitGeneration = ~0ull;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uint64_t gen = freeGeneration.load(std::memory_order_acquire);
+  if (gen == hitGeneration && a >= hitBase && a + bytes <= hitEnd) return true;
+  std::shared_lock<std::shared_mutex> lock(memMu);
+  auto it = allocations.upper_bound(a);
+  if (it == allocations.begin()) return false;
+  --it;
+  if (a + bytes > it->first + it->second.bytes) return false;
+  hitBase = it->first;
+  hitEnd = it->first + it->second.bytes;
+  hitGeneration = gen;
+  return true;
+}
+
+int maxDynamicSmem(const void* kernel) {
+  std::lock_guard<std::mutex> lock(attrMu);
+  auto it = dynSmemLimit.find(kernel);
+  return it == dynSmemLimit.end() ? 48 * 1024 : it->second;
+}
+
+}  // namespace mla::emu
+
+using namespace mla::emu;
+
+extern "C" {
+
+cudaError_t cudaRuntimeGetVersion(int* v) {
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  if (!registry().configError.empty()) return fail(cudaErrorInvalidValue);
+  *n = deviceCount();
+  return *n ? cudaSuccess : fail(cudaErrorNoDevice);
+}
+cudaError_t cudaGetDevice(int* d) {
+  *d = tlDevice;
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int d) {
+  if (d < 0 || d >= deviceCount()) return fail(cudaErrorInvalidDevice);
+  tlDevice = d;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
+  if (d < 0 || d >= deviceCount()) return fail(cudaErrorInvalidDevice);
+  const DeviceSpec& s = device(d);
+  std::memset(p, 0, sizeof *p);
+  std::snprintf(p->name, sizeof p->name, "%s", s.name.c_str());
+  p->major = s.major;
+  p->minor = s.minor;
+  p->multiProcessorCount = s.smCount;
+  p->totalGlobalMem = s.memoryBytes;
+  p->l2CacheSize = s.l2Bytes;
+  p->sharedMemPerBlock = 48 * 1024;
+  p->sharedMemPerBlockOptin = size_t(s.smemOptin);
+  p->sharedMemPerMultiprocessor = size_t(s.smemPerSm);
+  p->maxThreadsPerBlock = 1024;
+  p->maxThreadsPerMultiProcessor = s.major == 8 && s.minor != 0 ? 1536 : 2048;
+  p->warpSize = 32;
+  p->memoryBusWidth = 0;  // no memory bus: the emulator is not a timing tool
+  p->pciBusID = 0;
+  p->pciDeviceID = d;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int d) {
+  if (d < 0 || d >= deviceCount()) return fail(cudaErrorInvalidDevice);
+  const DeviceSpec& s = device(d);
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *v = s.smCount; break;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = s.smemOptin; break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *v = s.smemPerSm; break;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *v = 48 * 1024; break;
+    case cudaDevAttrComputeCapabilityMajor: *v = s.major; break;
+    case cudaDevAttrComputeCapabilityMinor: *v = s.minor; break;
+    case cudaDevAttrMaxThreadsPerBlock: *v = 1024; break;
+    case cudaDevAttrWarpSize: *v = 32; break;
+    case cudaDevAttrL2CacheSize: *v = s.l2Bytes; break;
+    case cudaDevAttrMemoryPoolsSupported: *v = 1; break;  // cudaMallocAsync is synchronous here
+    default: *v = 0; break;                              // clocks, bus width: nothing to report
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetPCIBusId(char* bus, int len, int d) {
+  if (d < 0 || d >= deviceCount()) return fail(cudaErrorInvalidDevice);
+  std::snprintf(bus, size_t(len), "emulated:%02d", d);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t* freeBytes, size_t* total) {
+  MLA_EMU_STICKY();
+  const DeviceSpec& s = device(tlDevice);
+  std::shared_lock<std::shared_mutex> lock(memMu);
+  *total = s.memoryBytes;
+  *freeBytes = s.memoryBytes - std::min(s.memoryBytes, inUse[size_t(tlDevice)]);
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError() {
+  cudaError_t e = tlLastError;
+  tlLastError = cudaSuccess;
+  if (e == cudaSuccess) e = stickyError();  // a sticky error is never cleared
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return tlLastError != cudaSuccess ? tlLastError : stickyError(); }
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    default: return "cudaErrorUnknown";
+  }
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory (emulated device; MLA_EMU_MEMORY_MB sets the limit)";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorNoDevice:
+      return registry().configError.empty() ? "no emulated device" : registry().configError.c_str();
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
+    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorLaunchFailure: {
+      const char* m = stickyMessage();
+      return m ? m : "unspecified launch failure";
+    }
+    default: return "unknown error";
+  }
+}
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  *p = nullptr;
+  MLA_EMU_STICKY();
+  const DeviceSpec& s = device(tlDevice);
+  const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+  {
+    std::shared_lock<std::shared_mutex> lock(memMu);
+    if (inUse[size_t(tlDevice)] + rounded > s.memoryBytes) return fail(cudaErrorMemoryAllocation);
+  }
+  // The exact size is what is registered (and what ASan guards); 256-byte aligned like cudaMalloc.
+  void* m = std::aligned_alloc(256, rounded);
+  if (!m) return fail(cudaErrorMemoryAllocation);
+  std::unique_lock<std::shared_mutex> lock(memMu);
+  allocations[reinterpret_cast<uintptr_t>(m)] = Allocation{bytes, tlDevice};
+  inUse[size_t(tlDevice)] += rounded;
+  *p = m;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  std::unique_lock<std::shared_mutex> lock(memMu);
+  auto it = allocations.find(reinterpret_cast<uintptr_t>(p));
+  if (it == allocations.end()) return fail(cudaErrorInvalidDevicePointer);
+  inUse[size_t(it->second.device)] -= (std::max<size_t>(it->second.bytes, 1) + 255) / 256 * 256;
+  allocations.erase(it);
+  freeGeneration.fetch_add(1, std::memory_order_release);
+  lock.unlock();
+  std::free(p);
+  return cudaSuccess;
+}
+cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t s) {
+  if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  return cudaMalloc(p, bytes);
+}
+cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
+  if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  return cudaFree(p);
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t s) {
+  MLA_EMU_STICKY();
+  if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  if (n == 0) return cudaSuccess;
+  // Strict about direction: a host pointer where device memory is expected is a bug here, even
+  // though a real GPU with unified addressing might accept it.
+  const bool dstDev = isDeviceRange(dst, n), srcDev = isDeviceRange(src, n);
+  bool ok = false;
+  switch (kind) {
+    case cudaMemcpyHostToDevice: ok = dstDev; break;
+    case cudaMemcpyDeviceToHost: ok = srcDev; break;
+    case cudaMemcpyDeviceToDevice: ok = dstDev && srcDev; break;
+    case cudaMemcpyHostToHost: ok = true; break;
+    default: ok = dstDev || srcDev; break;
+  }
+  if (!ok) return fail(cudaErrorInvalidValue);
+  std::memmove(dst, src, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+  return cudaMemcpyAsync(dst, src, n, kind, nullptr);
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) {
+  MLA_EMU_STICKY();
+  if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  if (n == 0) return cudaSuccess;
+  if (!isDeviceRange(p, n)) return fail(cudaErrorInvalidValue);
+  std::memset(p, value, n);
+  return cudaSuccess;
+}
+cudaError_t cudaMemset(void* p, int value, size_t n) { return cudaMemsetAsync(p, value, n, nullptr); }
+
+cudaError_t cudaDeviceSynchronize() {
+  MLA_EMU_STICKY();
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* s) {
+  MLA_EMU_STICKY();
+  *s = new CUstream_st{tlDevice};
+  std::lock_guard<std::mutex> lock(handleMu);
+  streams.insert(*s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  {
+    std::lock_guard<std::mutex> lock(handleMu);
+    if (!s || !streams.erase(s)) return fail(cudaErrorInvalidResourceHandle);
+  }
+  delete s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  MLA_EMU_STICKY();
+  return validStream(s) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+  MLA_EMU_STICKY();
+  return validStream(s) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  MLA_EMU_STICKY();
+  if (!validStream(s) || !validEvent(e)) return fail(cudaErrorInvalidResourceHandle);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  MLA_EMU_STICKY();
+  *e = new CUevent_st{};
+  std::lock_guard<std::mutex> lock(handleMu);
+  events.insert(*e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  {
+    std::lock_guard<std::mutex> lock(handleMu);
+    if (!e || !events.erase(e)) return fail(cudaErrorInvalidResourceHandle);
+  }
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  MLA_EMU_STICKY();
+  if (!validEvent(e) || !validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  e->recorded = true;
+  e->at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  MLA_EMU_STICKY();
+  return validEvent(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaEventQuery(cudaEvent_t e) {
+  MLA_EMU_STICKY();
+  return validEvent(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  MLA_EMU_STICKY();
+  if (!validEvent(start) || !validEvent(end)) return fail(cudaErrorInvalidResourceHandle);
+  if (!start->recorded || !end->recorded) return fail(cudaErrorInvalidResourceHandle);
+  *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || value > device(tlDevice).smemOptin) return fail(cudaErrorInvalidValue);
+    std::lock_guard<std::mutex> lock(attrMu);
+    dynSmemLimit[func] = value;
+  }
+  return cudaSuccess;
+}
+
+// Blocks per SM from shared memory and threads (1 KB per block is reserved by the hardware);
+// registers are not modelled, which only matters for how plans split work, never for results.
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void*, int blockSize, size_t smem) {
+  if (blockSize < 1 || blockSize > 1024) return fail(cudaErrorInvalidValue);
+  cudaDeviceProp p;
+  cudaGetDeviceProperties(&p, tlDevice);
+  int bySmem = smem ? int(p.sharedMemPerMultiprocessor / (smem + 1024)) : 32;
+  int byThreads = p.maxThreadsPerMultiProcessor / (((blockSize + 31) / 32) * 32);
+  *n = std::max(0, std::min({bySmem, byThreads, 32}));
+  return cudaSuccess;
+}
+
+}  // extern "C"

@@ -1,0 +1,797 @@
+// The emulated SM: a block runs as one fiber per CUDA thread on the launching OS thread.
+// Fibers switch only at block barriers and warp collectives, so a thread runs until it must
+// wait for others; a warp collective is a rendezvous where the last lane to arrive computes
+// every lane's result. Everything a GPU would leave undefined is made loud: cp.async
+// destinations are poisoned until their wait_group, dynamic shared memory starts as NaN bytes
+// at its exact size, a 16-byte shadow of it reports reads of in-flight copies and cross-warp
+// hazards without a barrier, divergent barriers and deadlocks stop the kernel. Any such
+// finding is a fault: the block stops, and the launch fails with a sticky error whose message
+// names the block, thread and source line (the binding turns it into an MlaError).
+#include <sys/mman.h>
+#include <unistd.h>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+#include "emu/device.h"
+#include "emu/emu.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define MLA_EMU_ASAN 1
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+// ThreadSanitizer mode (-DMLA_EMU_TSAN, this file built without -fsanitize=thread, the kernels
+// with it): every CUDA thread runs on its own TSan fiber, switched without synchronisation, and
+// the orderings CUDA guarantees are stated here as acquire/release edges, so a missing barrier
+// between plain shared-memory accesses is reported at the kernel's lines.
+#ifdef MLA_EMU_TSAN
+#include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_read_range(void* addr, unsigned long size);
+extern "C" void __tsan_write_range(void* addr, unsigned long size);
+extern "C" void __tsan_func_entry(void* pc);
+extern "C" void __tsan_func_exit();
+#define TSAN_REL(p) __tsan_release(static_cast<void*>(p))
+#define TSAN_ACQ(p) __tsan_acquire(static_cast<void*>(p))
+#else
+#define TSAN_REL(p) ((void)0)
+#define TSAN_ACQ(p) ((void)0)
+#endif
+
+namespace mla::emu {
+
+// ---- context switch ---------------------------------------------------------------------------
+#if defined(__x86_64__)
+// Saves the callee-saved registers on the current stack, stores its pointer, loads the other.
+// (ucontext's swapcontext makes a signal-mask system call per switch: ~50x slower.)
+extern "C" void mla_emu_swap(void** save, void* load);
+asm(R"(
+.text
+.globl mla_emu_swap
+.hidden mla_emu_swap
+.type mla_emu_swap,@function
+mla_emu_swap:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+.size mla_emu_swap, .-mla_emu_swap
+)");
+#else
+#error "the emulated device needs x86-64 (CMake skips it elsewhere)"
+#endif
+
+namespace {
+
+enum State { kRunnable, kAtBarrier, kInWarpOp, kExited };
+
+struct CpCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  int srcBytes, group;
+};
+
+struct Fiber {
+  void* sp = nullptr;
+  char* stack = nullptr;
+  uint3 tid{};
+  int linear = 0, lane = 0, warp = 0;
+  State state = kRunnable;
+  uint64_t waitGen = 0;
+  const char* waitFile = nullptr;
+  int waitLine = 0;
+  std::vector<CpCopy> copies;
+  int committed = 0;  // committed cp.async groups; open copies carry group == committed
+#ifdef MLA_EMU_ASAN
+  void* asanFake = nullptr;
+#endif
+};
+
+// A warp collective in progress: each lane deposits its operand, the last computes for all.
+struct Slot {
+  alignas(16) unsigned char b[64];
+};
+using WarpCompute = void (*)(const Slot* in, Slot* out, unsigned mask, uintptr_t arg);
+struct Warp {
+  unsigned arrived = 0, mask = 0;
+  uint64_t gen = 0;
+  const char* op = nullptr;
+  uintptr_t arg = 0;
+  const char* file = nullptr;
+  int line = 0;
+  Slot in[32], out[32];
+};
+
+// Shadow of one 16-byte chunk of dynamic shared memory.
+struct Chunk {
+  int32_t pendingBy = -1;    // thread with a cp.async in flight into it
+  int32_t writer = -1;       // thread whose cp.async last completed here
+  uint64_t writeEpoch = 0;   // barrier generation of that completion
+  int32_t readerWarp = -1;   // warp that read it with ldmatrix in readEpoch (-2: several)
+  uint64_t readEpoch = ~0ull;
+};
+
+struct Block {
+  std::vector<Fiber>* fibers = nullptr;
+  int threads = 0, alive = 0, atBarrier = 0;
+  uint64_t barrierGen = 0;
+  const char* barrierFile = nullptr;
+  int barrierLine = 0;
+  unsigned char* smem = nullptr;
+  size_t smemBytes = 0;
+  std::vector<Chunk> shadow;
+  Warp warps[32];
+  void* schedulerSp = nullptr;
+  KernelBody body = nullptr;
+  const void* params = nullptr;
+  const void* kernel = nullptr;
+  bool faulted = false;
+  std::string faultMessage;
+};
+
+thread_local Fiber* tlFiber = nullptr;
+thread_local Block* tlBlock = nullptr;
+#ifdef MLA_EMU_ASAN
+thread_local const void* tlHostStackBottom = nullptr;
+thread_local size_t tlHostStackSize = 0;
+#endif
+
+int envInt(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? std::atoi(v) : fallback;
+}
+
+#ifdef MLA_EMU_TSAN
+// Synchronisation objects live in memory TSan never sees freed (it keys them by address).
+constexpr int kBarrierRing = 16, kWarpRing = 64;
+struct TsanSync {
+  char launch, blockEnd;
+  char barrier[kBarrierRing];
+  char warp[32][kWarpRing];
+};
+thread_local TsanSync* tlSync = nullptr;
+thread_local void* tlHostFiber = nullptr;
+thread_local std::vector<void*> tlTsanFibers;
+void* tsanFiber(size_t i) {
+  while (tlTsanFibers.size() <= i) tlTsanFibers.push_back(__tsan_create_fiber(0));
+  return tlTsanFibers[i];
+}
+struct TsanFrame {  // puts the kernel line that called ldmatrix / cp.async on the report's stack
+  explicit TsanFrame(void* pc) { __tsan_func_entry(pc); }
+  ~TsanFrame() { __tsan_func_exit(); }
+};
+#define TSAN_FRAME() TsanFrame tsanFrame_(__builtin_return_address(0))
+#else
+#define TSAN_FRAME() ((void)0)
+#endif
+
+void toScheduler() {
+  Fiber& f = *tlFiber;
+#ifdef MLA_EMU_ASAN
+  __sanitizer_start_switch_fiber(f.state == kExited || tlBlock->faulted ? nullptr : &f.asanFake, tlHostStackBottom,
+                                 tlHostStackSize);
+#endif
+#ifdef MLA_EMU_TSAN
+  __tsan_switch_to_fiber(tlHostFiber, __tsan_switch_to_fiber_no_sync);
+#endif
+  mla_emu_swap(&f.sp, tlBlock->schedulerSp);
+#ifdef MLA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(f.asanFake, nullptr, nullptr);
+#endif
+}
+
+std::string where() {
+  char buf[160];
+  const uint3 b = tlBlockIdx;
+  if (tlFiber)
+    snprintf(buf, sizeof buf, "block (%u,%u,%u) thread %d (warp %d lane %d)", b.x, b.y, b.z, tlFiber->linear,
+             tlFiber->warp, tlFiber->lane);
+  else
+    snprintf(buf, sizeof buf, "block (%u,%u,%u)", b.x, b.y, b.z);
+  return buf;
+}
+
+// Ends the block with a fault; called on a fiber, never returns to it.
+[[noreturn]] void faultHere(const std::string& message) {
+  Block& B = *tlBlock;
+  if (!B.faulted) {
+    B.faulted = true;
+    B.faultMessage = message;
+  }
+  toScheduler();
+  __builtin_unreachable();
+}
+
+std::string vformat(const char* fmt, va_list ap) {
+  char buf[1024];
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  return buf;
+}
+
+std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+std::string format(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  std::string s = vformat(fmt, ap);
+  va_end(ap);
+  return s;
+}
+
+void releaseBarrier(Block& B) {
+  B.atBarrier = 0;
+  B.barrierGen++;
+  B.barrierFile = nullptr;
+}
+
+void fiberMain() {
+#ifdef MLA_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &tlHostStackBottom, &tlHostStackSize);
+#endif
+  Block& B = *tlBlock;
+  TSAN_ACQ(&tlSync->launch);  // the launch orders everything the host did before it
+  B.body(B.params, B.kernel);
+  Fiber& f = *tlFiber;
+  if (!f.copies.empty())
+    faultHere(format("%s exited with %zu cp.async copies it never waited for (cp.async.wait_group missing)",
+                     where().c_str(), f.copies.size()));
+  f.state = kExited;
+  B.alive--;
+  TSAN_REL(&tlSync->blockEnd);
+  // An exited thread no longer counts at a barrier (sm_70+ semantics); the rest may now be complete.
+  if (B.atBarrier > 0) {
+    TSAN_REL(&tlSync->barrier[B.barrierGen % kBarrierRing]);
+    if (B.atBarrier == B.alive) releaseBarrier(B);
+  }
+  toScheduler();
+  __builtin_unreachable();
+}
+
+size_t stackBytes() {
+#ifdef MLA_EMU_ASAN
+  static const size_t bytes = size_t(envInt("MLA_EMU_STACK_KB", 512)) * 1024;
+#else
+  static const size_t bytes = size_t(envInt("MLA_EMU_STACK_KB", 128)) * 1024;
+#endif
+  return bytes;
+}
+
+// Stacks are kept per OS thread and reused by every block; a PROT_NONE page below each turns
+// an overflow into a crash at the overflow rather than silent corruption.
+thread_local std::vector<char*> tlStacks;
+char* stackFor(size_t i) {
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  while (tlStacks.size() <= i) {
+    void* m = mmap(nullptr, stackBytes() + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    if (m == MAP_FAILED) return nullptr;
+    mprotect(m, page, PROT_NONE);
+    tlStacks.push_back(static_cast<char*>(m) + page);
+  }
+  return tlStacks[i];
+}
+struct StackPool {  // unmaps an exiting OS thread's stacks (worker threads come and go)
+  ~StackPool() {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    for (char* s : tlStacks) munmap(s - page, stackBytes() + page);
+  }
+};
+thread_local StackPool tlStackPool;
+
+bool initFiber(Fiber& f, size_t i) {
+  (void)&tlStackPool;
+  f.stack = stackFor(i);
+  if (!f.stack) return false;
+#ifdef MLA_EMU_ASAN
+  __asan_unpoison_memory_region(f.stack, stackBytes());
+#endif
+  uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + stackBytes()) & ~uintptr_t(15);
+  void** sp = reinterpret_cast<void**>(top - 16);
+  sp[0] = reinterpret_cast<void*>(&fiberMain);  // where mla_emu_swap's ret goes; rsp % 16 == 8 on entry
+  sp[1] = nullptr;
+  sp -= 6;  // r15 r14 r13 r12 rbx rbp
+  for (int k = 0; k < 6; ++k) sp[k] = nullptr;
+  f.sp = sp;
+  return true;
+}
+
+Chunk* chunkOf(const void* p, const char* op, const char* file, int line) {
+  Block& B = *tlBlock;
+  const unsigned char* c = static_cast<const unsigned char*>(p);
+  if (c < B.smem || c + 16 > B.smem + B.smemBytes)
+    faultHere(format("%s at %s:%d: %s shared address %p is outside the block's %zu bytes of dynamic shared memory",
+                     where().c_str(), file, line, op, p, B.smemBytes));
+  if (size_t(c - B.smem) % 16 != 0)
+    faultHere(format("%s at %s:%d: %s shared address %p is not 16-byte aligned", where().c_str(), file, line, op, p));
+  return &B.shadow[size_t(c - B.smem) / 16];
+}
+
+void runBlock(Block& B, std::vector<Fiber>& fibers, std::mt19937* shuffle) {
+  std::vector<int> order(fibers.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
+  for (;;) {
+    if (shuffle) std::shuffle(order.begin(), order.end(), *shuffle);
+    bool progressed = false;
+    for (int idx : order) {
+      Fiber& f = fibers[size_t(idx)];
+      if (f.state == kExited) continue;
+      if (f.state == kAtBarrier && f.waitGen == B.barrierGen) continue;
+      if (f.state == kInWarpOp && f.waitGen == B.warps[f.warp].gen) continue;
+      f.state = kRunnable;
+      tlFiber = &f;
+#ifdef MLA_EMU_ASAN
+      void* fake = nullptr;
+      __sanitizer_start_switch_fiber(&fake, f.stack, stackBytes());
+      mla_emu_swap(&B.schedulerSp, f.sp);
+      __sanitizer_finish_switch_fiber(fake, &tlHostStackBottom, &tlHostStackSize);
+#elif defined(MLA_EMU_TSAN)
+      __tsan_switch_to_fiber(tsanFiber(size_t(idx)), __tsan_switch_to_fiber_no_sync);
+      mla_emu_swap(&B.schedulerSp, f.sp);
+#else
+      mla_emu_swap(&B.schedulerSp, f.sp);
+#endif
+      tlFiber = nullptr;
+      if (B.faulted) return;
+      progressed = true;
+    }
+    if (B.alive == 0) return;
+    if (!progressed) {
+      std::string m = format("deadlock in block (%u,%u,%u): %d of %d threads can never continue", tlBlockIdx.x,
+                             tlBlockIdx.y, tlBlockIdx.z, B.alive, B.threads);
+      if (B.barrierFile) m += format("; __syncthreads pending at %s:%d", B.barrierFile, B.barrierLine);
+      for (int w = 0; w < (B.threads + 31) / 32; ++w) {
+        unsigned exited = 0, barrier = 0, inOp = 0;
+        for (int l = 0; l < 32 && w * 32 + l < B.threads; ++l) {
+          const Fiber& f = fibers[size_t(w * 32 + l)];
+          if (f.state == kExited) exited |= 1u << l;
+          if (f.state == kAtBarrier) barrier |= 1u << l;
+          if (f.state == kInWarpOp) inOp |= 1u << l;
+        }
+        m += format("; warp %d: exited 0x%08x, at the barrier 0x%08x, in %s 0x%08x", w, exited, barrier,
+                    B.warps[w].op ? B.warps[w].op : "a warp op", inOp);
+        if (B.warps[w].op) m += format(" (mask 0x%08x at %s:%d)", B.warps[w].mask, B.warps[w].file, B.warps[w].line);
+      }
+      B.faulted = true;
+      B.faultMessage = m;
+      return;
+    }
+  }
+}
+
+// ---- warp collectives --------------------------------------------------------------------------
+void warpRendezvous(const char* op, unsigned mask, uintptr_t arg, const void* in, size_t inBytes, void* out,
+                    size_t outBytes, WarpCompute compute, const char* file, int line) {
+  Block& B = *tlBlock;
+  Fiber& f = *tlFiber;
+  Warp& w = B.warps[f.warp];
+  const int warpThreads = std::min(32, B.threads - f.warp * 32);
+  const unsigned exists = warpThreads == 32 ? 0xffffffffu : (1u << warpThreads) - 1;
+  if (!((mask >> f.lane) & 1u))
+    faultHere(format("%s at %s:%d: %s with mask 0x%08x that leaves out the calling lane", where().c_str(), file, line,
+                     op, mask));
+  if (mask & ~exists)
+    faultHere(format("%s at %s:%d: %s mask 0x%08x names lanes this warp does not have", where().c_str(), file, line,
+                     op, mask));
+  if (w.arrived == 0) {
+    w.op = op;
+    w.mask = mask;
+    w.arg = arg;
+    w.file = file;
+    w.line = line;
+  } else if (w.op != op || w.mask != mask || w.arg != arg) {
+    faultHere(format("%s at %s:%d: divergent warp collectives: %s (mask 0x%08x) here, %s (mask 0x%08x) pending at "
+                     "%s:%d",
+                     where().c_str(), file, line, op, mask, w.op, w.mask, w.file, w.line));
+  }
+  std::memcpy(w.in[f.lane].b, in, inBytes);
+#ifdef MLA_EMU_TSAN
+  char* sync = &tlSync->warp[f.warp][w.gen % kWarpRing];
+  TSAN_REL(sync);
+#endif
+  w.arrived |= 1u << f.lane;
+  if (w.arrived == mask) {
+    TSAN_ACQ(sync);
+    compute(w.in, w.out, mask, arg);
+    w.arrived = 0;
+    w.op = nullptr;
+    w.gen++;
+  } else {
+    f.state = kInWarpOp;
+    f.waitGen = w.gen;
+    toScheduler();
+    TSAN_ACQ(sync);
+  }
+  std::memcpy(out, w.out[f.lane].b, outBytes);
+}
+
+struct ShflIn {
+  uint64_t v;
+  int32_t mode, arg, width;
+};
+void shflCompute(const Slot* in, Slot* out, unsigned mask, uintptr_t) {
+  for (int l = 0; l < 32; ++l) {
+    if (!((mask >> l) & 1u)) continue;
+    ShflIn s;
+    std::memcpy(&s, in[l].b, sizeof s);
+    const int w = s.width, base = l & ~(w - 1), li = l & (w - 1);
+    int src = l;
+    switch (s.mode) {
+      case kShflIdx: src = base + (s.arg & (w - 1)); break;
+      case kShflXor: src = (li ^ s.arg) < w ? base + (li ^ s.arg) : l; break;
+      case kShflDown: src = li + s.arg < w ? l + s.arg : l; break;
+      case kShflUp: src = li - s.arg >= 0 ? l - s.arg : l; break;
+    }
+    // PTX: reading an inactive lane gives an undefined value; make it loud.
+    uint64_t v = 0x7fc00000dead0000ull;
+    if ((mask >> src) & 1u) {
+      ShflIn t;
+      std::memcpy(&t, in[src].b, sizeof t);
+      v = t.v;
+    }
+    std::memcpy(out[l].b, &v, 8);
+  }
+}
+
+void ballotCompute(const Slot* in, Slot* out, unsigned mask, uintptr_t) {
+  uint32_t bits = 0;
+  for (int l = 0; l < 32; ++l)
+    if ((mask >> l) & 1u && in[l].b[0]) bits |= 1u << l;
+  for (int l = 0; l < 32; ++l) std::memcpy(out[l].b, &bits, 4);
+}
+
+// ---- ldmatrix: lane i (i < 8·num) names row i%8 of 8x8 tile i/8; each lane receives, per tile,
+// the pair of 16-bit elements at row lane/4, columns 2·(lane%4) and +1 (transposed: the column
+// pair of that row index). PTX ISA, "Warp-level matrix load instruction: ldmatrix".
+struct LdIn {
+  const unsigned char* p;
+  int32_t warp;
+};
+void ldmatrixCompute(const Slot* in, Slot* out, unsigned, uintptr_t arg) {
+  const int num = int(arg & 7);
+  const bool trans = (arg >> 3) & 1;
+  LdIn rows[32];
+  for (int l = 0; l < 32; ++l) std::memcpy(&rows[l], in[l].b, sizeof(LdIn));
+  Block& B = *tlBlock;
+  Warp& w = B.warps[tlFiber->warp];
+  for (int i = 0; i < 8 * num; ++i) {
+    Chunk* c = chunkOf(rows[i].p, "ldmatrix", w.file, w.line);
+    if (c->pendingBy >= 0)
+      faultHere(format("ldmatrix at %s:%d (warp %d, row of lane %d) reads shared memory with a cp.async of thread %d "
+                       "still in flight (no cp.async.wait_group covers it)",
+                       w.file, w.line, rows[i].warp, i, c->pendingBy));
+    if (c->writer >= 0 && c->writer / 32 != rows[i].warp && c->writeEpoch == B.barrierGen)
+      faultHere(format("ldmatrix at %s:%d (warp %d) reads shared memory that thread %d filled by cp.async without a "
+                       "__syncthreads in between",
+                       w.file, w.line, rows[i].warp, c->writer));
+    if (c->readEpoch == B.barrierGen && c->readerWarp != rows[i].warp) c->readerWarp = -2;
+    else if (c->readEpoch != B.barrierGen) c->readerWarp = rows[i].warp;
+    c->readEpoch = B.barrierGen;
+  }
+  for (int l = 0; l < 32; ++l) {
+    uint32_t r[4] = {0, 0, 0, 0};
+    for (int m = 0; m < num; ++m) {
+      if (!trans) {
+        std::memcpy(&r[m], rows[8 * m + (l >> 2)].p + 4 * (l & 3), 4);
+      } else {
+        uint16_t lo, hi;
+        std::memcpy(&lo, rows[8 * m + 2 * (l & 3)].p + 2 * (l >> 2), 2);
+        std::memcpy(&hi, rows[8 * m + 2 * (l & 3) + 1].p + 2 * (l >> 2), 2);
+        r[m] = uint32_t(lo) | (uint32_t(hi) << 16);
+      }
+    }
+    std::memcpy(out[l].b, r, 16);
+  }
+}
+
+// ---- mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.{bf16,f16}.f32 ---------------------------
+// Fragments (PTX ISA "Matrix Fragments for mma.m16n8k16 with floating point type"), with
+// g = lane/4, t = lane%4, the low 16 bits of a register first:
+//   A 16x16 row: a0 = A[g][2t,2t+1], a1 = A[g+8][2t,..], a2 = A[g][2t+8,..], a3 = A[g+8][2t+8,..]
+//   B 16x8 col:  b0 = B[2t,2t+1][g], b1 = B[2t+8,2t+9][g]
+//   C/D 16x8:    c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1]
+float half16(uint16_t h, MmaType type) {
+  if (type == kMmaBF16) {
+    uint32_t u = uint32_t(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  // IEEE binary16 -> float, exact (subnormals included).
+  const uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 31, mant = h & 1023;
+  float f;
+  if (exp == 31) {
+    const uint32_t u = sign | 0x7f800000u | (mant << 13);
+    std::memcpy(&f, &u, 4);
+  } else if (exp == 0) {
+    f = std::ldexp(float(mant), -24);
+    if (sign) f = -f;
+  } else {
+    const uint32_t u = sign | ((exp + 112) << 23) | (mant << 13);
+    std::memcpy(&f, &u, 4);
+  }
+  return f;
+}
+
+struct MmaIn {
+  uint32_t a[4], b[2];
+  float c[4];
+};
+void mmaCompute(const Slot* in, Slot* out, unsigned, uintptr_t arg) {
+  const MmaType type = MmaType(arg);
+  float A[16][16], Bm[16][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    MmaIn v;
+    std::memcpy(&v, in[l].b, sizeof v);
+    const int g = l >> 2, t = l & 3;
+    auto lo = [&](uint32_t r) { return half16(uint16_t(r & 0xffff), type); };
+    auto hi = [&](uint32_t r) { return half16(uint16_t(r >> 16), type); };
+    A[g][2 * t] = lo(v.a[0]);          A[g][2 * t + 1] = hi(v.a[0]);
+    A[g + 8][2 * t] = lo(v.a[1]);      A[g + 8][2 * t + 1] = hi(v.a[1]);
+    A[g][2 * t + 8] = lo(v.a[2]);      A[g][2 * t + 9] = hi(v.a[2]);
+    A[g + 8][2 * t + 8] = lo(v.a[3]);  A[g + 8][2 * t + 9] = hi(v.a[3]);
+    Bm[2 * t][g] = lo(v.b[0]);         Bm[2 * t + 1][g] = hi(v.b[0]);
+    Bm[2 * t + 8][g] = lo(v.b[1]);     Bm[2 * t + 9][g] = hi(v.b[1]);
+    C[g][2 * t] = v.c[0];              C[g][2 * t + 1] = v.c[1];
+    C[g + 8][2 * t] = v.c[2];          C[g + 8][2 * t + 1] = v.c[3];
+  }
+  // Products of 16-bit values are exact in double; the hardware's accumulation order is not
+  // specified, so the sum is formed exactly (to double) and rounded once.
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    float d[4];
+    const int rows[4] = {g, g, g + 8, g + 8}, cols[4] = {2 * t, 2 * t + 1, 2 * t, 2 * t + 1};
+    for (int k4 = 0; k4 < 4; ++k4) {
+      double s = C[rows[k4]][cols[k4]];
+      for (int k = 0; k < 16; ++k) s += double(A[rows[k4]][k]) * double(Bm[k][cols[k4]]);
+      d[k4] = float(s);
+    }
+    std::memcpy(out[l].b, d, 16);
+  }
+}
+
+}  // namespace
+
+// ---- kernel-facing entry points -----------------------------------------------------------------
+thread_local uint3 tlBlockIdx;
+thread_local dim3 tlBlockDim, tlGridDim;
+
+uint3& threadIndex() { return tlFiber->tid; }
+void* dynamicSmem() { return tlBlock->smem; }
+
+void fault(const char* file, int line, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  std::string m = vformat(fmt, ap);
+  va_end(ap);
+  faultHere(format("%s at %s:%d: %s", where().c_str(), file, line, m.c_str()));
+}
+
+void syncthreads(const char* file, int line) {
+  Block& B = *tlBlock;
+  Fiber& f = *tlFiber;
+  if (B.atBarrier == 0) {
+    B.barrierFile = file;
+    B.barrierLine = line;
+  } else if (line != B.barrierLine || std::strcmp(file, B.barrierFile) != 0) {
+    faultHere(format("%s: divergent __syncthreads: this thread is at %s:%d, others wait at %s:%d", where().c_str(),
+                     file, line, B.barrierFile, B.barrierLine));
+  }
+#ifdef MLA_EMU_TSAN
+  char* sync = &tlSync->barrier[B.barrierGen % kBarrierRing];
+  TSAN_REL(sync);  // arriving releases this thread's writes
+#endif
+  if (++B.atBarrier == B.alive) {
+    TSAN_ACQ(sync);
+    releaseBarrier(B);
+    return;
+  }
+  f.state = kAtBarrier;
+  f.waitGen = B.barrierGen;
+  f.waitFile = file;
+  f.waitLine = line;
+  toScheduler();
+  TSAN_ACQ(sync);  // leaving acquires everyone's
+}
+
+void syncwarp(unsigned mask, const char* file, int line) {
+  char none = 0;
+  warpRendezvous("__syncwarp", mask, 0, &none, 0, &none, 0, [](const Slot*, Slot*, unsigned, uintptr_t) {}, file,
+                 line);
+}
+
+uint64_t shfl(unsigned mask, uint64_t v, int mode, int arg, int width, const char* file, int line) {
+  if (width < 1 || width > 32 || (width & (width - 1)))
+    fault(file, line, "shuffle width %d is not a power of two in [1, 32]", width);
+  ShflIn in{v, mode, arg, width};
+  uint64_t out = 0;
+  warpRendezvous("shuffle", mask, 0, &in, sizeof in, &out, sizeof out, &shflCompute, file, line);
+  return out;
+}
+
+unsigned ballot(unsigned mask, bool pred, const char* file, int line) {
+  unsigned char in = pred ? 1 : 0;
+  uint32_t out = 0;
+  warpRendezvous("vote", mask, 0, &in, 1, &out, 4, &ballotCompute, file, line);
+  return out;
+}
+
+void ldmatrix(int num, bool trans, uint32_t* r, const void* rowAddr, const char* file, int line) {
+  TSAN_FRAME();
+  LdIn in{static_cast<const unsigned char*>(rowAddr), tlFiber->warp};
+#ifdef MLA_EMU_TSAN
+  // The last lane gathers every row on the others' behalf: report each row as read by its lane.
+  if (tlFiber->lane < 8 * num) __tsan_read_range(const_cast<void*>(rowAddr), 16);
+#endif
+  uint32_t o[4];
+  warpRendezvous("ldmatrix", 0xffffffffu, uintptr_t(num | (trans ? 8 : 0)), &in, sizeof in, o, 16, &ldmatrixCompute,
+                 file, line);
+  for (int m = 0; m < num; ++m) r[m] = o[m];
+}
+
+void mmaM16N8K16(MmaType type, float* c, const uint32_t* a, const uint32_t* b, const char* file, int line) {
+  MmaIn in;
+  std::memcpy(in.a, a, 16);
+  std::memcpy(in.b, b, 8);
+  std::memcpy(in.c, c, 16);
+  warpRendezvous("mma.sync", 0xffffffffu, uintptr_t(type), &in, sizeof in, c, 16, &mmaCompute, file, line);
+}
+
+void cpAsync(void* dst, const void* src, int srcBytes, const char* file, int line) {
+  TSAN_FRAME();
+  Block& B = *tlBlock;
+  Fiber& f = *tlFiber;
+  if (srcBytes != 0 && srcBytes != 16) fault(file, line, "cp.async src-size %d (only 0 or 16 are emulated)", srcBytes);
+  if (srcBytes > 0) {
+    if (reinterpret_cast<uintptr_t>(src) % 16 != 0)
+      fault(file, line, "cp.async global source %p is not 16-byte aligned", src);
+    if (!isDeviceRange(src, size_t(srcBytes)))
+      fault(file, line, "cp.async reads [%p, +%d), which is not inside any live device allocation", src, srcBytes);
+  }
+  Chunk* c = chunkOf(dst, "cp.async", file, line);
+  if (c->pendingBy >= 0)
+    fault(file, line, "cp.async into shared memory that already has a copy of thread %d in flight", c->pendingBy);
+  if (c->readEpoch == B.barrierGen && c->readerWarp != f.warp)
+    fault(file, line,
+          "cp.async overwrites shared memory that warp %d read (ldmatrix) since the last __syncthreads (write after "
+          "read)",
+          c->readerWarp);
+  c->pendingBy = f.linear;
+#ifdef MLA_EMU_TSAN
+  __tsan_write_range(dst, 16);  // the copy may land any time from now on
+#endif
+  std::memset(dst, 0xff, 16);  // undefined until the wait: NaN in every float format
+  f.copies.push_back(CpCopy{static_cast<unsigned char*>(dst), static_cast<const unsigned char*>(src), srcBytes,
+                            f.committed});
+}
+
+void cpAsyncCommit() { tlFiber->committed++; }
+
+void cpAsyncWait(int pending, const char* file, int line) {
+  TSAN_FRAME();
+  (void)file;
+  (void)line;
+  Block& B = *tlBlock;
+  Fiber& f = *tlFiber;
+  const int complete = f.committed - pending;  // groups [0, complete) must have landed
+  size_t keep = 0;
+  for (size_t i = 0; i < f.copies.size(); ++i) {
+    CpCopy& c = f.copies[i];
+    if (c.group < complete) {
+#ifdef MLA_EMU_TSAN
+      if (c.srcBytes > 0) __tsan_read_range(const_cast<unsigned char*>(c.src), size_t(c.srcBytes));
+      __tsan_write_range(c.dst, 16);
+#endif
+      if (c.srcBytes > 0) std::memcpy(c.dst, c.src, 16);
+      else std::memset(c.dst, 0, 16);  // src-size 0: zero fill, global memory untouched
+      Chunk& ch = B.shadow[size_t(c.dst - B.smem) / 16];
+      ch.pendingBy = -1;
+      ch.writer = f.linear;
+      ch.writeEpoch = B.barrierGen;
+    } else {
+      f.copies[keep++] = c;
+    }
+  }
+  f.copies.resize(keep);
+}
+
+// ---- launch ---------------------------------------------------------------------------------------
+void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
+  if (cudaError_t sticky = stickyError()) return setLastError(sticky);
+  const long long threads = (long long)cfg.block.x * cfg.block.y * cfg.block.z;
+  // cudaErrorInvalidConfiguration, as the CUDA runtime reports a bad grid or block.
+  if (threads < 1 || threads > 1024 || cfg.block.x > 1024 || cfg.block.y > 1024 || cfg.block.z > 64 ||
+      cfg.grid.x < 1 || cfg.grid.y < 1 || cfg.grid.z < 1 || cfg.grid.x > 0x7fffffffu || cfg.grid.y > 65535 ||
+      cfg.grid.z > 65535)
+    return setLastError(cudaErrorInvalidConfiguration);
+  if (cfg.dynamicSmem > size_t(maxDynamicSmem(cfg.kernel))) return setLastError(cudaErrorInvalidValue);
+  const int dev = currentDevice();
+  if (cfg.dynamicSmem > size_t(device(dev).smemOptin)) return setLastError(cudaErrorInvalidValue);
+
+  static const int shuffleSeed = envInt("MLA_EMU_SHUFFLE", 0);
+  std::mt19937 rng{unsigned(shuffleSeed)};
+  std::vector<Fiber> fibers(static_cast<size_t>(threads));
+  Block B;
+  B.fibers = &fibers;
+  B.threads = int(threads);
+  B.body = body;
+  B.params = params;
+  B.kernel = cfg.kernel;
+  B.smemBytes = cfg.dynamicSmem;
+  // Exactly the requested size, so ASan sees an overrun by one byte.
+  std::vector<unsigned char> smem(cfg.dynamicSmem ? cfg.dynamicSmem : 1);
+  B.smem = cfg.dynamicSmem ? smem.data() : nullptr;
+  Block* outer = tlBlock;  // a launch from inside a kernel is not CUDA; keep the state sane anyway
+  tlBlock = &B;
+#ifdef MLA_EMU_TSAN
+  if (!tlSync) tlSync = new TsanSync();
+  tlHostFiber = __tsan_get_current_fiber();
+#endif
+  const uint3 savedIdx = tlBlockIdx;
+  const dim3 savedDim = tlBlockDim, savedGrid = tlGridDim;
+  tlGridDim = cfg.grid;
+  tlBlockDim = cfg.block;
+  // Blocks run in order, or in a shuffled order with MLA_EMU_SHUFFLE=seed (no kernel may depend
+  // on the order of its blocks).
+  const size_t nBlocks = size_t(cfg.grid.x) * cfg.grid.y * cfg.grid.z;
+  std::vector<size_t> blockOrder;
+  if (shuffleSeed) {
+    blockOrder.resize(nBlocks);
+    for (size_t i = 0; i < nBlocks; ++i) blockOrder[i] = i;
+    std::shuffle(blockOrder.begin(), blockOrder.end(), rng);
+  }
+  for (size_t n = 0; n < nBlocks && !B.faulted; ++n) {
+    const size_t i = shuffleSeed ? blockOrder[n] : n;
+    tlBlockIdx = make_uint3(unsigned(i % cfg.grid.x), unsigned(i / cfg.grid.x % cfg.grid.y),
+                            unsigned(i / (size_t(cfg.grid.x) * cfg.grid.y)));
+    if (cfg.dynamicSmem) std::memset(B.smem, 0xff, cfg.dynamicSmem);  // uninitialised shared memory reads as NaN
+    B.shadow.assign((cfg.dynamicSmem + 15) / 16, Chunk{});
+    B.alive = B.threads;
+    B.atBarrier = 0;
+    B.barrierGen = 0;
+    B.barrierFile = nullptr;
+    for (auto& w : B.warps) w = Warp{};
+    for (int t = 0; t < B.threads; ++t) {
+      Fiber& f = fibers[size_t(t)];
+      f = Fiber{};
+      f.linear = t;
+      f.tid = make_uint3(unsigned(t) % cfg.block.x, unsigned(t) / cfg.block.x % cfg.block.y,
+                         unsigned(t) / (cfg.block.x * cfg.block.y));
+      f.lane = t & 31;
+      f.warp = t >> 5;
+      if (!initFiber(f, size_t(t))) {
+        B.faulted = true;
+        B.faultMessage = "could not map a fiber stack (out of host memory)";
+        break;
+      }
+    }
+    if (B.faulted) break;
+    TSAN_REL(&tlSync->launch);
+    runBlock(B, fibers, shuffleSeed ? &rng : nullptr);
+    TSAN_ACQ(&tlSync->blockEnd);
+  }
+  tlBlock = outer;
+  tlBlockIdx = savedIdx;
+  tlBlockDim = savedDim;
+  tlGridDim = savedGrid;
+  if (B.faulted) {
+    std::string m = "kernel " + std::string(cfg.name ? cfg.name : "?") + " faulted on the emulated device: " +
+                    B.faultMessage;
+    raiseSticky(cudaErrorLaunchFailure, m);
+    return setLastError(cudaErrorLaunchFailure);
+  }
+}
+
+}  // namespace mla::emu
