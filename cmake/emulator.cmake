@@ -82,7 +82,5 @@ elseif(MLA_EMU_SANITIZE STREQUAL "thread")
   set_source_files_properties(${MLA_EMU_KERNEL_WRAPPERS} PROPERTIES COMPILE_OPTIONS "-fsanitize=thread;-O1;-g")
   target_compile_definitions(${MLA_EMU_TARGET} PRIVATE MLA_EMU_TSAN=1)
   target_link_options(${MLA_EMU_TARGET} PRIVATE -fsanitize=thread)
-elseif(CMAKE_BUILD_TYPE STREQUAL "Release")
-  target_link_options(${MLA_EMU_TARGET} PRIVATE -s)
-endif()
+endif()  # not stripped: symbols make profiles and the rare crash readable
 message(STATUS "mla-cuda: emulated-device addon ${MLA_EMU_TARGET} (CUDA headers in ${MLA_CUDA_INCLUDE_DIR})")

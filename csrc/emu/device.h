@@ -50,9 +50,11 @@ struct LaunchConfig {
 // thread's last error like a real launch would.
 void launch(const LaunchConfig& cfg, KernelBody body, const void* params);
 
-uint3& threadIndex();
+// The built-in variables of the running CUDA thread.
+extern thread_local uint3* tlThreadIdx;
 extern thread_local uint3 tlBlockIdx;
-extern thread_local dim3 tlBlockDim, tlGridDim;
+extern thread_local dim3 tlBlockDim;
+extern thread_local dim3 tlGridDim;
 void* dynamicSmem();
 
 void syncthreads(const char* file, int line);
@@ -112,7 +114,7 @@ Launcher<P...> makeLauncher(void (*kernel)(P...), dim3 grid, dim3 block, size_t 
 }  // namespace mla::emu
 
 // ---- built-in variables ----------------------------------------------------------------------
-#define threadIdx (::mla::emu::threadIndex())
+#define threadIdx (*::mla::emu::tlThreadIdx)
 #define blockIdx (::mla::emu::tlBlockIdx)
 #define blockDim (::mla::emu::tlBlockDim)
 #define gridDim (::mla::emu::tlGridDim)

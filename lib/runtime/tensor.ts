@@ -241,8 +241,14 @@ export class DeviceTensor implements TensorMeta {
    * Copies to the host without blocking the event loop; raw elements (bits for 16-bit floats).
    * With `stream`, the copy comes after the work already queued there.
    */
-  async toHost(opts: StreamOption = {}): Promise<HostArray> {
-    await opts.stream?.synchronizeAsync();
+  toHost(opts: StreamOption = {}): Promise<HostArray> {
+    // Without a stream the download starts before this returns, so a dispose() right after the
+    // call cannot pull the memory from under it (an `await` first would let it).
+    if (!opts.stream) return this.#finishDownload();
+    return opts.stream.synchronizeAsync().then(() => this.#finishDownload());
+  }
+
+  async #finishDownload(): Promise<HostArray> {
     const { result, temp } = this.#download((b, off, n) => b.downloadAsync(off, n));
     try {
       return hostArrayFor(this.dtype, await result);

@@ -1,4 +1,7 @@
-// Shared by GPU tests: the skip reason, poisoning, fresh random data, error metrics.
+// Shared by GPU tests: the skip reason, the device they run on, poisoning, fresh random data,
+// error metrics. `npm test` sets MLA_CUDA_DEVICE=auto: a real GPU when there is one, otherwise
+// the emulated device (docs/emulator.md), so the kernel tests run on every machine with nvcc.
+import t from 'tap';
 import { cuda, DeviceTensor } from '../../lib/index.js';
 import { mulberry32, randnArray, relError } from '../../lib/reference/util.js';
 
@@ -6,6 +9,15 @@ const status = cuda.deviceStatus();
 
 /** tap `skip` option for GPU tests: false when a device is usable, else the visible reason. */
 export const gpuSkip: string | false = status.ok ? false : `no usable CUDA device (${status.code}: ${status.message})`;
+
+/** The kernels run on the emulated device (CPU): correct, slow; shapes may be reduced for time. */
+export const emulated = status.ok && cuda.buildInfo().emulated;
+
+/** Where this file's kernel tests run, in words. */
+export const deviceLabel = status.ok
+  ? `${emulated ? 'emulated device' : 'GPU'}: ${cuda.deviceInfo(0).name}`
+  : `nowhere (${status.code}): kernel tests skip`;
+t.comment(`kernel tests run on ${deviceLabel}`);
 
 /** Fills a tensor with NaN so any element a kernel fails to write shows up in the error. */
 export function poison(t: DeviceTensor): DeviceTensor {
