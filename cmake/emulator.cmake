@@ -59,7 +59,9 @@ file(GLOB MLA_EMU_CORE_SOURCES CONFIGURE_DEPENDS "${CMAKE_SOURCE_DIR}/csrc/emu/*
 file(GLOB MLA_EMU_HOST_SOURCES CONFIGURE_DEPENDS "${CMAKE_SOURCE_DIR}/csrc/binding/*.cc" "${CMAKE_SOURCE_DIR}/csrc/host/*.cc")
 
 add_library(${MLA_EMU_TARGET} SHARED ${MLA_EMU_HOST_SOURCES} ${MLA_EMU_KERNEL_WRAPPERS} ${MLA_EMU_CORE_SOURCES} ${CMAKE_JS_SRC})
-set_target_properties(${MLA_EMU_TARGET} PROPERTIES PREFIX "" SUFFIX ".node" CXX_VISIBILITY_PRESET hidden)
+# compile_commands.json: the mutation tests recompile one kernel with exactly these flags.
+set_target_properties(${MLA_EMU_TARGET} PROPERTIES PREFIX "" SUFFIX ".node" CXX_VISIBILITY_PRESET hidden
+  EXPORT_COMPILE_COMMANDS ON)
 if(MLA_OUTPUT_DIR)
   set_target_properties(${MLA_EMU_TARGET} PROPERTIES LIBRARY_OUTPUT_DIRECTORY "${MLA_OUTPUT_DIR}/emulator")
 endif()

@@ -7,13 +7,10 @@ import type { TensorMeta } from '../lib/index.js';
 import type { DType } from '../lib/dtype.js';
 import { checkDecodeIndices, decode, DecodeWorkspace, validateDecodeArgs } from '../lib/ops/decode.js';
 import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
-import { decodeReference } from '../lib/reference/decode.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
-import { gpuSkip, poison, randn, relError, rng, roundTo } from './helpers/gpu.js';
-import { throwsNaming as expectError, type Asserts } from './helpers/validation.js';
-
-const D = 576;
-const DV = 512;
+import { build, checkOutputs, D, disposeBuilt, DV, runBuilt, type CaseSpec } from './helpers/decode-cases.js';
+import { gpuSkip, poison, relError, rng } from './helpers/gpu.js';
+import { throwsNaming as expectError } from './helpers/validation.js';
 
 function meta(shape: number[], dtype: DType, extra: Partial<{ strides: number[]; disposed: boolean }> = {}): TensorMeta {
   const strides = extra.strides ?? shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
@@ -140,128 +137,6 @@ t.test('the tiny fixture (kv_lora 32, rope 16) is rejected: only 512 + 64 is sup
 });
 
 // ---- GPU ---------------------------------------------------------------------------------
-
-interface CaseSpec {
-  B: number;
-  H: number;
-  pageSize: number;
-  seqLens: number[];
-  /** Uniform s_q, or per request (then qSeqLens is passed). */
-  sQ: number | number[];
-  causal: boolean;
-  dtype: 'bf16' | 'f16';
-  seed: number;
-  scale?: number;
-}
-
-interface Built {
-  q: DeviceTensor;
-  cache: DeviceTensor;
-  blockTable: DeviceTensor;
-  seqLens: DeviceTensor;
-  qSeqLens?: DeviceTensor;
-  ref: { out: Float64Array; lse: Float64Array };
-  tokens: number;
-  tensors: DeviceTensor[];
-}
-
-/** Random inputs over shuffled pages (unused table entries hold -1), and the reference. */
-function build(spec: CaseSpec): Built {
-  const { B, H, pageSize, seqLens, dtype } = spec;
-  const r = rng(spec.seed);
-  const qLens = typeof spec.sQ === 'number' ? seqLens.map(() => spec.sQ as number) : spec.sQ;
-  const tokens = qLens.reduce((a, b) => a + b, 0);
-  const pagesOf = seqLens.map((L) => Math.ceil(L / pageSize));
-  const maxPages = Math.max(1, ...pagesOf) + 1;
-  const numPages = pagesOf.reduce((a, b) => a + b, 0) + 3;
-  const perm = Array.from({ length: numPages }, (_, i) => i);
-  for (let i = numPages - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
-  }
-  const table = new Int32Array(B * maxPages).fill(-1);
-  let next = 0;
-  for (let b = 0; b < B; b++) for (let i = 0; i < pagesOf[b]!; i++) table[b * maxPages + i] = perm[next++]!;
-  const qF = randn(tokens * H * D, spec.seed + 1, 0.5);
-  const cF = randn(numPages * pageSize * D, spec.seed + 2, 1);
-  const scale = spec.scale ?? 0.1352337788608801;
-  const ref = decodeReference({
-    q: roundTo(qF, dtype),
-    cache: roundTo(cF, dtype),
-    pageSize,
-    blockTable: table,
-    seqLens,
-    qSeqLens: qLens,
-    numHeads: H,
-    dimLatent: DV,
-    headDim: D,
-    scale,
-    causal: spec.causal,
-  });
-  const tensors: DeviceTensor[] = [];
-  const up = <T extends DeviceTensor>(x: T): T => {
-    tensors.push(x);
-    return x;
-  };
-  const built: Built = {
-    q: up(DeviceTensor.fromArray(qF, [tokens, H, D], dtype)),
-    cache: up(DeviceTensor.fromArray(cF, [numPages, pageSize, D], dtype)),
-    blockTable: up(DeviceTensor.fromArray(table, [B, maxPages], 'i32')),
-    seqLens: up(DeviceTensor.fromArray(Int32Array.from(seqLens), [B], 'i32')),
-    ref,
-    tokens,
-    tensors,
-  };
-  if (typeof spec.sQ !== 'number') built.qSeqLens = up(DeviceTensor.fromArray(Int32Array.from(qLens), [B], 'i32'));
-  return built;
-}
-
-function checkOutputs(tt: Asserts, label: string, got: { out: Float32Array; lse: Float32Array }, ref: { out: Float64Array; lse: Float64Array }): void {
-  const err = relError(got.out, ref.out);
-  tt.ok(err < 1e-2, `${label}: out rel err ${err.toExponential(2)} < 1e-2`);
-  let lseBad = 0;
-  let emptyBad = 0;
-  for (let i = 0; i < ref.lse.length; i++) {
-    const want = ref.lse[i]!;
-    const have = got.lse[i]!;
-    if (want === Infinity) {
-      if (have !== Infinity) lseBad++;
-      for (let c = 0; c < DV; c++) if (got.out[i * DV + c] !== 0) emptyBad++;
-    } else if (!(Math.abs(have - want) <= 2e-3 + 2e-3 * Math.abs(want))) {
-      lseBad++;
-    }
-  }
-  tt.equal(lseBad, 0, `${label}: lse matches (+inf for rows without keys)`);
-  tt.equal(emptyBad, 0, `${label}: rows without keys are exactly 0`);
-}
-
-function runBuilt(b: Built, spec: CaseSpec, ws?: DecodeWorkspace): { out: Float32Array; lse: Float32Array } {
-  const H = spec.H;
-  const out = poison(DeviceTensor.empty([b.tokens, H, DV], spec.dtype));
-  const lse = poison(DeviceTensor.empty([b.tokens, H], 'f32'));
-  try {
-    const res = decode({
-      q: b.q,
-      cache: b.cache,
-      blockTable: b.blockTable,
-      seqLens: b.seqLens,
-      qSeqLens: b.qSeqLens,
-      scale: spec.scale ?? 0.1352337788608801,
-      causal: spec.causal,
-      out,
-      lse,
-      workspace: ws,
-    });
-    return { out: res.out.toFloat32Sync(), lse: res.lse.toFloat32Sync() };
-  } finally {
-    out.dispose();
-    lse.dispose();
-  }
-}
-
-function disposeBuilt(b: Built): void {
-  for (const x of b.tensors) x.dispose();
-}
 
 t.test('decode matches the float64 reference on a randomized grid', { skip: gpuSkip }, (tt) => {
   const r = rng(1234);

@@ -723,6 +723,9 @@ void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
   const int dev = currentDevice();
   if (cfg.dynamicSmem > size_t(device(dev).smemOptin)) return setLastError(cudaErrorInvalidValue);
 
+  // MLA_EMU_FAULT=<part of a kernel name>: that kernel faults in its first block, so tests can
+  // see what a kernel fault does to the process (a typed error, a lost context; never an abort).
+  static const char* injectFault = std::getenv("MLA_EMU_FAULT");
   static const int shuffleSeed = envInt("MLA_EMU_SHUFFLE", 0);
   std::mt19937 rng{unsigned(shuffleSeed)};
   std::vector<Fiber> fibers(static_cast<size_t>(threads));
@@ -781,6 +784,12 @@ void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
       }
     }
     if (B.faulted) break;
+    if (injectFault && *injectFault && cfg.name && std::strstr(cfg.name, injectFault)) {
+      B.faulted = true;
+      B.faultMessage = format("block (%u,%u,%u): fault injected by MLA_EMU_FAULT=%s", tlBlockIdx.x, tlBlockIdx.y,
+                              tlBlockIdx.z, injectFault);
+      break;
+    }
     TSAN_REL(&tlSync->launch);
     runBlock(B, fibers, shuffleSeed ? &rng : nullptr);
     TSAN_ACQ(&tlSync->blockEnd);

@@ -1,0 +1,52 @@
+// primitives: argument reading for lib/ops/primitives.ts (the PTX conformance kernels; the
+// launcher re-checks shapes and dtypes so a direct call cannot fault).
+#include "binding/napi_util.h"
+#include "kernels/primitives.h"
+
+namespace mla::binding {
+namespace {
+
+// primitives({ which, ...the tensors of that primitive (see primitives.h), num?, trans?, stream? })
+Napi::Value PrimitivesOp(const Napi::CallbackInfo& info) {
+  ArgReader a(info, "primitives");
+  PrimitivesParams p;
+  const int64_t which = a.i64("which");
+  switch (which) {
+    case static_cast<int64_t>(Primitive::Mma):
+      p.a = a.tensor("a");
+      p.b = a.tensor("b");
+      p.c = a.tensor("c");
+      p.d = a.tensor("d");
+      break;
+    case static_cast<int64_t>(Primitive::Ldmatrix):
+      p.matrix = a.tensor("matrix");
+      p.perm = a.tensor("perm");
+      p.frag = a.tensor("frag");
+      p.num = static_cast<int>(a.i64("num"));
+      p.trans = a.boolean("trans", false);
+      break;
+    case static_cast<int64_t>(Primitive::CpAsync):
+      p.src = a.tensor("src");
+      p.pred = a.tensor("pred");
+      p.early = a.tensor("early");
+      p.out = a.tensor("out");
+      break;
+    case static_cast<int64_t>(Primitive::Shuffle):
+      p.values = a.tensor("values");
+      p.cases = a.tensor("cases");
+      p.shfl = a.tensor("shfl");
+      break;
+    case static_cast<int64_t>(Primitive::Vote):
+      p.preds = a.tensor("preds");
+      p.votes = a.tensor("votes");
+      break;
+    default: a.fail(Code::Range, "which", "must be 0 (mma) to 4 (vote)");
+  }
+  p.which = static_cast<Primitive>(which);
+  MLA_LAUNCH(a.env(), launchPrimitive(p, a.stream()));
+  return a.env().Undefined();
+}
+
+}  // namespace
+MLA_REGISTER_OP("primitives", PrimitivesOp);
+}  // namespace mla::binding

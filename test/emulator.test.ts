@@ -1,0 +1,105 @@
+// The emulated device itself (docs/emulator.md): the kernels' tile configurations on each
+// shared-memory tier with few SMs, a kernel fault as a typed error in a live process, memory
+// accounting and the device it reports. Runs where the emulated device is in use (npm test
+// without a GPU); on a real GPU the same kernels are covered by their own test files.
+import { EMULATED_TIERS } from './helpers/emulated-devices.js';
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { cuda, DeviceTensor } from '../lib/index.js';
+import { decodeConfig } from '../lib/ops/decode.js';
+import { linear } from '../lib/ops/linear.js';
+import { linear as refLinear } from '../lib/reference/linear.js';
+import { packageRoot } from '../lib/native.js';
+import { build, checkOutputs, disposeBuilt, runBuilt, type CaseSpec } from './helpers/decode-cases.js';
+import { emulated, poison, randn, relError, roundTo } from './helpers/gpu.js';
+
+const emuSkip = emulated ? false : 'the emulated device is not in use (MLA_CUDA_DEVICE=emulator or auto without a GPU)';
+
+t.test('the emulated device says what it is', { skip: emuSkip }, async (t) => {
+  const info = cuda.info();
+  t.equal(info.build.emulated, true);
+  t.equal(info.devices.length, EMULATED_TIERS.length, 'one device per MLA_EMU_DEVICES entry');
+  EMULATED_TIERS.forEach((arch, i) => t.match(info.devices[i]!.name, new RegExp(`^Emulated .*${arch}`), `device ${i}: ${info.devices[i]!.name}`));
+  t.same(info.devices.map((d) => d.sharedMemPerBlockOptin), [232448, 166912, 101376], 'the three shared-memory tiers');
+});
+
+// Decode picks BM (16/32/64 query rows) from H·s_q and BN/stages from the shared memory the
+// device offers: three devices × three row counts reach all nine instantiations.
+t.test('decode: every tile configuration, on each shared-memory tier, with few SMs', { skip: emuSkip }, async (t) => {
+  const seen = new Set<string>();
+  let seed = 4000;
+  for (let dev = 0; dev < EMULATED_TIERS.length; dev++) {
+    cuda.setDevice(dev);
+    for (const [H, sQ, pageSize, dtype] of [[3, 4, 16, 'bf16'], [16, 2, 256, 'f16'], [64, 1, 64, 'bf16']] as const) {
+      const cfg = decodeConfig(H, sQ);
+      seen.add(`${cfg.blockM}x${cfg.blockN}x${cfg.stages}`);
+      const spec: CaseSpec = { B: 3, H, pageSize, seqLens: [0, 1, 290 + 97 * dev], sQ, causal: sQ > 1, dtype, seed: seed++ };
+      const label = `${EMULATED_TIERS[dev]} H${H} sq${sQ} ps${pageSize} ${dtype}: BM${cfg.blockM} BN${cfg.blockN} ST${cfg.stages}, ${cfg.numParts} parts`;
+      t.ok(cfg.numParts <= 4 * 4, `${label}: splits sized for ${cuda.deviceInfo(dev).smCount} SMs`);
+      const b = build(spec);
+      try {
+        checkOutputs(t, label, runBuilt(b, spec), b.ref);
+      } finally {
+        disposeBuilt(b);
+      }
+    }
+  }
+  cuda.setDevice(0);
+  t.equal(seen.size, 9, `all nine tile configurations ran: ${[...seen].join(', ')}`);
+});
+
+// linear takes its 64- or 128-row tiles and stage count from the same limits.
+t.test('linear: tiled, skinny and split-K paths on each shared-memory tier', { skip: emuSkip }, async (t) => {
+  for (let dev = 0; dev < EMULATED_TIERS.length; dev++) {
+    cuda.setDevice(dev);
+    for (const [T, N, K] of [[300, 136, 520], [5, 264, 2056], [40, 512, 4096]] as const) {
+      const xh = randn(T * K, T + dev);
+      const wh = randn(N * K, N + dev, 1 / Math.sqrt(K));
+      const x = DeviceTensor.fromArray(xh, [T, K], 'bf16');
+      const w = DeviceTensor.fromArray(wh, [N, K], 'bf16');
+      const out = poison(DeviceTensor.empty([T, N], 'f32'));
+      try {
+        linear(x, w, { out });
+        const err = relError(out.toFloat32Sync(), refLinear(roundTo(xh, 'bf16'), T, K, roundTo(wh, 'bf16'), N));
+        t.ok(err < 1e-5, `${EMULATED_TIERS[dev]} T${T} N${N} K${K}: rel err ${err.toExponential(2)}`);
+      } finally {
+        x.dispose();
+        w.dispose();
+        out.dispose();
+      }
+    }
+  }
+  cuda.setDevice(0);
+});
+
+t.test('device memory is accounted and returns to its start value', { skip: emuSkip }, async (t) => {
+  const before = cuda.deviceInfo(0).freeMemory;
+  const held = Array.from({ length: 64 }, (_, i) => DeviceTensor.empty([1000 + i], 'f32'));
+  t.ok(cuda.deviceInfo(0).freeMemory < before, 'allocations are counted');
+  for (const x of held) x.dispose();
+  t.equal(cuda.deviceInfo(0).freeMemory, before, 'and given back');
+});
+
+// A kernel fault poisons the context, as on a GPU: the call that hit it and every later device
+// call throw MlaError; the process lives on. In a child, since the fault is process-wide.
+t.test('a kernel fault becomes a typed error and a lost context, never an abort', { skip: emuSkip }, async (t) => {
+  const script = `
+    const { DeviceTensor, rmsNorm } = await import(${JSON.stringify(`${packageRoot}/dist/index.js`)});
+    const x = DeviceTensor.fromArray(new Float32Array(64).fill(1), [2, 32], 'bf16');
+    const w = DeviceTensor.fromArray(new Float32Array(32).fill(1), [32], 'bf16');
+    const out = {};
+    try { rmsNorm(x, w, 1e-6); } catch (e) { out.first = { name: e.name, code: e.code, message: e.message }; }
+    try { DeviceTensor.zeros([4]); } catch (e) { out.later = { code: e.code, message: e.message }; }
+    console.log(JSON.stringify(out));`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    env: { ...process.env, MLA_CUDA_DEVICE: 'emulator', MLA_EMU_FAULT: 'rmsNormKernel' },
+  });
+  t.equal(r.status, 0, `the process exits normally ${r.stderr}`);
+  const res = JSON.parse(r.stdout) as { first?: { name: string; code: string; message: string }; later?: { code: string; message: string } };
+  t.equal(res.first?.name, 'MlaError');
+  t.equal(res.first?.code, 'ERR_CUDA');
+  t.match(res.first?.message, /rmsNormKernel.* faulted on the emulated device: block \(0,0,0\): fault injected/);
+  t.equal(res.later?.code, 'ERR_CUDA', 'later calls fail too (the context is lost)');
+  t.match(res.later?.message, /cudaErrorLaunchFailure/);
+});
