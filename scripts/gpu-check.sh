@@ -35,6 +35,28 @@ for phase in "$@"; do
       timeout 540 npx tap --reporter=tap $KERNEL_TESTS test/attention.test.ts test/demo.test.ts > "$OUT/test.log" 2>&1
       echo "tap exit $?"; grep -E "^# \{|^not ok" "$OUT/test.log" | tail -20
       node dist/cli/main.js demo --backend gpu > "$OUT/demo.txt" 2>&1; tail -12 "$OUT/demo.txt"
+      # PTX conformance: the GPU against the ISA, then the emulated device against the GPU, bit for bit.
+      step "primitives: GPU"
+      rm -f "$OUT"/primitives-*.json
+      MLA_CUDA_DEVICE=cuda MLA_PRIMITIVES_DUMP="$OUT/primitives-gpu.json" timeout 120 \
+        npx tap --reporter=tap --disable-coverage test/primitives.test.ts > "$OUT/primitives-gpu.log" 2>&1
+      echo "tap exit $?"; grep -E "^# \{|^ *not ok|zero result" "$OUT/primitives-gpu.log" | grep -v "# TODO" | tail -20
+      if [ ! -f "$OUT/primitives-gpu.json" ]; then
+        echo "primitives: the GPU run wrote no dump (see $OUT/primitives-gpu.log); nothing to compare"
+      elif [ -f build/Release/emulator/mla_cuda_emulator.node ]; then
+        step "primitives: emulated device"
+        MLA_CUDA_DEVICE=emulator MLA_PRIMITIVES_DUMP="$OUT/primitives-emu.json" timeout 120 \
+          npx tap --reporter=tap --disable-coverage test/primitives.test.ts > "$OUT/primitives-emu.log" 2>&1
+        echo "tap exit $?"; grep -E "^# \{" "$OUT/primitives-emu.log"
+        if cmp "$OUT/primitives-gpu.json" "$OUT/primitives-emu.json"; then
+          echo "primitives: emulator matches the GPU bit for bit"
+        else
+          echo "primitives: emulator DIFFERS from the GPU in $(diff "$OUT/primitives-gpu.json" "$OUT/primitives-emu.json" | grep -c '^<') outputs:"
+          diff "$OUT/primitives-gpu.json" "$OUT/primitives-emu.json" | grep '^<' | cut -d'"' -f2 | head -20
+        fi
+      else
+        echo "primitives: no emulator addon here (build/Release/emulator/mla_cuda_emulator.node); GPU run only"
+      fi
       ;;
     sanitize)
       for tool in memcheck racecheck; do

@@ -310,7 +310,10 @@ t.test('prefill vs float64 reference', { skip: gpuSkip }, async (t) => {
     { heads: 128, reqs: [[3, 2], [17, 0]], dtype: 'bf16', pageSize: 64 },
     { heads: 128, reqs: [[9, 30]], dtype: 'f16', pageSize: 16, chunkTokens: 16, split: true },
   ];
-  cases.forEach((c, i) => runCase(t, c, 100 + 17 * i));
+  for (const [i, c] of cases.entries()) {
+    const label = `H${c.heads} ${c.dtype} page ${c.pageSize} [q, prefix] ${JSON.stringify(c.reqs)}${c.chunkTokens ? ` chunks of ${c.chunkTokens}` : ''}`;
+    await t.test(label, async (tt) => runCase(tt, c, 100 + 17 * i));
+  }
 });
 
 t.test('prefill with a reused workspace (buffers grow, then are reused)', { skip: gpuSkip }, async (t) => {

@@ -422,24 +422,31 @@ struct ShflIn {
   uint64_t v;
   int32_t mode, arg, width;
 };
+// shfl.sync as the PTX ISA specifies it, with the c operand the CUDA intrinsics pass
+// (segmask = 32 - width in bits 12:8, clamp 31, or 0 for .up): only the low 5 bits of the lane
+// argument count, and a xor source may lie in an earlier segment.
 void shflCompute(const Slot* in, Slot* out, unsigned mask, uintptr_t) {
   for (int l = 0; l < 32; ++l) {
     if (!((mask >> l) & 1u)) continue;
     ShflIn s;
     std::memcpy(&s, in[l].b, sizeof s);
-    const int w = s.width, base = l & ~(w - 1), li = l & (w - 1);
-    int src = l;
+    const unsigned lane = unsigned(l), bval = unsigned(s.arg) & 31u, segmask = unsigned(32 - s.width) & 31u;
+    const unsigned cval = s.mode == kShflUp ? 0u : 31u;
+    const unsigned maxLane = (lane & segmask) | (cval & ~segmask), minLane = lane & segmask;
+    int j = l;
+    bool valid = false;
     switch (s.mode) {
-      case kShflIdx: src = base + (s.arg & (w - 1)); break;
-      case kShflXor: src = (li ^ s.arg) < w ? base + (li ^ s.arg) : l; break;
-      case kShflDown: src = li + s.arg < w ? l + s.arg : l; break;
-      case kShflUp: src = li - s.arg >= 0 ? l - s.arg : l; break;
+      case kShflUp: j = int(lane) - int(bval); valid = j >= int(maxLane); break;
+      case kShflDown: j = int(lane + bval); valid = j <= int(maxLane); break;
+      case kShflXor: j = int(lane ^ bval); valid = j <= int(maxLane); break;
+      default: j = int(minLane | (bval & ~segmask)); valid = j <= int(maxLane); break;
     }
-    // PTX: reading an inactive lane gives an undefined value; make it loud.
+    if (!valid) j = l;
+    // Reading a lane outside the member mask is undefined in PTX; make it loud.
     uint64_t v = 0x7fc00000dead0000ull;
-    if ((mask >> src) & 1u) {
+    if ((mask >> j) & 1u) {
       ShflIn t;
-      std::memcpy(&t, in[src].b, sizeof t);
+      std::memcpy(&t, in[j].b, sizeof t);
       v = t.v;
     }
     std::memcpy(out[l].b, &v, 8);

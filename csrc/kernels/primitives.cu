@@ -1,7 +1,7 @@
 // Conformance kernels (see primitives.h): one warp each, fragments packed by hand from global
 // memory per the PTX ISA figures, so a check of one primitive never leans on another (the mma
-// test does not go through ldmatrix). Arguments the lanes must agree on (case op, width) are
-// read from device memory so that nvcc cannot fold them into immediates the emulator never sees.
+// test does not go through ldmatrix). Shuffle arguments come from device memory, so nvcc cannot
+// fold them: the hardware's own handling of the register operands is what gets compared.
 #include <string>
 
 #include "kernels/common.cuh"
@@ -104,8 +104,7 @@ Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> 
   if (t.dtype != d0 && t.dtype != d1)
     return fail(Code::Dtype, arg, std::string("must be ") + dtypeName(d0) + (d0 != d1 ? std::string(" or ") + dtypeName(d1) : ""));
   bool ok = t.ndim == static_cast<int>(shape.size());
-  int i = 0;
-  for (int64_t s : shape) ok = ok && (s < 0 || t.shape[i++] == s);
+  for (int i = 0; ok && i < t.ndim; ++i) ok = shape.begin()[i] < 0 || t.shape[i] == shape.begin()[i];
   if (!ok) return fail(Code::Shape, arg, "has the wrong shape");
   if (!t.isContiguous()) return fail(Code::Shape, arg, "must be contiguous");
   return Status::Ok();

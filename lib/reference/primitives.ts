@@ -1,0 +1,115 @@
+// What the PTX ISA says the conformance kernels (csrc/kernels/primitives.cu) must produce,
+// written from the ISA's definitions and nothing else, so the emulated device and a GPU are each
+// held to the document rather than to one another.
+
+/** 0xFFFFFFFF: what lib/ops/primitives.ts fills every 32-bit output with before a run. */
+export const FILL_U32 = 0xffffffff;
+
+export type ShflOpName = 'idx' | 'xor' | 'down' | 'up';
+export interface ShuffleCase {
+  op: ShflOpName;
+  /** srcLane (idx), laneMask (xor) or delta (down, up); any int32. */
+  arg: number;
+  /** 1, 2, 4, 8, 16 or 32. */
+  width: number;
+}
+
+/** A 16-bit float's bits as a number, exactly (bf16: the top half of an f32). */
+export function halfBitsToNumber(h: number, dtype: 'bf16' | 'f16'): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  if (dtype === 'bf16') return new Float32Array(new Uint32Array([(h & 0xffff) << 16]).buffer)[0]!;
+  const e = (h >> 10) & 31, m = h & 1023;
+  if (e === 31) return m ? Number.NaN : sign * Infinity;
+  return sign * (e === 0 ? m * 2 ** -24 : (1024 + m) * 2 ** (e - 25));
+}
+
+/**
+ * mma.sync.m16n8k16.row.col.f32.{bf16,f16}: D = A·B + C for A [16,16], B [16,8] (row-major bits)
+ * and C [16,8]. Formed exactly (float64, C first, k ascending) and rounded once: the ISA does
+ * not fix the order or the intermediate rounding, so callers pick inputs where every partial sum
+ * is exact in fp32, and then this is the only right answer (up to the sign of an exact zero).
+ */
+export function mmaReference(a: Uint16Array, b: Uint16Array, c: Float32Array, dtype: 'bf16' | 'f16'): Float32Array {
+  const d = new Float32Array(128);
+  for (let i = 0; i < 16; i++) {
+    for (let j = 0; j < 8; j++) {
+      let s = c[i * 8 + j]!;
+      for (let k = 0; k < 16; k++) s += halfBitsToNumber(a[i * 16 + k]!, dtype) * halfBitsToNumber(b[k * 8 + j]!, dtype);
+      d[i * 8 + j] = s;
+    }
+  }
+  return d;
+}
+
+/**
+ * ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16: lane i < 8·num gives row i%8 of tile i/8
+ * (here: row perm[i] of the [32,8] u16 matrix). Lane l receives in register m the pair at tile
+ * row l/4, columns 2(l%4) and +1 (low half first); .trans: rows 2(l%4) and +1 of column l/4.
+ * Registers past num keep FILL_U32. Result [32 lanes][4].
+ */
+export function ldmatrixReference(matrix: Uint16Array, perm: ArrayLike<number>, num: 1 | 2 | 4, trans: boolean): Uint32Array {
+  const out = new Uint32Array(128).fill(FILL_U32);
+  const at = (m: number, r: number, col: number): number => matrix[(perm[8 * m + r]! & 31) * 8 + col]!;
+  for (let l = 0; l < 32; l++) {
+    for (let m = 0; m < num; m++) {
+      const [lo, hi] = trans
+        ? [at(m, 2 * (l % 4), l >> 2), at(m, 2 * (l % 4) + 1, l >> 2)]
+        : [at(m, l >> 2, 2 * (l % 4)), at(m, l >> 2, 2 * (l % 4) + 1)];
+      out[l * 4 + m] = (lo | (hi << 16)) >>> 0;
+    }
+  }
+  return out;
+}
+
+/**
+ * cp.async.cg.shared.global 16 B with src-size 16 (pred) or 0 (zero fill, no global read);
+ * chunks 0-31 in commit group 0, 32-63 in group 1. early [32,4]: chunk `lane` as its thread sees
+ * it after cp.async.wait_group 1 (group 0 is complete); out [64,4]: shared memory after
+ * wait_group 0 and a barrier.
+ */
+export function cpAsyncReference(src: Uint32Array, pred: ArrayLike<boolean>): { early: Uint32Array; out: Uint32Array } {
+  const out = new Uint32Array(256);
+  for (let i = 0; i < 64; i++) if (pred[i]) out.set(src.subarray(i * 4, i * 4 + 4), i * 4);
+  return { early: out.slice(0, 128), out };
+}
+
+/**
+ * shfl.sync.{idx,bfly,down,up}.b32 as the CUDA intrinsics issue it: c = ((32 - width) << 8) | 31
+ * (up: | 0). PTX ISA: bval = b[4:0], segmask = c[12:8], maxLane = (lane & segmask) |
+ * (cval & ~segmask), minLane = lane & segmask; up: j = lane - bval, ok if j >= maxLane; down:
+ * j = lane + bval, ok if j <= maxLane; bfly: j = lane ^ bval, ok if j <= maxLane; idx: j =
+ * minLane | (bval & ~segmask), ok if j <= maxLane; not ok: j = lane. Result [cases][32 lanes].
+ */
+export function shuffleReference(values: Uint32Array, cases: readonly ShuffleCase[]): Uint32Array {
+  const out = new Uint32Array(cases.length * 32);
+  cases.forEach(({ op, arg, width }, i) => {
+    const segmask = (32 - width) & 31, cval = op === 'up' ? 0 : 31, bval = arg & 31;
+    for (let lane = 0; lane < 32; lane++) {
+      const maxLane = (lane & segmask) | (cval & ~segmask & 31), minLane = lane & segmask;
+      let j: number, ok: boolean;
+      switch (op) {
+        case 'up': j = lane - bval; ok = j >= maxLane; break;
+        case 'down': j = lane + bval; ok = j <= maxLane; break;
+        case 'xor': j = lane ^ bval; ok = j <= maxLane; break;
+        case 'idx': j = minLane | (bval & ~segmask & 31); ok = j <= maxLane; break;
+      }
+      out[i * 32 + lane] = values[ok ? j : lane]!;
+    }
+  });
+  return out;
+}
+
+/** vote.sync.ballot/any/all with the full mask, per lane: [m][ballot, any, all][32 lanes]. */
+export function voteReference(preds: Int32Array): Uint32Array {
+  const m = preds.length / 32;
+  const out = new Uint32Array(m * 96);
+  for (let i = 0; i < m; i++) {
+    let bits = 0;
+    for (let l = 0; l < 32; l++) if (preds[i * 32 + l] !== 0) bits |= 1 << l;
+    bits >>>= 0;
+    out.fill(bits, i * 96, i * 96 + 32);
+    out.fill(bits !== 0 ? 1 : 0, i * 96 + 32, i * 96 + 64);
+    out.fill(bits === 0xffffffff ? 1 : 0, i * 96 + 64, i * 96 + 96);
+  }
+  return out;
+}
