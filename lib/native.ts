@@ -124,6 +124,13 @@ export function emulatorAddonPath(): string {
 
 let cached: NativeAddon | undefined;
 let loadError: string | undefined;
+let emulatorError: string | undefined;
+
+/** Why MLA_CUDA_DEVICE=auto found neither a GPU nor the emulated device (undefined otherwise). */
+export function emulatorUnavailable(): string | undefined {
+  load();
+  return emulatorError;
+}
 
 /* c8 ignore start */
 function load(): NativeAddon | undefined {
@@ -154,7 +161,19 @@ function load(): NativeAddon | undefined {
     } else {
       let real: NativeAddon | undefined;
       try { real = loadCuda(); } catch { real = undefined; }
-      addon = real && real.deviceStatus().ok ? real : loadEmulator();
+      if (real && real.deviceStatus().ok) {
+        addon = real;
+      } else {
+        // No GPU and no emulator either: keep the CUDA addon, whose status says why there is
+        // no device (tests then skip with that reason and this one).
+        try {
+          addon = loadEmulator();
+        } catch (err) {
+          if (!real) throw err;
+          emulatorError = err instanceof Error ? err.message : String(err);
+          addon = real;
+        }
+      }
     }
     addon.setErrorClass(MlaError);
     cached = addon;

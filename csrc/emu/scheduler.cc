@@ -673,11 +673,13 @@ void cpAsync(void* dst, const void* src, int srcBytes, const char* file, int lin
   Chunk* c = chunkOf(dst, "cp.async", file, line);
   if (c->pendingBy >= 0)
     fault(file, line, "cp.async into shared memory that already has a copy of thread %d in flight", c->pendingBy);
-  if (c->readEpoch == B.barrierGen && c->readerWarp != f.warp)
+  if (c->readEpoch == B.barrierGen && c->readerWarp != f.warp) {
+    char reader[32] = "several warps";
+    if (c->readerWarp >= 0) snprintf(reader, sizeof reader, "warp %d", c->readerWarp);
     fault(file, line,
-          "cp.async overwrites shared memory that warp %d read (ldmatrix) since the last __syncthreads (write after "
-          "read)",
-          c->readerWarp);
+          "cp.async overwrites shared memory that %s read (ldmatrix) since the last __syncthreads (write after read)",
+          reader);
+  }
   c->pendingBy = f.linear;
 #ifdef MLA_EMU_TSAN
   __tsan_write_range(dst, 16);  // the copy may land any time from now on

@@ -3,12 +3,16 @@
 // the emulated device (docs/emulator.md), so the kernel tests run on every machine with nvcc.
 import t from 'tap';
 import { cuda, DeviceTensor } from '../../lib/index.js';
+import { emulatorUnavailable } from '../../lib/native.js';
 import { mulberry32, randnArray, relError } from '../../lib/reference/util.js';
 
 const status = cuda.deviceStatus();
+const noEmulator = emulatorUnavailable();
 
 /** tap `skip` option for GPU tests: false when a device is usable, else the visible reason. */
-export const gpuSkip: string | false = status.ok ? false : `no usable CUDA device (${status.code}: ${status.message})`;
+export const gpuSkip: string | false = status.ok
+  ? false
+  : `no usable CUDA device (${status.code}: ${status.message})${noEmulator ? `; no emulated device either: ${noEmulator}` : ''}`;
 
 /** The kernels run on the emulated device (CPU): correct, slow; shapes may be reduced for time. */
 export const emulated = status.ok && cuda.buildInfo().emulated;

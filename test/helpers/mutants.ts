@@ -67,7 +67,9 @@ export function applyEdits(source: string, m: Pick<Mutant, 'id' | 'file' | 'edit
     if (e.find === e.replace) throw new Error(`mutant ${m.id}: an edit that changes nothing`);
     const pos = at[e.nth ?? 0];
     if (pos === undefined) throw new Error(`mutant ${m.id}: occurrence ${e.nth ?? 0} of ${at.length}`);
-    lines.push(out.slice(0, pos).split('\n').length);
+    let same = 0;  // the edit's line is where find and replace first differ
+    while (same < e.find.length && same < e.replace.length && e.find[same] === e.replace[same]) same++;
+    lines.push(out.slice(0, pos + same).split('\n').length);
     out = out.slice(0, pos) + e.replace + out.slice(pos + e.find.length);
   }
   return { source: out, lines };
@@ -303,13 +305,17 @@ export function distStaleness(root: string): string | undefined {
  * A directory with the package's compiled JS: dist/ when it is current, else a private tsc build
  * into `scratch` (dist/ itself is left alone: others may be building it).
  */
-export async function packageJs(root: string, scratch: string): Promise<Timed<{ dir: string; why: string | undefined; log: string }>> {
+export async function packageJs(root: string, scratch: string): Promise<Timed<{ dir: string; why: string | undefined; usable: boolean; log: string }>> {
   const why = distStaleness(root);
-  if (why === undefined) return { value: { dir: join(root, 'dist'), why, log: '' }, ms: 0 };
+  if (why === undefined) return { value: { dir: join(root, 'dist'), why, usable: true, log: '' }, ms: 0 };
   const out = join(scratch, 'dist');
   const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc');
   const r = await run([process.execPath, tsc, '-p', join(root, 'tsconfig.build.json'), '--outDir', out, '--declaration', 'false', '--declarationMap', 'false', '--sourceMap', 'false'], root, 300_000);
-  return { value: { dir: out, why, log: r.value.ok ? '' : r.value.output }, ms: r.ms };
+  // tsc emits despite type errors (someone's edit in progress): usable if the JS is there.
+  const usable = existsSync(join(out, 'index.js'));
+  // ES modules outside the package: node needs the package's "type" next to them.
+  if (usable) writeFileSync(join(out, 'package.json'), '{ "type": "module" }\n');
+  return { value: { dir: out, why, usable, log: r.value.ok ? '' : r.value.output }, ms: r.ms };
 }
 
 // ---- the child: one harness case on one addon -------------------------------------------------
@@ -458,7 +464,10 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
   try {
     const fn = cases[which];
     if (!fn) throw new Error(`unknown harness case ${which}`);
-    if (!lib.cuda.buildInfo().emulated) throw new Error('not running on the emulated device');
+    if (!lib.cuda.buildInfo().emulated) {
+      const st = lib.cuda.deviceStatus();
+      throw new Error(`not running on the emulated device (${st.code}: ${st.message})`);
+    }
     Object.assign(result, fn());
   } catch (err) {
     result.message = err instanceof Error ? err.message : String(err);

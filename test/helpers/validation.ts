@@ -5,7 +5,7 @@ import { MlaError } from '../../lib/index.js';
 export interface Asserts {
   ok(v: unknown, msg: string): unknown;
   equal(a: unknown, b: unknown, msg: string): unknown;
-  match(a: unknown, b: string, msg: string): unknown;
+  match(a: unknown, b: string | RegExp, msg: string): unknown;
   fail(msg: string): unknown;
 }
 
@@ -20,3 +20,16 @@ export function throwsNaming(t: Asserts, fn: () => unknown, code: string, arg: s
     t.match((err as Error).message, `\`${arg}\``, `${what}: message names \`${arg}\``);
   }
 }
+
+/** fn (sync or async) must fail with an MlaError of `code` whose message matches `pattern`. */
+export async function rejects(t: Asserts, fn: () => unknown, code: string, pattern: RegExp): Promise<void> {
+  try {
+    await fn();
+    t.fail(`expected ${code}`);
+  } catch (err) {
+    t.ok(err instanceof MlaError, 'is an MlaError');
+    t.equal((err as MlaError).code, code, `code ${code}`);
+    t.match((err as MlaError).message, pattern, `message matches ${pattern}`);
+  }
+}
+
