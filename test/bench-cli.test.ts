@@ -551,6 +551,13 @@ t.test('bench without a GPU: clear message, exit code 2, device untouched', asyn
   t.equal(d.out, '');
 });
 
+t.test('bench refuses the emulated device: not a timing tool', async (t) => {
+  const d = deps({ build: () => ({ addonLoaded: true, compiledWithCuda: true, emulated: true, cudaArchitectures: 'emulated', nvccVersion: 'GNU 12.2.0', runtimeVersion: 13000, ops: [] }) });
+  t.equal(await runBench(['decode', '--quick'], d), 2);
+  t.match(d.err, /emulated device is in use .* times mean nothing/);
+  t.equal(d.opened, 0);
+});
+
 t.test('bench --help, bad flags and unavailable suites', async (t) => {
   const h = deps({ status: () => NO_GPU });
   t.equal(await runBench(['--help'], h), 0);

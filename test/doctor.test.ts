@@ -148,6 +148,20 @@ function deps(facts: DoctorFacts): DoctorDeps & { out: string; err: string } {
   return d;
 }
 
+t.test('the emulated device is named as such, with how to use the GPU instead', async (t) => {
+  const f = healthy();
+  f.build = { ...f.build, emulated: true, cudaArchitectures: 'emulated', nvccVersion: 'GNU 12.2.0' };
+  f.devices = [{ ...H100, name: 'Emulated H100 (sm_90, 132 SMs, CPU)', totalMemory: 2 ** 33 }];
+  f.env = { MLA_CUDA_DEVICE: 'emulator' };
+  const checks = diagnose(f);
+  const dev = checks.find((c) => c.name === 'device');
+  t.equal(dev?.severity, 'warning');
+  t.match(dev?.detail, /emulated device \(MLA_CUDA_DEVICE=emulator\): the kernels run on the CPU/);
+  t.match(dev?.fix, /unset MLA_CUDA_DEVICE/);
+  t.match(checks.find((c) => c.name === 'gpu 0')?.detail, /emulated device 0: Emulated H100/);
+  t.equal(errors(f).length, 0, 'no driver or architecture errors for the emulator');
+});
+
 t.test('runDoctor: exits 0 without a GPU, says so; --json; bad flags exit 1', async (t) => {
   const d = deps({ ...healthy(), status: NO_DRIVER, devices: [] });
   t.equal(await runDoctor([], d), 0);

@@ -324,6 +324,12 @@ export async function runBench(argv: readonly string[], deps: BenchDeps = defaul
     deps.stderr(noGpuMessage(status));
     return NO_GPU_EXIT;
   }
+  if (deps.build().emulated) {
+    // The emulated device checks results; its times would only mislead.
+    deps.stderr('mla-cuda bench: the emulated device is in use (MLA_CUDA_DEVICE): it runs the kernels on the CPU for ' +
+      'correctness and its times mean nothing. Benchmark on an NVIDIA GPU with MLA_CUDA_DEVICE unset.\n');
+    return NO_GPU_EXIT;
+  }
   const total = loaded.reduce((n, l) => n + l.cases.length, 0);
   if (total === 0) {
     deps.stderr(`mla-cuda bench: no cases to run${args.filters.length ? ` (no case matches --filter ${args.filters.join(', ')})` : ''}\n`);

@@ -3,7 +3,9 @@
 // (build/cmake/compile_commands.json) and linked with every other object of the
 // mla_cuda_emulator target (build/cmake/build.ninja) into a temporary addon, and a child
 // process that runs one focused case of the op on it against the float64 reference.
-import { execFile, spawn } from 'node:child_process';
+// The same works on the ThreadSanitizer tree (build/sanitize-thread, TSAN_TREE): the mutant is
+// then compiled -fsanitize=thread and the child's stderr carries TSan's reports (parseTsanReports).
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 
@@ -77,8 +79,52 @@ export function applyEdits(source: string, m: Pick<Mutant, 'id' | 'file' | 'edit
 
 // ---- the emulator build tree ------------------------------------------------------------------
 
+/** A CMake build tree of the emulator addon, and how to make one (for the skip reason). */
+export interface EmulatorTree {
+  /** Relative to the package root. */
+  dir: string;
+  /** The addon file the tree links (its build.ninja target's base name). */
+  addonName: string;
+  /** The command that builds the tree, quoted in skip reasons. */
+  buildCommand: string;
+  /**
+   * The -O level of the mutant objects, replacing the tree's; undefined keeps the tree's own
+   * (the TSan tree's kernels are -O1 on purpose: see TSAN_TREE).
+   */
+  mutantOpt: string | undefined;
+}
+
+/**
+ * Optimisation of the mutant objects. The harness cases run in well under a second either way
+ * (the emulator's scheduler, compiled -O3 in the build's objects, dominates), while decode.cu and
+ * linear.cu compile in ~2.5 s at -O0 against ~6 s at -O1 (2-core machine).
+ */
+export const MUTANT_OPT = '-O0';
+
+/** The normal emulator (npm run build:native). */
+export const EMULATOR_TREE: EmulatorTree = {
+  dir: 'build/cmake',
+  addonName: 'mla_cuda_emulator.node',
+  buildCommand: 'npm run build:native, or cmake --build build/cmake --target mla_cuda_emulator',
+  mutantOpt: MUTANT_OPT,
+};
+
+/**
+ * The ThreadSanitizer emulator (cmake/emulator.cmake, MLA_EMU_SANITIZE=thread): only the kernel
+ * wrappers are instrumented (-fsanitize=thread -O1 -g), the scheduler states CUDA's
+ * happens-before edges (MLA_EMU_TSAN). The mutants keep the tree's -O1: the instrumented code is
+ * what runs slowly under TSan, and -O1 keeps it close to the tree's own objects.
+ */
+export const TSAN_TREE: EmulatorTree = {
+  dir: 'build/sanitize-thread',
+  addonName: 'mla_cuda_emulator_tsan.node',
+  buildCommand: 'node node_modules/cmake-js/bin/cmake-js rebuild --out build/sanitize-thread --CDMLA_EMU_SANITIZE=thread --CDMLA_OUTPUT_DIR=$PWD/build/Sanitize',
+  mutantOpt: undefined,
+};
+
 export interface EmulatorBuild {
-  /** build/cmake: the compile commands' and link objects' working directory. */
+  tree: EmulatorTree;
+  /** The tree's directory: the compile commands' and link objects' working directory. */
   cwd: string;
   /** The emulator addon the build tree links (its existence is checked). */
   addon: string;
@@ -156,26 +202,30 @@ function splitNinjaPaths(s: string): string[] {
   return out;
 }
 
-const ADDON_NAME = 'mla_cuda_emulator.node';
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
 
 /**
- * Reads build/cmake's compile commands and link line of the emulator addon. Returns the reason
- * to skip (as a string) when this machine cannot build mutants.
+ * Reads a build tree's compile commands and link line of its emulator addon (the normal one
+ * unless `tree` says otherwise). Returns the reason to skip (as a string) when this machine
+ * cannot build mutants.
  */
-export function locateEmulatorBuild(root: string): EmulatorBuild | string {
+export function locateEmulatorBuild(root: string, tree: EmulatorTree = EMULATOR_TREE): EmulatorBuild | string {
   if (process.platform !== 'linux' || process.arch !== 'x64') {
     return `the emulated device is x86-64 Linux only (this is ${process.platform}/${process.arch})`;
   }
-  const cwd = join(root, 'build', 'cmake');
+  const cwd = join(root, tree.dir);
   const ccPath = join(cwd, 'compile_commands.json');
   const ninjaPath = join(cwd, 'build.ninja');
   if (!existsSync(ccPath) || !existsSync(ninjaPath)) {
-    return `no emulator build tree (${relative(root, ccPath)} / build.ninja missing): npm run build:native, or cmake --build build/cmake --target mla_cuda_emulator`;
+    return `no emulator build tree (${relative(root, ccPath)} / build.ninja missing): ${tree.buildCommand}`;
   }
-  // The link: `build <dir>/mla_cuda_emulator.node: CXX_SHARED_LIBRARY_LINKER__… <objects> [| deps]`.
+  // The link: `build <dir>/<addon>: CXX_SHARED_LIBRARY_LINKER__… <objects> [| deps]`.
   const ninja = readFileSync(ninjaPath, 'utf8').split('\n');
-  const head = ninja.findIndex((l) => l.startsWith('build ') && /mla_cuda_emulator\.node: CXX_SHARED_LIBRARY_LINKER__/.test(l));
-  if (head < 0) return `build/cmake/build.ninja has no link of ${ADDON_NAME} (configured without the emulator?)`;
+  const linkRule = new RegExp(`[/ ]${escapeRegExp(tree.addonName)}: CXX_SHARED_LIBRARY_LINKER__`);
+  const head = ninja.findIndex((l) => l.startsWith('build ') && linkRule.test(l));
+  if (head < 0) return `${tree.dir}/build.ninja has no link of ${tree.addonName} (configured without the emulator?): ${tree.buildCommand}`;
   const line = ninja[head]!;
   const colon = line.indexOf(': CXX_SHARED_LIBRARY_LINKER__');
   const addon = splitNinjaPaths(line.slice('build '.length, colon))[0]!;
@@ -187,10 +237,10 @@ export function locateEmulatorBuild(root: string): EmulatorBuild | string {
     if (m) vars.set(m[1]!, m[2]!);
   }
   const addonPath = addon.startsWith('/') ? addon : join(cwd, addon);
-  if (!existsSync(addonPath)) return `the emulator addon is not built (${relative(root, addonPath)})`;
+  if (!existsSync(addonPath)) return `the emulator addon is not built (${relative(root, addonPath)}): ${tree.buildCommand}`;
   const missing = objects.filter((o) => !existsSync(o));
   if (objects.length === 0 || missing.length > 0) {
-    return `emulator objects missing (${missing.slice(0, 2).map((o) => relative(root, o)).join(', ')}…): cmake --build build/cmake --target mla_cuda_emulator`;
+    return `emulator objects missing (${missing.slice(0, 2).map((o) => relative(root, o)).join(', ')}…): ${tree.buildCommand}`;
   }
   const entries = JSON.parse(readFileSync(ccPath, 'utf8')) as Array<{ directory: string; file: string; command?: string; arguments?: string[]; output?: string }>;
   const compile = new Map<string, { argv: string[]; object: string }>();
@@ -206,28 +256,22 @@ export function locateEmulatorBuild(root: string): EmulatorBuild | string {
     compile.set(`${m[1]!}.cu`, { argv, object: objAbs });
   }
   for (const k of ['decode.cu', 'linear.cu', 'prefill.cu']) {
-    if (!compile.has(k)) return `build/cmake/compile_commands.json has no emulator compile of ${k} (reconfigure: cmake -S . -B build/cmake)`;
+    if (!compile.has(k)) return `${tree.dir}/compile_commands.json has no emulator compile of ${k} (reconfigure: ${tree.buildCommand})`;
   }
   const words = (k: string): string[] => splitCommand(vars.get(k) ?? '');
-  return { cwd, addon: addonPath, objects, linkFlags: words('LINK_FLAGS'), linkLibs: [...words('LINK_PATH'), ...words('LINK_LIBRARIES')], compile };
+  return { tree, cwd, addon: addonPath, objects, linkFlags: words('LINK_FLAGS'), linkLibs: [...words('LINK_PATH'), ...words('LINK_LIBRARIES')], compile };
 }
 
 /**
- * Optimisation of the mutant objects. The harness cases run in well under a second either way
- * (the emulator's scheduler, compiled -O3 in the build's objects, dominates), while decode.cu and
- * linear.cu compile in ~2.5 s at -O0 against ~6 s at -O1 (2-core machine).
- */
-export const MUTANT_OPT = '-O0';
-
-/**
  * The kernel's compile with the source replaced by `src` (compiled as C++, so a .cu copy works
- * and its #include "kernels/…" resolve through the same -I csrc), the object by `obj`, and
- * MUTANT_OPT for the build's -O level.
+ * and its #include "kernels/…" resolve through the same -I csrc), the object by `obj`, and the
+ * tree's mutantOpt (MUTANT_OPT for the normal tree) for the build's -O levels.
  */
 export function mutantCompileArgv(build: EmulatorBuild, file: KernelFile, src: string, obj: string): string[] {
   const entry = build.compile.get(file);
   if (!entry) throw new Error(`no compile command for ${file}`);
-  const argv = entry.argv.map((a) => (/^-O[0-3sgz]?$/.test(a) ? MUTANT_OPT : a));
+  const opt = build.tree.mutantOpt;
+  const argv = opt === undefined ? [...entry.argv] : entry.argv.map((a) => (/^-O[0-3sgz]?$/.test(a) ? opt : a));
   const oi = argv.indexOf('-o');
   const ci = argv.indexOf('-c');
   if (oi < 0 || ci < 0 || ci + 1 >= argv.length) throw new Error(`unexpected compile command for ${file}: ${argv.join(' ')}`);
@@ -320,11 +364,20 @@ export async function packageJs(root: string, scratch: string): Promise<Timed<{ 
 
 // ---- the child: one harness case on one addon -------------------------------------------------
 
-export type HarnessCase = 'decode' | 'linear' | 'prefill' | 'merge';
+export type HarnessCase = 'decode' | 'linear' | 'prefill' | 'merge' | 'linear-skinny';
+/** The cases the default mode's control runs (each mutant names its own). */
 export const HARNESS_CASES: readonly HarnessCase[] = ['decode', 'linear', 'prefill', 'merge'];
+/**
+ * The TSan mode's control: also linear's skinny kernel (M <= 16), whose only shared memory is the
+ * static `red` array of the cross-warp split-K reduction, a plain-access race site that no
+ * emulator fault can see and that the default mode's tiled `linear` case does not reach.
+ */
+export const TSAN_HARNESS_CASES: readonly HarnessCase[] = [...HARNESS_CASES, 'linear-skinny'];
 
 export interface HarnessResult {
   case: HarnessCase;
+  /** The child's stderr (set by runHarness, not by the child): TSan's reports go there. */
+  stderr?: string;
   /** The op threw an MlaError from an emulator fault ("faulted on the emulated device"). */
   faulted: boolean;
   /** Anything else went wrong (a harness bug, not a detection). */
@@ -405,6 +458,18 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
       const M = 40, N = 256, K = 2040;
       const x = up(randn(M * K, 11), [M, K], 'bf16');
       const w = up(randn(N * K, 12, 1 / Math.sqrt(K)), [N, K], 'bf16');
+      const y = poisoned([M, N], 'f32');
+      lib.linear(x, w, { out: y });
+      const e = util.relError(y.toFloat32Sync(), ref.linear(seen(x), M, K, seen(w), N));
+      return { pass: e < 1e-4, relError: e, detail: `rel err ${e.toExponential(2)} (tol 1e-4)` };
+    },
+    // The skinny kernel (M <= 16): K = 1000 is 16 chunks of 64, so 8 warps split each CTA's K
+    // range (KW = 8, reduced through shared memory) and the CTAs split K again (workspace and
+    // splitKReduce); N = 200 leaves a partial column block; rows 5-15 of the mma are padding.
+    'linear-skinny': () => {
+      const M = 5, N = 200, K = 1000;
+      const x = up(randn(M * K, 21), [M, K], 'bf16');
+      const w = up(randn(N * K, 22, 1 / Math.sqrt(K)), [N, K], 'bf16');
       const y = poisoned([M, N], 'f32');
       lib.linear(x, w, { out: y });
       const e = util.relError(y.toFloat32Sync(), ref.linear(seen(x), M, K, seen(w), N));
@@ -494,8 +559,12 @@ export function writeHarness(dir: string): string {
   return path;
 }
 
-/** Runs one harness case in a child on `addon` (MLA_CUDA_DEVICE=emulator). */
-export function runHarness(harness: string, jsDir: string, addon: string, which: HarnessCase, timeoutMs = 90_000): Promise<HarnessResult> {
+/**
+ * Runs one harness case in a child on `addon` (MLA_CUDA_DEVICE=emulator), with `extraEnv` on top
+ * (tsanChildEnv's LD_PRELOAD: only the child may preload libtsan, never tap itself).
+ */
+export function runHarness(harness: string, jsDir: string, addon: string, which: HarnessCase, timeoutMs = 90_000,
+  extraEnv: Readonly<Record<string, string>> = {}): Promise<HarnessResult> {
   // A clean environment: not tap's loaders and coverage hooks (NODE_OPTIONS), no device choice
   // inherited from the parent.
   const env: Record<string, string> = {};
@@ -505,6 +574,7 @@ export function runHarness(harness: string, jsDir: string, addon: string, which:
   }
   env['MLA_CUDA_DEVICE'] = 'emulator';
   env['MLA_CUDA_EMULATOR_ADDON'] = addon;
+  Object.assign(env, extraEnv);
   const t0 = performance.now();
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [harness, jsDir, which], { env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -517,15 +587,103 @@ export function runHarness(harness: string, jsDir: string, addon: string, which:
       clearTimeout(timer);
       const line = stdout.trim().split('\n').pop() ?? '';
       try {
-        resolve(JSON.parse(line) as HarnessResult);
+        resolve({ ...(JSON.parse(line) as HarnessResult), stderr });
       } catch {
         resolve({
-          case: which, faulted: false, errored: true, pass: false, relError: Number.NaN, detail: '', ms: performance.now() - t0,
+          case: which, stderr, faulted: false, errored: true, pass: false, relError: Number.NaN, detail: '', ms: performance.now() - t0,
           message: `harness child exited ${signal ?? code} without a result${signal === 'SIGKILL' ? ` (killed after ${timeoutMs} ms)` : ''}: ${stderr.slice(-2000)}${stdout.slice(-500)}`,
         });
       }
     });
   });
+}
+
+// ---- ThreadSanitizer ---------------------------------------------------------------------------
+
+/**
+ * The child environment that loads a TSan-built addon into a plain node: libtsan preloaded (the
+ * runtime must be first in the process; node itself is not built with it), reports for code
+ * outside instrumented modules (node, V8) ignored, and every report printed rather than the first
+ * ending the process. Returns the reason to skip when the compiler has no libtsan.
+ */
+export function tsanChildEnv(build: EmulatorBuild): Record<string, string> | string {
+  const cxx = build.compile.get('decode.cu')?.argv[0] ?? 'g++';
+  let lib = '';
+  try {
+    lib = execFileSync(cxx, ['-print-file-name=libtsan.so'], { encoding: 'utf8' }).trim();
+  } catch (err) {
+    return `${cxx} -print-file-name=libtsan.so failed: ${err instanceof Error ? err.message : String(err)}`;
+  }
+  // Unknown to the compiler, the name comes back bare.
+  if (!lib.startsWith('/') || !existsSync(lib)) return `${cxx} has no libtsan.so (${lib || 'nothing printed'})`;
+  return { LD_PRELOAD: lib, TSAN_OPTIONS: 'ignore_noninstrumented_modules=1 halt_on_error=0' };
+}
+
+export interface TsanFrame {
+  fn: string;
+  /** Source file and line where the symbolizer knew them. */
+  file: string | undefined;
+  line: number | undefined;
+  /** The frame as printed, without its `#n`. */
+  text: string;
+}
+
+export interface TsanAccess {
+  /** `Write of size 4 at 0x… by thread T3`, `Previous read of size 16 …`. */
+  what: string;
+  frames: TsanFrame[];
+}
+
+export interface TsanReport {
+  /** `data race`, `heap-use-after-free`, … (the WARNING line's kind). */
+  kind: string;
+  /** The conflicting accesses, current first (a data race has two). */
+  accesses: TsanAccess[];
+  text: string;
+}
+
+const TSAN_WARNING = /^WARNING: ThreadSanitizer: (.+?)(?: \(pid=\d+\))?$/;
+const TSAN_ACCESS = /^ {2}((?:Previous )?(?:[Aa]tomic )?(?:[Rr]ead|[Ww]rite) of size \d+ .*?)(?: \(mutexes: .*\))?:$/;
+const TSAN_FRAME_LINE = /^ {4}#\d+ (.*)$/;
+// `fn path:line[:col] (module+0x…)`; the function name itself may contain spaces.
+const TSAN_LOCATION = /^(.*?) (\S+?):(\d+)(?::\d+)? \([^()]*\)$/;
+
+/** TSan's reports in a process's stderr, in order (halt_on_error=0 prints them all). */
+export function parseTsanReports(stderr: string): TsanReport[] {
+  const reports: TsanReport[] = [];
+  let cur: TsanReport | undefined;
+  let access: TsanAccess | undefined;
+  for (const line of stderr.split('\n')) {
+    const w = TSAN_WARNING.exec(line);
+    if (w) {
+      cur = { kind: w[1]!, accesses: [], text: line };
+      reports.push(cur);
+      access = undefined;
+      continue;
+    }
+    if (!cur) continue;
+    if (line.startsWith('==================')) {  // the report's closing rule
+      cur = undefined;
+      access = undefined;
+      continue;
+    }
+    cur.text += `\n${line}`;
+    const a = TSAN_ACCESS.exec(line);
+    if (a) {
+      access = { what: a[1]!, frames: [] };
+      cur.accesses.push(access);
+      continue;
+    }
+    const f = TSAN_FRAME_LINE.exec(line);
+    if (f && access) {
+      const loc = TSAN_LOCATION.exec(f[1]!);
+      access.frames.push(loc ? { fn: loc[1]!, file: loc[2]!, line: Number(loc[3]), text: f[1]! } : { fn: f[1]!, file: undefined, line: undefined, text: f[1]! });
+      continue;
+    }
+    // Anything else at the section level (Location is…, Thread T1 … created by…) ends the access.
+    if (/^ {2}\S/.test(line)) access = undefined;
+  }
+  return reports;
 }
 
 /** A concurrency limit: at most `n` of the queued jobs run at once, in queue order. */
