@@ -134,6 +134,24 @@ t.test('gpu backend reproduces the v3slim fixture within bf16 tolerance', { skip
     const e = relError(run(fx.read(`x.decode.${k}`), 1), fx.read(`y.decode.${k}`));
     t.ok(e < 2e-2, `y.decode.${k}: rel err ${e.toExponential(2)}`);
   }
+  // The cache rows the layer wrote, found through its page table: a slot or position mix-up
+  // barely moves y but shows here (the rope half above all).
+  const { kvLoraRank: C, qkRopeHeadDim: R } = cfg;
+  const store = cache.deviceLayer(0).toFloat32Sync();
+  const latent = new Float64Array(B * (P + K) * C);
+  const rope = new Float64Array(B * (P + K) * R);
+  for (let b = 0; b < B; b++) {
+    const pages = cache.pages(b);
+    for (let i = 0; i < P + K; i++) {
+      const slot = pages[Math.floor(i / 64)]! * 64 + (i % 64);
+      latent.set(store.subarray(slot * (C + R), slot * (C + R) + C), (b * (P + K) + i) * C);
+      rope.set(store.subarray(slot * (C + R) + C, (slot + 1) * (C + R)), (b * (P + K) + i) * R);
+    }
+  }
+  for (const [name, got] of [['cache.latent', latent], ['cache.rope', rope]] as const) {
+    const e = relError(got, fx.read(name));
+    t.ok(e < 1e-2, `${name}: rel err ${e.toExponential(2)}`);
+  }
   layer.dispose();
   cache.dispose();
 });
