@@ -6,22 +6,47 @@
 // expected message or by a result outside the op's tolerance; an unmutated control copy built
 // the same way must pass every case, or the harness itself would "detect" everything.
 // Run alone: npx tap --disable-coverage test/emulator-mutation.test.ts
+//
+// With MLA_MUTANT_SANITIZER=thread the same machinery runs on the ThreadSanitizer emulator
+// (build/sanitize-thread) instead: the emulator's own checks see cp.async and ldmatrix, not plain
+// loads and stores, so a missing barrier between plain shared-memory accesses is only a wrong
+// number by luck of the fiber order; TSan (with the happens-before edges csrc/emu/scheduler.cc
+// states under MLA_EMU_TSAN) must report it as a data race at the kernel's lines. There the
+// control must be free of reports, and every race mutant (RACE_MUTANTS) reported.
+// Run: MLA_MUTANT_SANITIZER=thread MLA_CUDA_DEVICE=emulator npx tap --disable-coverage -t 900 test/emulator-mutation.test.ts
 import t from 'tap';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   applyEdits,
   buildMutantAddon,
   HARNESS_CASES,
   limiter,
+  lineOf,
   locateEmulatorBuild,
   packageJs,
+  parseTsanReports,
   runHarness,
+  TSAN_HARNESS_CASES,
+  TSAN_TREE,
+  tsanChildEnv,
   writeHarness,
 } from './helpers/mutants.js';
-import type { BuiltAddon, EmulatorBuild, HarnessResult, KernelFile, Mutant, Mutated } from './helpers/mutants.js';
+import type {
+  BuiltAddon,
+  EmulatorBuild,
+  Edit,
+  HarnessCase,
+  HarnessResult,
+  KernelFile,
+  Mutant,
+  Mutated,
+  TsanAccess,
+  TsanFrame,
+  TsanReport,
+} from './helpers/mutants.js';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -159,6 +184,104 @@ const MUTANTS: readonly Mutant[] = [
   },
 ];
 
+/** A mutant's edits, by id: the race mutants reuse sites of MUTANTS where they are the same. */
+function editsOf(id: string): readonly Edit[] {
+  const m = MUTANTS.find((x) => x.id === id);
+  if (!m) throw new Error(`no mutant ${id}`);
+  return m.edits;
+}
+
+/**
+ * A race on plain memory accesses that the TSan build must report: a `data race` whose two
+ * accesses both name the mutated copy of the kernel at one of the `racy` lines.
+ */
+interface RaceMutant {
+  id: string;
+  title: string;
+  file: KernelFile;
+  edits: readonly Edit[];
+  run: HarnessCase;
+  /**
+   * Source text of the accesses the mutation leaves unordered, each once in the mutated source;
+   * their lines are the lines a report may name (either side of the race may be reported first,
+   * and a statement with two stores is two sites).
+   */
+  racy: readonly string[];
+  /** Set where TSan is known not to report it: the gap, in words (tap `todo`). */
+  todo?: string;
+}
+
+const RACE_MUTANTS: readonly RaceMutant[] = [
+  {
+    id: 'decode-no-rowmax-barrier',
+    title: 'decode: the row-max exchange through sRed without its __syncthreads (write, then other warps read)',
+    file: 'decode.cu',
+    edits: editsOf('decode-no-rowmax-barrier'),
+    run: 'decode',
+    racy: [
+      'sRed[cg * BM + rg * 16 + g] = mx[0];',
+      'sRed[cg * BM + rg * 16 + g + 8] = mx[1];',
+      'for (int c = 0; c < CG; ++c) tm = fmaxf(tm, sRed[c * BM + rg * 16 + g + r * 8]);',
+    ],
+  },
+  {
+    id: 'decode-no-p-barrier',
+    title: 'decode: the P tile (sP, plain stores) read by other column groups\' ldmatrix without the __syncthreads in between',
+    file: 'decode.cu',
+    edits: [{
+      find: '        o[n][3] *= alpha[1];\n      }\n      __syncthreads();\n',
+      replace: '        o[n][3] *= alpha[1];\n      }\n',
+    }],
+    run: 'decode',
+    racy: [
+      '*reinterpret_cast<uint32_t*>(pr) = packPair<T>(p[0], p[1]);',
+      '*reinterpret_cast<uint32_t*>(pr + 8 * PLD) = packPair<T>(p[2], p[3]);',
+      'ldmatrixX4(pa, sP + (rg * 16 + (lane & 15)) * PLD + ks * 16 + (lane >> 4) * 8);',
+    ],
+  },
+  {
+    id: 'decode-no-rowsum-barrier',
+    title: 'decode: the row-sum exchange through sRed without its __syncthreads',
+    file: 'decode.cu',
+    edits: [{
+      find: '      sRed[cg * BM + rg * 16 + g + 8] = l[1];\n    }\n    __syncthreads();\n',
+      replace: '      sRed[cg * BM + rg * 16 + g + 8] = l[1];\n    }\n',
+    }],
+    run: 'decode',
+    racy: [
+      'sRed[cg * BM + rg * 16 + g] = l[0];',
+      'sRed[cg * BM + rg * 16 + g + 8] = l[1];',
+      'for (int c = 0; c < CG; ++c) lt += sRed[c * BM + rg * 16 + g + r * 8];',
+    ],
+  },
+  {
+    id: 'linear-skinny-no-barrier',
+    title: 'linear (skinny, M <= 16): the cross-warp split-K reduction through static __shared__ red without its __syncthreads',
+    file: 'linear.cu',
+    edits: [{
+      find: '      for (int r = 0; r < 4; ++r) red[warp * 16 + nt * 4 + r][lane] = acc[nt][r];\n    __syncthreads();\n',
+      replace: '      for (int r = 0; r < 4; ++r) red[warp * 16 + nt * 4 + r][lane] = acc[nt][r];\n',
+    }],
+    run: 'linear-skinny',
+    racy: [
+      'for (int r = 0; r < 4; ++r) red[warp * 16 + nt * 4 + r][lane] = acc[nt][r];',
+      'for (int r = 0; r < 4; ++r) acc[nt][r] += red[(warp + j) * 16 + nt * 4 + r][lane];',
+    ],
+  },
+  {
+    // Global memory, not shared: the lanes' reads of lse and lane 0's overwrite of the same word.
+    id: 'merge-no-syncwarp',
+    title: 'prefill merge: lane 0 overwrites lse that the other lanes read, without the __syncwarp',
+    file: 'prefill.cu',
+    edits: editsOf('merge-no-syncwarp'),
+    run: 'merge',
+    racy: [
+      'const float l1 = a.lse[r * a.sLr + h * a.sLh];',
+      'if (lane == 0) a.lse[r * a.sLr + h * a.sLh] = none ? -INFINITY : m + logf(w1 + w2);',
+    ],
+  },
+];
+
 t.test('applyEdits refuses a site that is missing, repeated or a no-op', async (tt) => {
   const src = 'a();\n  __syncthreads();\nb();\n  __syncthreads();\n';
   const m = (find: string, replace: string, count?: number, nth?: number): Pick<Mutant, 'id' | 'file' | 'edits'> =>
@@ -171,12 +294,26 @@ t.test('applyEdits refuses a site that is missing, repeated or a no-op', async (
   tt.same(r.lines, [4], 'at its line');
 });
 
-const setup = locateEmulatorBuild(root);
+const sanitizer = process.env['MLA_MUTANT_SANITIZER'] ?? '';
 
-if (typeof setup === 'string') {
-  t.test('emulator mutation tests', { skip: setup }, async () => {});
+if (sanitizer === '') {
+  const setup = locateEmulatorBuild(root);
+  if (typeof setup === 'string') {
+    t.test('emulator mutation tests', { skip: setup }, async () => {});
+  } else {
+    mutationTests(setup);
+  }
+} else if (sanitizer === 'thread') {
+  const setup = locateEmulatorBuild(root, TSAN_TREE);
+  const env = typeof setup === 'string' ? setup : tsanChildEnv(setup);
+  if (typeof setup === 'string' || typeof env === 'string') {
+    t.test('emulator mutation tests under ThreadSanitizer', { skip: typeof setup === 'string' ? setup : String(env) }, async () => {});
+  } else {
+    raceTests(setup, env);
+  }
 } else {
-  await mutationTests(setup);
+  // A typo must not pass as a run that tested nothing.
+  t.fail(`MLA_MUTANT_SANITIZER=${sanitizer}: only "thread" is supported (or unset for the default mode)`);
 }
 
 interface Outcome {
@@ -196,7 +333,23 @@ function describe(r: HarnessResult): string {
   return `${r.pass ? 'within' : 'outside'} tolerance: ${r.detail}`;
 }
 
-async function mutationTests(build: EmulatorBuild): Promise<void> {
+type Start = (id: string, file: KernelFile, mutant: Pick<Mutant, 'id' | 'file' | 'edits'>, cases: readonly HarnessCase[]) => Promise<Outcome>;
+
+interface Runner {
+  work: string;
+  source: (f: KernelFile) => string;
+  /** Queues a mutant's build and its cases' runs (two at a time: two compiles at most). */
+  start: Start;
+}
+
+/**
+ * The work directory, the package's JS and the child program, and the queue that builds mutants
+ * from `build` and runs cases on them with `childEnv`. Synchronous on purpose: every subtest
+ * must be declared before the first await of real work (tap ends the root test once its queued
+ * subtests are done, and the private tsc build of lib/ takes seconds: subtests declared after it
+ * were silently never run).
+ */
+function makeRunner(build: EmulatorBuild, childEnv: Readonly<Record<string, string>> = {}, timeoutMs = 90_000): Runner {
   const work = mkdtempSync(join(tmpdir(), 'mla-cuda-mutants-'));
   t.teardown(() => rmSync(work, { recursive: true, force: true }));
   const sources = new Map<KernelFile, string>();
@@ -209,17 +362,16 @@ async function mutationTests(build: EmulatorBuild): Promise<void> {
     return s;
   };
 
-  const js = await packageJs(root, work);
-  if (js.value.why !== undefined) t.comment(`${js.value.why}: compiled lib/ privately in ${fmtMs(js.ms)}`);
-  if (js.value.log) t.comment(`tsc reported:\n${js.value.log}`);
-  if (!js.value.usable) {
-    t.fail('cannot compile lib/ for the harness (see tsc\'s output above)');
-    return;
-  }
-  const harness = writeHarness(work);
+  // The JS dir and child program, or why there is none (every outcome then carries the reason).
+  const ready = packageJs(root, work).then((js): { dir: string; harness: string } | string => {
+    if (js.value.why !== undefined) t.comment(`${js.value.why}: compiled lib/ privately in ${fmtMs(js.ms)}`);
+    if (js.value.log) t.comment(`tsc reported:\n${js.value.log}`);
+    if (!js.value.usable) return `cannot compile lib/ for the harness (tsc's output: ${js.value.log || 'none'})`;
+    return { dir: js.value.dir, harness: writeHarness(work) };
+  });
   const pool = limiter(2);  // two compiles at a time at most
 
-  const start = (id: string, file: KernelFile, mutant: Pick<Mutant, 'id' | 'file' | 'edits'>, cases: readonly HarnessResult['case'][]): Promise<Outcome> =>
+  const start: Start = (id, file, mutant, cases) =>
     pool(async (): Promise<Outcome> => {
       let mutated: Mutated;
       try {
@@ -227,11 +379,18 @@ async function mutationTests(build: EmulatorBuild): Promise<void> {
       } catch (err) {
         return { error: err instanceof Error ? err.message : String(err), results: [] };
       }
+      const js = await ready;
+      if (typeof js === 'string') return { error: js, results: [] };
       const built = await buildMutantAddon(build, file, mutated.source, join(work, id));
       const results: HarnessResult[] = [];
-      if (built.addon) for (const c of cases) results.push(await runHarness(harness, js.value.dir, built.addon, c));
+      if (built.addon) for (const c of cases) results.push(await runHarness(js.harness, js.dir, built.addon, c, timeoutMs, childEnv));
       return { mutated, built, results };
     }).catch((err: unknown): Outcome => ({ error: err instanceof Error ? err.stack ?? err.message : String(err), results: [] }));
+  return { work, source, start };
+}
+
+function mutationTests(build: EmulatorBuild): void {
+  const { work, source, start } = makeRunner(build);
 
   // The control: an unmutated copy through the same copy / compile / link / child path. The
   // cheapest kernel file to compile; every case runs on it (the other kernels are the build's).
@@ -283,6 +442,123 @@ async function mutationTests(build: EmulatorBuild): Promise<void> {
       } else {
         tt.ok(!r.faulted && !r.errored && !r.pass, `${m.id} (${site}) detected numerically (out of tolerance): got ${describe(r)}`);
       }
+    });
+  }
+}
+
+// ---- ThreadSanitizer mode ----------------------------------------------------------------------
+
+/** A template-heavy symbol without its template and parameter lists: `decodeMainKernel`. */
+function shortFn(fn: string): string {
+  let out = '';
+  let depth = 0;
+  for (const c of fn) {
+    if (c === '<' || c === '(') depth++;
+    else if (c === '>' || c === ')') depth = Math.max(0, depth - 1);
+    else if (depth === 0) out += c;
+  }
+  return out.trim() || fn;
+}
+
+function fmtFrame(f: TsanFrame | undefined): string {
+  if (!f) return '(no frame)';
+  return f.file === undefined ? shortFn(f.fn) : `${shortFn(f.fn)} ${basename(f.file)}:${f.line}`;
+}
+
+/** An access's top frame, and the first frame in the mutated kernel where that is deeper (ldmatrix). */
+function fmtAccess(a: TsanAccess, kernel: string): string {
+  const top = a.frames[0];
+  const inKernel = a.frames.find((f) => f.file === kernel);
+  const where = top && top.file !== kernel && inKernel ? `${fmtFrame(top)} ← ${fmtFrame(inKernel)}` : fmtFrame(top);
+  return `${a.what.replace(/ at 0x[0-9a-f]+/, '')}: ${where}`;
+}
+
+/** TSan's warnings in a child's stderr, counted on the raw text (the parser must not be what hides one). */
+function tsanWarnings(stderr: string | undefined): number {
+  return (stderr ?? '').match(/^WARNING: ThreadSanitizer:/gm)?.length ?? 0;
+}
+
+/** Whether both of a race's accesses name the mutated kernel copy at one of the expected lines. */
+function namesRace(r: TsanReport, kernel: string, lines: ReadonlySet<number>): boolean {
+  return r.kind === 'data race' && r.accesses.length >= 2 &&
+    r.accesses.every((a) => a.frames.some((f) => f.file === kernel && f.line !== undefined && lines.has(f.line)));
+}
+
+function raceTests(build: EmulatorBuild, childEnv: Readonly<Record<string, string>>): void {
+  // TSan slows the instrumented kernels several-fold (decode: ~5 s against ~0.5 s).
+  const { work, source, start } = makeRunner(build, childEnv, 300_000);
+  t.comment(`ThreadSanitizer tree ${TSAN_TREE.dir}; children run with ${Object.entries(childEnv).map(([k, v]) => `${k}=${v}`).join(' ')}`);
+
+  // The control covers the skinny linear kernel too: its static `red` is a race mutant's site.
+  const control = start('control', 'prefill.cu', { id: 'control', file: 'prefill.cu', edits: [] }, TSAN_HARNESS_CASES);
+  const outcomes = RACE_MUTANTS.map((m) => start(m.id, m.file, m, [m.run]));
+
+  // The expected lines, in the mutated source (a throw here is reported by the test below).
+  const expected = (m: RaceMutant): { lines: number[]; site: number[] } => {
+    const mutated = applyEdits(source(m.file), m);
+    return { lines: m.racy.map((text) => lineOf(mutated.source, text, `race mutant ${m.id}`)), site: mutated.lines };
+  };
+
+  t.test('every race mutant\'s site and racy accesses occur exactly as expected in the current kernel sources', async (tt) => {
+    for (const m of RACE_MUTANTS) {
+      try {
+        const e = expected(m);
+        tt.pass(`${m.id}: ${m.file}:${e.site.join(',')}, racy lines ${e.lines.join(', ')}`);
+      } catch (err) {
+        tt.fail(err instanceof Error ? err.message : String(err));
+      }
+    }
+  });
+
+  t.test('control under ThreadSanitizer: an unmutated copy passes every case with no report', async (tt) => {
+    const o = await control;
+    if (o.error !== undefined || !o.built?.addon) {
+      tt.fail(`control build failed: ${o.error ?? o.built?.log}`);
+      return;
+    }
+    tt.comment(`compile ${fmtMs(o.built.compileMs)}, link ${fmtMs(o.built.linkMs)}, runs ${o.results.map((r) => `${r.case} ${fmtMs(r.ms)}`).join(', ')}`);
+    tt.equal(o.results.length, TSAN_HARNESS_CASES.length, 'every case ran');
+    for (const r of o.results) {
+      tt.ok(r.pass && !r.faulted && !r.errored, `control ${r.case}: ${describe(r)}`);
+      const n = tsanWarnings(r.stderr);
+      const first = parseTsanReports(r.stderr ?? '')[0];
+      tt.equal(n, 0, `control ${r.case}: no ThreadSanitizer report${first ? ` (first: ${first.text.slice(0, 3000)})` : ''}`);
+    }
+  });
+
+  for (const [i, m] of RACE_MUTANTS.entries()) {
+    t.test(`${m.id} under ThreadSanitizer: ${m.title}`, { todo: m.todo ?? false }, async (tt) => {
+      const o = await outcomes[i]!;
+      if (o.error !== undefined || !o.built?.addon || !o.mutated) {
+        tt.fail(`mutant not built: ${o.error ?? o.built?.log}`);
+        return;
+      }
+      const r = o.results[0];
+      if (!r) {
+        tt.fail('the harness did not run');
+        return;
+      }
+      let lines: number[];
+      try {
+        lines = expected(m).lines;
+      } catch (err) {
+        tt.fail(err instanceof Error ? err.message : String(err));
+        return;
+      }
+      const kernel = join(work, m.id, m.file);
+      const site = `${m.file}:${o.mutated.lines.join(',')}`;
+      tt.comment(`${site}: compile ${fmtMs(o.built.compileMs)}, link ${fmtMs(o.built.linkMs)}, ${r.case} run ${fmtMs(r.ms)} (${describe(r)})`);
+      // A fault would stop the block before the racing accesses; an error is a harness problem.
+      tt.notOk(r.errored || r.faulted, `${m.id}: the harness ran to the end (${r.errored || r.faulted ? r.message : 'ok'})`);
+      const reports = parseTsanReports(r.stderr ?? '');
+      const want = new Set(lines);
+      const hits = reports.filter((x) => namesRace(x, kernel, want));
+      const shown = hits[0] ?? reports[0];
+      tt.comment(`${tsanWarnings(r.stderr)} ThreadSanitizer report(s), ${hits.length} on the racy lines ${m.file}:${lines.join(',')}` +
+        (shown ? `; ${hits[0] ? 'first of them' : 'first report'}: ${shown.accesses.slice(0, 2).map((a) => fmtAccess(a, kernel)).join(' | ')}` : ''));
+      tt.ok(hits.length > 0,
+        `${m.id} (${site}) reported as a data race between ${m.file}:{${lines.join(',')}} on both sides` +
+        (hits.length > 0 ? '' : `; got ${reports.length} report(s)${shown ? `, first:\n${shown.text.slice(0, 4000)}` : ''}`));
     });
   }
 }

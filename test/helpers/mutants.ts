@@ -45,6 +45,16 @@ function occurrences(text: string, find: string): number[] {
   return at;
 }
 
+/**
+ * The 1-based line of `text` in `source`, which must hold it exactly once (a mutant's expected
+ * report line, named by its source text so that it follows edits of the kernel).
+ */
+export function lineOf(source: string, text: string, what: string): number {
+  const at = occurrences(source, text);
+  if (at.length !== 1) throw new Error(`${what}: ${JSON.stringify(text)} occurs ${at.length} time(s), expected 1: the kernel changed, update the mutant`);
+  return source.slice(0, at[0]).split('\n').length;
+}
+
 export interface Mutated {
   source: string;
   /** 1-based line of each edit (in the source as the earlier edits left it). */
