@@ -2,8 +2,11 @@
 // report errors below 1e-5 and say which backend ran.
 
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
 import { runDemo } from '../lib/cli/demo.js';
-import { gpuSkip } from './helpers/gpu.js';
+import { packageRoot } from '../lib/native.js';
+import { emulated, gpuSkip } from './helpers/gpu.js';
 
 async function capture(argv: string[]): Promise<{ code: number; out: string; err: string }> {
   const out: string[] = [];
@@ -58,8 +61,12 @@ t.test('v3slim on the gpu backend', { skip: gpuSkip }, async (t) => {
   t.match(r.out, /^ok: every output within 2e-2/m);
 });
 
-t.test('--backend gpu without a device fails with the reason', { skip: gpuSkip === false ? 'a GPU is present' : false }, async (t) => {
-  const r = await capture(['--fixture', 'tiny', '--backend', 'gpu']);
-  t.equal(r.code, 1);
-  t.match(r.err, /ERR_NO_DEVICE: --backend gpu: no usable CUDA device/);
+// The CUDA addon's no-device path, in a child that never falls back to the emulated device.
+t.test('--backend gpu without a device fails with the reason', { skip: gpuSkip === false && !emulated ? 'a GPU is present' : false }, async (t) => {
+  const r = spawnSync(process.execPath, [join(packageRoot, 'dist', 'cli', 'main.js'), 'demo', '--fixture', 'tiny', '--backend', 'gpu'], {
+    encoding: 'utf8',
+    env: { ...process.env, MLA_CUDA_DEVICE: 'cuda' },
+  });
+  t.equal(r.status, 1);
+  t.match(r.stderr, /ERR_NO_DEVICE: --backend gpu: no usable CUDA device/);
 });

@@ -33,5 +33,6 @@ const char* stickyMessage();
 // Global memory bookkeeping: true when [p, p + bytes) lies inside one live allocation.
 bool isDeviceRange(const void* p, size_t bytes);
 int maxDynamicSmem(const void* kernel);  // cudaFuncSetAttribute limit, default 48 KB
+bool isLiveStream(cudaStream_t stream);   // null (the default stream) or created and not destroyed
 
 }  // namespace mla::emu

@@ -173,6 +173,8 @@ bool isDeviceRange(const void* p, size_t bytes) {
   return true;
 }
 
+bool isLiveStream(cudaStream_t stream) { return validStream(stream); }
+
 int maxDynamicSmem(const void* kernel) {
   std::lock_guard<std::mutex> lock(attrMu);
   auto it = dynSmemLimit.find(kernel);

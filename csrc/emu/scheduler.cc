@@ -722,6 +722,7 @@ void cpAsyncWait(int pending, const char* file, int line) {
 // ---- launch ---------------------------------------------------------------------------------------
 void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
   if (cudaError_t sticky = stickyError()) return setLastError(sticky);
+  if (!isLiveStream(cfg.stream)) return setLastError(cudaErrorInvalidResourceHandle);
   const long long threads = (long long)cfg.block.x * cfg.block.y * cfg.block.z;
   // cudaErrorInvalidConfiguration, as the CUDA runtime reports a bad grid or block.
   if (threads < 1 || threads > 1024 || cfg.block.x > 1024 || cfg.block.y > 1024 || cfg.block.z > 64 ||
