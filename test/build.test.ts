@@ -15,7 +15,9 @@ t.teardown(() => rmSync(outDir, { recursive: true, force: true }));
 // A PATH with cmake, a C++ compiler and node but no nvcc, and no fallback search.
 function buildWithoutNvcc(extra: Record<string, string> = {}) {
   const env: Record<string, string> = {
-    PATH: '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/tmp', MLA_CUDA_OUT_DIR: outDir, MLA_CUDA_NVCC_SEARCH: '0', ...extra,
+    PATH: '/usr/bin:/bin', HOME: process.env['HOME'] ?? '/tmp', MLA_CUDA_OUT_DIR: outDir, MLA_CUDA_NVCC_SEARCH: '0',
+    MLA_CUDA_EMULATOR: '0', // the CPU-only addon is what is under test here
+    ...extra,
   };
   return spawnSync(process.execPath, [script], { env, encoding: 'utf8', cwd: packageRoot });
 }

@@ -280,6 +280,41 @@ const RACE_MUTANTS: readonly RaceMutant[] = [
       'if (lane == 0) a.lse[r * a.sLr + h * a.sLh] = none ? -INFINITY : m + logf(w1 + w2);',
     ],
   },
+  // ---- known gaps: races TSan cannot see because the scheduler states more order than CUDA ----
+  {
+    // CUDA orders memory among a warp's lanes at __syncwarp only ("threads within a warp that
+    // wish to communicate via memory can store to memory, execute __syncwarp(), and then safely
+    // read"); a shuffle exchanges registers and orders nothing.
+    id: 'merge-shfl-not-syncwarp',
+    title: 'prefill merge: the __syncwarp replaced by a __shfl_sync (a warp collective that orders no memory)',
+    file: 'prefill.cu',
+    edits: [{ find: '  __syncwarp();\n  if (lane == 0) a.lse', replace: '  (void)__shfl_sync(0xffffffffu, 0, 0);\n  if (lane == 0) a.lse' }],
+    run: 'merge',
+    racy: [
+      'const float l1 = a.lse[r * a.sLr + h * a.sLh];',
+      'if (lane == 0) a.lse[r * a.sLr + h * a.sLh] = none ? -INFINITY : m + logf(w1 + w2);',
+    ],
+    todo: 'csrc/emu/scheduler.cc warpRendezvous releases and acquires the warp\'s sync object for every warp ' +
+      'collective (shuffle, vote, ldmatrix, mma.sync), not only __syncwarp, so any collective orders the lanes\' ' +
+      'memory accesses for TSan; the emulator\'s own rendezvous also really orders them, so the result is right too',
+  },
+  {
+    // Every split-K slice of a CTA row written to slice 0: CTAs of different splits store the
+    // same workspace words (a write-write race between blocks; the numbers are wrong as well,
+    // which the default mode's linear-drop-split kind of check would see).
+    id: 'linear-splitk-same-slice',
+    title: 'linear (tiled, split-K): every split writes workspace slice 0 (CTAs race on the same words)',
+    file: 'linear.cu',
+    edits: [{
+      find: '          float* p = g.ws + ((static_cast<int64_t>(split) * g.batch + b)',
+      replace: '          float* p = g.ws + ((static_cast<int64_t>(0) * g.batch + b)',
+    }],
+    run: 'linear',
+    racy: ['          *reinterpret_cast<float2*>(p) = make_float2(v0, v1);'],
+    todo: 'csrc/emu/scheduler.cc launch() orders every block after the previous one (each fiber releases ' +
+      'blockEnd, the host acquires it and releases `launch`, which the next block\'s fibers acquire; thread i ' +
+      'of every block is also the same TSan fiber), so races between CTAs of one grid are never reported',
+  },
 ];
 
 t.test('applyEdits refuses a site that is missing, repeated or a no-op', async (tt) => {
