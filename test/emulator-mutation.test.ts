@@ -207,7 +207,7 @@ interface RaceMutant {
    * and a statement with two stores is two sites).
    */
   racy: readonly string[];
-  /** Set where TSan is known not to report it: the gap, in words (tap `todo`). */
+  /** Set where TSan is known not to report it: the gap, in words (the detection is a tap `todo`). */
   todo?: string;
 }
 
@@ -562,7 +562,9 @@ function raceTests(build: EmulatorBuild, childEnv: Readonly<Record<string, strin
   });
 
   for (const [i, m] of RACE_MUTANTS.entries()) {
-    t.test(`${m.id} under ThreadSanitizer: ${m.title}`, { todo: m.todo ?? false }, async (tt) => {
+    // A known gap marks only the detection `todo` (a todo subtest would not run at all): the
+    // mutant is still built and run, and what TSan printed is still shown.
+    t.test(`${m.id} under ThreadSanitizer: ${m.title}`, async (tt) => {
       const o = await outcomes[i]!;
       if (o.error !== undefined || !o.built?.addon || !o.mutated) {
         tt.fail(`mutant not built: ${o.error ?? o.built?.log}`);
@@ -593,7 +595,8 @@ function raceTests(build: EmulatorBuild, childEnv: Readonly<Record<string, strin
         (shown ? `; ${hits[0] ? 'first of them' : 'first report'}: ${shown.accesses.slice(0, 2).map((a) => fmtAccess(a, kernel)).join(' | ')}` : ''));
       tt.ok(hits.length > 0,
         `${m.id} (${site}) reported as a data race between ${m.file}:{${lines.join(',')}} on both sides` +
-        (hits.length > 0 ? '' : `; got ${reports.length} report(s)${shown ? `, first:\n${shown.text.slice(0, 4000)}` : ''}`));
+        (hits.length > 0 ? '' : `; got ${reports.length} report(s)${shown ? `, first:\n${shown.text.slice(0, 4000)}` : ''}`),
+        m.todo === undefined ? {} : { todo: m.todo });
     });
   }
 }
