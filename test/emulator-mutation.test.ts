@@ -299,9 +299,9 @@ const RACE_MUTANTS: readonly RaceMutant[] = [
       'memory accesses for TSan; the emulator\'s own rendezvous also really orders them, so the result is right too',
   },
   {
-    // Every split-K slice of a CTA row written to slice 0: CTAs of different splits store the
-    // same workspace words (a write-write race between blocks; the numbers are wrong as well,
-    // which the default mode's linear-drop-split kind of check would see).
+    // Every split-K partial written to slice 0: CTAs of different splits store the same
+    // workspace words, a write-write race between blocks (the sum is wrong too, so a numeric
+    // check would catch it; TSan should name the store).
     id: 'linear-splitk-same-slice',
     title: 'linear (tiled, split-K): every split writes workspace slice 0 (CTAs race on the same words)',
     file: 'linear.cu',
