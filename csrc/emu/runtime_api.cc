@@ -128,6 +128,21 @@ bool validEvent(cudaEvent_t e) {
   std::lock_guard<std::mutex> lock(handleMu);
   return e && events.count(e) != 0;
 }
+// Streams and events are registered so a destroyed or foreign handle is an error, not a crash.
+template <class H> cudaError_t createHandle(std::set<const void*>& live, H** out, H* h) {
+  std::lock_guard<std::mutex> lock(handleMu);
+  live.insert(h);
+  *out = h;
+  return cudaSuccess;
+}
+template <class H> cudaError_t destroyHandle(std::set<const void*>& live, H* h) {
+  {
+    std::lock_guard<std::mutex> lock(handleMu);
+    if (!h || !live.erase(h)) return fail(cudaErrorInvalidResourceHandle);
+  }
+  delete h;
+  return cudaSuccess;
+}
 // Precondition of every call a lost context refuses.
 #define MLA_EMU_STICKY()                                      \
   do {                                                        \
@@ -389,20 +404,10 @@ cudaError_t cudaDeviceSynchronize() {
 
 cudaError_t cudaStreamCreate(cudaStream_t* s) {
   MLA_EMU_STICKY();
-  *s = new CUstream_st{tlDevice};
-  std::lock_guard<std::mutex> lock(handleMu);
-  streams.insert(*s);
-  return cudaSuccess;
+  return createHandle(streams, s, new CUstream_st{tlDevice});
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
-cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  {
-    std::lock_guard<std::mutex> lock(handleMu);
-    if (!s || !streams.erase(s)) return fail(cudaErrorInvalidResourceHandle);
-  }
-  delete s;
-  return cudaSuccess;
-}
+cudaError_t cudaStreamDestroy(cudaStream_t s) { return destroyHandle(streams, s); }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   MLA_EMU_STICKY();
   return validStream(s) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
@@ -419,20 +424,10 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
 
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
   MLA_EMU_STICKY();
-  *e = new CUevent_st{};
-  std::lock_guard<std::mutex> lock(handleMu);
-  events.insert(*e);
-  return cudaSuccess;
+  return createHandle(events, e, new CUevent_st{});
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
-cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  {
-    std::lock_guard<std::mutex> lock(handleMu);
-    if (!e || !events.erase(e)) return fail(cudaErrorInvalidResourceHandle);
-  }
-  delete e;
-  return cudaSuccess;
-}
+cudaError_t cudaEventDestroy(cudaEvent_t e) { return destroyHandle(events, e); }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   MLA_EMU_STICKY();
   if (!validEvent(e) || !validStream(s)) return fail(cudaErrorInvalidResourceHandle);
