@@ -8,8 +8,8 @@
 #   export GPU_CHECK_T0=$(date +%s); source .gpu/setup.sh && bash scripts/gpu-check.sh all
 #
 # usage: bash scripts/gpu-check.sh [all | PHASE...]     (default all; `summary` reprints the table)
-# Phases, each under its own `timeout`, budgets in seconds (sum 435 < 8 min):
-#   env         15  nvidia-smi, the carried addon (build/gpu, sm_90) loads and sees the GPU, doctor;
+# Phases, each under its own `timeout`, budgets in seconds (sum 440 < 8 min):
+#   env         20  nvidia-smi, the carried addon (build/gpu, sm_90) loads and sees the GPU, doctor;
 #                   rebuilds on the device only when the carried addon cannot run there (+150)
 #   tests      110  kernel tests on the GPU (MLA_CUDA_DEVICE=cuda: never the emulator): runtime,
 #                   rope, rmsnorm, linear, decode, prefill, attention (v3slim incl. cache.latent/
@@ -38,6 +38,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 WORK=${GPU_CHECK_WORK:-/tmp/gpu-check-$(printf %s "$OUT" | cksum | cut -d' ' -f1)}
 T0=${GPU_CHECK_T0:-$(date +%s)}
+RUN_ID=$(date +%s%N)
 DEADLINE=${GPU_CHECK_DEADLINE:-450}
 NO_GATE=${GPU_CHECK_NO_GATE:-0}
 export MLA_CUDA_DEVICE=cuda CI=true
@@ -47,7 +48,7 @@ NCPU=$(nproc 2>/dev/null || echo 4)
 FLASHMLA=$ROOT/.gpu/anchors/flashmla/bench_flashmla.sh
 
 ALL_PHASES=(env tests demo primitives memcheck racecheck ceilings flashmla decode bench)
-declare -A BUDGET=([env]=15 [tests]=110 [demo]=20 [primitives]=30 [memcheck]=35 [racecheck]=35
+declare -A BUDGET=([env]=20 [tests]=110 [demo]=20 [primitives]=30 [memcheck]=35 [racecheck]=35
   [ceilings]=35 [flashmla]=45 [decode]=55 [bench]=55 [rebuild]=150)
 KERNEL_TESTS="test/runtime.test.ts test/rope.test.ts test/rmsnorm.test.ts test/linear.test.ts test/decode.test.ts test/prefill.test.ts test/attention.test.ts test/demo.test.ts"
 # The sanitizer subset: one small subtest per kernel family (tap --grep on top-level subtests).
@@ -65,10 +66,10 @@ record() {
   local p=$1 st=$2 det=$3 more=${4:-}
   local secs=$(( $(now) - ${PSTART:-$(now)} ))
   mkdir -p "$WORK/state"
-  printf '%s\t%s\t%s\t%s\n' "$st" "$secs" "${T:-0}" "$det" > "$WORK/state/$p"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$st" "$secs" "${T:-0}" "$det" "$RUN_ID" > "$WORK/state/$p"
   if [[ -n $more && -s $more ]]; then head -8 "$more" | cut -c1-150 > "$WORK/state/$p.more"; else rm -f "$WORK/state/$p.more"; fi
-  printf '-- %-10s %-7s %4ss  %s\n' "$p" "$st" "$secs" "$det"
-  tar -C "$WORK" -czf "$OUT/logs.tgz" --exclude=./state . 2>/dev/null
+  printf -- '-- %-10s %-7s %4ss  %s\n' "$p" "$st" "$secs" "$det"
+  tar -C "$WORK" -czf "$OUT/logs.tgz" . 2>/dev/null
 }
 # plan PHASE: sets T, the phase's timeout (its budget, cut to the deadline); false if no time.
 plan() {
@@ -86,21 +87,22 @@ tap_counts() { # the last "# { total: .., pass: .. }" of a tap log, as "total 10
 tap_failures() { # failing subtests (deepest first lines), for the table's detail lines
   grep -E '^ *not ok ' "$1" 2>/dev/null | grep -v '# TODO' | sed -E 's/^ +//; s/ # time=.*//' | head -8
 }
+tap_to() { echo $(( T > 20 ? T - 8 : T )); }   # tap's own per-file timeout, inside ours
 is_json() { node -e "JSON.parse(require('fs').readFileSync(process.argv[1],'utf8'))" "$1" 2>/dev/null; }
 
 # gates: the GPU phases fail at once, with the reason, where there is no usable GPU
 need_gpu() {   # our addon on a usable GPU
   [[ $NO_GATE == 1 || ${GPU_OK:-0} == 1 ]] && return 0
-  PSTART=$(now); T=0; record "$1" FAIL "no usable GPU: ${GPU_WHY:-env did not run}"; return 1
+  PSTART=$(now); T=0; record "$1" FAIL "no usable GPU (env: ${GPU_WHY%%:*})"; return 1
 }
 need_visible() {   # a GPU that nvidia-smi lists (FlashMLA and PyTorch do not need our addon)
   [[ $NO_GATE == 1 || ${GPU_VISIBLE:-0} == 1 ]] && return 0
-  PSTART=$(now); T=0; record "$1" FAIL "no GPU: ${GPU_VIS_WHY:-env did not run}"; return 1
+  PSTART=$(now); T=0; record "$1" FAIL "no GPU (${GPU_VIS_WHY:-env did not run})"; return 1
 }
 
 # ---- env -----------------------------------------------------------------------------------------
-probe() { # KEY<TAB>VALUE lines about the addon and the device (never hangs: timeout 30)
-  timeout 30 node --input-type=module -e "
+probe() { # KEY<TAB>VALUE lines about the addon and the device (never hangs: timeout 20)
+  timeout 20 node --input-type=module -e "
     const { cuda } = await import('./dist/index.js');
     const b = cuda.buildInfo(), s = cuda.deviceStatus();
     const p = (k, v) => console.log(k + '\t' + String(v ?? '').replace(/\s+/g, ' '));
@@ -121,14 +123,15 @@ read_probe() {
   if [[ $rc != 0 || -z ${P[loaded]:-} ]]; then P[loaded]=0; P[addonError]="probe failed (exit $rc): $(echo "$out" | grep -m1 -iE 'error|cannot' | cut -c1-160)"; fi
 }
 phase_env() {
-  plan env || true; phase_start env
+  T=${BUDGET[env]}; phase_start env
   local notes=() smi
-  if smi=$(timeout 20 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1) \
+  if smi=$(timeout 10 nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1) \
       && [[ -n $smi ]]; then
     GPU_VISIBLE=1; GPU_CC=$(echo "$smi" | head -1 | cut -d, -f2 | tr -d ' .')
-    timeout 20 nvidia-smi > "$WORK/nvidia-smi.txt" 2>&1
+    timeout 10 nvidia-smi > "$WORK/nvidia-smi.txt" 2>&1
   else
-    GPU_VISIBLE=0; GPU_VIS_WHY="nvidia-smi: $(echo "${smi:-not found}" | head -1 | cut -c1-120)"
+    command -v nvidia-smi >/dev/null || smi="not found"
+    GPU_VISIBLE=0; GPU_VIS_WHY="nvidia-smi: $(echo "${smi:-lists no GPU}" | head -1 | cut -c1-120)"
     echo "$GPU_VIS_WHY" > "$WORK/nvidia-smi.txt"
   fi
   { echo "node $(node --version 2>&1)"; nvcc --version 2>&1 | tail -1; compute-sanitizer --version 2>&1 | head -2;
@@ -161,7 +164,7 @@ phase_env() {
       notes+=("rebuild FAILED or no time (rebuild.log)")
     fi
   fi
-  timeout 30 node dist/cli/main.js doctor > "$WORK/doctor.txt" 2>&1
+  timeout 15 node dist/cli/main.js doctor > "$WORK/doctor.txt" 2>&1
   DEVICE_LINE="${P[name]:-no device} sm_${P[cc]:-?} ${P[sms]:+${P[sms]} SMs, }driver ${P[driver]:-?}; addon ${ADDON_FROM} (archs ${P[archs]:-?}); commit ${MLA_CUDA_COMMIT:-?}"
   if [[ ${P[loaded]} != 1 ]]; then GPU_OK=0; GPU_WHY="addon does not load: ${P[addonError]:-?}"
   elif [[ ${P[cuda]} != 1 ]]; then GPU_OK=0; GPU_WHY="the addon was built without CUDA"
@@ -170,8 +173,6 @@ phase_env() {
   elif [[ ${P[supported]} != 1 ]]; then GPU_OK=0; GPU_WHY="addon archs ${P[archs]} do not run on sm_${P[cc]}"
   else GPU_OK=1; GPU_WHY=""; fi
   GPU_WHY=${GPU_WHY:0:160}
-  declare -p GPU_OK GPU_WHY GPU_VISIBLE GPU_VIS_WHY GPU_CC ADDON_FROM DEVICE_LINE 2>/dev/null > "$WORK/env.sh"
-  declare -p MLA_CUDA_ADDON MLA_CUDA_EMULATOR_ADDON 2>/dev/null | sed 's/^declare -x/declare -gx/' >> "$WORK/env.sh"
   echo "$DEVICE_LINE" > "$WORK/state/device"
   local note; note=$(IFS=';'; echo "${notes[*]:-}")
   if [[ $GPU_OK == 1 ]]; then record env PASS "${P[name]} sm_${P[cc]}, addon ${ADDON_FROM} ${P[archs]}${note:+; $note}"
@@ -183,14 +184,18 @@ phase_tests() {
   need_gpu tests && plan tests || return; phase_start tests
   [[ -x $TAP ]] || { record tests FAIL "tap not found ($TAP): source .gpu/setup.sh first"; return; }
   local jobs=$(( NCPU < 8 ? NCPU : 8 ))
-  timeout -k 5 "$T" "$TAP" --reporter=tap --disable-coverage --jobs="$jobs" --timeout=$((T - 8)) $KERNEL_TESTS \
+  timeout -k 5 "$T" "$TAP" --reporter=tap --disable-coverage --jobs="$jobs" --timeout=$(tap_to) $KERNEL_TESTS \
     > "$WORK/tests.log" 2>&1
   local rc=$? st counts nogpu
   st=$(status_of $rc); counts=$(tap_counts "$WORK/tests.log")
   nogpu=$(grep -c '# SKIP no usable CUDA device' "$WORK/tests.log")
-  (( nogpu > 0 )) && st=FAIL
+  (( nogpu > 0 )) && [[ $st == PASS ]] && st=FAIL
   tap_failures "$WORK/tests.log" > "$WORK/tests.failures"
-  record tests "$st" "${counts:-no tap summary (exit $rc)}; GPU tests skipped for want of a device: $nogpu" "$WORK/tests.failures"
+  for f in $KERNEL_TESTS; do   # files a timeout cut short
+    grep -qE "^(not )?ok [0-9]+ - $f" "$WORK/tests.log" || echo "unfinished: $f" >> "$WORK/tests.failures"
+  done
+  local ongpu; ongpu=$(grep -c '# kernel tests run on GPU' "$WORK/tests.log")
+  record tests "$st" "${counts:-no tap summary (exit $rc)}; files on the GPU $ongpu; GPU tests skipped for want of a device: $nogpu" "$WORK/tests.failures"
 }
 
 phase_demo() {
@@ -208,11 +213,11 @@ phase_primitives() {
   local emu=${MLA_CUDA_EMULATOR_ADDON:-$ROOT/build/Release/emulator/mla_cuda_emulator.node} erc=none
   if [[ -f $emu ]]; then   # the emulated run needs no GPU: alongside the GPU run
     ( MLA_CUDA_DEVICE=emulator MLA_PRIMITIVES_DUMP="$WORK/primitives-emu.json" timeout -k 5 "$T" \
-        "$TAP" --reporter=tap --disable-coverage --timeout=$((T - 5)) test/primitives.test.ts > "$WORK/primitives-emu.log" 2>&1
+        "$TAP" --reporter=tap --disable-coverage --timeout=$(tap_to) test/primitives.test.ts > "$WORK/primitives-emu.log" 2>&1
       echo $? > "$WORK/primitives-emu.rc" ) &
   fi
   MLA_CUDA_DEVICE=cuda MLA_PRIMITIVES_DUMP="$WORK/primitives-gpu.json" timeout -k 5 "$T" \
-    "$TAP" --reporter=tap --disable-coverage --timeout=$((T - 5)) test/primitives.test.ts > "$WORK/primitives-gpu.log" 2>&1
+    "$TAP" --reporter=tap --disable-coverage --timeout=$(tap_to) test/primitives.test.ts > "$WORK/primitives-gpu.log" 2>&1
   local rc=$?
   wait
   [[ -f $WORK/primitives-emu.rc ]] && erc=$(cat "$WORK/primitives-emu.rc")
@@ -243,7 +248,7 @@ phase_sanitizer() { # memcheck | racecheck
   if [[ -f $WORK/sanitizer-refused ]]; then record "$tool" SKIP "not run: $(cat "$WORK/sanitizer-refused")"; return; fi
   local log=$WORK/sanitizer-$tool.log
   timeout -k 5 "$T" compute-sanitizer --tool "$tool" --target-processes all --print-limit 10 \
-    "$TAP" --reporter=tap --disable-coverage --jobs=5 --timeout=$((T - 8)) --grep="$SAN_GREP" $SAN_FILES > "$log" 2>&1
+    "$TAP" --reporter=tap --disable-coverage --jobs=5 --timeout=$(tap_to) --grep="$SAN_GREP" $SAN_FILES > "$log" 2>&1
   local rc=$? st errors procs counts refused
   st=$(status_of $rc)
   errors=$(grep -oE 'ERROR SUMMARY: [0-9]+' "$log" | awk '{s += $3} END {print s + 0}')
@@ -256,9 +261,13 @@ phase_sanitizer() { # memcheck | racecheck
     echo "$tool refused: $refused" > "$WORK/sanitizer-refused"
     record "$tool" SKIP "the sanitizer refused this machine: $refused"; return
   fi
+  local ran nogpu note=""
+  ran=$(grep -E '^# \{ *total' "$log" | tail -1 | grep -oE 'pass: [0-9]+' | grep -oE '[0-9]+')
+  nogpu=$(grep -c '# SKIP no usable CUDA device' "$log")
   (( errors > 0 )) && st=FAIL
-  [[ $st == PASS && $procs == 0 ]] && st=FAIL
-  record "$tool" "$st" "$errors errors in $procs processes; subset ${counts:-no tap summary (exit $rc)}" "$WORK/$tool.summary"
+  [[ $procs == 0 ]] && { st=FAIL; note="; no ERROR SUMMARY: the sanitizer did not finish"; }
+  [[ ${ran:-0} == 0 || $nogpu -gt 0 ]] && { st=FAIL; note="$note; the subset did not run on the GPU ($nogpu GPU skips)"; }
+  record "$tool" "$st" "$errors errors in $procs processes; subset ${counts:-no tap summary (exit $rc)}$note" "$WORK/$tool.summary"
 }
 
 # ---- timings: ceilings, FlashMLA, our decode on its shapes, the rest ----------------------------
@@ -279,11 +288,12 @@ phase_flashmla() {
   need_visible flashmla && plan flashmla || return; phase_start flashmla
   [[ -f $FLASHMLA ]] || { record flashmla FAIL "anchor not carried ($FLASHMLA): run scripts/gpu-prepare.sh, carry .gpu"; return; }
   rm -f "$OUT/flashmla.jsonl"
+  chmod +x "${FLASHMLA%/*}/bench_flashmla" 2>/dev/null   # in case the transfer dropped the mode
   timeout -k 5 "$T" bash "$FLASHMLA" "$OUT/flashmla.jsonl" > "$WORK/flashmla.log" 2>&1
   local rc=$? st checks pass perf
   st=$(status_of $rc)
   checks=$(grep -c '"check"' "$OUT/flashmla.jsonl" 2>/dev/null); pass=$(grep -c '"pass":true' "$OUT/flashmla.jsonl" 2>/dev/null)
-  perf=$(grep -c '"us":' "$OUT/flashmla.jsonl" 2>/dev/null)
+  perf=$(grep -c '"us":' "$OUT/flashmla.jsonl" 2>/dev/null); perf=${perf:-0}
   local why=""
   case $rc in 1) why="; a correctness check FAILED" ;; 3) why="; no CUDA device" ;; 4) why="; not an sm_90 GPU" ;; 0|124|137) ;; *) why="; exit $rc" ;; esac
   grep -iE 'error|fail|device' "$WORK/flashmla.log" | head -3 > "$WORK/flashmla.notes"
@@ -298,7 +308,8 @@ bench_counts() { # JSON report → "N cases, E errors"; else the progress lines 
   if [[ -s $1 ]] && is_json "$1"; then
     node -e "const r=require('$1').results; const e=r.filter(x=>x.error); console.log(r.length+' cases, '+e.length+' errors'+(e.length?' (first: '+e[0].name+': '+String(e[0].error).slice(0,80)+')':''))"
   else
-    echo "no JSON report; $(grep -cE '^\[[0-9]+/[0-9]+\] .*µs' "$2") cases timed before the end: $(grep -vE '^\s*$' "$2" | tail -1 | cut -c1-100)"
+    local last; last=$(grep -m1 '^mla-cuda bench:' "$2" || grep -vE '^\s*$' "$2" | tail -1)
+    echo "no JSON report; $(grep -cE '^\[[0-9]+/[0-9]+\] .*µs' "$2") cases timed; ${last:0:120}"
   fi
 }
 phase_decode() {
@@ -363,7 +374,7 @@ console.log(summary);
 JS
 }
 print_table() {
-  local p st secs bud det total=0 bad=0 n=0
+  local p st secs bud det rid total=0 bad=0 n=0
   {
     echo
     echo "==================== gpu-check summary ===================="
@@ -371,19 +382,21 @@ print_table() {
     printf '%-10s %-7s %9s  %s\n' phase status 'time/bud' detail
     for p in "${ALL_PHASES[@]}"; do
       [[ -f $WORK/state/$p ]] || continue
-      IFS=$'\t' read -r st secs bud det < "$WORK/state/$p"
-      printf '%-10s %-7s %9s  %s\n' "$p" "$st" "${secs}s/${bud}s" "$det"
+      IFS=$'\t' read -r st secs bud det rid < "$WORK/state/$p"
+      [[ $rid == "$RUN_ID" ]] || det="(earlier invocation) $det"
+      [[ $bud == 0 ]] && bud=- || bud=${bud}s
+      printf '%-10s %-7s %9s  %s\n' "$p" "$st" "${secs}s/${bud}" "$det"
       [[ -f $WORK/state/$p.more ]] && sed 's/^/             | /' "$WORK/state/$p.more"
       n=$((n + 1)); total=$((total + secs))
       [[ $st == PASS ]] || bad=$((bad + 1))
     done
     compare_decode
     echo "phases: $n run, $((n - bad)) passed, $bad not; ${total}s in phases, $(elapsed)s since start (deadline ${DEADLINE}s)"
-    echo "files under \$OUT: $(cd "$OUT" && ls | tr '\n' ' ')"
+    echo "files under \$OUT: $( (cd "$OUT" && ls; echo summary.txt) | sort -u | tr '\n' ' ')"
     if (( bad == 0 && n > 0 )); then echo "GPU CHECK: PASS"; else echo "GPU CHECK: NOT PASSED ($bad of $n phases)"; fi
   } > "$WORK/summary.txt"
   cp "$WORK/summary.txt" "$OUT/summary.txt"
-  tar -C "$WORK" -czf "$OUT/logs.tgz" --exclude=./state . 2>/dev/null
+  tar -C "$WORK" -czf "$OUT/logs.tgz" . 2>/dev/null
   cat "$WORK/summary.txt"
   (( bad == 0 && n > 0 ))
 }
