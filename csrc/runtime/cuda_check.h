@@ -6,6 +6,18 @@
 
 namespace mla::gpu {
 
+// Errors after which the context is unusable (a kernel faulted): every later call fails too.
+inline bool contextLost(cudaError_t err) {
+  switch (err) {
+    case cudaErrorIllegalAddress: case cudaErrorLaunchFailure: case cudaErrorAssert:
+    case cudaErrorIllegalInstruction: case cudaErrorMisalignedAddress: case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc: case cudaErrorHardwareStackError: case cudaErrorLaunchTimeout:
+      return true;
+    default:
+      return false;
+  }
+}
+
 inline Status fromCuda(cudaError_t err, const std::string& what) {
   if (err == cudaSuccess) return Status::Ok();
   Code code = Code::Cuda;
@@ -13,7 +25,10 @@ inline Status fromCuda(cudaError_t err, const std::string& what) {
   if (err == cudaErrorInsufficientDriver || err == cudaErrorNoDevice) code = Code::NoDevice;
   return Status::Error(code,
                        what + ": " + cudaGetErrorName(err) + " (" + std::to_string(static_cast<int>(err)) +
-                           "): " + cudaGetErrorString(err),
+                           "): " + cudaGetErrorString(err) +
+                           (contextLost(err) ? ". The CUDA context is lost: every later GPU call in this process "
+                                               "fails; restart the process"
+                                             : ""),
                        cudaGetErrorName(err));
 }
 
