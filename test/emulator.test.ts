@@ -5,6 +5,7 @@
 import { EMULATED_TIERS } from './helpers/emulated-devices.js';
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
+import { Worker } from 'node:worker_threads';
 import { cuda, DeviceTensor } from '../lib/index.js';
 import { decodeConfig } from '../lib/ops/decode.js';
 import { linear } from '../lib/ops/linear.js';
@@ -78,6 +79,38 @@ t.test('device memory is accounted and returns to its start value', { skip: emuS
   t.ok(cuda.deviceInfo(0).freeMemory < before, 'allocations are counted');
   for (const x of held) x.dispose();
   t.equal(cuda.deviceInfo(0).freeMemory, before, 'and given back');
+});
+
+// Blocks run on the launching OS thread, so four Node workers launching at once exercise the
+// emulator's per-thread state and its shared registries (memory, streams, attributes).
+t.test('kernels launched from four worker threads at once match one thread\'s results', { skip: emuSkip }, async (t) => {
+  const script = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    import(workerData.dist).then(async ({ DeviceTensor, rmsNorm, linear, Stream }) => {
+      const x = DeviceTensor.fromArray(Float32Array.from({ length: 40 * 512 }, (_, i) => Math.sin(i * 0.37 + workerData.seed)), [40, 512], 'bf16');
+      const w = DeviceTensor.fromArray(Float32Array.from({ length: 512 }, (_, i) => 1 + (i % 7) / 8), [512], 'bf16');
+      const m = DeviceTensor.fromArray(Float32Array.from({ length: 96 * 512 }, (_, i) => Math.cos(i * 0.11)), [96, 512], 'bf16');
+      const s = new Stream();
+      const sums = [];
+      for (let round = 0; round < 6; round++) {
+        const y = linear(rmsNorm(x, w, 1e-6, { stream: s }), m, { outDtype: 'f32', stream: s });
+        sums.push(Array.from(await y.toFloat32({ stream: s })).reduce((a, b) => a + b, 0));
+        y.dispose();
+      }
+      for (const t of [x, w, m, s]) t.dispose();
+      parentPort.postMessage(sums);
+    }).catch((e) => parentPort.postMessage({ error: String(e) }));`;
+  const run = (seed: number): Promise<number[] | { error: string }> => new Promise((resolve, reject) => {
+    const w = new Worker(script, { eval: true, workerData: { dist: `${packageRoot}/dist/index.js`, seed } });
+    w.once('message', resolve);
+    w.once('error', reject);
+  });
+  const alone = await run(1);
+  const together = await Promise.all([1, 2, 3, 1].map(run));
+  t.notOk('error' in alone, `one worker ran: ${JSON.stringify(alone).slice(0, 200)}`);
+  t.same(together[0], alone, 'the same inputs give bit-identical results with three other workers running');
+  t.same(together[3], alone, 'twice');
+  t.notSame(together[1], alone, 'and other inputs other results');
 });
 
 // A kernel fault poisons the context, as on a GPU: the call that hit it and every later device
