@@ -143,6 +143,15 @@ const MUTANTS: readonly Mutant[] = [
   },
   // ---- prefill.cu ----
   {
+    // 67 KB of dynamic shared memory without the opt-in: CUDA refuses the launch (48 KB rule).
+    id: 'prefill-no-smem-optin',
+    title: 'prefill: the cudaFuncSetAttribute(MaxDynamicSharedMemorySize) opt-in removed',
+    file: 'prefill.cu',
+    edits: [{ find: 'MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),', replace: 'MLA_CUDA_TRY(cudaSuccess,' }],
+    run: 'prefill',
+    expect: { launchRefused: /prefillAttention: cudaErrorInvalidValue/ },
+  },
+  {
     id: 'prefill-no-wait',
     title: 'prefill: the wait for K_t (and Q) removed',
     file: 'prefill.cu',
@@ -468,6 +477,11 @@ function mutationTests(build: EmulatorBuild): void {
       }
       const site = `${m.file}:${o.mutated.lines.join(',')}`;
       tt.comment(`${site}: compile ${fmtMs(o.built.compileMs)}, link ${fmtMs(o.built.linkMs)}, ${r.case} run ${fmtMs(r.ms)}`);
+      if ('launchRefused' in m.expect) {
+        tt.ok(r.errored && !r.faulted && m.expect.launchRefused.test(r.message),
+          `${m.id} (${site}) detected: the launch is refused with ${m.expect.launchRefused}: got ${describe(r)}`);
+        return;
+      }
       tt.notOk(r.errored, `${m.id}: the harness ran (${r.errored ? r.message : 'ok'})`);
       if ('fault' in m.expect) {
         tt.ok(r.faulted && m.expect.fault.test(r.message),

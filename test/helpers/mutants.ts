@@ -21,8 +21,11 @@ export interface Edit {
   nth?: number;
 }
 
-/** How a mutant must be caught: an emulator fault whose message matches, or a numeric failure. */
-export type Detection = { fault: RegExp } | { numeric: true };
+/**
+ * How a mutant must be caught: an emulator fault whose message matches, a launch the emulated
+ * runtime refuses (CUDA's launch rules) with a matching error, or a numeric failure.
+ */
+export type Detection = { fault: RegExp } | { launchRefused: RegExp } | { numeric: true };
 
 export interface Mutant {
   /** Short id (temp directory name). */
