@@ -191,6 +191,15 @@ const MUTANTS: readonly Mutant[] = [
     run: 'merge',
     expect: { numeric: true },
   },
+  {
+    // The other lanes exit while lane 0 waits for them: a deadlock, reported with the warp's state.
+    id: 'merge-lone-syncwarp',
+    title: 'prefill merge: only lane 0 reaches the full-mask __syncwarp',
+    file: 'prefill.cu',
+    edits: [{ find: '  __syncwarp();\n  if (lane == 0) a.lse', replace: '  if (lane == 0) __syncwarp();\n  if (lane == 0) a.lse' }],
+    run: 'merge',
+    expect: { fault: /deadlock in block .*exited 0xfffffffe.*in __syncwarp 0x00000001 \(mask 0xffffffff at / },
+  },
 ];
 
 /** A mutant's edits, by id: the race mutants reuse sites of MUTANTS where they are the same. */
