@@ -7,6 +7,8 @@
 // an architecture preset (compute capability, shared memory per block and per SM), optionally
 // with its SM count (small counts make split plans hold several tiles per split).
 // MLA_EMU_MEMORY_MB caps each device's memory (default 8192), so OOM paths can be tested.
+#include <sys/mman.h>
+#include <unistd.h>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -105,7 +107,23 @@ std::string stickyText;
 struct Allocation {
   size_t bytes;
   int device;
+  void* mapping;  // what to unmap (guard-page allocations), else null
+  size_t mapped;
 };
+
+// Device memory ends at a PROT_NONE page (the 256-byte alignment leaves at most 255 bytes of
+// slack before it), so a kernel reading or writing past an allocation faults at once; the
+// scheduler turns that fault into a kernel fault. Under AddressSanitizer the allocation is a
+// plain heap block of the exact size instead, which ASan guards to the byte.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kGuardPages = false;
+#else
+constexpr bool kGuardPages = true;
+#endif
+size_t pageBytes() {
+  static const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  return page;
+}
 std::shared_mutex memMu;
 std::map<uintptr_t, Allocation> allocations;
 std::vector<size_t> inUse(64, 0);
@@ -334,11 +352,23 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
     std::shared_lock<std::shared_mutex> lock(memMu);
     if (inUse[size_t(tlDevice)] + rounded > s.memoryBytes) return fail(cudaErrorMemoryAllocation);
   }
-  // The exact size is what is registered (and what ASan guards); 256-byte aligned like cudaMalloc.
-  void* m = std::aligned_alloc(256, rounded);
-  if (!m) return fail(cudaErrorMemoryAllocation);
+  // 256-byte aligned like cudaMalloc; the exact size is what is registered.
+  void* m = nullptr;
+  void* mapping = nullptr;
+  size_t mapped = 0;
+  if (kGuardPages) {
+    const size_t page = pageBytes();
+    mapped = (rounded + page - 1) / page * page + page;
+    mapping = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mapping == MAP_FAILED) return fail(cudaErrorMemoryAllocation);
+    mprotect(static_cast<char*>(mapping) + mapped - page, page, PROT_NONE);
+    m = static_cast<char*>(mapping) + (mapped - page - rounded);
+  } else {
+    m = std::aligned_alloc(256, rounded);
+    if (!m) return fail(cudaErrorMemoryAllocation);
+  }
   std::unique_lock<std::shared_mutex> lock(memMu);
-  allocations[reinterpret_cast<uintptr_t>(m)] = Allocation{bytes, tlDevice};
+  allocations[reinterpret_cast<uintptr_t>(m)] = Allocation{bytes, tlDevice, mapping, mapped};
   inUse[size_t(tlDevice)] += rounded;
   *p = m;
   return cudaSuccess;
@@ -350,10 +380,12 @@ cudaError_t cudaFree(void* p) {
   auto it = allocations.find(reinterpret_cast<uintptr_t>(p));
   if (it == allocations.end()) return fail(cudaErrorInvalidDevicePointer);
   inUse[size_t(it->second.device)] -= (std::max<size_t>(it->second.bytes, 1) + 255) / 256 * 256;
+  const Allocation a = it->second;
   allocations.erase(it);
   freeGeneration.fetch_add(1, std::memory_order_release);
   lock.unlock();
-  std::free(p);
+  if (a.mapping) munmap(a.mapping, a.mapped);
+  else std::free(p);
   return cudaSuccess;
 }
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t s) {

@@ -7,11 +7,13 @@
 // hazards without a barrier, divergent barriers and deadlocks stop the kernel. Any such
 // finding is a fault: the block stops, and the launch fails with a sticky error whose message
 // names the block, thread and source line (the binding turns it into an MlaError).
+#include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
@@ -571,6 +573,68 @@ void mmaCompute(const Slot* in, Slot* out, unsigned, uintptr_t arg) {
   }
 }
 
+// ---- memory faults inside kernels -------------------------------------------------------------
+// A kernel's load or store outside mapped memory (past an allocation's guard page, a freed or
+// wild pointer) raises SIGSEGV on the OS thread running its fiber. The handler ends the block
+// with a fault, as a GPU's illegal-address error ends a kernel; any other SIGSEGV goes to the
+// handler that was installed before (Node's, V8's, or the default). The handler runs on an
+// alternate stack, so a fiber's stack overflow (its guard page) is caught too. Sanitizer builds
+// leave these signals to the sanitizer.
+#if !defined(MLA_EMU_ASAN) && !defined(MLA_EMU_TSAN) && !defined(__SANITIZE_THREAD__)
+struct sigaction prevSegv, prevBus;
+
+void onMemoryFault(int sig, siginfo_t* info, void* context) {
+  if (tlFiber && tlBlock && !tlBlock->faulted) {
+    char m[256];
+    snprintf(m, sizeof m,
+             "%s: %s at address %p, outside every live device allocation (past its end, freed, or a wild "
+             "pointer; the stack if it overflowed)",
+             where().c_str(), sig == SIGBUS ? "bus error" : "memory fault", info->si_addr);
+    faultHere(m);
+  }
+  const struct sigaction& prev = sig == SIGBUS ? prevBus : prevSegv;
+  if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) return prev.sa_sigaction(sig, info, context);
+  if (!(prev.sa_flags & SA_SIGINFO) && prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN)
+    return prev.sa_handler(sig);
+  // The default action: restored, it kills the process when the faulting instruction reruns.
+  signal(sig, SIG_DFL);
+}
+
+// Per OS thread: the alternate signal stack, unless the thread already has one.
+struct AltStack {
+  std::vector<char> memory;
+  ~AltStack() {
+    if (memory.empty()) return;
+    stack_t off{};
+    off.ss_flags = SS_DISABLE;
+    sigaltstack(&off, nullptr);
+  }
+};
+thread_local AltStack tlAltStack;
+
+void catchMemoryFaults() {
+  static std::once_flag installed;
+  std::call_once(installed, [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = &onMemoryFault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;  // NODEFER: the handler never returns to unblock it
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &prevSegv);
+    sigaction(SIGBUS, &sa, &prevBus);
+  });
+  if (!tlAltStack.memory.empty()) return;
+  stack_t current{};
+  if (sigaltstack(nullptr, &current) == 0 && !(current.ss_flags & SS_DISABLE)) return;
+  tlAltStack.memory.resize(64 * 1024);
+  stack_t ss{};
+  ss.ss_sp = tlAltStack.memory.data();
+  ss.ss_size = tlAltStack.memory.size();
+  if (sigaltstack(&ss, nullptr) != 0) tlAltStack.memory.clear();
+}
+#else
+void catchMemoryFaults() {}
+#endif
+
 }  // namespace
 
 // ---- kernel-facing entry points -----------------------------------------------------------------
@@ -737,6 +801,7 @@ void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
   // see what a kernel fault does to the process (a typed error, a lost context; never an abort).
   static const char* injectFault = std::getenv("MLA_EMU_FAULT");
   static const int shuffleSeed = envInt("MLA_EMU_SHUFFLE", 0);
+  catchMemoryFaults();
   std::mt19937 rng{unsigned(shuffleSeed)};
   std::vector<Fiber> fibers(static_cast<size_t>(threads));
   Block B;

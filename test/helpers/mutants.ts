@@ -39,6 +39,8 @@ export interface Mutant {
   expect: Detection;
   /** Set where the emulator is known not to catch it: the gap, in words (tap `todo`). */
   todo?: string;
+  /** A memory fault is caught by the signal handler, which knows the thread but not the line. */
+  faultWithoutLine?: true;
 }
 
 function occurrences(text: string, find: string): number[] {
