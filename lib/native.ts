@@ -113,7 +113,8 @@ export type DeviceSelection = 'cuda' | 'emulator' | 'auto';
 export function deviceSelection(): DeviceSelection {
   const v = (process.env['MLA_CUDA_DEVICE'] ?? '').trim().toLowerCase();
   if (v === '' || v === 'cuda' || v === 'gpu') return 'cuda';
-  if (v === 'emulator' || v === 'emulated' || v === 'auto') return v === 'auto' ? 'auto' : 'emulator';
+  if (v === 'emulator' || v === 'emulated') return 'emulator';
+  if (v === 'auto') return 'auto';
   throw new MlaError('ERR_ARGUMENT', `MLA_CUDA_DEVICE must be \`cuda\`, \`emulator\` or \`auto\`, not "${v}"`);
 }
 
@@ -125,6 +126,7 @@ export function emulatorAddonPath(): string {
 let cached: NativeAddon | undefined;
 let loadError: string | undefined;
 let emulatorError: string | undefined;
+let selectionError: MlaError | undefined; // a bad MLA_CUDA_DEVICE: the user's setting, not the build
 
 /** Why MLA_CUDA_DEVICE=auto found neither a GPU nor the emulated device (undefined otherwise). */
 export function emulatorUnavailable(): string | undefined {
@@ -179,6 +181,7 @@ function load(): NativeAddon | undefined {
     cached = addon;
   } catch (err) {
     loadError = err instanceof Error ? err.message : String(err);
+    if (err instanceof MlaError) selectionError = err;
   }
   return cached;
 }
@@ -197,6 +200,7 @@ export function addonLoadError(): string | undefined {
 /** The addon, or an MlaError ERR_NO_ADDON explaining how to build it. */
 export function native(): NativeAddon {
   const addon = load();
+  if (selectionError) throw selectionError;
   /* c8 ignore start */
   if (!addon) {
     throw new MlaError(

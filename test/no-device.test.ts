@@ -3,7 +3,9 @@
 // loads the CUDA addon, so the path a GPU-less user meets stays tested.
 import './helpers/cuda-addon.js';
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import { cuda, DeviceTensor, Event, Stream } from '../lib/index.js';
+import { packageRoot } from '../lib/native.js';
 import { rejects } from './helpers/validation.js';
 
 const noGpuOnly = cuda.deviceStatus().ok ? 'a GPU is present (this checks the no-device path)' : false;
@@ -28,3 +30,16 @@ t.test('without a device every GPU call throws a typed error with the reason', {
   await rejects(t, () => cuda.setDevice(0), code, /setDevice/);
   t.ok(cuda.versionString(s.runtimeVersion).length > 0);
 });
+
+t.test('a bad MLA_CUDA_DEVICE is an argument error naming the variable, not a build problem', async (t) => {
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', `
+    const { DeviceTensor } = await import(${JSON.stringify(`${packageRoot}/dist/index.js`)});
+    try { DeviceTensor.zeros([2]); } catch (e) { console.log(JSON.stringify({ code: e.code, message: e.message })); }`], {
+    encoding: 'utf8',
+    env: { ...process.env, MLA_CUDA_DEVICE: 'tpu' },
+  });
+  const e = JSON.parse(r.stdout) as { code: string; message: string };
+  t.equal(e.code, 'ERR_ARGUMENT');
+  t.match(e.message, /MLA_CUDA_DEVICE must be `cuda`, `emulator` or `auto`, not "tpu"/);
+});
+
