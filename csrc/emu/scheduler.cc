@@ -288,7 +288,14 @@ char* stackFor(size_t i) {
 struct StackPool {  // unmaps an exiting OS thread's stacks (worker threads come and go)
   ~StackPool() {
     const size_t page = size_t(sysconf(_SC_PAGESIZE));
-    for (char* s : tlStacks) munmap(s - page, stackBytes() + page);
+    for (char* s : tlStacks) {
+#ifdef MLA_EMU_ASAN
+      // Abandoned fiber frames leave redzones in ASan's shadow; memory mapped here later (a V8
+      // heap page) would otherwise be reported as a stack overflow.
+      __asan_unpoison_memory_region(s, stackBytes());
+#endif
+      munmap(s - page, stackBytes() + page);
+    }
   }
 };
 thread_local StackPool tlStackPool;
