@@ -40,5 +40,5 @@ export {
   type MlaLayerWeights,
   type ReferenceLayerOptions,
 } from './layer.js';
-export { denseAttendOne, makePagedCache, type PagedCache } from './testing.js';
+export { denseAttendOne, makePagedCache, shuffledBlockTable, type PagedCache } from './testing.js';
 export { maxAbsDiff, mulberry32, randn, randnArray, relError } from './util.js';

@@ -36,6 +36,28 @@ export function makePagedCache(rows: Float64Array[], D: number, pageSize: number
   return { cache, blockTable, maxPages, pageSize };
 }
 
+/**
+ * A block table over shuffled pages for requests of `seqLens` keys: each request's pages in a
+ * random order, unused entries -1, one spare column and three spare pages (so a walk past the
+ * end or onto the wrong page reads someone else's data).
+ */
+export function shuffledBlockTable(seqLens: readonly number[], pageSize: number, rng: () => number): { table: Int32Array; maxPages: number; numPages: number } {
+  const pagesOf = seqLens.map((L) => Math.ceil(L / pageSize));
+  const maxPages = Math.max(1, ...pagesOf) + 1;
+  const numPages = pagesOf.reduce((a, b) => a + b, 0) + 3;
+  const perm = Array.from({ length: numPages }, (_, i) => i);
+  for (let i = numPages - 1; i > 0; i--) {
+    const j = Math.floor(rng() * (i + 1));
+    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+  }
+  const table = new Int32Array(seqLens.length * maxPages).fill(-1);
+  let next = 0;
+  pagesOf.forEach((n, b) => {
+    for (let i = 0; i < n; i++) table[b * maxPages + i] = perm[next++]!;
+  });
+  return { table, maxPages, numPages };
+}
+
 // softmax(scale·q·Kᵀ + mask)·V for one query row, written the textbook way:
 // full score vector, −∞ for masked keys, then normalise.
 export function denseAttendOne(

@@ -3,6 +3,7 @@
 import { DeviceTensor } from '../../lib/index.js';
 import { decode, DecodeWorkspace } from '../../lib/ops/decode.js';
 import { decodeReference } from '../../lib/reference/decode.js';
+import { shuffledBlockTable } from '../../lib/reference/testing.js';
 import { poison, randn, relError, rng, roundTo } from './gpu.js';
 import type { Asserts } from './validation.js';
 
@@ -39,17 +40,7 @@ export function build(spec: CaseSpec): Built {
   const r = rng(spec.seed);
   const qLens = typeof spec.sQ === 'number' ? seqLens.map(() => spec.sQ as number) : spec.sQ;
   const tokens = qLens.reduce((a, b) => a + b, 0);
-  const pagesOf = seqLens.map((L) => Math.ceil(L / pageSize));
-  const maxPages = Math.max(1, ...pagesOf) + 1;
-  const numPages = pagesOf.reduce((a, b) => a + b, 0) + 3;
-  const perm = Array.from({ length: numPages }, (_, i) => i);
-  for (let i = numPages - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
-  }
-  const table = new Int32Array(B * maxPages).fill(-1);
-  let next = 0;
-  for (let b = 0; b < B; b++) for (let i = 0; i < pagesOf[b]!; i++) table[b * maxPages + i] = perm[next++]!;
+  const { table, maxPages, numPages } = shuffledBlockTable(seqLens, pageSize, r);
   const qF = randn(tokens * H * D, spec.seed + 1, 0.5);
   const cF = randn(numPages * pageSize * D, spec.seed + 2, 1);
   const scale = spec.scale ?? 0.1352337788608801;

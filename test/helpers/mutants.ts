@@ -437,18 +437,7 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
     // split over several parts (combine kernel included).
     decode: () => {
       const B = 3, H = 16, ps = 64, D = 576, DV = 512, sQ = 2, seqLens = [300, 257, 320];
-      const r = util.mulberry32(5);
-      const pagesOf = seqLens.map((L) => Math.ceil(L / ps));
-      const maxPages = Math.max(...pagesOf) + 1;
-      const numPages = pagesOf.reduce((a, b) => a + b, 0) + 3;
-      const perm = Array.from({ length: numPages }, (_, i) => i);
-      for (let i = numPages - 1; i > 0; i--) {
-        const j = Math.floor(r() * (i + 1));
-        [perm[i], perm[j]] = [perm[j]!, perm[i]!];
-      }
-      const table = new Int32Array(B * maxPages).fill(-1);
-      let next = 0;
-      for (let b = 0; b < B; b++) for (let i = 0; i < pagesOf[b]!; i++) table[b * maxPages + i] = perm[next++]!;
+      const { table, maxPages, numPages } = ref.shuffledBlockTable(seqLens, ps, util.mulberry32(5));
       const tokens = B * sQ;
       const q = up(randn(tokens * H * D, 6, 0.5), [tokens, H, D], 'bf16');
       const cache = up(randn(numPages * ps * D, 7), [numPages, ps, D], 'bf16');
