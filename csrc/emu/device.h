@@ -88,8 +88,7 @@ template <class T> inline T fromBits(uint64_t u) {
 
 template <class... P>
 struct Launcher {
-  void (*kernel)(P...);
-  LaunchConfig cfg;
+  LaunchConfig cfg;  // cfg.kernel is the kernel
   template <class... A>
   void operator()(A&&... args) const {
     static_assert(sizeof...(A) == sizeof...(P), "kernel argument count");
@@ -101,14 +100,13 @@ struct Launcher {
         std::apply(reinterpret_cast<void (*)(P...)>(const_cast<void*>(k)), copy);
       }
     };
-    LaunchConfig c = cfg;
-    launch(c, &Call::run, &params);
+    launch(cfg, &Call::run, &params);
   }
 };
 template <class... P>
 Launcher<P...> makeLauncher(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                             const char* name) {
-  return Launcher<P...>{kernel, LaunchConfig{grid, block, smem, reinterpret_cast<const void*>(kernel), stream, name}};
+  return Launcher<P...>{LaunchConfig{grid, block, smem, reinterpret_cast<const void*>(kernel), stream, name}};
 }
 
 }  // namespace mla::emu
@@ -201,10 +199,6 @@ inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(unsigned(x)); }
 template <class A, class B> inline std::common_type_t<A, B> min(A a, B b) { return b < a ? b : a; }
 template <class A, class B> inline std::common_type_t<A, B> max(A a, B b) { return a < b ? b : a; }
-
-// Shared-memory "addresses" are only ever handed back to the emulated PTX (smemAddr in common.cuh
-// keeps the pointer itself under MLA_EMULATE), so this conversion is never used for arithmetic.
-inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<uintptr_t>(p); }
 
 // ---- runtime API templates cuda_runtime.h adds over cuda_runtime_api.h -------------------------
 template <class T> inline cudaError_t cudaFuncSetAttribute(T* entry, cudaFuncAttribute attr, int value) {

@@ -49,6 +49,8 @@ constexpr Preset kPresets[] = {
     {"sm_120", "RTX 5090", 12, 0, 170, 101376, 102400, 96},
 };
 
+constexpr size_t kMaxDevices = 64;
+
 struct Registry {
   std::vector<DeviceSpec> devices;
   std::string configError;
@@ -90,6 +92,10 @@ struct Registry {
       d.memoryBytes = memBytes;
       devices.push_back(d);
     }
+    if (devices.size() > kMaxDevices) {  // the kernels' per-device caches hold 64
+      configError = "MLA_EMU_DEVICES: at most 64 devices";
+      devices.clear();
+    }
   }
 };
 const Registry& registry() {
@@ -120,13 +126,15 @@ constexpr bool kGuardPages = false;
 #else
 constexpr bool kGuardPages = true;
 #endif
+// What an allocation of `bytes` counts against the device's memory (cudaMalloc's granularity).
+size_t chargedBytes(size_t bytes) { return (std::max<size_t>(bytes, 1) + 255) / 256 * 256; }
 size_t pageBytes() {
   static const size_t page = size_t(sysconf(_SC_PAGESIZE));
   return page;
 }
 std::shared_mutex memMu;
 std::map<uintptr_t, Allocation> allocations;
-std::vector<size_t> inUse(64, 0);
+std::vector<size_t> inUse(kMaxDevices, 0);
 
 std::mutex handleMu;
 std::set<const void*> streams, events;
@@ -347,7 +355,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
   MLA_EMU_STICKY();
   const DeviceSpec& s = device(tlDevice);
-  const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+  const size_t rounded = chargedBytes(bytes);
   {
     std::shared_lock<std::shared_mutex> lock(memMu);
     if (inUse[size_t(tlDevice)] + rounded > s.memoryBytes) return fail(cudaErrorMemoryAllocation);
@@ -379,7 +387,7 @@ cudaError_t cudaFree(void* p) {
   std::unique_lock<std::shared_mutex> lock(memMu);
   auto it = allocations.find(reinterpret_cast<uintptr_t>(p));
   if (it == allocations.end()) return fail(cudaErrorInvalidDevicePointer);
-  inUse[size_t(it->second.device)] -= (std::max<size_t>(it->second.bytes, 1) + 255) / 256 * 256;
+  inUse[size_t(it->second.device)] -= chargedBytes(it->second.bytes);
   const Allocation a = it->second;
   allocations.erase(it);
   freeGeneration.fetch_add(1, std::memory_order_release);
@@ -444,10 +452,8 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   MLA_EMU_STICKY();
   return validStream(s) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
 }
-cudaError_t cudaStreamQuery(cudaStream_t s) {
-  MLA_EMU_STICKY();
-  return validStream(s) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
-}
+// Work finishes before the call that queued it returns: a query always finds it done.
+cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaStreamSynchronize(s); }
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
   MLA_EMU_STICKY();
   if (!validStream(s) || !validEvent(e)) return fail(cudaErrorInvalidResourceHandle);
@@ -471,10 +477,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   MLA_EMU_STICKY();
   return validEvent(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
 }
-cudaError_t cudaEventQuery(cudaEvent_t e) {
-  MLA_EMU_STICKY();
-  return validEvent(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
-}
+cudaError_t cudaEventQuery(cudaEvent_t e) { return cudaEventSynchronize(e); }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   MLA_EMU_STICKY();
   if (!validEvent(start) || !validEvent(end)) return fail(cudaErrorInvalidResourceHandle);

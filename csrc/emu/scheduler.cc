@@ -94,8 +94,6 @@ struct Fiber {
   int linear = 0, lane = 0, warp = 0;
   State state = kRunnable;
   uint64_t waitGen = 0;
-  const char* waitFile = nullptr;
-  int waitLine = 0;
   std::vector<CpCopy> copies;
   int committed = 0;  // committed cp.async groups; open copies carry group == committed
 #ifdef MLA_EMU_ASAN
@@ -103,7 +101,9 @@ struct Fiber {
 #endif
 };
 
-// A warp collective in progress: each lane deposits its operand, the last computes for all.
+// A warp collective in progress: each lane deposits its operand and where its result goes; the
+// last to arrive computes for all and delivers every result before any lane runs again (a lane
+// may reach its next collective before the others have resumed).
 struct Slot {
   alignas(16) unsigned char b[64];
 };
@@ -116,6 +116,7 @@ struct Warp {
   const char* file = nullptr;
   int line = 0;
   Slot in[32], out[32];
+  void* dest[32];
 };
 
 // Shadow of one 16-byte chunk of dynamic shared memory.
@@ -128,7 +129,6 @@ struct Chunk {
 };
 
 struct Block {
-  std::vector<Fiber>* fibers = nullptr;
   int threads = 0, alive = 0, atBarrier = 0;
   uint64_t barrierGen = 0;
   const char* barrierFile = nullptr;
@@ -272,7 +272,7 @@ size_t stackBytes() {
 }
 
 // Stacks are kept per OS thread and reused by every block; a PROT_NONE page below each turns
-// an overflow into a crash at the overflow rather than silent corruption.
+// an overflow into a memory fault at the overflow (a kernel fault) rather than silent corruption.
 thread_local std::vector<char*> tlStacks;
 char* stackFor(size_t i) {
   const size_t page = size_t(sysconf(_SC_PAGESIZE));
@@ -407,6 +407,7 @@ void warpRendezvous(const char* op, unsigned mask, uintptr_t arg, const void* in
                      where().c_str(), file, line, op, mask, w.op, w.mask, w.file, w.line));
   }
   std::memcpy(w.in[f.lane].b, in, inBytes);
+  w.dest[f.lane] = out;
 #ifdef MLA_EMU_TSAN
   char* sync = &tlSync->warp[f.warp][w.gen % kWarpRing];
   TSAN_REL(sync);
@@ -415,6 +416,8 @@ void warpRendezvous(const char* op, unsigned mask, uintptr_t arg, const void* in
   if (w.arrived == mask) {
     TSAN_ACQ(sync);
     compute(w.in, w.out, mask, arg);
+    for (int l = 0; l < 32; ++l)
+      if ((mask >> l) & 1u) std::memcpy(w.dest[l], w.out[l].b, outBytes);
     w.arrived = 0;
     w.op = nullptr;
     w.gen++;
@@ -424,7 +427,6 @@ void warpRendezvous(const char* op, unsigned mask, uintptr_t arg, const void* in
     toScheduler();
     TSAN_ACQ(sync);
   }
-  std::memcpy(out, w.out[f.lane].b, outBytes);
 }
 
 struct ShflIn {
@@ -681,8 +683,6 @@ void syncthreads(const char* file, int line) {
   }
   f.state = kAtBarrier;
   f.waitGen = B.barrierGen;
-  f.waitFile = file;
-  f.waitLine = line;
   toScheduler();
   TSAN_ACQ(sync);  // leaving acquires everyone's
 }
@@ -812,7 +812,6 @@ void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
   std::mt19937 rng{unsigned(shuffleSeed)};
   std::vector<Fiber> fibers(static_cast<size_t>(threads));
   Block B;
-  B.fibers = &fibers;
   B.threads = int(threads);
   B.body = body;
   B.params = params;
@@ -850,10 +849,19 @@ void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
     B.atBarrier = 0;
     B.barrierGen = 0;
     B.barrierFile = nullptr;
-    for (auto& w : B.warps) w = Warp{};
+    // Per block, only the bookkeeping is reset: the warps' operand slots (4 KB each) and the
+    // fibers' copy lists keep their memory from block to block.
+    for (int w = 0; w < (B.threads + 31) / 32; ++w) {
+      B.warps[w].arrived = 0;
+      B.warps[w].op = nullptr;
+      B.warps[w].gen = 0;
+    }
     for (int t = 0; t < B.threads; ++t) {
       Fiber& f = fibers[size_t(t)];
-      f = Fiber{};
+      f.state = kRunnable;
+      f.waitGen = 0;
+      f.copies.clear();
+      f.committed = 0;
       f.linear = t;
       f.tid = make_uint3(unsigned(t) % cfg.block.x, unsigned(t) / cfg.block.x % cfg.block.y,
                          unsigned(t) / (cfg.block.x * cfg.block.y));
