@@ -125,7 +125,8 @@ __device__ __forceinline__ void cpAsync16(void* smem, const void* gmem, bool pre
                :: "r"(smemAddr(smem)), "l"(gmem), "r"(pred ? 16 : 0));
 }
 __device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
+// "memory": the copied data becomes visible here, so no shared-memory read may move above it.
+template <int N> __device__ __forceinline__ void cpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory"); }
 
 #endif  // MLA_EMULATE
 

@@ -55,10 +55,7 @@ __global__ void __launch_bounds__(32) cpAsyncKernel(const uint4* src, const int*
   cpAsyncCommit();
   cpAsync16(&chunks[32 + lane], &src[32 + lane], pred[32 + lane] != 0);
   cpAsyncCommit();
-  cpAsyncWait<1>();
-  // The cp.async asm in common.cuh has no "memory" clobber: without this the compiler may hoist
-  // the read of the group-0 chunk above the wait (no barrier follows it here).
-  asm volatile("" ::: "memory");
+  cpAsyncWait<1>();  // no barrier: each thread reads only the chunk it copied itself
   const uint32_t* mine = reinterpret_cast<const uint32_t*>(&chunks[lane]);
   for (int k = 0; k < 4; ++k) early[lane * 4 + k] = mine[k];
   cpAsyncWait<0>();
