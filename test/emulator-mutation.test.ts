@@ -15,6 +15,7 @@
 // control must be free of reports, and every race mutant (RACE_MUTANTS) reported.
 // Run: MLA_MUTANT_SANITIZER=thread MLA_CUDA_DEVICE=emulator npx tap --disable-coverage -t 900 test/emulator-mutation.test.ts
 import t from 'tap';
+import type { Test } from 'tap';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -453,6 +454,31 @@ function makeRunner(build: EmulatorBuild, childEnv: Readonly<Record<string, stri
   return { work, source, start };
 }
 
+/** One assertion per mutant that its site (what `site` reads off the current sources) is there. */
+function sitesTest(title: string, mutants: readonly { id: string }[], site: (i: number) => string): void {
+  t.test(title, async (tt) => {
+    for (const [i, m] of mutants.entries()) {
+      try {
+        tt.pass(`${m.id}: ${site(i)}`);
+      } catch (err) {
+        tt.fail(err instanceof Error ? err.message : String(err));
+      }
+    }
+  });
+}
+
+/** The control's per-case results, after checking it built and ran every case; undefined if not. */
+async function controlResults(tt: Test, control: Promise<Outcome>, cases: readonly HarnessCase[]): Promise<HarnessResult[] | undefined> {
+  const o = await control;
+  if (o.error !== undefined || !o.built?.addon) {
+    tt.fail(`control build failed: ${o.error ?? o.built?.log}`);
+    return undefined;
+  }
+  tt.comment(`compile ${fmtMs(o.built.compileMs)}, link ${fmtMs(o.built.linkMs)}, runs ${o.results.map((r) => `${r.case} ${fmtMs(r.ms)}`).join(', ')}`);
+  tt.equal(o.results.length, cases.length, 'every case ran');
+  return o.results;
+}
+
 function mutationTests(build: EmulatorBuild): void {
   const { work, source, start } = makeRunner(build);
 
@@ -461,26 +487,15 @@ function mutationTests(build: EmulatorBuild): void {
   const control = start('control', 'prefill.cu', { id: 'control', file: 'prefill.cu', edits: [] }, HARNESS_CASES);
   const outcomes = MUTANTS.map((m) => start(m.id, m.file, m, [m.run]));
 
-  t.test('every mutant\'s site occurs exactly as expected in the current kernel sources', async (tt) => {
-    for (const m of MUTANTS) {
-      try {
-        const { lines } = applyEdits(source(m.file), m);
-        tt.pass(`${m.id}: ${m.file}:${lines.join(',')}`);
-      } catch (err) {
-        tt.fail(err instanceof Error ? err.message : String(err));
-      }
-    }
+  sitesTest('every mutant\'s site occurs exactly as expected in the current kernel sources', MUTANTS, (i) => {
+    const m = MUTANTS[i]!;
+    return `${m.file}:${applyEdits(source(m.file), m).lines.join(',')}`;
   });
 
   t.test('control: an unmutated copy built the same way passes every case', async (tt) => {
-    const o = await control;
-    if (o.error !== undefined || !o.built?.addon) {
-      tt.fail(`control build failed: ${o.error ?? o.built?.log}`);
-      return;
+    for (const r of (await controlResults(tt, control, HARNESS_CASES)) ?? []) {
+      tt.ok(r.pass && !r.faulted && !r.errored, `control ${r.case}: ${describe(r)}`);
     }
-    tt.comment(`compile ${fmtMs(o.built.compileMs)}, link ${fmtMs(o.built.linkMs)}, runs ${o.results.map((r) => `${r.case} ${fmtMs(r.ms)}`).join(', ')}`);
-    tt.equal(o.results.length, HARNESS_CASES.length, 'every case ran');
-    for (const r of o.results) tt.ok(r.pass && !r.faulted && !r.errored, `control ${r.case}: ${describe(r)}`);
   });
 
   for (const [i, m] of MUTANTS.entries()) {
@@ -568,26 +583,14 @@ function raceTests(build: EmulatorBuild, childEnv: Readonly<Record<string, strin
     return { lines: m.racy.map((text) => lineOf(mutated.source, text, `race mutant ${m.id}`)), site: mutated.lines };
   };
 
-  t.test('every race mutant\'s site and racy accesses occur exactly as expected in the current kernel sources', async (tt) => {
-    for (const m of RACE_MUTANTS) {
-      try {
-        const e = expected(m);
-        tt.pass(`${m.id}: ${m.file}:${e.site.join(',')}, racy lines ${e.lines.join(', ')}`);
-      } catch (err) {
-        tt.fail(err instanceof Error ? err.message : String(err));
-      }
-    }
+  sitesTest('every race mutant\'s site and racy accesses occur exactly as expected in the current kernel sources', RACE_MUTANTS, (i) => {
+    const m = RACE_MUTANTS[i]!;
+    const e = expected(m);
+    return `${m.file}:${e.site.join(',')}, racy lines ${e.lines.join(', ')}`;
   });
 
   t.test('control under ThreadSanitizer: an unmutated copy passes every case with no report', async (tt) => {
-    const o = await control;
-    if (o.error !== undefined || !o.built?.addon) {
-      tt.fail(`control build failed: ${o.error ?? o.built?.log}`);
-      return;
-    }
-    tt.comment(`compile ${fmtMs(o.built.compileMs)}, link ${fmtMs(o.built.linkMs)}, runs ${o.results.map((r) => `${r.case} ${fmtMs(r.ms)}`).join(', ')}`);
-    tt.equal(o.results.length, TSAN_HARNESS_CASES.length, 'every case ran');
-    for (const r of o.results) {
+    for (const r of (await controlResults(tt, control, TSAN_HARNESS_CASES)) ?? []) {
       tt.ok(r.pass && !r.faulted && !r.errored, `control ${r.case}: ${describe(r)}`);
       const n = tsanWarnings(r.stderr);
       const first = parseTsanReports(r.stderr ?? '')[0];

@@ -430,6 +430,15 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
   // What the device holds after rounding to the dtype: the reference's inputs.
   const seen = (x: Tensor): Float64Array => Float64Array.from(x.toFloat32Sync());
   const poisoned = (shape: number[], dtype: 'bf16' | 'f16' | 'f32'): Tensor => keep(DeviceTensor.empty(shape, dtype).fill(Number.NaN));
+  // y = x·Wᵀ, f32 out, against the float64 reference (the linear cases differ only in shape).
+  const linearCase = (M: number, N: number, K: number, seed: number): Verdict => {
+    const x = up(randn(M * K, seed), [M, K], 'bf16');
+    const w = up(randn(N * K, seed + 1, 1 / Math.sqrt(K)), [N, K], 'bf16');
+    const y = poisoned([M, N], 'f32');
+    lib.linear(x, w, { out: y });
+    const e = util.relError(y.toFloat32Sync(), ref.linear(seen(x), M, K, seen(w), N));
+    return { pass: e < 1e-4, relError: e, detail: `rel err ${e.toExponential(2)} (tol 1e-4)` };
+  };
   type Verdict = { pass: boolean; relError: number; detail: string };
 
   const cases: Record<string, () => Verdict> = {
@@ -457,27 +466,11 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
     },
     // Tiled kernel (M > 16) with split-K (2 output tiles << SM count: 8 splits) and a K that is
     // no multiple of the 32-wide k-tile; f32 out.
-    linear: () => {
-      const M = 40, N = 256, K = 2040;
-      const x = up(randn(M * K, 11), [M, K], 'bf16');
-      const w = up(randn(N * K, 12, 1 / Math.sqrt(K)), [N, K], 'bf16');
-      const y = poisoned([M, N], 'f32');
-      lib.linear(x, w, { out: y });
-      const e = util.relError(y.toFloat32Sync(), ref.linear(seen(x), M, K, seen(w), N));
-      return { pass: e < 1e-4, relError: e, detail: `rel err ${e.toExponential(2)} (tol 1e-4)` };
-    },
+    linear: () => linearCase(40, 256, 2040, 11),
     // The skinny kernel (M <= 16): K = 1000 is 16 chunks of 64, so 8 warps split each CTA's K
     // range (KW = 8, reduced through shared memory) and the CTAs split K again (workspace and
     // splitKReduce); N = 200 leaves a partial column block; rows 5-15 of the mma are padding.
-    'linear-skinny': () => {
-      const M = 5, N = 200, K = 1000;
-      const x = up(randn(M * K, 21), [M, K], 'bf16');
-      const w = up(randn(N * K, 22, 1 / Math.sqrt(K)), [N, K], 'bf16');
-      const y = poisoned([M, N], 'f32');
-      lib.linear(x, w, { out: y });
-      const e = util.relError(y.toFloat32Sync(), ref.linear(seen(x), M, K, seen(w), N));
-      return { pass: e < 1e-4, relError: e, detail: `rel err ${e.toExponential(2)} (tol 1e-4)` };
-    },
+    'linear-skinny': () => linearCase(5, 200, 1000, 21),
     // test/prefill.test.ts's kernel-alone case, smaller: a request with cached prefix (diagonal
     // offset) and one without; several 64-key tiles per CTA.
     prefill: () => {
