@@ -1,14 +1,22 @@
 // CPU-only build of runtime.h: the addon loads, reports itself, and every GPU call fails
 // with ERR_NO_CUDA and the fix.
+#include "runtime/no_device.h"
 #include "runtime/runtime.h"
 
 namespace mla::gpu {
 
+// The two ways to get here need different fixes, so the build says which it was.
 static Status noCuda() {
+#if MLA_CUDA_DISABLED
+  return Status::Error(Code::NoCuda,
+                       "mla-cuda was built without CUDA because MLA_CUDA_DISABLE was set at install time. "
+                       "Unset it and run `npm rebuild mla-cuda`.");
+#else
   return Status::Error(Code::NoCuda,
                        "mla-cuda was built without CUDA (no nvcc found at install time). Install the CUDA "
                        "toolkit (12.8+), put nvcc on PATH or set CUDACXX=/path/to/nvcc, then run "
                        "`npm rebuild mla-cuda`.");
+#endif
 }
 
 bool compiledWithCuda() { return false; }
@@ -21,6 +29,10 @@ Status deviceCount(int* n) { *n = 0; return noCuda(); }
 Status deviceInfo(int, DeviceInfo*) { return noCuda(); }
 Status setDevice(int) { return noCuda(); }
 Status currentDevice(int* d) { *d = 0; return noCuda(); }
+const DeviceProblem& deviceProblem() {
+  static const DeviceProblem p{noCuda(), "", ""};
+  return p;
+}
 Status requireDevice() { return noCuda(); }
 Status deviceMalloc(void** p, size_t) { *p = nullptr; return noCuda(); }
 void deviceFree(void*) {}
