@@ -52,7 +52,8 @@ try {
     };
 
     // The prefill (P tokens per sequence), then K single-token decode steps.
-    const steps = [['prefill', P], ...Array.from({ length: K }, (_, k) => [`decode.${k}`, 1])];
+    const steps = [['prefill', P]];
+    for (let k = 0; k < K; k++) steps.push([`decode.${k}`, 1]);
     let worst = 0;
     for (const [step, n] of steps) {
       const y = forward(f.readFloat64(`x.${step}`).data, n);
