@@ -19,7 +19,7 @@ export type MlaErrorCode =
  */
 export class MlaError extends Error {
   readonly code: MlaErrorCode;
-  /** CUDA's error name (e.g. `cudaErrorIllegalAddress`) when `code` is ERR_CUDA / ERR_OOM. */
+  /** CUDA's error name (e.g. `cudaErrorIllegalAddress`) when `code` is ERR_CUDA / ERR_OOM / ERR_NO_DEVICE. */
   cudaError?: string;
 
   constructor(code: MlaErrorCode, message: string) {

@@ -56,9 +56,32 @@ export interface NativeDeviceStatus {
   code: string;
   cudaError: string;
   message: string;
+  /** Why there is no usable device, and what fixes it (runtime/no_device.h); '' when ok. */
+  reason: string;
+  fix: string;
   deviceCount: number;
   driverVersion: number;
   runtimeVersion: number;
+}
+
+/** What CUDA said about the devices, as explainNoDevice reads it. */
+export interface NoDeviceFacts {
+  cudaError: string;
+  cudaCode: number;
+  cudaText: string;
+  driverVersion: number;
+  runtimeVersion: number;
+  /** CUDA_VISIBLE_DEVICES; undefined when it is not set. */
+  visibleDevices?: string | undefined;
+  emulated?: boolean;
+}
+
+export interface NoDeviceExplanation {
+  code: string;
+  cudaError: string;
+  message: string;
+  reason: string;
+  fix: string;
 }
 
 export interface NativeDeviceInfo {
@@ -88,6 +111,8 @@ export interface NativeAddon {
   setErrorClass(ctor: typeof MlaError): void;
   buildInfo(): NativeBuildInfo;
   deviceStatus(): NativeDeviceStatus;
+  /** The translation behind every ERR_NO_DEVICE message, for any facts (pure; for tests). */
+  explainNoDevice(facts: NoDeviceFacts): NoDeviceExplanation;
   deviceInfo(device: number): NativeDeviceInfo;
   setDevice(device: number): void;
   currentDevice(): number;

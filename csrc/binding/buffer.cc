@@ -23,6 +23,7 @@ DeviceBuffer::DeviceBuffer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<De
   if (info.Length() < 1 || !info[0].IsNumber()) throwError(env, Code::Argument, "DeviceBuffer: `bytes` must be a number");
   double bytes = info[0].As<Napi::Number>().DoubleValue();
   if (!(bytes >= 0) || bytes > 1.0e15) throwError(env, Code::Range, "DeviceBuffer: `bytes` out of range");
+  throwIfError(env, gpu::requireDevice());  // first: its message explains a missing driver or GPU
   throwIfError(env, gpu::currentDevice(&device_));
   void* p = nullptr;
   throwIfError(env, gpu::deviceMalloc(&p, static_cast<size_t>(bytes)));

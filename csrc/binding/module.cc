@@ -5,6 +5,7 @@
 #include "binding/napi_util.h"
 #include "binding/stream.h"
 #include "host/convert.h"
+#include "runtime/no_device.h"
 #include "runtime/runtime.h"
 
 namespace mla::binding {
@@ -34,21 +35,53 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// deviceStatus(): driver, device count, and why there is no device when there is none.
+// deviceStatus(): driver, device count, and why there is no device when there is none: the
+// same message every GPU call throws (runtime/no_device.h), split into reason and fix too.
 Napi::Value DeviceStatus(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   int driver = 0, count = 0;
   gpu::driverVersion(&driver);
-  Status s = gpu::deviceCount(&count);
-  if (s.ok() && count == 0) s = Status::Error(Code::NoDevice, "no CUDA device found");
+  const gpu::DeviceProblem& problem = gpu::deviceProblem();
+  const Status& s = problem.status;
+  if (s.ok()) gpu::deviceCount(&count);
   o.Set("ok", s.ok());
   o.Set("code", s.ok() ? "OK" : errorCodeName(s.code));
   o.Set("cudaError", s.cudaName);
   o.Set("message", s.message);
+  o.Set("reason", problem.reason);
+  o.Set("fix", problem.fix);
   o.Set("deviceCount", count);
   o.Set("driverVersion", driver);
   o.Set("runtimeVersion", gpu::runtimeVersion());
+  return o;
+}
+
+// explainNoDevice({ cudaError, cudaCode, cudaText, driverVersion, runtimeVersion,
+// visibleDevices?, emulated? }): the pure translation behind every no-device error, for any
+// facts, so tests check each situation's wording on machines that cannot produce it.
+Napi::Value ExplainNoDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throwError(env, Code::Argument, "explainNoDevice: expected a facts object");
+  Napi::Object a = info[0].As<Napi::Object>();
+  auto str = [&](const char* k) { return a.Get(k).IsString() ? a.Get(k).As<Napi::String>().Utf8Value() : std::string(); };
+  auto num = [&](const char* k) { return a.Get(k).IsNumber() ? a.Get(k).As<Napi::Number>().Int32Value() : 0; };
+  gpu::NoDeviceFacts f;
+  f.cudaName = str("cudaError");
+  f.cudaCode = num("cudaCode");
+  f.cudaText = str("cudaText");
+  f.driverVersion = num("driverVersion");
+  f.runtimeVersion = num("runtimeVersion");
+  f.visibleDevicesSet = a.Get("visibleDevices").IsString();
+  f.visibleDevices = str("visibleDevices");
+  f.emulated = a.Get("emulated").ToBoolean().Value();
+  const gpu::DeviceProblem p = gpu::explainNoDevice(f);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("code", errorCodeName(p.status.code));
+  o.Set("cudaError", p.status.cudaName);
+  o.Set("message", p.status.message);
+  o.Set("reason", p.reason);
+  o.Set("fix", p.fix);
   return o;
 }
 
@@ -162,6 +195,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("buildInfo", Napi::Function::New<BuildInfo>(env, "buildInfo"));
   exports.Set("deviceStatus", Napi::Function::New<DeviceStatus>(env, "deviceStatus"));
+  exports.Set("explainNoDevice", Napi::Function::New<ExplainNoDevice>(env, "explainNoDevice"));
   exports.Set("deviceInfo", Napi::Function::New<DeviceProperties>(env, "deviceInfo"));
   exports.Set("setDevice", Napi::Function::New<SetDevice>(env, "setDevice"));
   exports.Set("currentDevice", Napi::Function::New<CurrentDevice>(env, "currentDevice"));

@@ -3,8 +3,10 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
+#include <cstdlib>
 #include <mutex>
 #include "runtime/cuda_check.h"
+#include "runtime/no_device.h"
 #include "runtime/runtime.h"
 
 namespace mla::gpu {
@@ -78,20 +80,33 @@ Status currentDevice(int* device) {
   return Status::Ok();
 }
 
-Status requireDevice() {
+const DeviceProblem& deviceProblem() {
   static std::once_flag once;
-  static Status cached;
+  static DeviceProblem cached;
   std::call_once(once, [] {
     int n = 0;
-    Status s = deviceCount(&n);
-    if (!s.ok()) {
-      cached = Status::Error(Code::NoDevice, "no usable CUDA device: " + s.message, s.cudaName);
-    } else if (n == 0) {
-      cached = Status::Error(Code::NoDevice, "no CUDA device found (cudaGetDeviceCount returned 0)");
+    cudaError_t err = cudaGetDeviceCount(&n);
+    if (err == cudaSuccess && n > 0) return;
+    cudaGetLastError();
+    NoDeviceFacts f;
+    if (err != cudaSuccess) {
+      f.cudaName = cudaGetErrorName(err);
+      f.cudaCode = static_cast<int>(err);
+      f.cudaText = cudaGetErrorString(err);
     }
+    cudaDriverGetVersion(&f.driverVersion);  // stays 0 without a driver
+    f.runtimeVersion = runtimeVersion();
+    if (const char* v = std::getenv("CUDA_VISIBLE_DEVICES")) {
+      f.visibleDevicesSet = true;
+      f.visibleDevices = v;
+    }
+    f.emulated = emulated();
+    cached = explainNoDevice(f);
   });
   return cached;
 }
+
+Status requireDevice() { return deviceProblem().status; }
 
 Status deviceMalloc(void** ptr, size_t bytes) {
   MLA_RETURN_IF_ERROR(requireDevice());

@@ -29,7 +29,12 @@ export interface DeviceStatus {
   code: string;
   /** CUDA's error name when the runtime reported one (e.g. cudaErrorInsufficientDriver). */
   cudaError: string;
+  /** Every GPU call throws this when `ok` is false: the situation, its fix, CUDA's error, and a pointer to `npx mla-cuda doctor`. */
   message: string;
+  /** The situation alone (e.g. "no NVIDIA driver found (...)"), when the addon could tell; `doctor` prints it. */
+  reason?: string | undefined;
+  /** What fixes it, with `reason`. */
+  fix?: string | undefined;
   deviceCount: number;
   /** Driver's CUDA version (e.g. 13000), 0 when no driver is installed. */
   driverVersion: number;
@@ -95,7 +100,9 @@ function requireGpu(what: string): NonNullable<ReturnType<typeof tryNative>> {
   const addon = tryNative();
   if (!addon || !s.ok) {
     const code = s.code === 'ERR_NO_CUDA' || s.code === 'ERR_NO_ADDON' ? s.code : 'ERR_NO_DEVICE';
-    throw new MlaError(code, `${what}: ${s.message}`);
+    const err = new MlaError(code, `${what}: ${s.message}`);
+    if (s.cudaError) err.cudaError = s.cudaError;
+    throw err;
   }
   return addon;
 }
