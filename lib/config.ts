@@ -49,6 +49,7 @@ export function yarnGetMscale(factor: number, mscale = 1): number {
 // (HF convention; DeepSeek's reference gives the same with its mscale). The head
 // dim is the pre-absorption 192, not the absorbed 576.
 export function softmaxScale(cfg: Pick<MlaConfig, 'qkNopeHeadDim' | 'qkRopeHeadDim' | 'ropeScaling'>): number {
+  if (!isRecord(cfg)) throw new ConfigError('<root>', 'softmaxScale needs a config object');
   let scale = (cfg.qkNopeHeadDim + cfg.qkRopeHeadDim) ** -0.5;
   const rs = cfg.ropeScaling;
   if (rs !== null && rs.mscaleAllDim) {
@@ -62,6 +63,7 @@ export function softmaxScale(cfg: Pick<MlaConfig, 'qkNopeHeadDim' | 'qkRopeHeadD
 // It is 1 for every released DeepSeek config; DeepSeek's own reference has none.
 export function yarnAttentionFactor(rs: YarnScaling | null): number {
   if (rs === null) return 1;
+  if (!isRecord(rs)) throw new ConfigError('ropeScaling', `must be an object or null, got ${String(rs)}`);
   return yarnGetMscale(rs.factor, rs.mscale) / yarnGetMscale(rs.factor, rs.mscaleAllDim);
 }
 
@@ -182,6 +184,7 @@ export function mlaConfigFromHuggingFace(json: unknown): MlaConfig {
 
 /** Checks an MlaConfig built by hand; throws ConfigError naming the field. */
 export function validateMlaConfig(cfg: MlaConfig): MlaConfig {
+  if (!isRecord(cfg)) throw new ConfigError('<root>', `config must be an object, got ${cfg === null ? 'null' : typeof cfg}`);
   const ints: Array<keyof MlaConfig> = ['hiddenSize', 'numHeads', 'kvLoraRank', 'qkNopeHeadDim', 'qkRopeHeadDim', 'vHeadDim', 'maxPositionEmbeddings'];
   for (const k of ints) {
     const v = cfg[k];
@@ -195,6 +198,14 @@ export function validateMlaConfig(cfg: MlaConfig): MlaConfig {
   if (cfg.qkRopeHeadDim % 2 !== 0) throw new ConfigError('qkRopeHeadDim', `must be even, got ${cfg.qkRopeHeadDim}`);
   for (const k of ['rmsNormEps', 'ropeTheta', 'softmaxScale'] as const) {
     if (!Number.isFinite(cfg[k]) || cfg[k] <= 0) throw new ConfigError(k, `must be a positive finite number, got ${cfg[k]}`);
+  }
+  // The rope table reads these fields; a missing ropeScaling would surface as a TypeError there.
+  const rs: unknown = cfg.ropeScaling;
+  if (rs !== null) {
+    if (!isRecord(rs)) throw new ConfigError('ropeScaling', `must be an object or null, got ${JSON.stringify(rs)}`);
+    for (const k of ['factor', 'originalMaxPositionEmbeddings', 'betaFast', 'betaSlow'] as const) {
+      if (typeof rs[k] !== 'number' || !Number.isFinite(rs[k])) throw new ConfigError(`ropeScaling.${k}`, `must be a finite number, got ${JSON.stringify(rs[k])}`);
+    }
   }
   return cfg;
 }

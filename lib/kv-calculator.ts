@@ -6,6 +6,7 @@
 // one shared row of kv_lora + qk_rope values (576) per token per layer.
 
 import type { MlaConfig } from './config.js';
+import { checkObject } from './check.js';
 import { MlaError } from './errors.js';
 
 export type AttentionKind = 'mha' | 'gqa' | 'mqa' | 'mla';
@@ -25,6 +26,7 @@ export interface KvGeometry {
 
 /** The cache geometry of an MLA model, and its MHA/GQA/MQA counterparts. */
 export function kvGeometry(cfg: MlaConfig): KvGeometry {
+  checkObject('kvGeometry', 'cfg', cfg);
   return {
     numHeads: cfg.numHeads,
     headDimK: cfg.qkNopeHeadDim + cfg.qkRopeHeadDim,
@@ -39,6 +41,7 @@ export function kvGeometry(cfg: MlaConfig): KvGeometry {
  *   MHA  H·(dk + dv)       GQA  groups·(dk + dv)       MQA  dk + dv       MLA  kvLora + rope
  */
 export function kvValuesPerToken(kind: AttentionKind, g: KvGeometry, groups?: number): number {
+  checkObject('kvValuesPerToken', 'g', g);
   switch (kind) {
     case 'mha':
       return g.numHeads * (g.headDimK + g.headDimV);
@@ -85,7 +88,9 @@ function count(what: string, v: number): number {
 }
 
 export function kvCacheEstimate(kind: AttentionKind, g: KvGeometry, opts: KvEstimateOptions): KvEstimate {
-  const elem = KV_DTYPE_BYTES[opts.dtype];
+  checkObject('kvCacheEstimate', 'opts', opts);
+  // hasOwn: 'toString' and friends are not dtypes.
+  const elem = Object.prototype.hasOwnProperty.call(KV_DTYPE_BYTES, opts.dtype) ? KV_DTYPE_BYTES[opts.dtype] : undefined;
   if (elem === undefined) throw new MlaError('ERR_DTYPE', `kvCacheEstimate: unknown dtype ${String(opts.dtype)}`);
   const layers = count('numLayers', opts.numLayers);
   const ctx = count('contextLength', opts.contextLength ?? 1);
@@ -104,6 +109,7 @@ export function kvCacheEstimate(kind: AttentionKind, g: KvGeometry, opts: KvEsti
 
 /** MLA against MHA (and MQA, and GQA when `groups` is given) for one model. */
 export function compareKvCaches(cfg: MlaConfig, opts: KvEstimateOptions): KvEstimate[] {
+  checkObject('compareKvCaches', 'opts', opts);
   const g = kvGeometry(cfg);
   const kinds: AttentionKind[] = opts.groups === undefined ? ['mha', 'mqa', 'mla'] : ['mha', 'gqa', 'mqa', 'mla'];
   return kinds.map((k) => kvCacheEstimate(k, g, opts));

@@ -2,7 +2,7 @@
 // instead of expanding every cached c, fold W_UK into the query and W_UV into
 // the output so attention runs on the latent directly.
 
-import { checkLength, checkNonNegInt, checkPosInt } from './util.js';
+import { allocHost, argError, checkLength, checkNonNegInt, checkObject, checkPosInt, sizeProduct } from '../check.js';
 
 export interface AbsorbDims {
   numHeads: number;
@@ -18,15 +18,29 @@ export interface AbsorbedWeights extends AbsorbDims {
   wUV: Float64Array;
 }
 
+// Validates the head geometry (and, for absorbed weights, that wUK / wUV match it).
+function absorbDims(fn: string, name: string, d: AbsorbDims): { H: number; N: number; V: number; C: number } {
+  checkObject(fn, name, d);
+  const H = checkPosInt(fn, `${name}.numHeads`, d.numHeads);
+  const N = checkPosInt(fn, `${name}.qkNopeHeadDim`, d.qkNopeHeadDim);
+  const V = checkPosInt(fn, `${name}.vHeadDim`, d.vHeadDim);
+  const C = checkPosInt(fn, `${name}.kvLoraRank`, d.kvLoraRank);
+  return { H, N, V, C };
+}
+
+function absorbedWeights(fn: string, w: AbsorbedWeights): { H: number; N: number; V: number; C: number } {
+  const dims = absorbDims(fn, 'w', w);
+  checkLength(fn, 'w.wUK', w.wUK, sizeProduct(fn, 'w', dims.H, dims.N, dims.C));
+  checkLength(fn, 'w.wUV', w.wUV, sizeProduct(fn, 'w', dims.H, dims.V, dims.C));
+  return dims;
+}
+
 // kv_b_proj is [H·(nope + v), kvLora]; per head the first nope rows are W_UK,
 // the next v rows W_UV.
 export function splitKvBProj(kvBProj: Float64Array, dims: AbsorbDims): AbsorbedWeights {
-  const { numHeads: H, qkNopeHeadDim: N, vHeadDim: V, kvLoraRank: C } = dims;
-  checkPosInt('splitKvBProj numHeads', H);
-  checkPosInt('splitKvBProj qkNopeHeadDim', N);
-  checkPosInt('splitKvBProj vHeadDim', V);
-  checkPosInt('splitKvBProj kvLoraRank', C);
-  checkLength('splitKvBProj kvBProj', kvBProj, H * (N + V) * C);
+  const fn = 'splitKvBProj';
+  const { H, N, V, C } = absorbDims(fn, 'dims', dims);
+  checkLength(fn, 'kvBProj', kvBProj, sizeProduct(fn, 'dims', H, N + V, C), { f64: true });
   const wUK = new Float64Array(H * N * C);
   const wUV = new Float64Array(H * V * C);
   for (let h = 0; h < H; h++) {
@@ -46,13 +60,16 @@ export function absorbQuery(
   w: AbsorbedWeights,
   layout: { stride?: number; offset?: number } = {},
 ): Float64Array {
-  const { numHeads: H, qkNopeHeadDim: N, kvLoraRank: C, wUK } = w;
-  checkNonNegInt('absorbQuery tokens', tokens);
-  const stride = layout.stride ?? N;
-  const offset = layout.offset ?? 0;
-  if (stride < offset + N) throw new RangeError(`absorbQuery: stride ${stride} < offset ${offset} + nope ${N}`);
-  checkLength('absorbQuery qNope', qNope, tokens * H * stride);
-  const out = new Float64Array(tokens * H * C);
+  const fn = 'absorbQuery';
+  const { H, N, C } = absorbedWeights(fn, w);
+  const wUK = w.wUK;
+  checkNonNegInt(fn, 'tokens', tokens);
+  checkObject(fn, 'layout', layout);
+  const stride = checkNonNegInt(fn, 'layout.stride', layout.stride ?? N);
+  const offset = checkNonNegInt(fn, 'layout.offset', layout.offset ?? 0);
+  if (stride < offset + N) throw argError('ERR_SHAPE', fn, 'layout.stride', `= ${stride} < offset ${offset} + nope ${N}`);
+  checkLength(fn, 'qNope', qNope, sizeProduct(fn, 'tokens', tokens, H, stride));
+  const out = allocHost(fn, 'tokens', Float64Array, tokens * H * C);
   for (let t = 0; t < tokens; t++) {
     for (let h = 0; h < H; h++) {
       const qo = (t * H + h) * stride + offset;
@@ -70,10 +87,12 @@ export function absorbQuery(
 
 // o[t, h, d] = Σ_c o_lat[t, h, c] · W_UV[h, d, c]
 export function absorbOutput(oLatent: Float64Array, tokens: number, w: AbsorbedWeights): Float64Array {
-  const { numHeads: H, vHeadDim: V, kvLoraRank: C, wUV } = w;
-  checkNonNegInt('absorbOutput tokens', tokens);
-  checkLength('absorbOutput oLatent', oLatent, tokens * H * C);
-  const out = new Float64Array(tokens * H * V);
+  const fn = 'absorbOutput';
+  const { H, V, C } = absorbedWeights(fn, w);
+  const wUV = w.wUV;
+  checkNonNegInt(fn, 'tokens', tokens);
+  checkLength(fn, 'oLatent', oLatent, sizeProduct(fn, 'tokens', tokens, H, C));
+  const out = allocHost(fn, 'tokens', Float64Array, sizeProduct(fn, 'tokens', tokens, H, V));
   for (let t = 0; t < tokens; t++) {
     for (let h = 0; h < H; h++) {
       const io = (t * H + h) * C;

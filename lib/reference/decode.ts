@@ -4,7 +4,8 @@
 // columns.
 
 import { type PagedCacheView, pagedSlot } from './cache.js';
-import { checkPosInt, perRequest } from './util.js';
+import { allocHost, argError, checkArray, checkFiniteNumber, checkLength, checkObject, checkPosInt, sizeProduct } from '../check.js';
+import { perRequest } from './util.js';
 
 export interface DecodeArgs {
   /** [tokens, H, D]: per head the absorbed latent query then the rotated rope query. */
@@ -41,49 +42,54 @@ export interface AttentionResult {
 //   out   = Σ_t exp(s_t − lse) · V_t
 // A query that sees no key gets out = 0 and lse = +∞ (FlashMLA's convention).
 export function decodeReference(args: DecodeArgs): AttentionResult {
+  const fn = 'decode';
+  checkObject(fn, 'args', args);
   const { q, cache, pageSize, blockTable, numHeads: H, dimLatent, scale, causal } = args;
-  const B = args.seqLens.length;
-  const seqLens = perRequest('decode seqLens', args.seqLens, B);
-  const qSeqLens = perRequest('decode qSeqLens', args.qSeqLens, B);
-  checkPosInt('decode numHeads', H);
-  checkPosInt('decode pageSize', pageSize);
+  const B = checkArray(fn, 'seqLens', args.seqLens).length;
+  const seqLens = perRequest(fn, 'seqLens', args.seqLens, B);
+  const qSeqLens = perRequest(fn, 'qSeqLens', args.qSeqLens, B);
+  checkPosInt(fn, 'numHeads', H);
+  checkPosInt(fn, 'pageSize', pageSize);
+  checkFiniteNumber(fn, 'scale', scale);
+  if (typeof causal !== 'boolean') throw argError('ERR_ARGUMENT', fn, 'causal', `must be a boolean, got ${String(causal)}`);
+  checkArray(fn, 'q', q);
+  checkArray(fn, 'cache', cache);
+  if (!(blockTable instanceof Int32Array)) throw argError('ERR_ARGUMENT', fn, 'blockTable', 'must be an Int32Array');
   let tokens = 0;
   for (let b = 0; b < B; b++) tokens += qSeqLens[b]!;
   let D: number;
   if (args.headDim !== undefined) {
-    D = args.headDim;
+    D = checkPosInt(fn, 'headDim', args.headDim);
   } else if (tokens > 0) {
     D = q.length / (tokens * H);
+    if (!Number.isSafeInteger(D) || D <= 0) throw argError('ERR_SHAPE', fn, 'q', `has ${q.length} elements, not a positive multiple of tokens·numHeads = ${tokens}·${H}`);
   } else {
     return { out: new Float64Array(0), lse: new Float64Array(0) };
   }
-  checkPosInt('decode headDim (q.length / (tokens·H))', D);
-  checkPosInt('decode dimLatent', dimLatent);
-  if (dimLatent > D) throw new RangeError(`decode: dimLatent ${dimLatent} exceeds head dim ${D}`);
-  if (q.length !== tokens * H * D) {
-    throw new RangeError(`decode q: expected ${tokens}·${H}·${D} = ${tokens * H * D} elements, got ${q.length}`);
-  }
+  checkPosInt(fn, 'dimLatent', dimLatent);
+  if (dimLatent > D) throw argError('ERR_SHAPE', fn, 'dimLatent', `= ${dimLatent} exceeds the head dim ${D}`);
+  checkLength(fn, 'q', q, sizeProduct(fn, 'qSeqLens', tokens, H, D));
   if (B > 0 && blockTable.length % B !== 0) {
-    throw new RangeError(`decode blockTable: length ${blockTable.length} is not a multiple of batch ${B}`);
+    throw argError('ERR_SHAPE', fn, 'blockTable', `length ${blockTable.length} is not a multiple of batch ${B}`);
   }
   const maxPages = B === 0 ? 0 : blockTable.length / B;
-  if (cache.length % (pageSize * D) !== 0) {
-    throw new RangeError(`decode cache: length ${cache.length} is not a multiple of pageSize·D = ${pageSize * D}`);
+  if (cache.length % sizeProduct(fn, 'pageSize', pageSize, D) !== 0) {
+    throw argError('ERR_SHAPE', fn, 'cache', `length ${cache.length} is not a multiple of pageSize·D = ${pageSize * D}`);
   }
   const view: PagedCacheView = { cache, pageSize, dim: D, blockTable, maxPages };
 
-  const out = new Float64Array(tokens * H * dimLatent);
-  const lse = new Float64Array(tokens * H);
+  const out = allocHost(fn, 'qSeqLens', Float64Array, tokens * H * dimLatent);
+  const lse = allocHost(fn, 'qSeqLens', Float64Array, tokens * H);
   let maxLen = 0;
   for (let b = 0; b < B; b++) maxLen = Math.max(maxLen, seqLens[b]!);
-  const rowOf = new Int32Array(maxLen);
-  const p = new Float64Array(maxLen);
+  const rowOf = allocHost(fn, 'seqLens', Int32Array, maxLen);
+  const p = allocHost(fn, 'seqLens', Float64Array, maxLen);
   let tok0 = 0;
   for (let b = 0; b < B; b++) {
     const L = seqLens[b]!;
     const sq = qSeqLens[b]!;
     // Resolve the page walk once per request: row offsets into cache.
-    for (let t = 0; t < L; t++) rowOf[t] = pagedSlot(view, b, t) * D;
+    for (let t = 0; t < L; t++) rowOf[t] = pagedSlot(view, b, t, fn) * D;
     for (let j = 0; j < sq; j++) {
       let visible = causal ? L - sq + j + 1 : L;
       if (visible > L) visible = L;

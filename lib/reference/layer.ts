@@ -11,7 +11,8 @@ import { linear } from './linear.js';
 import { prefillReference } from './prefill.js';
 import { rmsnorm } from './rmsnorm.js';
 import { applyRope, ropeLayoutOf, ropeTable, type RopeTable } from './rope.js';
-import { checkLength, checkNonNegInt, checkPosInt } from './util.js';
+import { allocHost, argError, checkArray, checkFinite, checkLength, checkNonNegInt, checkObject, checkPosInt, sizeProduct } from '../check.js';
+import { validateMlaConfig } from '../config.js';
 
 /** Weights as stored in checkpoints ([out, in]), converted to float64. */
 export interface MlaLayerWeights {
@@ -34,11 +35,6 @@ export interface MlaLayerWeights {
 }
 
 /**
- * Reads one layer's weights by Hugging Face names under prefix: 'weights.' for
- * the fixtures, 'model.layers.N.self_attn.' for a checkpoint shard. The query
- * path is taken from what the file holds (q_a_proj... or q_proj).
- */
-/**
  * The query projection, before RoPE: q = W_qb·RMSNorm(W_qa·x) on the q_lora path, or W_q·x
  * without query compression (V2-Lite). Returns [T, H·(nope+rope)].
  */
@@ -50,8 +46,25 @@ export function projectQuery(cfg: MlaConfig, w: MlaLayerWeights, x: Float64Array
   return linear(qa, T, cfg.qLoraRank, w.qBProj!, out);
 }
 
-export function loadLayerWeights(file: SafetensorsFile, prefix = 'weights.'): MlaLayerWeights {
-  const get = (n: string): Float64Array => file.readFloat64(prefix + n).data;
+/**
+ * Reads one layer's weights by Hugging Face names under prefix: 'weights.' for
+ * the fixtures, 'model.layers.N.self_attn.' for a checkpoint shard. The query
+ * path is taken from what the file holds (q_a_proj... or q_proj). `checkFinite`
+ * (default true) rejects NaN / ±Infinity with ERR_RANGE naming the tensor and index.
+ */
+export function loadLayerWeights(file: SafetensorsFile, prefix = 'weights.', opts: { checkFinite?: boolean } = {}): MlaLayerWeights {
+  const fn = 'loadLayerWeights';
+  checkObject(fn, 'file', file);
+  if (typeof file.readFloat64 !== 'function' || typeof file.has !== 'function') throw argError('ERR_ARGUMENT', fn, 'file', 'must be an open SafetensorsFile');
+  if (typeof prefix !== 'string') throw argError('ERR_ARGUMENT', fn, 'prefix', `must be a string, got ${String(prefix)}`);
+  checkObject(fn, 'opts', opts);
+  // On by default, as for loadMlaWeights: a NaN weight would otherwise surface as NaN outputs.
+  const finite = opts.checkFinite ?? true;
+  const get = (n: string): Float64Array => {
+    const t = file.readFloat64(prefix + n);
+    if (finite) checkFinite(fn, `weights "${prefix + n}"`, t.data, t.shape);
+    return t.data;
+  };
   const opt = (n: string): Float64Array | null => (file.has(prefix + n) ? get(n) : null);
   return {
     qAProj: opt('q_a_proj.weight'),
@@ -65,13 +78,17 @@ export function loadLayerWeights(file: SafetensorsFile, prefix = 'weights.'): Ml
   };
 }
 
-/** Throws RangeError naming the weight whose size does not fit cfg. */
+/** Throws MlaError (ERR_SHAPE) naming the weight whose size does not fit cfg (ERR_ARGUMENT for a bad cfg). */
 export function validateLayerWeights(cfg: MlaConfig, w: MlaLayerWeights): void {
+  const fn = 'validateLayerWeights';
+  checkObject(fn, 'cfg', cfg);
+  validateMlaConfig(cfg);
+  checkObject(fn, 'weights', w);
   const H = cfg.numHeads;
   const qk = cfg.qkNopeHeadDim + cfg.qkRopeHeadDim;
-  const need = (name: string, a: Float64Array | null, n: number): void => {
-    if (a === null) throw new RangeError(`layer weight ${name} is missing`);
-    checkLength(`layer weight ${name}`, a, n);
+  const need = (name: string, a: Float64Array | null | undefined, n: number): void => {
+    if (a === null || a === undefined) throw argError('ERR_SHAPE', fn, `weights ${name}`, `is missing (layer weight ${name} is missing)`);
+    checkLength(fn, `weights ${name}`, a, n, { f64: true });
   };
   if (cfg.qLoraRank !== null) {
     need('q_a_proj', w.qAProj, cfg.qLoraRank * cfg.hiddenSize);
@@ -138,19 +155,25 @@ export class ReferenceMlaLayer {
   private firstPos: number | null = null;
 
   constructor(cfg: MlaConfig, weights: MlaLayerWeights, opts: ReferenceLayerOptions) {
+    const fn = 'ReferenceMlaLayer';
     validateLayerWeights(cfg, weights);
-    checkPosInt('layer batch', opts.batch);
-    checkPosInt('layer maxSeqLen', opts.maxSeqLen);
+    checkObject(fn, 'opts', opts);
+    checkPosInt(fn, 'opts.batch', opts.batch);
+    checkPosInt(fn, 'opts.maxSeqLen', opts.maxSeqLen);
     this.cfg = cfg;
     this.weights = weights;
     this.absorbed = splitKvBProj(weights.kvBProj, cfg);
     this.batch = opts.batch;
     this.maxSeqLen = opts.maxSeqLen;
     this.pageSize = opts.pageSize ?? 16;
-    checkPosInt('layer pageSize', this.pageSize);
+    checkPosInt(fn, 'opts.pageSize', this.pageSize);
     this.maxPages = Math.ceil(this.maxSeqLen / this.pageSize);
     this.numPages = this.maxPages * this.batch;
-    this.cache = new Float64Array(this.numPages * this.pageSize * (cfg.kvLoraRank + cfg.qkRopeHeadDim));
+    // Slots and pages are int32 in the block table and slot mappings.
+    if (sizeProduct(fn, 'opts.maxSeqLen', this.numPages, this.pageSize) > 0x7fffffff) {
+      throw argError('ERR_RANGE', fn, 'opts.maxSeqLen', `× batch gives ${this.numPages * this.pageSize} cache slots; slot indices are int32 (at most ${0x7fffffff})`);
+    }
+    this.cache = allocHost(fn, 'opts.maxSeqLen', Float64Array, sizeProduct(fn, 'opts.maxSeqLen', this.numPages, this.pageSize, cfg.kvLoraRank + cfg.qkRopeHeadDim));
     // Interleave sequences across physical pages so a kernel that ignored the
     // block table (assuming contiguous pages) would read another sequence's rows.
     this.blockTable = new Int32Array(this.batch * this.maxPages);
@@ -158,6 +181,7 @@ export class ReferenceMlaLayer {
       for (let p = 0; p < this.maxPages; p++) this.blockTable[b * this.maxPages + p] = (this.maxPages - 1 - p) * this.batch + b;
     }
     this.mode = opts.mode ?? 'absorb';
+    if (this.mode !== 'absorb' && this.mode !== 'naive') throw argError('ERR_ARGUMENT', fn, 'opts.mode', `must be 'absorb' or 'naive', got ${String(this.mode)}`);
     this.table = opts.ropeTable ?? null;
     this.attentionFactor = opts.attentionFactor ?? 1;
   }
@@ -224,17 +248,21 @@ export class ReferenceMlaLayer {
     const { hiddenSize: hid, numHeads: H, kvLoraRank: C, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V } = cfg;
     const QK = N + R;
     const D = C + R;
+    const fn = 'ReferenceMlaLayer.forward';
+    checkObject(fn, 'opts', opts);
     const mode = opts.mode ?? this.mode;
-    checkNonNegInt('forward startPos', startPos);
+    if (mode !== 'absorb' && mode !== 'naive') throw argError('ERR_ARGUMENT', fn, 'opts.mode', `must be 'absorb' or 'naive' (unknown mode '${String(mode)}')`);
+    checkNonNegInt(fn, 'startPos', startPos);
+    checkArray(fn, 'x', x);
     if (x.length % (B * hid) !== 0 || x.length === 0) {
-      throw new RangeError(`forward x: length ${x.length} is not a positive multiple of batch·hidden = ${B * hid}`);
+      throw argError('ERR_SHAPE', fn, 'x', `length ${x.length} is not a positive multiple of batch·hidden = ${B * hid}`);
     }
     const S = x.length / (B * hid);
     if (this.firstPos !== null && startPos !== this.firstPos + this.length) {
-      throw new RangeError(`forward: startPos ${startPos} does not continue the cached sequence (next position ${this.firstPos + this.length})`);
+      throw argError('ERR_RANGE', fn, 'startPos', `= ${startPos} does not continue the cached sequence (next position ${this.firstPos + this.length})`);
     }
     if (this.length + S > this.maxSeqLen) {
-      throw new RangeError(`forward: ${this.length} cached + ${S} new tokens exceed maxSeqLen ${this.maxSeqLen}`);
+      throw argError('ERR_CAPACITY', fn, 'x', `brings ${S} new tokens; ${this.length} cached + ${S} exceed maxSeqLen ${this.maxSeqLen}`);
     }
     const T = B * S;
     const positions = Int32Array.from({ length: S }, (_, s) => startPos + s);
@@ -321,7 +349,8 @@ export class ReferenceMlaLayer {
       o = att.out;
       lse = att.lse;
     } else {
-      throw new RangeError(`forward: unknown mode '${String(mode)}'`);
+      /* c8 ignore next */
+      throw argError('ERR_ARGUMENT', fn, 'opts.mode', `unknown mode '${String(mode)}'`);
     }
     const y = linear(o, T, H * V, w.oProj, hid);
     return { y, qLatent, qRope, oLatent, lse, positions };

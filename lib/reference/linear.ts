@@ -1,6 +1,6 @@
 // Linear layer without bias, weights stored [out, in] as in checkpoints.
 
-import { checkLength, checkNonNegInt, checkPosInt } from './util.js';
+import { allocHost, checkLength, checkNonNegInt, checkPosInt, sizeProduct } from '../check.js';
 
 // y[r, n] = Σ_k x[r, k] · W[n, k]   (y = x·Wᵀ; both operands walk contiguous rows)
 export function linear(
@@ -10,12 +10,12 @@ export function linear(
   weight: Float64Array,
   outFeatures: number,
 ): Float64Array {
-  checkNonNegInt('linear rows', rows);
-  checkPosInt('linear inFeatures', inFeatures);
-  checkPosInt('linear outFeatures', outFeatures);
-  checkLength('linear x', x, rows * inFeatures);
-  checkLength('linear weight', weight, outFeatures * inFeatures);
-  const y = new Float64Array(rows * outFeatures);
+  checkNonNegInt('linear', 'rows', rows);
+  checkPosInt('linear', 'inFeatures', inFeatures);
+  checkPosInt('linear', 'outFeatures', outFeatures);
+  checkLength('linear', 'x', x, sizeProduct('linear', 'rows', rows, inFeatures));
+  checkLength('linear', 'weight', weight, sizeProduct('linear', 'outFeatures', outFeatures, inFeatures));
+  const y = allocHost('linear', 'rows', Float64Array, sizeProduct('linear', 'rows', rows, outFeatures));
   const K = inFeatures;
   const K4 = K - (K % 4);
   for (let r = 0; r < rows; r++) {

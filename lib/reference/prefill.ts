@@ -5,7 +5,8 @@
 
 import { linear } from './linear.js';
 import type { AttentionResult } from './decode.js';
-import { checkLength, checkPosInt, perRequest } from './util.js';
+import { allocHost, argError, checkArray, checkFiniteNumber, checkLength, checkNonNegInt, checkObject, checkPosInt, sizeProduct } from '../check.js';
+import { perRequest } from './util.js';
 
 export interface MhaVarlenArgs {
   /** [Σ qSeqLens, H, dQk] */
@@ -30,16 +31,20 @@ export interface MhaVarlenArgs {
 // causal (queries aligned to the end of the sequence, the cached prefix first).
 //   out = softmax(scale · q·Kᵀ) · V,  lse = ln Σ exp(scale · q·K)
 export function mhaVarlenReference(args: MhaVarlenArgs): AttentionResult {
+  const fn = 'mha';
+  checkObject(fn, 'args', args);
   const { q, k, v, numHeads: H, headDimQk: Dq, headDimV: Dv, scale, causal } = args;
-  const B = args.qSeqLens.length;
-  const qLens = perRequest('mha qSeqLens', args.qSeqLens, B);
-  const kLens = perRequest('mha kvSeqLens', args.kvSeqLens, B);
+  const B = checkArray(fn, 'qSeqLens', args.qSeqLens).length;
+  const qLens = perRequest(fn, 'qSeqLens', args.qSeqLens, B);
+  const kLens = perRequest(fn, 'kvSeqLens', args.kvSeqLens, B);
   const Hk = args.numKvHeads ?? H;
-  checkPosInt('mha numHeads', H);
-  checkPosInt('mha numKvHeads', Hk);
-  if (H % Hk !== 0) throw new RangeError(`mha: numHeads ${H} is not a multiple of numKvHeads ${Hk}`);
-  checkPosInt('mha headDimQk', Dq);
-  checkPosInt('mha headDimV', Dv);
+  checkPosInt(fn, 'numHeads', H);
+  checkPosInt(fn, 'numKvHeads', Hk);
+  if (H % Hk !== 0) throw argError('ERR_SHAPE', fn, 'numKvHeads', `= ${Hk} does not divide numHeads ${H}`);
+  checkPosInt(fn, 'headDimQk', Dq);
+  checkPosInt(fn, 'headDimV', Dv);
+  checkFiniteNumber(fn, 'scale', scale);
+  if (typeof causal !== 'boolean') throw argError('ERR_ARGUMENT', fn, 'causal', `must be a boolean, got ${String(causal)}`);
   let Tq = 0;
   let Tk = 0;
   let maxL = 0;
@@ -48,12 +53,12 @@ export function mhaVarlenReference(args: MhaVarlenArgs): AttentionResult {
     Tk += kLens[b]!;
     maxL = Math.max(maxL, kLens[b]!);
   }
-  checkLength('mha q', q, Tq * H * Dq);
-  checkLength('mha k', k, Tk * Hk * Dq);
-  checkLength('mha v', v, Tk * Hk * Dv);
-  const out = new Float64Array(Tq * H * Dv);
-  const lse = new Float64Array(Tq * H);
-  const p = new Float64Array(maxL);
+  checkLength(fn, 'q', q, sizeProduct(fn, 'qSeqLens', Tq, H, Dq));
+  checkLength(fn, 'k', k, sizeProduct(fn, 'kvSeqLens', Tk, Hk, Dq));
+  checkLength(fn, 'v', v, sizeProduct(fn, 'kvSeqLens', Tk, Hk, Dv));
+  const out = allocHost(fn, 'qSeqLens', Float64Array, sizeProduct(fn, 'qSeqLens', Tq, H, Dv));
+  const lse = allocHost(fn, 'qSeqLens', Float64Array, Tq * H);
+  const p = allocHost(fn, 'kvSeqLens', Float64Array, maxL);
   const group = H / Hk;
   let q0 = 0;
   let k0 = 0;
@@ -116,15 +121,22 @@ export function expandLatentKv(
   kvBProj: Float64Array,
   dims: ExpandDims,
 ): { k: Float64Array; v: Float64Array } {
-  const { numHeads: H, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V, kvLoraRank: C } = dims;
+  const fn = 'expandLatentKv';
+  checkObject(fn, 'dims', dims);
+  const H = checkPosInt(fn, 'dims.numHeads', dims.numHeads);
+  const N = checkPosInt(fn, 'dims.qkNopeHeadDim', dims.qkNopeHeadDim);
+  const R = checkPosInt(fn, 'dims.qkRopeHeadDim', dims.qkRopeHeadDim);
+  const V = checkPosInt(fn, 'dims.vHeadDim', dims.vHeadDim);
+  const C = checkPosInt(fn, 'dims.kvLoraRank', dims.kvLoraRank);
   const W = C + R;
-  checkLength('expandLatentKv kv', kv, tokens * W);
-  checkLength('expandLatentKv kvBProj', kvBProj, H * (N + V) * C);
+  checkNonNegInt(fn, 'tokens', tokens);
+  checkLength(fn, 'kv', kv, sizeProduct(fn, 'tokens', tokens, W), { f64: true });
+  checkLength(fn, 'kvBProj', kvBProj, sizeProduct(fn, 'dims', H, N + V, C));
   const latent = new Float64Array(tokens * C);
   for (let t = 0; t < tokens; t++) latent.set(kv.subarray(t * W, t * W + C), t * C);
   const up = linear(latent, tokens, C, kvBProj, H * (N + V));
-  const k = new Float64Array(tokens * H * (N + R));
-  const v = new Float64Array(tokens * H * V);
+  const k = allocHost(fn, 'tokens', Float64Array, sizeProduct(fn, 'tokens', tokens, H, N + R));
+  const v = allocHost(fn, 'tokens', Float64Array, sizeProduct(fn, 'tokens', tokens, H, V));
   for (let t = 0; t < tokens; t++) {
     const rope = kv.subarray(t * W + C, (t + 1) * W);
     for (let h = 0; h < H; h++) {
@@ -156,8 +168,12 @@ export interface PrefillArgs extends ExpandDims {
 // Naive MLA prefill over ragged requests: expandLatentKv then mhaVarlenReference.
 // Output [Σ qSeqLens, H, v] and LSE [Σ qSeqLens, H].
 export function prefillReference(args: PrefillArgs): AttentionResult {
+  const fn = 'prefill';
+  checkObject(fn, 'args', args);
+  const kvLens = checkArray(fn, 'kvSeqLens', args.kvSeqLens);
   let Tk = 0;
-  for (let b = 0; b < args.kvSeqLens.length; b++) Tk += args.kvSeqLens[b]!;
+  for (let b = 0; b < kvLens.length; b++) Tk += checkNonNegInt(fn, `kvSeqLens[${b}]`, kvLens[b]);
+  if (args.causal !== undefined && typeof args.causal !== 'boolean') throw argError('ERR_ARGUMENT', fn, 'causal', `must be a boolean, got ${String(args.causal)}`);
   const { k, v } = expandLatentKv(args.kv, Tk, args.kvBProj, args);
   return mhaVarlenReference({
     q: args.q,

@@ -1,6 +1,6 @@
 // RMSNorm, DeepSeek style: y = x · rsqrt(mean(x²) + eps) · w, per row.
 
-import { checkAtLeast, checkLength, checkNonNegInt, checkPosInt } from './util.js';
+import { allocHost, checkAtLeast, checkFiniteNumber, checkLength, checkNonNegInt, checkObject, checkPosInt, sizeProduct } from '../check.js';
 
 export interface RmsnormStrides {
   /** Elements between consecutive input rows (default dim). */
@@ -22,18 +22,20 @@ export function rmsnorm(
   eps: number,
   strides: RmsnormStrides = {},
 ): Float64Array {
-  checkNonNegInt('rmsnorm rows', rows);
-  checkPosInt('rmsnorm dim', dim);
-  checkLength('rmsnorm weight', weight, dim);
-  const inStride = strides.inStride ?? dim;
-  const inOffset = strides.inOffset ?? 0;
-  const outStride = strides.outStride ?? dim;
-  const outOffset = strides.outOffset ?? 0;
-  const out = strides.out ?? new Float64Array(rows * dim);
-  if (rows > 0) {
-    checkAtLeast('rmsnorm x', x, inOffset + (rows - 1) * inStride + dim);
-    checkAtLeast('rmsnorm out', out, outOffset + (rows - 1) * outStride + dim);
-  }
+  const fn = 'rmsnorm';
+  checkNonNegInt(fn, 'rows', rows);
+  checkPosInt(fn, 'dim', dim);
+  checkLength(fn, 'weight', weight, dim);
+  checkFiniteNumber(fn, 'eps', eps);
+  checkObject(fn, 'strides', strides);
+  const inStride = checkNonNegInt(fn, 'strides.inStride', strides.inStride ?? dim);
+  const inOffset = checkNonNegInt(fn, 'strides.inOffset', strides.inOffset ?? 0);
+  const outStride = checkNonNegInt(fn, 'strides.outStride', strides.outStride ?? dim);
+  const outOffset = checkNonNegInt(fn, 'strides.outOffset', strides.outOffset ?? 0);
+  // Sizes are checked before the output is allocated, so a huge `rows` names itself.
+  if (rows > 0) checkAtLeast(fn, 'x', x, sizeProduct(fn, 'rows', rows - 1, inStride) + inOffset + dim);
+  const out = strides.out ?? allocHost(fn, 'rows', Float64Array, sizeProduct(fn, 'rows', rows, dim));
+  if (rows > 0) checkAtLeast(fn, 'strides.out', out, outOffset + (rows - 1) * outStride + dim, { f64: true });
   for (let r = 0; r < rows; r++) {
     const xi = inOffset + r * inStride;
     let ss = 0;

@@ -7,7 +7,7 @@
 // float32 angle are then taken in float64.
 
 import type { MlaConfig, YarnScaling } from '../config.js';
-import { checkAtLeast, checkLength, checkNonNegInt, checkPosInt } from './util.js';
+import { allocHost, argError, checkAtLeast, checkFiniteNumber, checkLength, checkNonNegInt, checkObject, checkPosInt, sizeProduct } from '../check.js';
 
 export type RopeLayout = 'interleaved' | 'neox';
 
@@ -58,8 +58,14 @@ export function yarnLinearRamp(min: number, max: number, n: number): Float64Arra
 // Low dims (fast-rotating) keep their frequency, high dims are divided by the
 // factor s, with a linear blend over [low, high].
 export function ropeInvFreq(dim: number, theta: number, scaling: YarnScaling | null): Float64Array {
-  checkPosInt('rope dim', dim);
-  if (dim % 2 !== 0) throw new RangeError(`rope dim must be even, got ${dim}`);
+  const fn = 'ropeInvFreq';
+  checkPosInt(fn, 'dim', dim);
+  if (dim % 2 !== 0) throw argError('ERR_SHAPE', fn, 'dim', `must be even, got ${dim}`);
+  checkFiniteNumber(fn, 'theta', theta);
+  if (scaling !== null) {
+    checkObject(fn, 'scaling', scaling);
+    for (const k of ['betaFast', 'betaSlow', 'originalMaxPositionEmbeddings', 'factor'] as const) checkFiniteNumber(fn, `scaling.${k}`, scaling[k]);
+  }
   const half = dim / 2;
   const freqs = new Float64Array(half);
   for (let i = 0; i < half; i++) {
@@ -86,13 +92,17 @@ export function ropeTable(
   maxPos: number,
   opts: { attentionFactor?: number } = {},
 ): RopeTable {
-  checkPosInt('ropeTable maxPos', maxPos);
-  const dim = cfg.qkRopeHeadDim;
+  const fn = 'ropeTable';
+  checkObject(fn, 'cfg', cfg);
+  checkPosInt(fn, 'maxPos', maxPos);
+  checkObject(fn, 'opts', opts);
+  const dim = checkPosInt(fn, 'cfg.qkRopeHeadDim', cfg.qkRopeHeadDim);
+  if (cfg.ropeScaling === undefined) throw argError('ERR_ARGUMENT', fn, 'cfg.ropeScaling', 'must be a YarnScaling or null');
   const invFreq = ropeInvFreq(dim, cfg.ropeTheta, cfg.ropeScaling);
   const half = dim / 2;
-  const m = opts.attentionFactor ?? 1;
-  const cos = new Float64Array(maxPos * half);
-  const sin = new Float64Array(maxPos * half);
+  const m = checkFiniteNumber(fn, 'opts.attentionFactor', opts.attentionFactor ?? 1);
+  const cos = allocHost(fn, 'maxPos', Float64Array, sizeProduct(fn, 'maxPos', maxPos, half));
+  const sin = allocHost(fn, 'maxPos', Float64Array, maxPos * half);
   for (let p = 0; p < maxPos; p++) {
     for (let i = 0; i < half; i++) {
       const angle = f(p * invFreq[i]!);
@@ -117,19 +127,24 @@ export function applyRope(
   table: RopeTable,
   layout: RopeLayout,
 ): void {
-  checkNonNegInt('applyRope rows', rows);
-  checkNonNegInt('applyRope offset', offset);
-  if (dim !== table.dim) throw new RangeError(`applyRope: dim ${dim} does not match the table's ${table.dim}`);
-  if (stride < offset + dim) throw new RangeError(`applyRope: stride ${stride} < offset ${offset} + dim ${dim}`);
-  checkLength('applyRope positions', positions, rows);
-  if (rows > 0) checkAtLeast('applyRope x', x, (rows - 1) * stride + offset + dim);
-  if (layout !== 'interleaved' && layout !== 'neox') throw new RangeError(`applyRope: unknown layout '${String(layout)}'`);
+  const fn = 'applyRope';
+  checkNonNegInt(fn, 'rows', rows);
+  checkNonNegInt(fn, 'offset', offset);
+  checkNonNegInt(fn, 'stride', stride);
+  checkObject(fn, 'table', table);
+  checkLength(fn, 'table.cos', table.cos, sizeProduct(fn, 'table', table.maxPos, table.half));
+  checkLength(fn, 'table.sin', table.sin, table.maxPos * table.half);
+  if (dim !== table.dim) throw argError('ERR_SHAPE', fn, 'dim', `= ${dim} does not match the table's ${table.dim}`);
+  if (stride < offset + dim) throw argError('ERR_SHAPE', fn, 'stride', `= ${stride} < offset ${offset} + dim ${dim}`);
+  checkLength(fn, 'positions', positions, rows);
+  if (rows > 0) checkAtLeast(fn, 'x', x, sizeProduct(fn, 'rows', rows - 1, stride) + offset + dim);
+  if (layout !== 'interleaved' && layout !== 'neox') throw argError('ERR_ARGUMENT', fn, 'layout', `must be 'interleaved' or 'neox', got '${String(layout)}'`);
   const half = table.half;
   const { cos, sin } = table;
   for (let r = 0; r < rows; r++) {
     const p = positions[r]!;
     if (!Number.isInteger(p) || p < 0 || p >= table.maxPos) {
-      throw new RangeError(`applyRope: position ${p} of row ${r} outside the table [0, ${table.maxPos})`);
+      throw argError('ERR_RANGE', fn, `positions[${r}]`, `= ${p} (position ${p} of row ${r}) is outside the table [0, ${table.maxPos})`);
     }
     const base = r * stride + offset;
     const t = p * half;

@@ -2,7 +2,12 @@
 // and a dense attention oracle written independently of decode.ts/prefill.ts
 // (full score row, −∞ mask, then softmax) to cross-check them.
 
+import { allocHost, argError, checkArray, checkAtLeast, checkFiniteNumber, checkInteger, checkNonNegInt, checkPosInt, sizeProduct } from '../check.js';
 import { randnArray } from './util.js';
+
+function checkRng(fn: string, rng: unknown): void {
+  if (typeof rng !== 'function') throw argError('ERR_ARGUMENT', fn, 'rng', 'must be a function returning numbers in [0, 1)');
+}
 
 export interface PagedCache {
   cache: Float64Array;
@@ -14,6 +19,15 @@ export interface PagedCache {
 // Scatters each request's rows [L_b, D] into pages handed out in a shuffled
 // order; unused slots hold random garbage so a wrong page walk shows.
 export function makePagedCache(rows: Float64Array[], D: number, pageSize: number, rng: () => number): PagedCache {
+  const fn = 'makePagedCache';
+  if (!Array.isArray(rows)) throw argError('ERR_ARGUMENT', fn, 'rows', 'must be an array of Float64Array');
+  checkPosInt(fn, 'D', D);
+  checkPosInt(fn, 'pageSize', pageSize);
+  checkRng(fn, rng);
+  rows.forEach((r, b) => {
+    checkArray(fn, `rows[${b}]`, r, { f64: true });
+    if (r.length % D !== 0) throw argError('ERR_SHAPE', fn, `rows[${b}]`, `has ${r.length} values, not a multiple of D = ${D}`);
+  });
   const lens = rows.map((r) => r.length / D);
   const maxPages = Math.max(1, ...lens.map((l) => Math.ceil(l / pageSize)));
   const numPages = rows.length * maxPages + 2;
@@ -22,8 +36,8 @@ export function makePagedCache(rows: Float64Array[], D: number, pageSize: number
     const j = Math.floor(rng() * (i + 1));
     [order[i], order[j]] = [order[j]!, order[i]!];
   }
-  const cache = randnArray(numPages * pageSize * D, rng, 100);
-  const blockTable = new Int32Array(rows.length * maxPages).fill(-1);
+  const cache = randnArray(sizeProduct(fn, 'rows', numPages, pageSize, D), rng, 100);
+  const blockTable = allocHost(fn, 'rows', Int32Array, rows.length * maxPages).fill(-1);
   let next = 0;
   rows.forEach((r, b) => {
     const pages = Math.ceil(lens[b]! / pageSize);
@@ -42,6 +56,11 @@ export function makePagedCache(rows: Float64Array[], D: number, pageSize: number
  * end or onto the wrong page reads someone else's data).
  */
 export function shuffledBlockTable(seqLens: readonly number[], pageSize: number, rng: () => number): { table: Int32Array; maxPages: number; numPages: number } {
+  const fn = 'shuffledBlockTable';
+  if (!Array.isArray(seqLens)) throw argError('ERR_ARGUMENT', fn, 'seqLens', 'must be an array of sequence lengths');
+  seqLens.forEach((L, b) => checkInteger(fn, `seqLens[${b}]`, L, 0, 0x7fffffff));
+  checkPosInt(fn, 'pageSize', pageSize);
+  checkRng(fn, rng);
   const pagesOf = seqLens.map((L) => Math.ceil(L / pageSize));
   const maxPages = Math.max(1, ...pagesOf) + 1;
   const numPages = pagesOf.reduce((a, b) => a + b, 0) + 3;
@@ -50,7 +69,7 @@ export function shuffledBlockTable(seqLens: readonly number[], pageSize: number,
     const j = Math.floor(rng() * (i + 1));
     [perm[i], perm[j]] = [perm[j]!, perm[i]!];
   }
-  const table = new Int32Array(seqLens.length * maxPages).fill(-1);
+  const table = allocHost(fn, 'seqLens', Int32Array, sizeProduct(fn, 'seqLens', seqLens.length, maxPages)).fill(-1);
   let next = 0;
   pagesOf.forEach((n, b) => {
     for (let i = 0; i < n; i++) table[b * maxPages + i] = perm[next++]!;
@@ -70,6 +89,15 @@ export function denseAttendOne(
   scale: number,
   visible: number,
 ): { out: Float64Array; lse: number } {
+  const fn = 'denseAttendOne';
+  checkNonNegInt(fn, 'L', L);
+  checkPosInt(fn, 'dQk', dQk);
+  checkPosInt(fn, 'dV', dV);
+  checkFiniteNumber(fn, 'scale', scale);
+  checkInteger(fn, 'visible', visible, Number.MIN_SAFE_INTEGER);
+  checkAtLeast(fn, 'q', q, dQk);
+  checkAtLeast(fn, 'keys', keys, sizeProduct(fn, 'L', L, dQk));
+  checkAtLeast(fn, 'values', values, sizeProduct(fn, 'L', L, dV));
   const scores: number[] = [];
   for (let t = 0; t < L; t++) {
     if (t >= visible) {

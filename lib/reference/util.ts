@@ -1,8 +1,10 @@
 // Helpers shared by the reference ops and their tests.
 
+import { allocHost, argError, checkArray, checkFiniteNumber, checkInteger, checkLength } from '../check.js';
+
 // ‖a − b‖_F / ‖b‖_F; when b is all zeros, returns ‖a‖_F (0 when both are zero).
 export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new RangeError(`relError: lengths differ (${a.length} vs ${b.length})`);
+  sameLength('relError', a, b);
   let num = 0;
   let den = 0;
   for (let i = 0; i < a.length; i++) {
@@ -13,8 +15,14 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }
 
+function sameLength(fn: string, a: ArrayLike<number>, b: ArrayLike<number>): void {
+  checkArray(fn, 'a', a);
+  checkArray(fn, 'b', b);
+  if (a.length !== b.length) throw argError('ERR_SHAPE', fn, 'b', `has ${b.length} elements; lengths differ from \`a\` (${a.length})`);
+}
+
 export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) throw new RangeError(`maxAbsDiff: lengths differ (${a.length} vs ${b.length})`);
+  sameLength('maxAbsDiff', a, b);
   let m = 0;
   for (let i = 0; i < a.length; i++) {
     const d = Math.abs(a[i]! - b[i]!);
@@ -26,6 +34,7 @@ export function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 // mulberry32: a tiny 32-bit seeded PRNG, uniform in [0, 1). Reproducible across
 // platforms, which Math.random is not.
 export function mulberry32(seed: number): () => number {
+  checkFiniteNumber('mulberry32', 'seed', seed);
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -36,51 +45,34 @@ export function mulberry32(seed: number): () => number {
   };
 }
 
+function checkRng(fn: string, rng: unknown): void {
+  if (typeof rng !== 'function') throw argError('ERR_ARGUMENT', fn, 'rng', 'must be a function returning numbers in [0, 1)');
+}
+
 // Standard normal by Box–Muller; 1 − u keeps the log argument in (0, 1].
 export function randn(rng: () => number): number {
+  checkRng('randn', rng);
   const u = 1 - rng();
   const v = rng();
   return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
 }
 
 export function randnArray(n: number, rng: () => number, std = 1): Float64Array {
-  const out = new Float64Array(n);
+  checkInteger('randnArray', 'n', n);
+  checkRng('randnArray', rng);
+  const out = allocHost('randnArray', 'n', Float64Array, n);
   for (let i = 0; i < n; i++) out[i] = randn(rng) * std;
   return out;
 }
 
-export function checkLength(what: string, arr: ArrayLike<number>, expected: number): void {
-  if (arr.length !== expected) {
-    throw new RangeError(`${what}: expected ${expected} elements, got ${arr.length}`);
-  }
-}
-
-export function checkAtLeast(what: string, arr: ArrayLike<number>, expected: number): void {
-  if (arr.length < expected) {
-    throw new RangeError(`${what}: expected at least ${expected} elements, got ${arr.length}`);
-  }
-}
-
-export function checkPosInt(what: string, v: number): void {
-  if (!Number.isSafeInteger(v) || v <= 0) throw new RangeError(`${what}: expected a positive integer, got ${v}`);
-}
-
-export function checkNonNegInt(what: string, v: number): void {
-  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`${what}: expected a non-negative integer, got ${v}`);
-}
-
 // Per-request counts given as a uniform number or one entry per request.
-export function perRequest(what: string, v: number | ArrayLike<number>, batch: number): Int32Array {
+export function perRequest(fn: string, name: string, v: number | ArrayLike<number>, batch: number): Int32Array {
   const out = new Int32Array(batch);
   if (typeof v === 'number') {
-    checkNonNegInt(what, v);
-    out.fill(v);
+    out.fill(checkInteger(fn, name, v, 0, 0x7fffffff));
     return out;
   }
-  checkLength(what, v, batch);
-  for (let b = 0; b < batch; b++) {
-    checkNonNegInt(`${what}[${b}]`, v[b]!);
-    out[b] = v[b]!;
-  }
+  checkLength(fn, name, v, batch);
+  for (let b = 0; b < batch; b++) out[b] = checkInteger(fn, `${name}[${b}]`, v[b], 0, 0x7fffffff);
   return out;
 }

@@ -153,7 +153,7 @@ t.test('input validation', async (t) => {
   t.doesNotThrow(() => decodeReference(base));
   t.throws(() => decodeReference({ ...base, seqLens: [5] }), /logical page 1/, 'sequence longer than its block table');
   t.throws(() => decodeReference({ ...base, dimLatent: 13 }), /dimLatent/);
-  t.throws(() => decodeReference({ ...base, q: randnArray(2 * D + 1, rng), headDim: D }), /decode q/);
+  t.throws(() => decodeReference({ ...base, q: randnArray(2 * D + 1, rng), headDim: D }), { code: 'ERR_SHAPE', message: /decode: `q`/ });
   t.throws(() => decodeReference({ ...base, qSeqLens: [1, 1] }), /qSeqLens/);
   t.throws(() => decodeReference({ ...base, blockTable: Int32Array.from([-1]) }), /invalid page -1/);
 });
