@@ -136,3 +136,23 @@ t.test('a kernel fault becomes a typed error and a lost context, never an abort'
   t.equal(res.later?.code, 'ERR_CUDA', 'later calls fail too (the context is lost)');
   t.match(res.later?.message, /cudaErrorLaunchFailure.*The CUDA context is lost: .* restart the process/s);
 });
+
+// A bad MLA_EMU_DEVICES: every device call says what cannot be read and how to write it.
+t.test('an unreadable MLA_EMU_DEVICES is a no-device error naming the entry and the fix', { skip: emuSkip }, async (t) => {
+  const script = `
+    const { cuda, Stream } = await import(${JSON.stringify(`${packageRoot}/dist/index.js`)});
+    const out = { status: cuda.deviceStatus() };
+    try { new Stream(); } catch (e) { out.stream = { code: e.code, message: e.message }; }
+    console.log(JSON.stringify(out));`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    env: { ...process.env, MLA_CUDA_DEVICE: 'emulator', MLA_EMU_DEVICES: 'sm_90,sm_7' },
+  });
+  t.equal(r.status, 0, r.stderr);
+  const res = JSON.parse(r.stdout) as { status: { ok: boolean; code: string; message: string }; stream?: { code: string; message: string } };
+  t.equal(res.status.ok, false);
+  t.equal(res.status.code, 'ERR_NO_DEVICE');
+  t.match(res.status.message, /^no usable emulated device: MLA_EMU_DEVICES: cannot read "sm_7" .*Fix: set MLA_EMU_DEVICES to /);
+  t.equal(res.stream?.code, 'ERR_NO_DEVICE');
+  t.equal(res.stream?.message, res.status.message, 'Stream throws the status message');
+});

@@ -238,7 +238,8 @@ cudaError_t cudaDriverGetVersion(int* v) {
 }
 
 cudaError_t cudaGetDeviceCount(int* n) {
-  if (!registry().configError.empty()) return fail(cudaErrorInvalidValue);
+  // NoDevice, whose error string is the configuration error, so the user sees what is wrong.
+  if (!registry().configError.empty()) return fail(cudaErrorNoDevice);
   *n = deviceCount();
   return *n ? cudaSuccess : fail(cudaErrorNoDevice);
 }
@@ -339,7 +340,7 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorNoDevice:
-      return registry().configError.empty() ? "no emulated device" : registry().configError.c_str();
+      return registry().configError.empty() ? "MLA_EMU_DEVICES lists no device" : registry().configError.c_str();
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorNotReady: return "device not ready";
     case cudaErrorInvalidDevicePointer: return "invalid device pointer";
