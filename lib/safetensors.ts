@@ -201,6 +201,7 @@ export class SafetensorsFile implements Disposable {
       }
       tensors.set(name, parseEntry(path, name, entry, dataStart, dataSize));
     }
+    checkCoverage(path, tensors, dataSize);
     return new SafetensorsFile(path, fd, fileSize, headerLength, tensors, metadata, 8 + headerLength);
   }
 
@@ -304,6 +305,30 @@ function parseEntry(path: string, name: string, entry: unknown, dataStart: numbe
     byteLength: end - begin,
     numel,
   };
+}
+
+// The format requires the tensors' byte ranges, sorted by begin, to tile the data section
+// exactly: an overlap means two tensors share bytes and a gap means an offset was shifted, and
+// either way some weight would load as the wrong bytes without any other check noticing.
+function checkCoverage(path: string, tensors: ReadonlyMap<string, TensorInfo>, dataSize: number): void {
+  const sorted = [...tensors.values()].sort((a, b) => a.dataOffsets[0] - b.dataOffsets[0] || a.dataOffsets[1] - b.dataOffsets[1]);
+  const label = (t: TensorInfo | null, edge: string): string => (t === null ? edge : `tensor '${t.name}' [${t.dataOffsets[0]}, ${t.dataOffsets[1]})`);
+  let pos = 0;
+  let prev: TensorInfo | null = null;
+  for (const t of sorted) {
+    const [begin, end] = t.dataOffsets;
+    if (begin < pos) {
+      throw new SafetensorsError(path, `data_offsets overlap: ${label(prev, 'start of data')} and ${label(t, '')} share bytes [${begin}, ${Math.min(pos, end)})`);
+    }
+    if (begin > pos) {
+      throw new SafetensorsError(path, `data_offsets leave a gap of ${begin - pos} bytes [${pos}, ${begin}) between ${label(prev, 'start of data')} and ${label(t, '')}`);
+    }
+    pos = end;
+    prev = t;
+  }
+  if (pos < dataSize) {
+    throw new SafetensorsError(path, `data_offsets leave a gap of ${dataSize - pos} bytes [${pos}, ${dataSize}) between ${label(prev, 'start of data')} and end of data`);
+  }
 }
 
 // fs.readSync may return fewer bytes than asked (pipes, huge reads), so loop.

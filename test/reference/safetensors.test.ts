@@ -210,6 +210,38 @@ t.test('malformed files are rejected with clear errors', async (t) => {
   g.close();
 });
 
+t.test('data_offsets must tile the data section: no overlap, no gap', async (t) => {
+  const dir = t.testdir();
+  const p = (n: string): string => path.join(dir, n);
+  const f32 = (begin: number, end: number): unknown => ({ dtype: 'F32', shape: [(end - begin) / 4], data_offsets: [begin, end] });
+  const rejects = (name: string, header: unknown, dataBytes: number, pattern: RegExp, msg: string): void => {
+    rawFile(p(name), header, new Uint8Array(dataBytes));
+    try {
+      SafetensorsFile.open(p(name)).close();
+      t.fail(`${msg}: loaded`);
+    } catch (e) {
+      t.ok(e instanceof SafetensorsError && e.code === 'ERR_FORMAT', `${msg}: ERR_FORMAT`);
+      t.match((e as Error).message, new RegExp(`^${p(name).replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: `), `${msg}: names the file`);
+      t.match((e as Error).message, pattern, `${msg}: ${(e as Error).message}`);
+    }
+  };
+  rejects('overlap', { a: f32(0, 8), b: f32(4, 12) }, 12, /overlap: tensor 'a' \[0, 8\) and tensor 'b' \[4, 12\) share bytes \[4, 8\)/, 'overlapping tensors');
+  rejects('same', { a: f32(0, 8), b: f32(0, 8) }, 8, /overlap: tensor 'a' \[0, 8\) and tensor 'b' \[0, 8\)/, 'two tensors on the same bytes');
+  rejects('inside', { big: f32(0, 16), small: f32(4, 8), z: f32(16, 16) }, 16, /overlap: tensor 'big' .* and tensor 'small'/, 'a tensor inside another');
+  rejects('gap', { a: f32(0, 8), b: f32(12, 20) }, 20, /gap of 4 bytes \[8, 12\) between tensor 'a' \[0, 8\) and tensor 'b' \[12, 20\)/, 'a gap between two tensors');
+  rejects('lead', { a: f32(4, 12) }, 12, /gap of 4 bytes \[0, 4\) between start of data and tensor 'a'/, 'a gap before the first tensor');
+  rejects('tail', { a: f32(0, 8) }, 12, /gap of 4 bytes \[8, 12\) between tensor 'a' \[0, 8\) and end of data/, 'bytes after the last tensor');
+  rejects('nothing', {}, 8, /gap of 8 bytes \[0, 8\) between start of data and end of data/, 'data but no tensors');
+  // Header order is free; only the sorted ranges must tile. Empty tensors may sit anywhere on a boundary.
+  rawFile(p('unordered'), { b: f32(8, 16), e0: f32(0, 0), a: f32(0, 8), e1: f32(16, 16) }, new Uint8Array(16));
+  const f = SafetensorsFile.open(p('unordered'));
+  t.same(f.names().sort(), ['a', 'b', 'e0', 'e1'], 'out-of-order header with empty tensors on boundaries loads');
+  f.close();
+  rawFile(p('empty-data'), { __metadata__: { k: 'v' } }, new Uint8Array(0));
+  SafetensorsFile.open(p('empty-data')).close();
+  t.pass('no tensors and no data is a valid file');
+});
+
 t.test('file descriptors are closed, also through Symbol.dispose', async (t) => {
   const dir = t.testdir();
   const file = path.join(dir, 'd.safetensors');
