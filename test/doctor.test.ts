@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { diagnose, doctorReport, formatDoctor, gatherFacts, minDriverFor, runDoctor, runInfo, satisfiesRange } from '../lib/cli/doctor.js';
 import type { DoctorDeps, DoctorFacts, DoctorReport } from '../lib/cli/doctor.js';
-import type { DeviceInfo } from '../lib/runtime/cuda.js';
+import type { DeviceInfo, DeviceStatus } from '../lib/runtime/cuda.js';
 
 const H100: DeviceInfo = {
   index: 0, name: 'NVIDIA H100 80GB HBM3', major: 9, minor: 0, smCount: 132, totalMemory: 85e9, freeMemory: 80e9, l2CacheBytes: 50e6,
@@ -26,7 +26,13 @@ function healthy(): DoctorFacts {
   };
 }
 
-const NO_DRIVER = { ok: false, code: 'ERR_NO_DEVICE', cudaError: 'cudaErrorInsufficientDriver', message: 'CUDA driver version is insufficient for CUDA runtime version', deviceCount: 0, driverVersion: 0, runtimeVersion: 13000 };
+// As the addon reports it (csrc/runtime/no_device.h): the message, and its reason and fix apart.
+const NO_DRIVER = {
+  ok: false, code: 'ERR_NO_DEVICE', cudaError: 'cudaErrorInsufficientDriver',
+  message: 'no usable CUDA device: no NVIDIA driver found (libcuda.so.1 cannot be loaded). Fix: install the NVIDIA driver, branch 580 or newer. (CUDA: ...)',
+  reason: 'no NVIDIA driver found (libcuda.so.1 cannot be loaded)', fix: 'install the NVIDIA driver, branch 580 or newer (it must support CUDA 13.0)',
+  deviceCount: 0, driverVersion: 0, runtimeVersion: 13000,
+};
 
 function errors(f: DoctorFacts) {
   return diagnose(f).filter((c) => c.severity === 'error');
@@ -95,38 +101,48 @@ t.test('built without CUDA: install the toolkit, CUDACXX, rebuild', async (t) =>
   t.match(e?.fix, /CUDACXX=\/usr\/local\/cuda\/bin\/nvcc npm rebuild mla-cuda/);
 });
 
-t.test('no driver: install the NVIDIA driver', async (t) => {
+t.test('no driver: the addon\'s reason and fix, under "driver"', async (t) => {
   const r = doctorReport({ ...healthy(), status: NO_DRIVER, devices: [] });
   const e = r.checks.filter((c) => c.severity === 'error');
   t.equal(e.length, 1);
   t.equal(e[0]?.name, 'driver');
-  t.match(e[0]?.detail, /no NVIDIA driver found \(cudaErrorInsufficientDriver\)/);
-  t.match(e[0]?.fix, /install the NVIDIA driver, branch 580 or newer for CUDA 13\.0/);
+  t.equal(e[0]?.detail, NO_DRIVER.reason);
+  t.equal(e[0]?.fix, NO_DRIVER.fix);
+  t.match(r.checks.find((c) => c.name === 'gpu'), { severity: 'info', detail: /fix the driver first/ });
   t.equal(r.gpuUsable, false);
   t.match(formatDoctor(r), /No usable GPU: the CPU reference backend still works/);
 });
 
-t.test('driver older than the runtime: "driver too old" with the fix', async (t) => {
-  const status = { ...NO_DRIVER, driverVersion: 12040 };
-  const [e] = errors({ ...healthy(), status, devices: [] });
+t.test('driver older than the runtime: the addon\'s reason and fix; within a major, a warning', async (t) => {
+  const status = { ...NO_DRIVER, driverVersion: 12040, reason: 'the NVIDIA driver is too old: it supports CUDA 12.4', fix: 'upgrade the driver to branch 580 or newer' };
+  const [e, ...rest] = errors({ ...healthy(), status, devices: [] });
   t.equal(e?.name, 'driver');
-  t.match(e?.detail, /driver too old: it supports CUDA 12\.4, the addon uses CUDA runtime 13\.0/);
-  t.match(e?.fix, /branch 580 or newer/);
-  t.match(e?.fix, /CUDACXX=\/usr\/local\/cuda-12\.4\/bin\/nvcc npm rebuild mla-cuda/);
+  t.equal(e?.detail, status.reason);
+  t.equal(e?.fix, status.fix);
+  t.same(rest, [], 'one problem: the gpu check waits for the driver');
+  // A driver/library mismatch is the driver's problem too.
+  const mismatch = { ...status, cudaError: 'cudaErrorSystemDriverMismatch', driverVersion: 13000, reason: 'kernel module and libcuda differ', fix: 'reboot' };
+  t.match(errors({ ...healthy(), status: mismatch, devices: [] }), [{ name: 'driver', detail: 'kernel module and libcuda differ', fix: 'reboot' }]);
   // Same major, older minor, but it runs (minor-version compatibility): a warning only.
   const compat = diagnose({ ...healthy(), status: { ...healthy().status, driverVersion: 12040, runtimeVersion: 12080 }, build: { ...healthy().build, runtimeVersion: 12080 } });
   t.equal(compat.find((c) => c.name === 'driver')?.severity, 'warning');
+  t.match(compat.find((c) => c.name === 'driver')?.detail, /driver too old: it supports CUDA 12\.4, the addon uses CUDA runtime 12\.8 \(runs through minor-version compatibility/);
+  t.match(compat.find((c) => c.name === 'driver')?.fix, /branch 525 or newer.*CUDACXX=\/usr\/local\/cuda-12\.4\/bin\/nvcc npm rebuild mla-cuda/);
   t.equal(minDriverFor(12080), '525');
   t.equal(minDriverFor(11080), '450');
 });
 
-t.test('driver fine but no GPU visible', async (t) => {
-  const f = { ...healthy(), status: { ...NO_DRIVER, cudaError: 'cudaErrorNoDevice', message: 'no CUDA-capable device is detected', driverVersion: 13000 }, devices: [], env: { CUDA_VISIBLE_DEVICES: '' } };
-  const [e] = errors(f);
-  t.equal(e?.name, 'gpu');
-  t.match(e?.detail, /no CUDA-capable device/);
-  t.match(e?.fix, /nvidia-smi/);
-  t.match(e?.fix, /CUDA_VISIBLE_DEVICES="" may hide them/);
+t.test('driver fine but no GPU visible: the addon\'s reason and fix, under "gpu"', async (t) => {
+  const status = {
+    ...NO_DRIVER, cudaError: 'cudaErrorNoDevice', driverVersion: 13000, message: 'no usable CUDA device: no GPU is visible: ...',
+    reason: 'no GPU is visible: CUDA_VISIBLE_DEVICES is set to "", which hides every GPU', fix: 'unset CUDA_VISIBLE_DEVICES',
+  };
+  const checks = diagnose({ ...healthy(), status, devices: [], env: { CUDA_VISIBLE_DEVICES: '' } });
+  t.equal(checks.find((c) => c.name === 'driver')?.severity, 'ok');
+  t.match(checks.filter((c) => c.severity === 'error'), [{ name: 'gpu', detail: status.reason, fix: status.fix }]);
+  // A status without the explanation (an older addon) still shows CUDA's message.
+  const bare = { ...status, reason: undefined, fix: undefined, message: 'cudaGetDeviceCount: cudaErrorNoDevice (100)' };
+  t.match(errors({ ...healthy(), status: bare, devices: [] })[0], { name: 'gpu', detail: /no usable GPU: cudaGetDeviceCount: cudaErrorNoDevice/, fix: /nvidia-smi -L/ });
 });
 
 t.test('GPU architecture missing from the build: CUDAARCHS=<cc> npm rebuild', async (t) => {
@@ -162,28 +178,33 @@ t.test('the emulated device is named as such, with how to use the GPU instead', 
   t.equal(errors(f).length, 0, 'no driver or architecture errors for the emulator');
 });
 
-t.test('runDoctor: exits 0 without a GPU, says so; --json; bad flags exit 1', async (t) => {
+t.test('runDoctor: exits 1 on a FAIL and says so; --json too; 0 with warnings only; bad arguments exit 2', async (t) => {
   const d = deps({ ...healthy(), status: NO_DRIVER, devices: [] });
-  t.equal(await runDoctor([], d), 0);
+  t.equal(await runDoctor([], d), 1);
   t.match(d.out, /\[FAIL\] driver: no NVIDIA driver found/);
   t.match(d.out, / {7}fix: install the NVIDIA driver/);
   t.match(d.out, /No usable GPU/);
   const j = deps({ ...healthy(), status: NO_DRIVER, devices: [] });
-  t.equal(await runDoctor(['--json'], j), 0);
+  t.equal(await runDoctor(['--json'], j), 1);
   const report = JSON.parse(j.out) as DoctorReport;
   t.equal(report.ok, false);
   t.equal(report.gpuUsable, false);
   t.equal(report.facts.status.code, 'ERR_NO_DEVICE');
   t.ok(report.checks.some((c) => c.fix?.includes('NVIDIA driver')));
+  t.equal(await runDoctor([], deps(healthy())), 0, 'no problem: 0');
+  const emu = healthy();
+  emu.build = { ...emu.build, emulated: true };
+  t.equal(await runDoctor([], deps(emu)), 0, 'warnings only (the emulated device): 0');
   const bad = deps(healthy());
-  t.equal(await runDoctor(['--jsn'], bad), 1);
+  t.equal(await runDoctor(['--jsn'], bad), 2);
   t.match(bad.err, /unknown flag --jsn \(did you mean --json\?\)/);
   const extra = deps(healthy());
-  t.equal(await runDoctor(['now'], extra), 1);
+  t.equal(await runDoctor(['now'], extra), 2);
   t.match(extra.err, /takes no arguments/);
   const help = deps(healthy());
   t.equal(await runDoctor(['--help'], help), 0);
   t.match(help.out, /usage: mla-cuda doctor/);
+  t.match(help.out, /Exit codes: 0 no problem \(warnings only\), 1 a problem \(\[FAIL\]; also with --json\),\n2 bad arguments\./);
 });
 
 t.test('runInfo prints build, status and devices as JSON', async (t) => {
@@ -207,15 +228,35 @@ t.test('gatherFacts on this machine never throws', async (t) => {
 
 const cli = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 
-t.test('built CLI: doctor and info exit 0 on this machine', { skip: existsSync(cli) ? false : 'dist/ not built (npm run build)' }, async (t) => {
+t.test('built CLI: doctor exits 1 exactly when it prints a FAIL, 2 for bad arguments; info exits 0', { skip: existsSync(cli) ? false : 'dist/ not built (npm run build)' }, async (t) => {
   const doc = spawnSync(process.execPath, [cli, 'doctor'], { encoding: 'utf8' });
-  t.equal(doc.status, 0, doc.stderr);
+  t.equal(doc.status, /^\[FAIL\]/m.test(doc.stdout) ? 1 : 0, `exit ${doc.status} ${doc.stderr}`);
   t.match(doc.stdout, /^mla-cuda doctor/);
   t.match(doc.stdout, /\[(ok|FAIL)\] +node: Node v/);
   const json = spawnSync(process.execPath, [cli, 'doctor', '--json'], { encoding: 'utf8' });
-  t.equal(json.status, 0);
-  t.type((JSON.parse(json.stdout) as DoctorReport).ok, 'boolean');
+  const report = JSON.parse(json.stdout) as DoctorReport;
+  t.equal(json.status, report.ok ? 0 : 1);
   const info = spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8' });
   t.equal(info.status, 0);
   t.ok((JSON.parse(info.stdout) as { status: unknown }).status);
+  const bad = spawnSync(process.execPath, [cli, 'doctor', '--jsn'], { encoding: 'utf8' });
+  t.equal(bad.status, 2, 'bad arguments');
+  t.match(bad.stderr, /unknown flag --jsn/);
+});
+
+// The CUDA addon (never the emulated device), as a user without a GPU meets it.
+t.test('built CLI on the CUDA addon: without a GPU doctor prints the reason and fix every GPU call gives, and exits 1', { skip: existsSync(cli) ? false : 'dist/ not built (npm run build)' }, async (t) => {
+  const env = { ...process.env, MLA_CUDA_DEVICE: 'cuda' };
+  const info = spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8', env });
+  const status = (JSON.parse(info.stdout) as { status: DeviceStatus }).status;
+  const doc = spawnSync(process.execPath, [cli, 'doctor'], { encoding: 'utf8', env });
+  if (status.ok) {
+    t.equal(doc.status, /^\[FAIL\]/m.test(doc.stdout) ? 1 : 0, 'a GPU is present: exit 1 only for a FAIL');
+    return;
+  }
+  t.equal(doc.status, 1, `exit 1 (${status.code}) ${doc.stderr}`);
+  if (status.code !== 'ERR_NO_DEVICE') return; // a CPU-only build: its own check
+  t.ok(status.reason && status.fix, 'the addon explains it');
+  t.ok(doc.stdout.includes(`[FAIL] ${status.driverVersion === 0 || status.cudaError === 'cudaErrorInsufficientDriver' ? 'driver' : 'gpu'}: ${status.reason ?? ''}\n`), `doctor: ${status.reason}`);
+  t.ok(doc.stdout.includes(`       fix: ${status.fix ?? ''}\n`), `fix: ${status.fix}`);
 });

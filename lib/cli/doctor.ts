@@ -81,7 +81,7 @@ export function satisfiesRange(version: string, range: string): boolean | null {
 
 // ---- checks -------------------------------------------------------------------------------
 
-/** Oldest Linux driver branch that runs a CUDA major version (NVIDIA's compatibility table). */
+/** Oldest Linux driver branch that runs a CUDA major version (NVIDIA's compatibility table; minDriverBranch in csrc/runtime/no_device.h is the same). */
 export function minDriverFor(runtimeVersion: number): string {
   const major = Math.floor(runtimeVersion / 1000);
   if (major >= 13) return '580';
@@ -89,6 +89,12 @@ export function minDriverFor(runtimeVersion: number): string {
   if (major === 11) return '450';
   return 'a current';
 }
+
+/** CUDA errors that mean the driver, not the GPU, is the problem. */
+const DRIVER_ERRORS = new Set(['cudaErrorInsufficientDriver', 'cudaErrorSystemDriverMismatch']);
+
+// Only for a status without the addon's explanation (an addon older than this code).
+const NO_DEVICE_FALLBACK_FIX = 'check that `nvidia-smi -L` lists a GPU and that the driver supports the CUDA runtime above';
 
 function gib(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
@@ -137,16 +143,16 @@ export function diagnose(f: DoctorFacts): Check[] {
 
   const s = f.status;
   const rt = s.runtimeVersion || b.runtimeVersion;
-  if (s.driverVersion === 0) {
-    checks.push({
-      name: 'driver', severity: 'error', detail: `no NVIDIA driver found${s.cudaError ? ` (${s.cudaError})` : ''}`,
-      fix: `install the NVIDIA driver, branch ${minDriverFor(rt)} or newer for CUDA ${versionString(rt)} (check with \`nvidia-smi\`); in a container, run it with the GPU exposed (e.g. \`docker run --gpus all\`)`,
-    });
+  // Without a usable device the addon says why and what fixes it (csrc/runtime/no_device.h),
+  // the words every GPU call throws; doctor prints the same, under the check they concern.
+  const driverFault = !s.ok && (s.driverVersion === 0 || DRIVER_ERRORS.has(s.cudaError));
+  if (driverFault) {
+    checks.push({ name: 'driver', severity: 'error', detail: s.reason ?? s.message, fix: s.fix ?? NO_DEVICE_FALLBACK_FIX });
   } else if (s.driverVersion < rt) {
-    const failing = !s.ok || s.cudaError === 'cudaErrorInsufficientDriver';
+    // Same major, older minor: runs through minor-version compatibility.
     checks.push({
-      name: 'driver', severity: failing ? 'error' : 'warning',
-      detail: `driver too old: it supports CUDA ${versionString(s.driverVersion)}, the addon uses CUDA runtime ${versionString(rt)}${failing ? '' : ' (runs through minor-version compatibility; PTX JIT may fail)'}`,
+      name: 'driver', severity: 'warning',
+      detail: `driver too old: it supports CUDA ${versionString(s.driverVersion)}, the addon uses CUDA runtime ${versionString(rt)} (runs through minor-version compatibility; PTX JIT may fail)`,
       fix: `update the NVIDIA driver to branch ${minDriverFor(rt)} or newer, or rebuild with a toolkit no newer than the driver: \`CUDACXX=/usr/local/cuda-${versionString(s.driverVersion)}/bin/nvcc npm rebuild mla-cuda\``,
     });
   } else {
@@ -154,15 +160,9 @@ export function diagnose(f: DoctorFacts): Check[] {
   }
 
   if (!s.ok) {
-    if (s.driverVersion > 0 && s.driverVersion >= rt) {
-      const hidden = f.env['CUDA_VISIBLE_DEVICES'] !== undefined ? ` CUDA_VISIBLE_DEVICES="${f.env['CUDA_VISIBLE_DEVICES']}" may hide them.` : '';
-      checks.push({
-        name: 'gpu', severity: 'error', detail: `no usable GPU: ${s.message}`,
-        fix: `check \`nvidia-smi\` lists a GPU.${hidden} On a GPU machine, \`dmesg | grep -i nvrm\` shows driver faults`,
-      });
-    } else {
-      checks.push({ name: 'gpu', severity: 'info', detail: `no usable GPU (${s.code}): fix the driver first` });
-    }
+    checks.push(driverFault
+      ? { name: 'gpu', severity: 'info', detail: `no usable GPU (${s.code}): fix the driver first` }
+      : { name: 'gpu', severity: 'error', detail: s.reason ?? `no usable GPU: ${s.message}`, fix: s.fix ?? NO_DEVICE_FALLBACK_FIX });
     return checks;
   }
   for (const d of f.devices) {
@@ -242,7 +242,10 @@ export function defaultDoctorDeps(): DoctorDeps {
 export const DOCTOR_USAGE = `usage: mla-cuda doctor [--json]
 
 Checks Node, the native addon, its CUDA build, the NVIDIA driver and each GPU, and prints the
-fix for every problem found. Exits 0 whatever it finds (1 only for bad arguments).`;
+fix for every problem found.
+
+Exit codes: 0 no problem (warnings only), 1 a problem ([FAIL]; also with --json),
+2 bad arguments.`;
 
 export const INFO_USAGE = `usage: mla-cuda info
 
@@ -260,7 +263,8 @@ export async function runDoctor(argv: readonly string[], deps: DoctorDeps = defa
     flags = simpleFlags(argv, true, 'doctor');
   } catch (err) {
     deps.stderr(`mla-cuda doctor: ${err instanceof Error ? err.message : String(err)}\n${DOCTOR_USAGE}\n`);
-    return 1;
+    // 2, not 1: scripts tell "doctor found a problem" from "doctor was called wrong".
+    return 2;
   }
   if (flags.help) {
     deps.stdout(`${DOCTOR_USAGE}\n`);
@@ -268,7 +272,7 @@ export async function runDoctor(argv: readonly string[], deps: DoctorDeps = defa
   }
   const report = doctorReport(deps.facts());
   deps.stdout(flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatDoctor(report));
-  return 0;
+  return report.ok ? 0 : 1;
 }
 
 export async function runInfo(argv: readonly string[], deps: DoctorDeps = defaultDoctorDeps()): Promise<number> {
