@@ -72,7 +72,21 @@ function isEntryPoint(): boolean {
   }
 }
 
+/**
+ * A reader that stops early (`mla-cuda demo | head -2`) closes the pipe: the next write fails
+ * with EPIPE, which Node reports as an unhandled 'error' event with a stack trace. Nobody is
+ * left to read the output, so end quietly, as `cat` or `ls` do; other write errors stay fatal.
+ */
+function exitQuietlyOnClosedPipe(stream: NodeJS.WriteStream): void {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.exit(); // with the exit code already decided, if any, else 0
+  });
+}
+
 if (isEntryPoint()) {
+  exitQuietlyOnClosedPipe(process.stdout);
+  exitQuietlyOnClosedPipe(process.stderr);
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;
