@@ -1,9 +1,10 @@
 // The install paths that do not need a GPU: a machine without nvcc gets a working CPU-only
 // addon whose GPU calls throw ERR_NO_CUDA with the fix; MLA_CUDA_REQUIRE=1 turns that into a
-// failed install; a failed rebuild never leaves an older addon behind.
+// failed install; a failed rebuild never leaves an older addon behind; the architectures follow
+// the visible GPU. (test/install.test.ts installs the packed tarball into a new project.)
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../lib/native.js';
@@ -63,4 +64,58 @@ t.test('MLA_CUDA_REQUIRE=1 makes a missing nvcc fail the install and removes the
   t.not(r.status, 0, 'build fails');
   t.match(r.stdout + r.stderr, /no CUDA compiler found and MLA_CUDA_REQUIRE=1/);
   t.notOk(existsSync(addon), 'no stale addon (with an older CUDA decision) is left to load');
+});
+
+// The architecture plan (--dry-run: no build). A fake nvidia-smi stands in for the GPU.
+function plan(smi: string | null, extra: Record<string, string> = {}) {
+  const bin = mkdtempSync(join(tmpdir(), 'mla-cuda-smi-'));
+  t.teardown(() => rmSync(bin, { recursive: true, force: true }));
+  if (smi !== null) writeFileSync(join(bin, 'nvidia-smi'), `#!/bin/sh\n${smi}\n`, { mode: 0o755 });
+  // /usr/local/bin: this machine's nvcc; no other nvidia-smi is reachable from this PATH.
+  const env: Record<string, string> = { PATH: `${bin}:/usr/local/bin:/usr/bin:/bin`, HOME: process.env['HOME'] ?? '/tmp', ...extra };
+  for (const k of ['CUDACXX', 'CUDA_PATH', 'CUDA_HOME']) if (process.env[k]) env[k] = process.env[k];
+  const r = spawnSync(process.execPath, [script, '--dry-run'], { env, encoding: 'utf8', cwd: packageRoot });
+  t.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout) as { architectures: string | null; why: string; buildDir: string; keepBuildDir: boolean };
+}
+
+t.test('install builds for the visible GPU only; without one, for every architecture; CUDAARCHS wins', async (t) => {
+  const h100 = plan('echo "NVIDIA H100 80GB HBM3, 9.0"');
+  t.equal(h100.architectures, '90', 'SASS and PTX for sm_90 only');
+  t.match(h100.why, /only, for the visible GPU\(s\) NVIDIA H100 80GB HBM3 \(sm_90\)/);
+  t.match(h100.why, /MLA_CUDA_ALL_ARCHS=1/, 'says how to get a portable build');
+
+  const mixed = plan('echo "NVIDIA A100-SXM4-80GB, 8.0"; echo "NVIDIA H100 80GB HBM3, 9.0"; echo "NVIDIA H100 80GB HBM3, 9.0"');
+  t.equal(mixed.architectures, '80-real;90', 'each architecture once, PTX for the newest');
+
+  const none = plan(null);
+  t.equal(none.architectures, null, 'the default list (CMakeLists.txt)');
+  t.match(none.why, /SASS for 80, 86, 89, 90, 100, 120 \+ PTX for 120: no GPU visible at install time \(nvidia-smi not found\)/);
+
+  const noDriver = plan('echo "NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver."; exit 9');
+  t.equal(noDriver.architectures, null);
+  t.match(noDriver.why, /could not communicate with the NVIDIA driver/);
+
+  const old = plan('echo "Tesla T4, 7.5"');
+  t.equal(old.architectures, null, 'a GPU the kernels cannot run on does not narrow the build');
+  t.match(old.why, /Tesla T4 \(sm_75\) are older than sm_80/);
+
+  const future = plan('echo "Some Future GPU, 15.0"');
+  t.equal(future.architectures, null, 'an architecture this nvcc does not know: the default build (its PTX can JIT)');
+  t.match(future.why, /cannot compile for sm_150/);
+
+  t.equal(plan('echo "NVIDIA H100 80GB HBM3, 9.0"', { CUDAARCHS: '89' }).architectures, '89', 'CUDAARCHS wins');
+  t.equal(plan('echo "NVIDIA H100 80GB HBM3, 9.0"', { MLA_CUDA_ALL_ARCHS: '1' }).architectures, null, 'MLA_CUDA_ALL_ARCHS=1');
+  t.equal(h100.keepBuildDir, true, 'a checkout keeps build/cmake for incremental builds');
+  t.equal(h100.buildDir, join(packageRoot, 'build', 'cmake'));
+});
+
+t.test('MLA_CUDA_DISABLE=1 says that it, not a missing nvcc, made the addon CPU-only', async (t) => {
+  const r = buildWithoutNvcc({ MLA_CUDA_DISABLE: '1' });
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stderr, /built the CPU-only addon in [\d.]+s because MLA_CUDA_DISABLE is set/);
+  t.notMatch(r.stderr, /no CUDA compiler|nvcc\) was found/);
+  const c = spawnSync(process.execPath, ['-e',
+    `try { new (require(${JSON.stringify(addon)}).DeviceBuffer)(16); } catch (e) { console.log(e.message); }`], { encoding: 'utf8' });
+  t.match(c.stdout, /built without CUDA because MLA_CUDA_DISABLE was set at install time/);
 });
