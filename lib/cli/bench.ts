@@ -252,7 +252,9 @@ export const NO_GPU_EXIT = 2;
 
 /** The message `bench` gives when no GPU can be used. */
 export function noGpuMessage(s: DeviceStatus): string {
-  return `mla-cuda bench: no usable CUDA device (${s.code}${s.cudaError ? `, ${s.cudaError}` : ''}): ${s.message}\n` +
+  // The addon's reason and fix without its own doctor pointer: the next line has one.
+  const why = s.reason ? `${s.reason}. Fix: ${s.fix ?? ''}` : s.message;
+  return `mla-cuda bench: no usable CUDA device (${s.code}${s.cudaError ? `, ${s.cudaError}` : ''}): ${why}\n` +
     'Benchmarks time kernels on an NVIDIA GPU and cannot run here. Run `npx mla-cuda doctor` to see what is missing and how to fix it;\n' +
     '`mla-cuda bench --list` shows the cases without a GPU.\n';
 }

@@ -57,7 +57,7 @@ function pickBackend(forced: string | undefined, cfg: MlaConfig, io: DemoIo): At
     return 'reference';
   }
   if (forced === 'gpu') {
-    if (!status.ok) throw new MlaError('ERR_NO_DEVICE', `--backend gpu: no usable CUDA device (${status.code}: ${status.message})`);
+    if (!status.ok) throw new MlaError('ERR_NO_DEVICE', `--backend gpu: ${status.message}`);
     io.out('backend: gpu (bf16 CUDA kernels)');
     return 'gpu';
   }
