@@ -18,7 +18,8 @@ export function checkObject<T>(fn: string, name: string, v: T): T {
 /** An integer in [min, max]: not an integer → ERR_ARGUMENT, outside the range → ERR_RANGE (as lib/ops/validate.ts). */
 export function checkInteger(fn: string, name: string, v: unknown, min = 0, max = Number.MAX_SAFE_INTEGER): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v)) throw argError('ERR_ARGUMENT', fn, name, `must be an integer, got ${describe(v)}`);
-  if (v < min || v > max) throw argError('ERR_RANGE', fn, name, `= ${v} is out of range [${min}, ${max}]`);
+  if (v < min) throw argError('ERR_RANGE', fn, name, `must be ${min === 1 ? 'positive' : min === 0 ? 'non-negative' : `at least ${min}`}, got ${v}`);
+  if (v > max) throw argError('ERR_RANGE', fn, name, `must be at most ${max}, got ${v}`);
   return v;
 }
 
@@ -87,7 +88,9 @@ export const MAX_HOST_ELEMENTS = constants.MAX_LENGTH;
  */
 export function allocHost<T>(fn: string, name: string, ctor: TypedArrayCtor<T>, length: number): T {
   const bytes = length * ctor.BYTES_PER_ELEMENT;
-  const what = `needs a ${ctor.name} of ${length} elements (${bytes} bytes, ${formatSize(bytes)})`;
+  // BigInt keeps the byte count exact past 2^53.
+  const exact = Number.isSafeInteger(length) ? (BigInt(length) * BigInt(ctor.BYTES_PER_ELEMENT)).toString() : String(bytes);
+  const what = `needs a ${ctor.name} of ${length} elements (${exact} bytes, ${formatSize(bytes)})`;
   if (!Number.isSafeInteger(length) || length < 0) throw argError('ERR_RANGE', fn, name, `${what}: not a valid array length`);
   if (length > MAX_HOST_ELEMENTS) throw argError('ERR_RANGE', fn, name, `${what}; a typed array holds at most ${MAX_HOST_ELEMENTS} elements`);
   try {
@@ -125,21 +128,57 @@ function describe(v: unknown): string {
 export type FiniteEncoding = 'number' | 'bf16' | 'f16';
 
 /**
- * Flat index of the first NaN / ±Infinity, or -1. `v - v !== 0` is true exactly for those
- * (Infinity − Infinity and NaN − x are NaN); raw 16-bit floats are non-finite when their
- * exponent bits are all ones, so bf16 / f16 data is checked without decoding it.
+ * Flat index of the first NaN / ±Infinity, or -1. Finite data (the common case) takes one
+ * branch-free pass: Σ v·0 is 0 unless some v is NaN or infinite (∞·0 is NaN); only then a second
+ * pass finds the index. Raw 16-bit floats are non-finite when their exponent bits are all ones:
+ * (bits & mask) + lowest mask bit carries into bit 15 exactly then, so bf16 / f16 data is
+ * checked without decoding it.
  */
 export function firstNonFinite(data: ArrayLike<number>, encoding: FiniteEncoding = 'number'): number {
+  // One monomorphic loop per array type: a shared loop over mixed types runs ~2x slower.
+  if (encoding === 'bf16') return scanBits16(data, 0x7f80);
+  if (encoding === 'f16') return scanBits16(data, 0x7c00);
+  if (data instanceof Float32Array) return anyNonFiniteF32(data) ? locate(data) : -1;
+  if (data instanceof Float64Array) return anyNonFiniteF64(data) ? locate(data) : -1;
+  return anyNonFinite(data) ? locate(data) : -1;
+}
+
+function anyNonFiniteF32(data: Float32Array): boolean {
   const n = data.length;
-  if (encoding === 'number') {
-    for (let i = 0; i < n; i++) {
-      const v = data[i]!;
-      if (v - v !== 0) return i;
-    }
-    return -1;
+  let acc = 0;
+  for (let i = 0; i < n; i++) acc += data[i]! * 0;
+  return acc !== 0;
+}
+
+function anyNonFiniteF64(data: Float64Array): boolean {
+  const n = data.length;
+  let acc = 0;
+  for (let i = 0; i < n; i++) acc += data[i]! * 0;
+  return acc !== 0;
+}
+
+function anyNonFinite(data: ArrayLike<number>): boolean {
+  const n = data.length;
+  let acc = 0;
+  for (let i = 0; i < n; i++) acc += data[i]! * 0;
+  return acc !== 0;
+}
+
+function locate(data: ArrayLike<number>): number {
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i]!;
+    if (v - v !== 0) return i;
   }
-  const mask = encoding === 'bf16' ? 0x7f80 : 0x7c00;
-  for (let i = 0; i < n; i++) if ((data[i]! & mask) === mask) return i;
+  return -1;
+}
+
+function scanBits16(data: ArrayLike<number>, mask: number): number {
+  const carry = mask & -mask;
+  const n = data.length;
+  let acc = 0;
+  for (let i = 0; i < n; i++) acc |= (data[i]! & mask) + carry;
+  if ((acc & 0x8000) === 0) return -1;
+  for (let i = 0; i < data.length; i++) if ((data[i]! & mask) === mask) return i;
   return -1;
 }
 

@@ -408,7 +408,68 @@ t.test('typed errors leave the cache untouched', async (t) => {
   t.throws(() => MlaAttention.create({ config: TINY, weights: W_TINY, cache, layer: 1, backend: 'reference' }), { code: 'ERR_ARGUMENT' }, 'layer outside the cache');
   t.throws(() => MlaAttention.create({ config: TINY, weights: W_TINY, cache, layer: 0, backend: 'gpu' }), { code: 'ERR_ARGUMENT' }, 'reference cache with the gpu backend');
   layer.dispose();
-  t.throws(() => layer.forward(x, [{ seqId: 'a', numTokens: 1 }]), { code: 'ERR_DISPOSED' });
+  t.throws(() => layer.forward(x, [{ seqId: 'a', numTokens: 1 }]), { code: 'ERR_DISPOSED', message: /^MlaAttention\.forward: this MlaAttention was disposed$/ });
+  t.doesNotThrow(() => layer.dispose(), 'dispose() twice is a no-op');
+  t.ok(layer.disposed);
+  // A live layer over a disposed cache names the cache.
+  const r2 = rig(TINY, W_TINY, 4, 4);
+  r2.cache.addSequence('a');
+  r2.cache.dispose();
+  t.throws(() => r2.layer.forward(x, [{ seqId: 'a', numTokens: 1 }]), { code: 'ERR_DISPOSED', message: /MlaAttention\.forward: its `cache` \(LatentCache\) was disposed/ });
+  t.throws(() => MlaAttention.create({ config: TINY, weights: W_TINY, cache: r2.cache, layer: 0, backend: 'reference' }), { code: 'ERR_DISPOSED', message: /`cache` was disposed/ });
+  r2.layer.dispose();
+});
+
+t.test('forward({ checkFinite: true }) rejects NaN / Infinity in hidden before reserving; off by default', async (t) => {
+  const r = rig(TINY, W_TINY, 8, 4);
+  r.cache.addSequence('a');
+  const hid = TINY.hiddenSize;
+  const batch = [{ seqId: 'a', numTokens: 3 }];
+  // Token 1, channel 5: flat index hid + 5.
+  const cases: [string, Float64Array | Float32Array, number, string][] = [
+    ['float64 NaN', tokens(TINY, 3, 80), Number.NaN, 'NaN'],
+    ['float64 Infinity', tokens(TINY, 3, 80), Infinity, 'Infinity'],
+    ['float32 -Infinity', Float32Array.from(tokens(TINY, 3, 80)), -Infinity, '-Infinity'],
+  ];
+  for (const [label, x, bad, shown] of cases) {
+    x[hid + 5] = bad;
+    const before = r.cache.state();
+    t.throws(() => r.layer.forward(x, batch, { checkFinite: true }), {
+      code: 'ERR_RANGE',
+      message: new RegExp(`^MlaAttention\\.forward: \`hidden\` has a non-finite value ${shown} at flat index ${hid + 5}, index \\[1, 5\\] of shape \\[3, ${hid}\\]$`),
+    }, label);
+    t.same(r.cache.state(), before, `${label}: no cache slot reserved`);
+  }
+  const x = tokens(TINY, 3, 80);
+  x[hid + 5] = Number.NaN;
+  const y = r.layer.forward(x, batch);
+  t.ok(y.some((v) => Number.isNaN(v)), 'off by default: the NaN goes through to the output');
+  t.equal(r.cache.length('a'), 3, 'and the step ran');
+  t.ok(r.layer.forward(x, [{ seqId: 'a', numTokens: 3 }], { checkFinite: false }).some((v) => Number.isNaN(v)), 'checkFinite: false likewise');
+  const clean = tokens(TINY, 1, 81);
+  t.doesNotThrow(() => r.layer.forward(clean, [{ seqId: 'a', numTokens: 1 }], { checkFinite: true }), 'finite input passes the check');
+  t.throws(() => r.layer.forward(clean, [{ seqId: 'a', numTokens: 1 }], { checkFinite: 1 as unknown as boolean }), { code: 'ERR_ARGUMENT', message: /`opts\.checkFinite` must be a boolean/ });
+  t.throws(() => r.layer.forward(clean, [{ seqId: 'a', numTokens: 1 }], null as unknown as { checkFinite?: boolean }), { code: 'ERR_ARGUMENT', message: /`opts` must be an object/ });
+});
+
+t.test('forward({ checkFinite: true }) on the gpu backend checks the downloaded bf16 bits', { skip: gpuSkip }, async (t) => {
+  const cfg: MlaConfig = mlaConfigFromHuggingFace({ hidden_size: 256, num_attention_heads: 4, q_lora_rank: 96, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 });
+  const gc = new LatentCache({ config: cfg, numLayers: 1, numPages: 4, pageSize: 16, backend: 'gpu' });
+  const gl = MlaAttention.create({ config: cfg, weights: randomWeights(cfg, 5), cache: gc, layer: 0, backend: 'gpu' });
+  gc.addSequence('a');
+  for (const [bad, shown] of [[Infinity, 'Infinity'], [Number.NaN, 'NaN'], [-Infinity, '-Infinity']] as const) {
+    const x = Float32Array.from(tokens(cfg, 2, 90));
+    x[256 + 7] = bad;
+    const h = DeviceTensor.fromArray(x, [2, 256], 'bf16');
+    t.throws(() => gl.forward(h, [{ seqId: 'a', numTokens: 2 }], { checkFinite: true }), {
+      code: 'ERR_RANGE',
+      message: new RegExp(`\`hidden\` has a non-finite value ${shown} at flat index 263, index \\[1, 7\\] of shape \\[2, 256\\]`),
+    }, `${shown} in a bf16 DeviceTensor`);
+    h.dispose();
+  }
+  t.equal(gc.length('a'), 0, 'nothing reserved');
+  gl.dispose();
+  gc.dispose();
 });
 
 t.test('layers of one model share a planned step', async (t) => {

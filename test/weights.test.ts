@@ -223,3 +223,36 @@ class E4m3Decoder {
     return e === 0 ? s * (m / 8) * 2 ** -6 : s * (1 + m / 8) * 2 ** (e - 7);
   }
 }
+
+t.test('checkFinite (on by default) rejects NaN / Infinity in a weight, naming tensor, index and value', async (t) => {
+  const dir = t.testdir({});
+  const prefix = layerPrefix(0);
+  const kva = `${prefix}kv_a_proj_with_mqa.weight`;
+  const [C, R, hid] = [SMALL.kvLoraRank, SMALL.qkRopeHeadDim, SMALL.hiddenSize];
+  // Row 3, column 5 of kv_a_proj_with_mqa [C + R, hid]: flat index 3·hid + 5.
+  const flat = 3 * hid + 5;
+  const cases: [string, 'BF16' | 'F16' | 'F32', number, string][] = [
+    ['nan-bf16', 'BF16', Number.NaN, 'NaN'],
+    ['inf-f32', 'F32', Infinity, 'Infinity'],
+    ['ninf-f16', 'F16', -Infinity, '-Infinity'],
+  ];
+  for (const [name, dtype, bad, shown] of cases) {
+    const file = path.join(dir, `${name}.safetensors`);
+    writeSafetensors(file, swap(randomTensors(SMALL, prefix, 9, dtype), 'kv_a_proj_with_mqa', (v) => {
+      const data = Float64Array.from(v.data as Float64Array);
+      data[flat] = bad;
+      return { ...v, data };
+    }));
+    const pattern = new RegExp(`loadMlaWeights: weights "${kva.replace(/\./g, '\\.')}" \\(in .*${name}\\.safetensors\\) has a non-finite value ${shown} at flat index ${flat}, index \\[3, 5\\] of shape \\[${C + R}, ${hid}\\]`);
+    expectMlaError(t, () => loadMlaWeights(file, SMALL), 'ERR_RANGE', pattern, `${shown} in ${dtype}`);
+    const w = loadMlaWeights(file, SMALL, { checkFinite: false });
+    t.ok(Object.is(w.kvAProjWithMqa.data[flat], bad), `checkFinite: false lets ${shown} through`);
+  }
+  // The float64 reference loader checks too (the fixture path), with the same opt-out.
+  const file = path.join(dir, 'nan-bf16.safetensors');
+  const f = SafetensorsFile.open(file);
+  expectMlaError(t, () => loadLayerWeights(f, prefix), 'ERR_RANGE', new RegExp(`loadLayerWeights: weights "${kva.replace(/\./g, '\\.')}" has a non-finite value NaN at flat index ${flat}, index \\[3, 5\\]`), 'loadLayerWeights');
+  t.ok(Number.isNaN(loadLayerWeights(f, prefix, { checkFinite: false }).kvAProjWithMqa[flat]), 'loadLayerWeights checkFinite: false');
+  f.close();
+  expectMlaError(t, () => loadMlaWeights(TINY, loadMlaConfig(TINY), { prefix: 'weights.', checkFinite: 'no' as unknown as boolean }), 'ERR_ARGUMENT', /`opts.checkFinite` must be a boolean/, 'a non-boolean flag');
+});
