@@ -91,7 +91,7 @@ export function kvCacheEstimate(kind: AttentionKind, g: KvGeometry, opts: KvEsti
   checkObject('kvCacheEstimate', 'opts', opts);
   // hasOwn: 'toString' and friends are not dtypes.
   const elem = Object.prototype.hasOwnProperty.call(KV_DTYPE_BYTES, opts.dtype) ? KV_DTYPE_BYTES[opts.dtype] : undefined;
-  if (elem === undefined) throw new MlaError('ERR_DTYPE', `kvCacheEstimate: unknown dtype ${String(opts.dtype)}`);
+  if (elem === undefined) throw new MlaError('ERR_DTYPE', `kvCacheEstimate: \`opts.dtype\` must be one of ${Object.keys(KV_DTYPE_BYTES).join(', ')}, got ${String(opts.dtype)}`);
   const layers = count('numLayers', opts.numLayers);
   const ctx = count('contextLength', opts.contextLength ?? 1);
   const batch = count('batch', opts.batch ?? 1);

@@ -10,6 +10,7 @@
 
 import type { MlaConfig } from './config.js';
 import type { DType } from './dtype.js';
+import { allocHost, checkObject } from './check.js';
 import { MlaError } from './errors.js';
 import { DeviceTensor } from './runtime/tensor.js';
 import type { StreamOption } from './runtime/tensor.js';
@@ -130,9 +131,15 @@ export class LatentCache implements Disposable {
   #disposed = false;
 
   constructor(opts: LatentCacheOptions) {
+    checkObject('LatentCache', 'opts', opts);
     this.numLayers = posInt('numLayers', opts.numLayers);
     this.numPages = posInt('numPages', opts.numPages);
     this.pageSize = posInt('pageSize', opts.pageSize ?? 64);
+    // Slots (page·pageSize + offset) travel as int32 in slot mappings and block tables.
+    if (this.numPages * this.pageSize > 0x7fffffff) {
+      throw new MlaError('ERR_RANGE', `LatentCache: \`numPages\` × pageSize = ${this.numPages} × ${this.pageSize} slots exceed the int32 slot indices (at most ${0x7fffffff})`);
+    }
+    checkObject('LatentCache', 'config', opts.config);
     this.kvLoraRank = posInt('config.kvLoraRank', opts.config.kvLoraRank);
     this.ropeDim = posInt('config.qkRopeHeadDim', opts.config.qkRopeHeadDim);
     this.rowWidth = this.kvLoraRank + this.ropeDim;
@@ -143,7 +150,7 @@ export class LatentCache implements Disposable {
     this.dtype = this.backend === 'reference' ? 'f64' : dtype;
     const rows = this.numPages * this.pageSize;
     if (this.backend === 'reference') {
-      for (let l = 0; l < this.numLayers; l++) this.#host.push(new Float64Array(rows * this.rowWidth));
+      for (let l = 0; l < this.numLayers; l++) this.#host.push(allocHost('LatentCache', 'numPages', Float64Array, rows * this.rowWidth));
     } else {
       try {
         for (let l = 0; l < this.numLayers; l++) this.#device.push(DeviceTensor.zeros([this.numPages, this.pageSize, this.rowWidth], dtype as DType));
@@ -152,21 +159,24 @@ export class LatentCache implements Disposable {
         throw e;
       }
     }
-    this.#refs = new Int32Array(this.numPages);
+    this.#refs = allocHost('LatentCache', 'numPages', Int32Array, this.numPages);
     this.#free = Array.from({ length: this.numPages }, (_, i) => this.numPages - 1 - i);
   }
 
   /** Bytes of cache one token takes: in one layer and in all layers. */
   get bytesPerToken(): { perLayer: number; total: number } {
+    this.#alive('bytesPerToken');
     const perLayer = this.rowWidth * ELEMENT_BYTES[this.dtype];
     return { perLayer, total: perLayer * this.numLayers };
   }
 
   get pagesFree(): number {
+    this.#alive('pagesFree');
     return this.#free.length;
   }
 
   get pagesInUse(): number {
+    this.#alive('pagesInUse');
     return this.numPages - this.#free.length;
   }
 
@@ -174,8 +184,10 @@ export class LatentCache implements Disposable {
     return this.#disposed;
   }
 
-  #alive(): void {
-    if (this.#disposed) throw new MlaError('ERR_DISPOSED', 'LatentCache was disposed');
+  // Every public member that reads or changes state calls this first: after dispose() the
+  // sequences and storage are gone, and a stale answer would hide a use-after-dispose bug.
+  #alive(member: string): void {
+    if (this.#disposed) throw new MlaError('ERR_DISPOSED', `LatentCache.${member}: this LatentCache was disposed`);
   }
 
   #seq(id: unknown, what: string): Seq {
@@ -185,31 +197,37 @@ export class LatentCache implements Disposable {
   }
 
   hasSequence(id: SequenceId): boolean {
+    this.#alive('hasSequence()');
     return this.#seqs.has(id);
   }
 
   sequenceIds(): SequenceId[] {
+    this.#alive('sequenceIds()');
     return [...this.#seqs.keys()];
   }
 
   /** Tokens cached (or reserved) for a sequence. */
   length(id: SequenceId): number {
+    this.#alive('length()');
     return this.#seq(id, 'LatentCache.length').length;
   }
 
   /** RoPE position of the sequence's first cached token. */
   positionOffset(id: SequenceId): number {
+    this.#alive('positionOffset()');
     return this.#seq(id, 'LatentCache.positionOffset').positionOffset;
   }
 
   /** Physical pages of a sequence, in logical order. */
   pages(id: SequenceId): readonly number[] {
+    this.#alive('pages()');
     return [...this.#seq(id, 'LatentCache.pages').pages];
   }
 
   /** Starts an empty sequence; its first token gets RoPE position `positionOffset` (default 0). */
   addSequence(id: SequenceId, opts: { positionOffset?: number } = {}): void {
-    this.#alive();
+    this.#alive('addSequence()');
+    checkObject('LatentCache.addSequence', 'opts', opts);
     if (!isSeqId(id)) throw new MlaError('ERR_ARGUMENT', `LatentCache.addSequence: a sequence id must be a safe integer or a non-empty string, got ${String(id)}`);
     if (this.#seqs.has(id)) throw new MlaError('ERR_ARGUMENT', `LatentCache.addSequence: sequence ${fmtId(id)} already exists`);
     const off = opts.positionOffset ?? 0;
@@ -274,7 +292,7 @@ export class LatentCache implements Disposable {
 
   /** Extends a sequence by n tokens and returns their cache slots (page·pageSize + offset). */
   reserve(id: SequenceId, n: number): Int32Array {
-    this.#alive();
+    this.#alive('reserve()');
     const s = this.#seq(id, 'LatentCache.reserve');
     if (!Number.isSafeInteger(n) || n < 0) throw new MlaError('ERR_ARGUMENT', `LatentCache.reserve: \`n\` must be a non-negative integer, got ${String(n)}`);
     const need = this.#pagesNeeded(s, n);
@@ -287,7 +305,7 @@ export class LatentCache implements Disposable {
    * positions, slot mapping, sequence lengths and the block table in batch order.
    */
   planStep(batch: readonly BatchEntry[]): CacheStep {
-    this.#alive();
+    this.#alive('planStep()');
     if (!Array.isArray(batch) || batch.length === 0) throw new MlaError('ERR_ARGUMENT', 'LatentCache.planStep: `batch` must be a non-empty array of { seqId, numTokens }');
     const seen = new Set<SequenceId>();
     const seqs: Seq[] = [];
@@ -345,13 +363,14 @@ export class LatentCache implements Disposable {
    * since (a stale plan would point at slots that may now belong to someone else).
    */
   isCurrentStep(step: CacheStep): boolean {
+    this.#alive('isCurrentStep()');
     if (step !== this.#lastStep) return false;
     return step.entries.every((e) => this.#seqs.get(e.seqId)?.length === e.seqLen);
   }
 
   /** Undoes the last `n` tokens of a sequence (a failed step, rejected speculative tokens). */
   truncate(id: SequenceId, length: number): void {
-    this.#alive();
+    this.#alive('truncate()');
     const s = this.#seq(id, 'LatentCache.truncate');
     if (!Number.isSafeInteger(length) || length < 0 || length > s.length) throw new MlaError('ERR_ARGUMENT', `LatentCache.truncate: \`length\` must be in [0, ${s.length}] for sequence ${fmtId(id)}, got ${String(length)}`);
     const keep = Math.ceil(length / this.pageSize);
@@ -364,7 +383,8 @@ export class LatentCache implements Disposable {
    * filled last page is copied into a page of its own.
    */
   fork(srcId: SequenceId, newId: SequenceId, opts: StreamOption = {}): void {
-    this.#alive();
+    this.#alive('fork()');
+    checkObject('LatentCache.fork', 'opts', opts);
     const src = this.#seq(srcId, 'LatentCache.fork');
     if (!isSeqId(newId)) throw new MlaError('ERR_ARGUMENT', `LatentCache.fork: a sequence id must be a safe integer or a non-empty string, got ${String(newId)}`);
     if (this.#seqs.has(newId)) throw new MlaError('ERR_ARGUMENT', `LatentCache.fork: sequence ${fmtId(newId)} already exists`);
@@ -384,7 +404,7 @@ export class LatentCache implements Disposable {
 
   /** Forgets a sequence; its pages return to the free list once no fork shares them. */
   freeSequence(id: SequenceId): void {
-    this.#alive();
+    this.#alive('freeSequence()');
     const s = this.#seq(id, 'LatentCache.freeSequence');
     for (const p of s.pages) this.#release(p);
     this.#seqs.delete(id);
@@ -392,6 +412,9 @@ export class LatentCache implements Disposable {
 
   /** [B, maxPages] block table of the given sequences; unused entries hold `pad`. */
   blockTable(ids: readonly SequenceId[], pad = 0): { table: Int32Array; maxPages: number } {
+    this.#alive('blockTable()');
+    if (!Array.isArray(ids)) throw new MlaError('ERR_ARGUMENT', 'LatentCache.blockTable: `ids` must be an array of sequence ids');
+    if (typeof pad !== 'number' || !Number.isInteger(pad) || pad < -0x80000000 || pad > 0x7fffffff) throw new MlaError('ERR_ARGUMENT', `LatentCache.blockTable: \`pad\` must be an int32, got ${String(pad)}`);
     const seqs = ids.map((id) => this.#seq(id, 'LatentCache.blockTable'));
     const maxPages = Math.max(1, ...seqs.map((s) => s.pages.length));
     const table = new Int32Array(ids.length * maxPages).fill(pad);
@@ -401,7 +424,7 @@ export class LatentCache implements Disposable {
 
   /** Layer storage of the reference backend: [numPages, pageSize, rowWidth] float64. */
   hostLayer(layer: number): Float64Array {
-    this.#alive();
+    this.#alive('hostLayer()');
     const h = this.#host[this.#layerIndex(layer)];
     if (h === undefined) throw new MlaError('ERR_ARGUMENT', 'LatentCache.hostLayer: this cache uses the gpu backend; use deviceLayer()');
     return h;
@@ -409,7 +432,7 @@ export class LatentCache implements Disposable {
 
   /** Layer storage of the GPU backend: DeviceTensor [numPages, pageSize, rowWidth]. */
   deviceLayer(layer: number): DeviceTensor {
-    this.#alive();
+    this.#alive('deviceLayer()');
     const d = this.#device[this.#layerIndex(layer)];
     if (d === undefined) throw new MlaError('ERR_ARGUMENT', 'LatentCache.deviceLayer: this cache uses the reference backend; use hostLayer()');
     return d;
@@ -426,7 +449,9 @@ export class LatentCache implements Disposable {
    * kernels still reading them).
    */
   uploadStep(step: CacheStep): DeviceCacheStep {
-    this.#alive();
+    this.#alive('uploadStep()');
+    checkObject('LatentCache.uploadStep', 'step', step);
+    if (!Array.isArray(step.entries)) throw new MlaError('ERR_ARGUMENT', 'LatentCache.uploadStep: `step` must be a CacheStep from planStep()');
     if (this.#deviceStepOf === step && this.#deviceStep !== null) return this.#deviceStep;
     const up = (a: Int32Array, shape: readonly number[]): DeviceTensor => DeviceTensor.fromArray(a, shape, 'i32');
     const B = step.entries.length;
@@ -464,6 +489,7 @@ export class LatentCache implements Disposable {
   }
 
   state(): CacheState {
+    this.#alive('state()');
     return {
       pagesFree: this.pagesFree,
       pagesInUse: this.pagesInUse,

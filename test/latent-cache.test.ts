@@ -6,7 +6,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import { MLA_PRESETS } from '../lib/config.js';
 import { MlaError } from '../lib/errors.js';
-import { LatentCache, type CacheState } from '../lib/latent-cache.js';
+import { LatentCache, type CacheState, type LatentCacheOptions, type SequenceId } from '../lib/latent-cache.js';
 import { gpuSkip } from './helpers/gpu.js';
 
 const DIMS = { kvLoraRank: 6, qkRopeHeadDim: 2 };
@@ -199,4 +199,59 @@ t.test('gpu storage: bf16 pages, device step arrays, forks copy on the device', 
   t.ok(c.deviceLayer(0).select(0, copy).toFloat32Sync().every((v) => v === 3), 'partial page copied on the device');
   c.dispose();
   t.ok(dev.positions.disposed, 'step tensors freed with the cache');
+});
+
+t.test('a disposed cache refuses every member that reads state, naming the member', async (t) => {
+  const c = cache();
+  c.addSequence('a');
+  c.reserve('a', 3);
+  const step = c.planStep([{ seqId: 'a', numTokens: 1 }]);
+  c.dispose();
+  t.doesNotThrow(() => c.dispose(), 'dispose() twice is a no-op');
+  t.ok(c.disposed, '`disposed` stays readable');
+  t.equal(c.numPages, 8, 'the fixed geometry stays readable');
+  const calls: [string, () => unknown][] = [
+    ['length()', () => c.length('a')],
+    ['positionOffset()', () => c.positionOffset('a')],
+    ['pages()', () => c.pages('a')],
+    ['hasSequence()', () => c.hasSequence('a')],
+    ['sequenceIds()', () => c.sequenceIds()],
+    ['addSequence()', () => c.addSequence('b')],
+    ['reserve()', () => c.reserve('a', 1)],
+    ['planStep()', () => c.planStep([{ seqId: 'a', numTokens: 1 }])],
+    ['isCurrentStep()', () => c.isCurrentStep(step)],
+    ['truncate()', () => c.truncate('a', 0)],
+    ['fork()', () => c.fork('a', 'b')],
+    ['freeSequence()', () => c.freeSequence('a')],
+    ['blockTable()', () => c.blockTable(['a'])],
+    ['hostLayer()', () => c.hostLayer(0)],
+    ['deviceLayer()', () => c.deviceLayer(0)],
+    ['uploadStep()', () => c.uploadStep(step)],
+    ['state()', () => c.state()],
+    ['pagesFree', () => c.pagesFree],
+    ['pagesInUse', () => c.pagesInUse],
+    ['bytesPerToken', () => c.bytesPerToken],
+  ];
+  for (const [member, fn] of calls) {
+    const escaped = member.replace(/[()]/g, '\\$&');
+    t.throws(fn, { code: 'ERR_DISPOSED', message: new RegExp(`^LatentCache\\.${escaped}: this LatentCache was disposed$`) }, member);
+  }
+});
+
+t.test('sizes past int32 slots or a typed array are refused up front, naming the argument', async (t) => {
+  t.throws(() => new LatentCache({ config: DIMS, numLayers: 1, numPages: 1e12, backend: 'reference' }), { code: 'ERR_RANGE', message: /`numPages` × pageSize = 1000000000000 × 64 slots exceed the int32 slot indices/ });
+  // 2^24 pages of 64 rows fit int32 slots, but 2^30 rows × 2^22 float64 values fit no typed array:
+  // ERR_RANGE where the length is past Node's limit (2^32 on Node 20), ERR_OOM where V8 refuses it.
+  try {
+    new LatentCache({ config: { kvLoraRank: 2 ** 22 - 2, qkRopeHeadDim: 2 }, numLayers: 1, numPages: 2 ** 24, backend: 'reference' });
+    t.fail('a 32 PiB host cache was accepted');
+  } catch (e) {
+    t.ok(e instanceof MlaError && (e.code === 'ERR_RANGE' || e.code === 'ERR_OOM'), `ERR_RANGE or ERR_OOM (${String(e)})`);
+    t.match((e as Error).message, /^LatentCache: `numPages` needs a Float64Array of 4503599627370496 elements \(36028797018963968 bytes, 32\.0 PiB\)/);
+  }
+  t.throws(() => new LatentCache(undefined as unknown as LatentCacheOptions), { code: 'ERR_ARGUMENT', message: /`opts`/ });
+  t.throws(() => new LatentCache({ numLayers: 1, numPages: 1, backend: 'reference' } as unknown as LatentCacheOptions), { code: 'ERR_ARGUMENT', message: /`config`/ });
+  const c = cache();
+  t.throws(() => c.blockTable('a' as unknown as SequenceId[]), { code: 'ERR_ARGUMENT', message: /`ids`/ });
+  t.throws(() => c.addSequence('x', null as unknown as { positionOffset?: number }), { code: 'ERR_ARGUMENT', message: /`opts`/ });
 });
