@@ -42,6 +42,8 @@ export interface NativeEvent {
 
 export interface NativeBuildInfo {
   compiledWithCuda: boolean;
+  /** CPU-only because MLA_CUDA_DISABLE was set at build time (not for want of nvcc). */
+  cudaDisabled: boolean;
   /** The emulated-device build (kernels run on the CPU; csrc/emu). */
   emulated: boolean;
   cudaArchitectures: string;

@@ -116,6 +116,8 @@ t.test('MLA_CUDA_DISABLE=1 says that it, not a missing nvcc, made the addon CPU-
   t.match(r.stderr, /built the CPU-only addon in [\d.]+s because MLA_CUDA_DISABLE is set/);
   t.notMatch(r.stderr, /no CUDA compiler|nvcc\) was found/);
   const c = spawnSync(process.execPath, ['-e',
-    `try { new (require(${JSON.stringify(addon)}).DeviceBuffer)(16); } catch (e) { console.log(e.message); }`], { encoding: 'utf8' });
+    `const a = require(${JSON.stringify(addon)}); console.log(a.buildInfo().cudaDisabled);` +
+    `try { new a.DeviceBuffer(16); } catch (e) { console.log(e.message); }`], { encoding: 'utf8' });
+  t.match(c.stdout, /^true\n/, 'buildInfo().cudaDisabled (doctor words its fix by it)');
   t.match(c.stdout, /built without CUDA because MLA_CUDA_DISABLE was set at install time/);
 });

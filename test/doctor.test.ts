@@ -18,7 +18,7 @@ function healthy(): DoctorFacts {
   return {
     node: 'v22.11.0',
     package: { name: 'mla-cuda', version: '0.1.0', nodeEngines: '^20.17.0 || >=22.9.0' },
-    build: { addonLoaded: true, compiledWithCuda: true, emulated: false, cudaArchitectures: '80-real 86-real 89-real 90-real 100-real 120', nvccVersion: '13.0.88', runtimeVersion: 13000, ops: ['fill', 'copy'] },
+    build: { addonLoaded: true, compiledWithCuda: true, cudaDisabled: false, emulated: false, cudaArchitectures: '80-real 86-real 89-real 90-real 100-real 120', nvccVersion: '13.0.88', runtimeVersion: 13000, ops: ['fill', 'copy'] },
     napiVersion: 8,
     status: { ok: true, code: 'OK', cudaError: '', message: 'ok', deviceCount: 1, driverVersion: 13000, runtimeVersion: 13000 },
     devices: [H100],
@@ -78,7 +78,7 @@ t.test('old Node: the engines range and how to fix it', async (t) => {
 
 t.test('addon not built: npm rebuild mla-cuda', async (t) => {
   const f = healthy();
-  f.build = { addonLoaded: false, addonError: 'No native build was found', compiledWithCuda: false, emulated: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
+  f.build = { addonLoaded: false, addonError: 'No native build was found', compiledWithCuda: false, cudaDisabled: false, emulated: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
   f.status = { ...NO_DRIVER, code: 'ERR_NO_ADDON', message: 'native addon not loaded' };
   f.env = { MLA_CUDA_ADDON: '/tmp/x.node' };
   const checks = diagnose(f);
@@ -99,6 +99,16 @@ t.test('built without CUDA: install the toolkit, CUDACXX, rebuild', async (t) =>
   t.match(e?.detail, /built without CUDA/);
   t.match(e?.fix, /install the CUDA toolkit/);
   t.match(e?.fix, /CUDACXX=\/usr\/local\/cuda\/bin\/nvcc npm rebuild mla-cuda/);
+});
+
+t.test('built without CUDA because MLA_CUDA_DISABLE was set: unset it, not "install nvcc"', async (t) => {
+  const f = healthy();
+  f.build = { ...f.build, compiledWithCuda: false, cudaDisabled: true, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0 };
+  f.status = { ...NO_DRIVER, code: 'ERR_NO_CUDA' };
+  const [e] = errors(f);
+  t.match(e?.detail, /because MLA_CUDA_DISABLE was set/);
+  t.notMatch(e?.detail, /nvcc was not found/);
+  t.equal(e?.fix, 'unset MLA_CUDA_DISABLE, then `npm rebuild mla-cuda`');
 });
 
 t.test('no driver: the addon\'s reason and fix, under "driver"', async (t) => {

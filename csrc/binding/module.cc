@@ -8,6 +8,12 @@
 #include "runtime/no_device.h"
 #include "runtime/runtime.h"
 
+// CMakeLists.txt sets it to 1 for a CPU-only build asked for with MLA_CUDA_DISABLE, whose fix
+// differs from a missing nvcc's.
+#ifndef MLA_CUDA_DISABLED
+#define MLA_CUDA_DISABLED 0
+#endif
+
 namespace mla::binding {
 namespace {
 
@@ -23,6 +29,7 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   o.Set("compiledWithCuda", gpu::compiledWithCuda());
+  o.Set("cudaDisabled", MLA_CUDA_DISABLED != 0);
   o.Set("emulated", gpu::emulated());
   o.Set("cudaArchitectures", std::string(gpu::compiledArchs()));
   o.Set("nvccVersion", std::string(gpu::compilerVersion()));

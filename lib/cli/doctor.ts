@@ -122,7 +122,10 @@ export function diagnose(f: DoctorFacts): Check[] {
   if (f.env['MLA_CUDA_ADDON']) checks.push({ name: 'addon path', severity: 'warning', detail: `using the addon at MLA_CUDA_ADDON=${f.env['MLA_CUDA_ADDON']}`, fix: 'unset MLA_CUDA_ADDON to use the package\'s own build' });
 
   if (!b.compiledWithCuda) {
-    checks.push({
+    checks.push(b.cudaDisabled ? {
+      name: 'cuda build', severity: 'error', detail: 'the addon was built without CUDA because MLA_CUDA_DISABLE was set: only the CPU reference backend works',
+      fix: 'unset MLA_CUDA_DISABLE, then `npm rebuild mla-cuda`',
+    } : {
       name: 'cuda build', severity: 'error', detail: 'the addon was built without CUDA (nvcc was not found when it was built): only the CPU reference backend works',
       fix: 'install the CUDA toolkit (12.x or 13.x), then `CUDACXX=/usr/local/cuda/bin/nvcc npm rebuild mla-cuda` (MLA_CUDA_REQUIRE=1 makes a missing nvcc fail the build instead)',
     });

@@ -8,6 +8,8 @@ export interface BuildInfo {
   /** Why it did not (undefined when it did). */
   addonError?: string | undefined;
   compiledWithCuda: boolean;
+  /** Built CPU-only because MLA_CUDA_DISABLE was set (not because nvcc was missing). */
+  cudaDisabled: boolean;
   /**
    * The emulated-device addon is loaded (MLA_CUDA_DEVICE=emulator or auto without a GPU): the
    * kernels run on the CPU, correct but slow, and nothing it times means anything.
@@ -71,10 +73,10 @@ export function buildInfo(): BuildInfo {
   const addon = tryNative();
   /* c8 ignore next 3 */
   if (!addon) {
-    return { addonLoaded: false, addonError: addonLoadError(), compiledWithCuda: false, emulated: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
+    return { addonLoaded: false, addonError: addonLoadError(), compiledWithCuda: false, cudaDisabled: false, emulated: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
   }
   const b = addon.buildInfo();
-  return { addonLoaded: true, compiledWithCuda: b.compiledWithCuda, emulated: b.emulated, cudaArchitectures: b.cudaArchitectures, nvccVersion: b.nvccVersion, runtimeVersion: b.runtimeVersion, ops: b.ops };
+  return { addonLoaded: true, compiledWithCuda: b.compiledWithCuda, cudaDisabled: b.cudaDisabled, emulated: b.emulated, cudaArchitectures: b.cudaArchitectures, nvccVersion: b.nvccVersion, runtimeVersion: b.runtimeVersion, ops: b.ops };
 }
 
 /** Whether a GPU can be used, and if not, why; never throws. */
