@@ -9,6 +9,7 @@
 // pull out one layer.
 
 import * as fs from 'node:fs';
+import { allocHost, argError, checkNonNegInt, checkObject, sizeProduct } from './check.js';
 import { MlaError } from './errors.js';
 import * as os from 'node:os';
 
@@ -569,7 +570,7 @@ export function encodeTensorData(t: TensorToWrite): Uint8Array {
   const size = DTYPE_BYTES[t.dtype];
   const src = t.data;
   const n = src.length;
-  const out = new Uint8Array(n * size);
+  const out = allocHost('writeSafetensors', 'data', Uint8Array, n * size);
   const dv = new DataView(out.buffer);
   const num = (i: number): number => Number(src[i]!);
   for (let i = 0; i < n; i++) {
@@ -630,12 +631,30 @@ function isEntryList(
   return Array.isArray(t);
 }
 
+// Checked before encoding, so a bad entry is named instead of failing inside a DataView or a
+// typed-array constructor.
+function checkTensorToWrite(entry: unknown, i: number): void {
+  const fn = 'writeSafetensors';
+  if (!Array.isArray(entry) || entry.length !== 2 || typeof entry[0] !== 'string') throw argError('ERR_ARGUMENT', fn, `tensors[${i}]`, 'must be a [name, tensor] pair');
+  const [name, t] = entry as [string, TensorToWrite];
+  const where = `tensors['${name}']`;
+  checkObject(fn, where, t);
+  if (typeof t.dtype !== 'string' || !isSafetensorsDtype(t.dtype)) throw argError('ERR_DTYPE', fn, `${where}.dtype`, `must be one of ${Object.keys(DTYPE_BYTES).join(', ')}, got ${String(t.dtype)}`);
+  if (!Array.isArray(t.shape)) throw argError('ERR_ARGUMENT', fn, `${where}.shape`, 'must be an array of sizes');
+  t.shape.forEach((d, k) => checkNonNegInt(fn, `${where}.shape[${k}]`, d));
+  const n = sizeProduct(fn, `${where}.shape`, ...t.shape);
+  if (!(t.data instanceof Uint8Array) && !Array.isArray(t.data) && !ArrayBuffer.isView(t.data)) throw argError('ERR_ARGUMENT', fn, `${where}.data`, 'must be raw bytes (Uint8Array) or an array of numbers');
+  if (!(t.data instanceof Uint8Array) && t.data.length !== n) throw argError('ERR_SHAPE', fn, `${where}.data`, `has ${t.data.length} values, ${t.dtype}[${t.shape.join(', ')}] needs ${n}`);
+}
+
 /** Header bytes (padded with spaces to a multiple of 8, as the reference writer does) and the data chunks in order. */
 export function buildSafetensors(
   tensors: Record<string, TensorToWrite> | ReadonlyArray<[string, TensorToWrite]>,
   metadata?: Record<string, string>,
 ): { header: Uint8Array; chunks: Uint8Array[] } {
+  if (typeof tensors !== 'object' || tensors === null) throw argError('ERR_ARGUMENT', 'writeSafetensors', 'tensors', 'must be an object or a list of [name, tensor] pairs');
   const entries: ReadonlyArray<[string, TensorToWrite]> = isEntryList(tensors) ? tensors : Object.entries(tensors);
+  entries.forEach((e, i) => checkTensorToWrite(e, i));
   const json: Record<string, unknown> = {};
   if (metadata !== undefined && Object.keys(metadata).length > 0) json['__metadata__'] = metadata;
   const chunks: Uint8Array[] = [];

@@ -21,6 +21,7 @@ import {
   softmaxScale,
   toReferenceWeights,
   validateMlaConfig,
+  writeSafetensors,
   type MlaConfig,
 } from '../lib/index.js';
 import { allocHost, MAX_HOST_ELEMENTS } from '../lib/check.js';
@@ -110,6 +111,11 @@ const CASES: [string, () => unknown, string, string][] = [
   ['loadMlaWeights config missing', () => loadMlaWeights(TINY, bad(undefined)), 'ERR_ARGUMENT', 'config'],
   ['loadMlaWeights config invalid', () => loadMlaWeights(TINY, { ...V3, numHeads: 0 }), 'ERR_ARGUMENT', 'config'],
   ['loadMlaWeights opts null', () => loadMlaWeights(TINY, V3, bad(null)), 'ERR_ARGUMENT', 'opts'],
+  // safetensors writer (reading errors are ERR_FORMAT; see test/reference/safetensors.test.ts)
+  ['writeSafetensors tensors missing', () => writeSafetensors('/nonexistent/x.safetensors', bad(undefined)), 'ERR_ARGUMENT', 'tensors'],
+  ['writeSafetensors unknown dtype', () => writeSafetensors('/nonexistent/x.safetensors', { w: { dtype: bad('F4'), shape: [1], data: [1] } }), 'ERR_DTYPE', "tensors['w'].dtype"],
+  ['writeSafetensors negative size', () => writeSafetensors('/nonexistent/x.safetensors', { w: { dtype: 'F32', shape: [-1], data: [] } }), 'ERR_RANGE', "tensors['w'].shape[0]"],
+  ['writeSafetensors data length', () => writeSafetensors('/nonexistent/x.safetensors', { w: { dtype: 'F32', shape: [2], data: [1] } }), 'ERR_SHAPE', "tensors['w'].data"],
   ['dequantizeBlocks fp8 missing', () => dequantizeBlocks(bad(undefined), 1, 1, new Float32Array(1)), 'ERR_ARGUMENT', 'fp8'],
   ['toReferenceWeights weights null', () => toReferenceWeights(bad(null)), 'ERR_ARGUMENT', 'weights'],
   ['checkWeightsFit weights missing', () => checkWeightsFit(V3, bad(undefined)), 'ERR_ARGUMENT', 'weights'],
