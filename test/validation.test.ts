@@ -178,6 +178,7 @@ t.test('device allocations past the device: MlaError, not RangeError', { skip: g
       t.fail(`[${shape.join(', ')}] allocated`);
     } catch (e) {
       t.ok(e instanceof MlaError && (e.code === 'ERR_RANGE' || e.code === 'ERR_OOM'), `[${shape.join(', ')}]: ${String(e)}`);
+      t.match((e as Error).message, `DeviceTensor.empty: \`shape\` [${shape.join(', ')}] (f32, `, 'names the shape, not only a byte count');
     }
   }
   // 2^24 pages × 64 rows fit int32 slots but not the device: the cache passes the error on.

@@ -76,7 +76,21 @@ export class DeviceTensor implements TensorMeta {
   static empty(shape: readonly number[], dtype: DType = 'f32'): DeviceTensor {
     checkShape(shape, 'DeviceTensor.empty');
     checkDType(dtype, 'DeviceTensor.empty');
-    const buffer = new (native().DeviceBuffer)(numelOf(shape) * DTYPE_SIZE[dtype]);
+    const bytes = numelOf(shape) * DTYPE_SIZE[dtype];
+    const what = `\`shape\` [${shape.join(', ')}] (${dtype}, ${bytes} bytes)`;
+    if (!Number.isSafeInteger(bytes)) throw new MlaError('ERR_RANGE', `DeviceTensor.empty: ${what} is too large to allocate`);
+    let buffer: NativeDeviceBuffer;
+    try {
+      buffer = new (native().DeviceBuffer)(bytes);
+    } catch (err) {
+      // The native message names only a byte count; the user chose a shape.
+      if (err instanceof MlaError && (err.code === 'ERR_OOM' || err.code === 'ERR_RANGE')) {
+        const named = new MlaError(err.code, `DeviceTensor.empty: ${what} cannot be allocated: ${err.message}`);
+        if (err.cudaError !== undefined) named.cudaError = err.cudaError;
+        throw named;
+      }
+      throw err;
+    }
     return new DeviceTensor(buffer, true, dtype, shape, contiguousStrides(shape), 0);
   }
 
