@@ -42,3 +42,25 @@ export {
 } from './layer.js';
 export { denseAttendOne, makePagedCache, shuffledBlockTable, type PagedCache } from './testing.js';
 export { maxAbsDiff, mulberry32, randn, randnArray, relError } from './util.js';
+export {
+  appendLatentFp8Reference,
+  bf16Decode,
+  bf16Encode,
+  decodeFp8Reference,
+  dequantizeFp8Cache,
+  dequantizeFp8Row,
+  e4m3Decode,
+  e4m3Encode,
+  fp8TileScale,
+  gatherFp8Cache,
+  quantizeFp8Cache,
+  quantizeFp8Row,
+  E4M3_MAX,
+  FP8_LATENT_DIM,
+  FP8_ROPE_DIM,
+  FP8_ROW_BYTES,
+  FP8_TILE,
+  type AppendLatentFp8Args,
+  type DecodeFp8Args,
+  type Fp8CacheGeometry,
+} from './fp8.js';
