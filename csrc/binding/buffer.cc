@@ -6,6 +6,23 @@
 
 namespace mla::binding {
 
+// Per OS thread, like CUDA's thread-local capture mode (each worker_thread has its own).
+static thread_local int tlCaptures = 0;
+static thread_local std::vector<void*>* tlDeferredFrees = nullptr;
+
+static void freeDeviceMemory(void* p) {
+  if (tlCaptures == 0) return gpu::deviceFree(p);
+  if (!tlDeferredFrees) tlDeferredFrees = new std::vector<void*>();
+  tlDeferredFrees->push_back(p);
+}
+void captureBegan() { ++tlCaptures; }
+void captureEnded() {
+  if (tlCaptures > 0 && --tlCaptures == 0 && tlDeferredFrees) {
+    for (void* p : *tlDeferredFrees) gpu::deviceFree(p);
+    tlDeferredFrees->clear();
+  }
+}
+
 Napi::Function DeviceBuffer::Define(Napi::Env env) {
   return DefineClass(env, "DeviceBuffer",
                      {InstanceMethod<&DeviceBuffer::Free>("free"),
@@ -34,13 +51,13 @@ DeviceBuffer::DeviceBuffer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<De
 
 DeviceBuffer::~DeviceBuffer() {
   // GC finalizer path: no JS allowed, freeing device memory is fine.
-  if (ptr_) gpu::deviceFree(ptr_);
+  if (ptr_) freeDeviceMemory(ptr_);
   ptr_ = nullptr;
 }
 
 void DeviceBuffer::release() {
   if (!ptr_) return;
-  gpu::deviceFree(ptr_);
+  freeDeviceMemory(ptr_);
   ptr_ = nullptr;
   Napi::MemoryManagement::AdjustExternalMemory(Env(), -static_cast<int64_t>(bytes_));
 }
@@ -106,16 +123,20 @@ class DownloadWorker : public Napi::AsyncWorker {
     if (status_.ok()) status_ = gpu::copyDeviceToHost(host_.data(), src_, bytes_, nullptr);
   }
   void OnOK() override {
-    Napi::Env env = Env();
-    if (!status_.ok()) {
-      deferred_.Reject(makeError(env, status_.code, status_.message, status_.cudaName).Value());
-      return;
-    }
-    Napi::ArrayBuffer out = Napi::ArrayBuffer::New(env, bytes_);
-    if (bytes_) std::memcpy(out.Data(), host_.data(), bytes_);
-    deferred_.Resolve(out);
+    settlePromise(deferred_, [&] {
+      Napi::Env env = Env();
+      if (!status_.ok()) {
+        deferred_.Reject(makeError(env, status_.code, status_.message, status_.cudaName).Value());
+        return;
+      }
+      Napi::ArrayBuffer out = Napi::ArrayBuffer::New(env, bytes_);
+      if (bytes_) std::memcpy(out.Data(), host_.data(), bytes_);
+      deferred_.Resolve(out);
+    });
   }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) override {
+    settlePromise(deferred_, [&] { deferred_.Reject(e.Value()); });
+  }
 
  private:
   Napi::Promise::Deferred deferred_;

@@ -16,6 +16,7 @@ struct AddonData {
   Napi::FunctionReference bufferClass;
   Napi::FunctionReference streamClass;
   Napi::FunctionReference eventClass;
+  Napi::FunctionReference graphClass;
 };
 AddonData& addonData(Napi::Env env);
 
@@ -23,6 +24,24 @@ AddonData& addonData(Napi::Env env);
 Napi::Error makeError(Napi::Env env, Code code, const std::string& message, const std::string& cudaName = {});
 [[noreturn]] void throwError(Napi::Env env, Code code, const std::string& message);
 void throwIfError(Napi::Env env, const Status& s);
+
+// Runs an AsyncWorker's OnOK/OnError body. A worker thread terminated while the work ran (or a
+// process exiting) completes the work in an environment that can no longer run JS: every N-API
+// call there fails, and a Napi::Error escaping into libuv aborts the process. Nobody can await
+// the promise then, so the failure is dropped; in a live environment (an allocation that failed)
+// the promise is rejected with it instead of never settling.
+template <class Body>
+void settlePromise(Napi::Promise::Deferred& deferred, Body&& body) noexcept {
+  try {
+    body();
+  } catch (const Napi::Error& e) {
+    try {
+      deferred.Reject(e.Value());
+    } catch (...) {
+    }
+  } catch (...) {
+  }
+}
 
 // Reads the single options object an op receives: reader.tensor("q"), reader.i64("pageSize").
 // Every failure names the op and the argument.

@@ -1,5 +1,7 @@
 #include "binding/stream.h"
+#include "binding/buffer.h"
 #include "binding/napi_util.h"
+#include "runtime/graph.h"
 #include "runtime/runtime.h"
 
 namespace mla::binding {
@@ -9,6 +11,9 @@ Napi::Function Stream::Define(Napi::Env env) {
                      {InstanceMethod<&Stream::Synchronize>("synchronize"),
                       InstanceMethod<&Stream::SynchronizeAsync>("synchronizeAsync"),
                       InstanceMethod<&Stream::Query>("query"), InstanceMethod<&Stream::WaitEvent>("waitEvent"),
+                      InstanceMethod<&Stream::BeginCapture>("beginCapture"),
+                      InstanceMethod<&Stream::EndCapture>("endCapture"),
+                      InstanceMethod<&Stream::IsCapturing>("isCapturing"),
                       InstanceMethod<&Stream::Destroy>("destroy")});
 }
 
@@ -21,6 +26,15 @@ Stream::Stream(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Stream>(info) 
 
 Stream::~Stream() {
   if (!destroyed_ && handle_) gpu::streamDestroy(handle_);
+  endCaptureState();
+}
+
+// Whatever ends a capture (its end, a failure, the stream's destruction) releases the frees
+// held back during it.
+void Stream::endCaptureState() {
+  if (!capturing_) return;
+  capturing_ = false;
+  captureEnded();
 }
 
 static void checkAlive(Napi::Env env, bool destroyed) {
@@ -46,10 +60,14 @@ class StreamSyncWorker : public Napi::AsyncWorker {
     if (status_.ok()) status_ = gpu::streamSynchronize(h_);
   }
   void OnOK() override {
-    if (status_.ok()) deferred_.Resolve(Env().Undefined());
-    else deferred_.Reject(makeError(Env(), status_.code, status_.message, status_.cudaName).Value());
+    settlePromise(deferred_, [&] {
+      if (status_.ok()) deferred_.Resolve(Env().Undefined());
+      else deferred_.Reject(makeError(Env(), status_.code, status_.message, status_.cudaName).Value());
+    });
   }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) override {
+    settlePromise(deferred_, [&] { deferred_.Reject(e.Value()); });
+  }
 
  private:
   Napi::Promise::Deferred deferred_;
@@ -86,10 +104,82 @@ Napi::Value Stream::WaitEvent(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// destroy(): idempotent. Work already queued still completes (cudaStreamDestroy semantics).
+Napi::Value Stream::BeginCapture(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  checkAlive(env, destroyed_);
+  throwIfError(env, gpu::streamBeginCapture(handle_));
+  capturing_ = true;
+  captureBegan();
+  return env.Undefined();
+}
+
+// endCapture(): a new Graph. endCapture(graph): updates `graph` in place and returns true, or
+// returns false when the topology changed (graph unchanged). The capture ends either way.
+Napi::Value Stream::EndCapture(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  checkAlive(env, destroyed_);
+  Graph* into = nullptr;
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(addonData(env).graphClass.Value()))
+      throwError(env, Code::Argument, "endCapture: `graph` must be a Graph");
+    into = Graph::Unwrap(info[0].As<Napi::Object>());
+    if (!into->handle()) throwError(env, Code::Disposed, "endCapture: `graph` was disposed");
+  }
+  Status s;
+  bool updated = false;
+  void* exec = nullptr;
+  if (into) s = gpu::streamEndCaptureInto(handle_, into->handle(), &updated);
+  else s = gpu::streamEndCapture(handle_, &exec);
+  endCaptureState();
+  throwIfError(env, s);
+  if (into) return Napi::Boolean::New(env, updated);
+  Napi::Object g = addonData(env).graphClass.New({});
+  Graph::Unwrap(g)->adopt(exec, device_);
+  return g;
+}
+
+Napi::Value Stream::IsCapturing(const Napi::CallbackInfo& info) {
+  checkAlive(info.Env(), destroyed_);
+  bool capturing = false;
+  throwIfError(info.Env(), gpu::streamIsCapturing(handle_, &capturing));
+  return Napi::Boolean::New(info.Env(), capturing);
+}
+
+// destroy(): idempotent. Work already queued still completes (cudaStreamDestroy semantics); a
+// capture in progress is abandoned.
 Napi::Value Stream::Destroy(const Napi::CallbackInfo& info) {
   if (!destroyed_ && handle_) gpu::streamDestroy(handle_);
   destroyed_ = true;
+  endCaptureState();
+  return info.Env().Undefined();
+}
+
+Napi::Function Graph::Define(Napi::Env env) {
+  return DefineClass(env, "Graph", {InstanceMethod<&Graph::Launch>("launch"), InstanceMethod<&Graph::Destroy>("destroy")});
+}
+
+// Made only by Stream.endCapture (it adopts the instantiated graph).
+Graph::Graph(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Graph>(info) {}
+
+Graph::~Graph() {
+  if (exec_) gpu::graphExecDestroy(exec_);
+}
+
+// launch(stream): replays the graph on `stream`, ordered after earlier work there.
+Napi::Value Graph::Launch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!exec_) throwError(env, Code::Disposed, "launch: the graph was disposed");
+  StreamHandle s = streamFrom(env, info.Length() > 0 ? info[0] : env.Undefined(), "launch: `stream`");
+  int current = 0;
+  throwIfError(env, gpu::currentDevice(&current));
+  if (current != device_) throwIfError(env, gpu::setDevice(device_));
+  throwIfError(env, gpu::graphLaunch(exec_, s));
+  return env.Undefined();
+}
+
+Napi::Value Graph::Destroy(const Napi::CallbackInfo& info) {
+  if (exec_) gpu::graphExecDestroy(exec_);
+  exec_ = nullptr;
   return info.Env().Undefined();
 }
 
