@@ -13,7 +13,39 @@ import {
   quantizeFp8Row,
   FP8_ROW_BYTES,
 } from '../lib/reference/fp8.js';
-import { randn, relError } from './helpers/gpu.js';
+import { MLA_PRESETS } from '../lib/config.js';
+import { DeviceTensor } from '../lib/index.js';
+import { appendLatent, ropeConfigFrom, RopeTable } from '../lib/ops/rope.js';
+import { appendLatentReference } from '../lib/reference/cache.js';
+import { appendLatentFp8Reference } from '../lib/reference/fp8.js';
+import { ropeTable } from '../lib/reference/rope.js';
+import { gpuSkip, poison, randn, relError, rng } from './helpers/gpu.js';
+
+const V3_ROPE = ropeConfigFrom(MLA_PRESETS['deepseek-v3']);
+const ROW = FP8_ROW_BYTES;
+
+/** An FP8 cache whose pages are (pageSize + extra)·656 bytes apart: a view of a bigger buffer. */
+function fp8Cache(numPages: number, pageSize: number, extraRows: number): { base: DeviceTensor; cache: DeviceTensor; pageStride: number } {
+  const base = DeviceTensor.empty([numPages, pageSize + extraRows, ROW], 'u8');
+  base.fill(0xff); // poison: e4m3 NaN bytes, NaN scales, NaN rope
+  return { base, cache: base.slice(1, 0, pageSize), pageStride: (pageSize + extraRows) * ROW };
+}
+
+/** Equal bytes, where a NaN byte (e4m3 0x7f with either sign) equals any NaN byte and a bf16 NaN any bf16 NaN. */
+function rowsEqual(a: Uint8Array, ao: number, b: Uint8Array, bo: number): string | null {
+  for (let i = 0; i < ROW; i++) {
+    const x = a[ao + i]!, y = b[bo + i]!;
+    if (x === y) continue;
+    if (i < 512 && (x & 0x7f) === 0x7f && (y & 0x7f) === 0x7f) continue;
+    if (i >= 528) {
+      const k = i - ((i - 528) & 1);
+      const hx = a[ao + k]! | (a[ao + k + 1]! << 8), hy = b[bo + k]! | (b[bo + k + 1]! << 8);
+      if ((hx & 0x7fff) > 0x7f80 && (hy & 0x7fff) > 0x7f80) continue;
+    }
+    return `byte ${i}: 0x${x.toString(16)} vs 0x${y.toString(16)}`;
+  }
+  return null;
+}
 
 t.test('e4m3 encode: every byte round-trips, ties to even, negative zero, saturation, NaN', async (t) => {
   for (let b = 0; b < 256; b++) {
@@ -118,4 +150,91 @@ t.test('paged cache with a page stride above pageSize·656', async (t) => {
   const tight = dequantizeFp8Cache(quantizeFp8Cache(cache, { numPages, pageSize }), { numPages, pageSize });
   t.same(Array.from(tight), Array.from(back), 'the stride changes only where rows are');
   t.throws(() => dequantizeFp8Cache(bytes, { numPages, pageSize, pageStride: 100 }), { code: 'ERR_SHAPE' });
+});
+
+t.test('appendLatent writes the FP8 layout bit for bit (strided pages, amax-0 tile, e4m3 limit, -0, NaN/Inf)', { skip: gpuSkip }, async (t) => {
+  const C = 512, R = 64, D = C + R, pageSize = 16, numPages = 4, numSlots = numPages * pageSize;
+  const refTab = ropeTable({ qkRopeHeadDim: R, ropeTheta: V3_ROPE.ropeTheta, ropeScaling: V3_ROPE.scaling }, 4096, { attentionFactor: V3_ROPE.attentionFactor ?? 1 });
+  using table = RopeTable.create(V3_ROPE, 4096);
+  const rand = rng(7);
+  const T = 12;
+  const kv = randn(T * D, 11, 2);
+  // token 0: latent ±1 (mean square 1, so with eps 0 RMSNorm is ×1) and w = 28 at index 300: that
+  // tile's amax is exactly 448·2^-4, its value is the e4m3 limit 0x7e with scale 2^-4.
+  for (let i = 0; i < C; i++) kv[i] = rand() < 0.5 ? -1 : 1;
+  // token 1: tile 1 all zero (amax 0: scale 2^-13) with one negative zero.
+  for (let i = 128; i < 256; i++) kv[D + i] = 0;
+  kv[D + 130] = -0;
+  // token 2: NaN in the latent (RMSNorm makes the whole latent NaN); token 3: +Inf in the rope key.
+  kv[2 * D + 17] = NaN;
+  kv[3 * D + C + 5] = Infinity;
+  const w = Float32Array.from(randn(C, 12, 0.3), (v) => 1 + v);
+  w[300] = 28;
+  const pos = Int32Array.from({ length: T }, () => Math.floor(rand() * 4096));
+  const perm = Array.from({ length: numSlots }, (_, i) => i).sort(() => rand() - 0.5);
+  const slots = Int32Array.from({ length: T }, (_, i) => (i === 9 ? -1 : perm[i]!));
+  const eps = 0;
+  using kvDown = DeviceTensor.fromArray(kv, [T, D], 'f32');
+  using normWeight = DeviceTensor.fromArray(w, [C], 'f32');
+  using positions = DeviceTensor.fromArray(pos, [T], 'i32');
+  using slotMapping = DeviceTensor.fromArray(slots, [T], 'i32');
+  const { base, cache, pageStride } = fp8Cache(numPages, pageSize, 1);
+  using _base = base;
+  using f32Cache = DeviceTensor.empty([numPages, pageSize, D], 'f32');
+  poison(f32Cache);
+  appendLatent({ kvDown, normWeight, eps, positions, slotMapping, cache, table });
+  appendLatent({ kvDown, normWeight, eps, positions, slotMapping, cache: f32Cache, table });
+  const got = base.toHostSync() as Uint8Array;
+  const f32 = f32Cache.toHostSync() as Float32Array;
+  const offsetOf = (s: number): number => Math.floor(s / pageSize) * pageStride + (s % pageSize) * ROW;
+
+  // 1. Bit-exact: the kernel's bytes are the reference quantizer's bytes of the kernel's own f32 row.
+  const want = new Uint8Array(ROW);
+  let exact = 0;
+  for (let i = 0; i < T; i++) {
+    if (slots[i] === -1) continue;
+    quantizeFp8Row(f32, slots[i]! * D, want, 0);
+    const diff = rowsEqual(got, offsetOf(slots[i]!), want, 0);
+    if (diff) t.fail(`token ${i} (slot ${slots[i]}): ${diff}`);
+    else exact++;
+  }
+  t.equal(exact, T - 1, 'every written row equals the reference quantizer bit for bit');
+  const dv = new DataView(got.buffer, got.byteOffset);
+  const o0 = offsetOf(slots[0]!), o1 = offsetOf(slots[1]!), o2 = offsetOf(slots[2]!), o3 = offsetOf(slots[3]!);
+  t.equal(dv.getFloat32(o0 + 512 + 8, true), 2 ** -4, 'tile at the limit: scale 2^-4');
+  t.equal(got[o0 + 300]! & 0x7f, 0x7e, 'tile at the limit: the value is 448 (0x7e)');
+  t.equal(dv.getFloat32(o1 + 512 + 4, true), 2 ** -13, 'amax-0 tile: scale 2^-13');
+  t.equal(got[o1 + 130], 0x80, 'negative zero');
+  t.equal(got[o1 + 131], 0x00, 'zero');
+  t.ok(Array.from(got.subarray(o2, o2 + 512)).every((b) => (b & 0x7f) === 0x7f), 'a NaN latent row is stored as e4m3 NaN');
+  t.ok(Array.from({ length: 64 }, (_, k) => dv.getUint16(o3 + 528 + 2 * k, true)).some((h) => (h & 0x7fff) === 0x7f80), 'an Inf rope input stays infinite');
+  // Rows not in the mapping and the padding row of every page stay poisoned.
+  const written = new Set(Array.from(slots).filter((s) => s >= 0));
+  let untouched = true;
+  for (let s = 0; s < numSlots; s++) if (!written.has(s) && got.subarray(offsetOf(s), offsetOf(s) + ROW).some((b) => b !== 0xff)) untouched = false;
+  for (let p = 0; p < numPages; p++) if (got.subarray(p * pageStride + pageSize * ROW, (p + 1) * pageStride).some((b) => b !== 0xff)) untouched = false;
+  t.ok(untouched, 'unnamed slots and the gap between pages are untouched');
+
+  // 2. Against the float64 reference writer (finite tokens only): bytes mostly identical, and the
+  // dequantized rows within e4m3's rounding of the unquantized float64 rows.
+  const refBytes = new Uint8Array(numPages * pageStride).fill(0xff);
+  const args = { kvDown: Float64Array.from(kv), normWeight: Float64Array.from(w), eps, positions: pos, slotMapping: slots, pageSize, ropeTable: refTab, layout: 'interleaved' as const };
+  appendLatentFp8Reference({ ...args, cache: refBytes, numPages, pageStride });
+  const refF64 = new Float64Array(numSlots * D);
+  appendLatentReference({ ...args, cache: refF64 });
+  let same = 0, total = 0;
+  const gotRows: number[] = [], refRows: number[] = [], ropeGot: number[] = [], ropeRef: number[] = [];
+  const row = new Float64Array(D);
+  for (let i = 0; i < T; i++) {
+    if (slots[i] === -1 || i === 2 || i === 3) continue;
+    const o = offsetOf(slots[i]!);
+    for (let k = 0; k < ROW; k++, total++) if (got[o + k] === refBytes[o + k]) same++;
+    dequantizeFp8Row(got, o, row, 0);
+    for (let k = 0; k < D; k++) (k < C ? gotRows : ropeGot).push(row[k]!);
+    for (let k = 0; k < D; k++) (k < C ? refRows : ropeRef).push(refF64[slots[i]! * D + k]!);
+  }
+  t.ok(same / total > 0.999, `bytes identical to the float64 reference writer: ${same}/${total}`);
+  const eLat = relError(gotRows, refRows), eRope = relError(ropeGot, ropeRef);
+  t.ok(eLat < 0.04, `latent (dequantized) vs float64 unquantized: rel err ${eLat.toExponential(2)}`);
+  t.ok(eRope < 8e-3, `rope (bf16) vs float64: rel err ${eRope.toExponential(2)}`);
 });

@@ -139,6 +139,49 @@ __device__ __forceinline__ float warpMax(float v) {
   return v;
 }
 
+// ---- FP8 latent cache: DeepSeek-V3.2's 656-byte row (FlashMLA V32_FP8Sparse, docs/fp8-cache.md) --
+// [0, 512) latent as e4m3 | [512, 528) 4 f32 scales (one per 128 values) | [528, 656) rope as bf16
+constexpr int kFp8RowBytes = 656;
+constexpr int kFp8ScaleOffset = 512;
+constexpr int kFp8RopeOffset = 528;
+constexpr int kFp8Tile = 128;
+
+// e4m3 (OCP "fn") byte of x: round to nearest even, |x| > 448 saturates to ±448, NaN/±Inf give
+// the NaN 0x7f with x's sign (the format has no infinity). Plain integer/float ops, so every
+// architecture (and the emulator) gives the same bits as lib/reference/fp8.ts.
+__device__ __forceinline__ uint32_t e4m3FromFloat(float x) {
+  const uint32_t bits = __float_as_uint(x);
+  const uint32_t sign = (bits >> 24) & 0x80u;
+  const uint32_t mag = bits & 0x7fffffffu;
+  if (mag >= 0x7f800000u) return sign | 0x7fu;
+  uint32_t code;
+  if (mag < 0x3c800000u) {
+    // below 2^-6: subnormal steps of 2^-9 (x·512 is exact; rintf rounds ties to even; 8 is 2^-6)
+    code = static_cast<uint32_t>(rintf(__uint_as_float(mag) * 512.f));
+  } else {
+    // round the f32 mantissa to 3 bits (ties to even; a carry bumps the exponent), rebias 127 -> 7
+    code = ((mag + 0x7ffffu + ((mag >> 20) & 1u)) >> 20) - (120u << 3);
+  }
+  return sign | (code < 0x7eu ? code : 0x7eu);
+}
+
+// Value of an e4m3 byte (exact in f32; 0x7f / 0xff are NaN).
+__device__ __forceinline__ float e4m3ToFloat(uint32_t b) {
+  const uint32_t e = (b >> 3) & 15u, m = b & 7u;
+  float v = e == 0 ? static_cast<float>(m) * 0.001953125f : __uint_as_float(((e + 120u) << 23) | (m << 20));
+  if ((b & 0x7fu) == 0x7fu) v = __uint_as_float(0x7fc00000u);
+  return (b & 0x80u) ? -v : v;
+}
+
+// Tile scale 2^ceil(log2(max(amax / 448, 1e-4))). amax / 448 (IEEE division) never rounds onto a
+// power of two from above, so the ceil taken from its bits is the exact one.
+__device__ __forceinline__ float fp8TileScale(float amax) {
+  const float x = fmaxf(amax / 448.f, 1e-4f);
+  const uint32_t b = __float_as_uint(x);
+  const uint32_t e = (b >> 23) + ((b & 0x7fffffu) != 0u ? 1u : 0u);
+  return __uint_as_float(e << 23);
+}
+
 inline int ceilDiv(long long a, long long b) { return static_cast<int>((a + b - 1) / b); }
 
 }  // namespace mla::kernels

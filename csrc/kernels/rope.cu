@@ -329,6 +329,80 @@ __global__ void __launch_bounds__(kAppendWarps * 32) appendLatentKernel(AppendAr
   }
 }
 
+// The same writer for the FP8 cache (C = 512, R = 64; 656-byte rows, docs/fp8-cache.md): after
+// RMSNorm (identical f32 arithmetic to the kernel above, so an f32 cache holds exactly the values
+// quantized here) each 128-value tile gets
+//   scale = 2^ceil(log2(max(amax / 448, 1e-4))),  byte[i] = e4m3_rne(x[i] / scale)
+// amax over finite values only; a NaN/Inf value is stored as the e4m3 NaN. Lane l holds chunks
+// l and l + 32 of 8 values, so a tile is one half-warp at one k: amax by 4 xor-shuffles.
+template <typename TIn>
+__global__ void __launch_bounds__(kAppendWarps * 32) appendLatentFp8Kernel(AppendArgs a) {
+  constexpr int kC = 512, kTileLanes = kFp8Tile / kChunk;  // 16 lanes per tile
+  const int lane = threadIdx.x & 31;
+  const int64_t firstWarp = blockIdx.x * static_cast<int64_t>(kAppendWarps) + (threadIdx.x >> 5);
+  const int64_t numWarps = static_cast<int64_t>(gridDim.x) * kAppendWarps;
+  const int half = a.R / 2;
+  for (int64_t t = firstWarp; t < a.T; t += numWarps) {
+    const int32_t slot = a.slots[t * a.slotStride];
+    const int32_t pos = a.positions[t * a.posStride];
+    if (slot < 0 || slot >= a.numSlots || pos < 0 || pos >= a.maxPos) continue;
+    const TIn* src = static_cast<const TIn*>(a.kvDown) + t * a.kvStride;
+    // pageStride / rowStride are in bytes here (the cache is a u8 tensor).
+    unsigned char* dst = static_cast<unsigned char*>(a.cache) + (slot / a.pageSize) * a.pageStride + (slot % a.pageSize) * a.rowStride;
+
+    float v[2][kChunk];
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      loadF<TIn, kChunk>(src + (lane + 32 * k) * kChunk, v[k], a.vec);
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) ss += v[k][i] * v[k][i];
+    }
+    if (lane < a.R / (2 * kPairs))
+      ropeUnit<TIn, __nv_bfloat16, kPairs>(src + kC, reinterpret_cast<__nv_bfloat16*>(dst + kFp8RopeOffset), half, lane * kPairs,
+                                            a.table + static_cast<int64_t>(pos) * a.R, a.neox, a.vec);
+    ss = warpSum(ss);
+    const float inv = rsqrtf(ss / static_cast<float>(kC) + a.eps);
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int c = lane + 32 * k;
+      float w[kChunk];
+      loadAnyF<kChunk>(a.weight, a.weightType, static_cast<int64_t>(c) * kChunk, w, a.vec);
+      float amax = 0.f;
+#pragma unroll
+      for (int i = 0; i < kChunk; ++i) {
+        v[k][i] = v[k][i] * inv * w[i];
+        const float m = fabsf(v[k][i]);
+        if (m <= 3.402823466e38f) amax = fmaxf(amax, m);  // false for NaN and Inf
+      }
+#pragma unroll
+      for (int o = 1; o < kTileLanes; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+      const float scale = fp8TileScale(amax);
+      uint32_t lo = 0, hi = 0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        lo |= e4m3FromFloat(v[k][i] / scale) << (8 * i);
+        hi |= e4m3FromFloat(v[k][i + 4] / scale) << (8 * i);
+      }
+      if (a.vec) {
+        __stwb(reinterpret_cast<uint2*>(dst + c * kChunk), make_uint2(lo, hi));
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          dst[c * kChunk + i] = static_cast<unsigned char>(lo >> (8 * i));
+          dst[c * kChunk + 4 + i] = static_cast<unsigned char>(hi >> (8 * i));
+        }
+      }
+      if ((lane & (kTileLanes - 1)) == 0) {
+        const int tile = c / kTileLanes;
+        const uint32_t sb = __float_as_uint(scale);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dst[kFp8ScaleOffset + 4 * tile + i] = static_cast<unsigned char>(sb >> (8 * i));
+      }
+    }
+  }
+}
+
 template <typename TIn, typename TOut>
 Status launchAppendTyped(const AppendArgs& a, StreamHandle stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -409,7 +483,8 @@ Status launchAppendLatent(const AppendLatentParams& p, StreamHandle stream) {
   const TensorRef &kv = p.kvDown, &w = p.normWeight, &cache = p.cache;
   if (!isFloatType(kv.dtype)) return dtypeError(op, "`kvDown` must be bf16, f16 or f32");
   if (!isFloatType(w.dtype)) return dtypeError(op, "`normWeight` must be bf16, f16 or f32");
-  if (!isFloatType(cache.dtype)) return dtypeError(op, "`cache` must be bf16, f16 or f32");
+  const bool fp8 = cache.dtype == DType::U8;
+  if (!isFloatType(cache.dtype) && !fp8) return dtypeError(op, "`cache` must be bf16, f16, f32 or u8 (the FP8 layout)");
   if (w.ndim != 1 || !w.isContiguous()) return shapeError(op, "`normWeight` must be a contiguous [kvLoraRank] tensor");
   const int64_t C = w.shape[0];
   if (C < kChunk || C % kChunk != 0 || C > kAppendLatentMaxKvLora)
@@ -419,8 +494,15 @@ Status launchAppendLatent(const AppendLatentParams& p, StreamHandle stream) {
   const int64_t R = kv.shape[1] - C;
   if (R < 2 * kPairs || R % (2 * kPairs) != 0 || R > 2 * kPairs * 32)
     return shapeError(op, "rotaryDim (`kvDown` width − kvLoraRank) must be a multiple of 8 in [8, 256]");
-  if (cache.ndim != 3 || cache.shape[2] != C + R || cache.strides[2] != 1)
+  if (fp8) {
+    if (C != 512 || R != 64) return shapeError(op, "the FP8 cache layout needs kvLoraRank 512 and rotaryDim 64");
+    if (cache.ndim != 3 || cache.shape[2] != kFp8RowBytes || cache.strides[2] != 1 || cache.strides[1] != kFp8RowBytes ||
+        (cache.shape[0] > 1 && (cache.strides[0] < cache.shape[1] * kFp8RowBytes || cache.strides[0] % 16 != 0)) || !aligned16(cache.data))
+      return shapeError(op, "an FP8 `cache` must be a 16-byte aligned u8 [numPages, pageSize, 656] with 656-byte rows and "
+                            "non-overlapping pages whose stride is a multiple of 16 bytes");
+  } else if (cache.ndim != 3 || cache.shape[2] != C + R || cache.strides[2] != 1) {
     return shapeError(op, "`cache` must be [numPages, pageSize, " + std::to_string(C + R) + "] with a contiguous last dim");
+  }
   MLA_RETURN_IF_ERROR(checkIndexVector(op, "positions", p.positions, T));
   MLA_RETURN_IF_ERROR(checkIndexVector(op, "slotMapping", p.slotMapping, T));
   MLA_RETURN_IF_ERROR(checkTable(op, p.table, R));
@@ -451,6 +533,17 @@ Status launchAppendLatent(const AppendLatentParams& p, StreamHandle stream) {
   // once the row starts are.
   a.vec = aligned16(kv.data) && strideMultipleOf(kv, 0, 8) && aligned16(w.data) && aligned16(cache.data) &&
           strideMultipleOf(cache, 0, 8) && strideMultipleOf(cache, 1, 8);
+  if (fp8) {
+    const int grid = gridFor(a.T, kAppendWarps);
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    switch (kv.dtype) {
+      case DType::BF16: MLA_LAUNCH_KERNEL(grid, kAppendWarps * 32, 0, s, appendLatentFp8Kernel<__nv_bfloat16>)(a); break;
+      case DType::F16: MLA_LAUNCH_KERNEL(grid, kAppendWarps * 32, 0, s, appendLatentFp8Kernel<__half>)(a); break;
+      default: MLA_LAUNCH_KERNEL(grid, kAppendWarps * 32, 0, s, appendLatentFp8Kernel<float>)(a); break;
+    }
+    MLA_CHECK_LAUNCH("appendLatent");
+    return Status::Ok();
+  }
   switch (kv.dtype) {
     case DType::BF16: return launchAppendOut<__nv_bfloat16>(a, cache.dtype, stream);
     case DType::F16: return launchAppendOut<__half>(a, cache.dtype, stream);

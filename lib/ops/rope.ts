@@ -9,6 +9,7 @@ import { ropeInvFreq, ropeLayoutOf } from '../reference/rope.js';
 import type { RopeLayout } from '../reference/rope.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
+import { checkFp8Cache, FP8_CACHE_KV_LORA, FP8_CACHE_ROPE } from './fp8-cache.js';
 import { checkInt, checkNumber, checkTensor } from './validate.js';
 
 export type { RopeLayout };
@@ -320,7 +321,8 @@ export interface AppendLatentShape {
 
 /**
  * appendLatent(): kvDown [T, C + R] (bf16/f16/f32, last dim contiguous), normWeight [C]
- * contiguous, cache [numPages, pageSize, C + R] (bf16/f16/f32, last dim contiguous), positions
+ * contiguous, cache [numPages, pageSize, C + R] (bf16/f16/f32, last dim contiguous) or the FP8
+ * layout u8 [numPages, pageSize, 656] (C = 512, R = 64; lib/ops/fp8-cache.ts), positions
  * and slotMapping i32 [T]; C a multiple of 8 up to 1024, R = table.rotaryDim a multiple of 8
  * up to 256.
  */
@@ -340,9 +342,19 @@ export function validateAppendLatent(a: AppendLatentMeta): AppendLatentShape {
   const kv = checkTensor(op, 'kvDown', a.kvDown, { dtype: FLOAT_DTYPES, shape: [null, C + R], innerContiguous: true });
   const tokens = kv.shape[0]!;
   checkCompatible(op, 'normWeight', w, 'kvDown', kv.dtype);
-  const cache = checkTensor(op, 'cache', a.cache, { dtype: FLOAT_DTYPES, shape: [null, null, C + R], innerContiguous: true });
-  checkCompatible(op, 'cache', cache, 'kvDown', kv.dtype);
-  checkNoOverlap(op, 'cache', cache, 2, C + R);
+  let cache: TensorMeta;
+  if (checkTensor(op, 'cache', a.cache).dtype === 'u8') {
+    // The FP8 layout (lib/ops/fp8-cache.ts): quantized in the kernel; fixed widths.
+    if (C !== FP8_CACHE_KV_LORA || R !== FP8_CACHE_ROPE) {
+      throw new MlaError('ERR_SHAPE', `${op}: an FP8 \`cache\` (u8, 656-byte rows) stores kvLoraRank ${FP8_CACHE_KV_LORA} + rotaryDim ${FP8_CACHE_ROPE}; got ${C} + ${R}`);
+    }
+    checkFp8Cache(op, 'cache', a.cache);
+    cache = a.cache;
+  } else {
+    cache = checkTensor(op, 'cache', a.cache, { dtype: FLOAT_DTYPES, shape: [null, null, C + R], innerContiguous: true });
+    checkCompatible(op, 'cache', cache, 'kvDown', kv.dtype);
+    checkNoOverlap(op, 'cache', cache, 2, C + R);
+  }
   checkIndexTensor(op, 'positions', a.positions, tokens);
   checkIndexTensor(op, 'slotMapping', a.slotMapping, tokens);
   const eps = checkNumber(op, 'eps', a.eps);
@@ -415,7 +427,11 @@ export interface AppendLatentOptions extends StreamOption {
   positions: DeviceTensor;
   /** i32 [T]: page · pageSize + offset; −1 skips the token. */
   slotMapping: DeviceTensor;
-  /** [numPages, pageSize, kvLoraRank + rotaryDim], written in place. */
+  /**
+   * [numPages, pageSize, kvLoraRank + rotaryDim], written in place; or the FP8 layout, u8
+   * [numPages, pageSize, 656] (kvLoraRank 512, rotaryDim 64): the row is quantized in the kernel,
+   * bit for bit as `reference.quantizeFp8Row` does on the f32 row (docs/fp8-cache.md).
+   */
   cache: DeviceTensor;
   table: RopeTable;
   layout?: RopeLayout | undefined;
