@@ -5,7 +5,7 @@ export { DTYPES, DTYPE_SIZE } from './dtype.js';
 export type { DType, HostArray } from './dtype.js';
 export { DeviceTensor } from './runtime/tensor.js';
 export type { TensorMeta, StreamOption } from './runtime/tensor.js';
-export { Stream, Event } from './runtime/stream.js';
+export { Stream, Event, CudaGraph } from './runtime/stream.js';
 export * as cuda from './runtime/cuda.js';
 export type { BuildInfo, DeviceStatus, DeviceInfo } from './runtime/cuda.js';
 

@@ -29,6 +29,16 @@ export interface NativeStream {
   synchronizeAsync(): Promise<void>;
   query(): boolean;
   waitEvent(event: NativeEvent): void;
+  beginCapture(): void;
+  /** A new instantiated graph; with `into`, whether it was updated in place (false: topology changed). */
+  endCapture(): NativeGraph;
+  endCapture(into: NativeGraph): boolean;
+  isCapturing(): boolean;
+  destroy(): void;
+}
+
+export interface NativeGraph {
+  launch(stream: NativeStream): void;
   destroy(): void;
 }
 

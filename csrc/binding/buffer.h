@@ -36,6 +36,11 @@ class DeviceBuffer : public Napi::ObjectWrap<DeviceBuffer> {
   bool freeRequested_ = false;
 };
 
+// While this thread captures a CUDA graph, cudaFree would break the capture (and the graph may
+// still read the memory): frees, including the GC's, wait until the last capture ends.
+void captureBegan();
+void captureEnded();
+
 // The native buffer behind a JS value, or a thrown ERR_ARGUMENT / ERR_DISPOSED naming argName.
 DeviceBuffer* unwrapBuffer(Napi::Env env, Napi::Value v, const std::string& argName);
 

@@ -196,6 +196,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->bufferClass = Napi::Persistent(buffer);
   data->streamClass = Napi::Persistent(stream);
   data->eventClass = Napi::Persistent(event);
+  data->graphClass = Napi::Persistent(Graph::Define(env));
   exports.Set("DeviceBuffer", buffer);
   exports.Set("Stream", stream);
   exports.Set("Event", event);

@@ -173,7 +173,9 @@ Napi::Value Graph::Launch(const Napi::CallbackInfo& info) {
   int current = 0;
   throwIfError(env, gpu::currentDevice(&current));
   if (current != device_) throwIfError(env, gpu::setDevice(device_));
-  throwIfError(env, gpu::graphLaunch(exec_, s));
+  Status launched = gpu::graphLaunch(exec_, s);
+  if (current != device_) gpu::setDevice(current);  // the caller's current device is theirs
+  throwIfError(env, launched);
   return env.Undefined();
 }
 

@@ -19,10 +19,31 @@ class Stream : public Napi::ObjectWrap<Stream> {
   Napi::Value SynchronizeAsync(const Napi::CallbackInfo& info);
   Napi::Value Query(const Napi::CallbackInfo& info);
   Napi::Value WaitEvent(const Napi::CallbackInfo& info);
+  Napi::Value BeginCapture(const Napi::CallbackInfo& info);
+  Napi::Value EndCapture(const Napi::CallbackInfo& info);
+  Napi::Value IsCapturing(const Napi::CallbackInfo& info);
   Napi::Value Destroy(const Napi::CallbackInfo& info);
+  void endCaptureState();
   StreamHandle handle_ = nullptr;
   int device_ = 0;
   bool destroyed_ = false;
+  bool capturing_ = false;
+};
+
+// An instantiated CUDA graph (Stream.endCapture): launch(stream) replays everything captured.
+class Graph : public Napi::ObjectWrap<Graph> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit Graph(const Napi::CallbackInfo& info);
+  ~Graph() override;
+  void* handle() const { return exec_; }
+  void adopt(void* exec, int device) { exec_ = exec; device_ = device; }
+
+ private:
+  Napi::Value Launch(const Napi::CallbackInfo& info);
+  Napi::Value Destroy(const Napi::CallbackInfo& info);
+  void* exec_ = nullptr;
+  int device_ = 0;
 };
 
 class Event : public Napi::ObjectWrap<Event> {

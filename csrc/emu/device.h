@@ -15,6 +15,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -49,6 +51,8 @@ struct LaunchConfig {
 // Runs the whole grid before returning (streams are in order and synchronous); sets the
 // thread's last error like a real launch would.
 void launch(const LaunchConfig& cfg, KernelBody body, const void* params);
+// What launch() would refuse before running anything (a bad grid, block or shared-memory size).
+cudaError_t launchConfigError(const LaunchConfig& cfg);
 
 // The built-in variables of the running CUDA thread.
 extern thread_local uint3* tlThreadIdx;
@@ -86,6 +90,11 @@ template <class T> inline T fromBits(uint64_t u) {
   return v;
 }
 
+// Stream capture (runtime_api.cc): a launch on a capturing stream becomes a graph node that
+// runs, on the stream the graph is launched on, with the parameters copied at capture time.
+bool capturing(cudaStream_t stream);
+void recordLaunch(const LaunchConfig& cfg, std::function<void(cudaStream_t)> replay);
+
 template <class... P>
 struct Launcher {
   LaunchConfig cfg;  // cfg.kernel is the kernel
@@ -100,6 +109,14 @@ struct Launcher {
         std::apply(reinterpret_cast<void (*)(P...)>(const_cast<void*>(k)), copy);
       }
     };
+    if (capturing(cfg.stream)) {
+      auto kept = std::make_shared<const Params>(std::move(params));
+      recordLaunch(cfg, [at = cfg, kept](cudaStream_t s) mutable {
+        at.stream = s;
+        launch(at, &Call::run, kept.get());
+      });
+      return;
+    }
     launch(cfg, &Call::run, &params);
   }
 };

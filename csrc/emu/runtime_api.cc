@@ -15,16 +15,34 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
 #include <shared_mutex>
 #include <string>
 #include <vector>
+#include "emu/device.h"  // LaunchConfig, launch(), the capture hooks
 #include "emu/emu.h"
 
+struct CUgraph_st;
 struct CUstream_st {
   int device;
+  CUgraph_st* capture = nullptr;  // the graph being captured, when capturing
+  bool captureInvalidated = false;  // an unsupported call broke the capture (EndCapture fails)
+};
+// Stream capture: each node replays one captured launch, copy, memset or event record on the
+// stream the graph is launched on. A graph is a straight line, which is what one stream records.
+struct GraphNode {
+  enum Kind { Kernel, Copy, Memset, EventRecord } kind;
+  const void* what;  // the kernel (or event) a node of an updated graph must keep
+  std::function<cudaError_t(cudaStream_t)> run;
+};
+struct CUgraph_st {
+  std::vector<GraphNode> nodes;
+};
+struct CUgraphExec_st {
+  std::vector<GraphNode> nodes;
 };
 struct CUevent_st {
   bool recorded = false;
@@ -137,7 +155,10 @@ std::map<uintptr_t, Allocation> allocations;
 std::vector<size_t> inUse(kMaxDevices, 0);
 
 std::mutex handleMu;
-std::set<const void*> streams, events;
+std::set<const void*> streams, events, graphs, graphExecs;
+// Captures begun on this thread (CUDA's thread-local capture mode: this thread's synchronising
+// calls and allocations would break them).
+thread_local int tlCaptures = 0;
 std::mutex attrMu;
 std::map<const void*, int> dynSmemLimit;
 
@@ -154,6 +175,26 @@ bool validEvent(cudaEvent_t e) {
   std::lock_guard<std::mutex> lock(handleMu);
   return e && events.count(e) != 0;
 }
+template <class H> bool validHandle(const std::set<const void*>& live, H* h) {
+  std::lock_guard<std::mutex> lock(handleMu);
+  return h && live.count(h) != 0;
+}
+bool capturingStream(cudaStream_t s) { return s && s->capture; }
+// A call CUDA refuses during capture: it fails and the capture can only end in failure. A
+// synchronising call or an allocation on a thread that is capturing breaks that thread's captures.
+cudaError_t breakCapture(cudaStream_t s) {
+  if (s) s->captureInvalidated = true;
+  return fail(cudaErrorStreamCaptureUnsupported);
+}
+cudaError_t breakThreadCaptures() {
+  std::lock_guard<std::mutex> lock(handleMu);
+  for (const void* h : streams) {
+    auto* st = const_cast<CUstream_st*>(static_cast<const CUstream_st*>(h));
+    if (st->capture) st->captureInvalidated = true;
+  }
+  return fail(cudaErrorStreamCaptureUnsupported);
+}
+void recordNode(cudaStream_t s, GraphNode node) { s->capture->nodes.push_back(std::move(node)); }
 // Streams and events are registered so a destroyed or foreign handle is an error, not a crash.
 template <class H> cudaError_t createHandle(std::set<const void*>& live, H** out, H* h) {
   std::lock_guard<std::mutex> lock(handleMu);
@@ -215,6 +256,22 @@ bool isDeviceRange(const void* p, size_t bytes) {
 }
 
 bool isLiveStream(cudaStream_t stream) { return validStream(stream); }
+
+bool capturing(cudaStream_t stream) { return validStream(stream) && capturingStream(stream); }
+void recordLaunch(const LaunchConfig& cfg, std::function<void(cudaStream_t)> replay) {
+  // CUDA checks the configuration when the launch is captured; a bad one breaks the capture.
+  if (cudaError_t bad = launchConfigError(cfg)) {
+    cfg.stream->captureInvalidated = true;
+    return setLastError(bad);
+  }
+  recordNode(cfg.stream, GraphNode{GraphNode::Kernel, cfg.kernel, [replay](cudaStream_t s) {
+    tlLastError = cudaSuccess;
+    replay(s);
+    cudaError_t err = tlLastError;
+    tlLastError = cudaSuccess;
+    return err != cudaSuccess ? err : stickyError();
+  }});
+}
 
 int maxDynamicSmem(const void* kernel) {
   std::lock_guard<std::mutex> lock(attrMu);
@@ -329,6 +386,10 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
     case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorGraphExecUpdateFailure: return "cudaErrorGraphExecUpdateFailure";
     default: return "cudaErrorUnknown";
   }
 }
@@ -344,6 +405,11 @@ const char* cudaGetErrorString(cudaError_t e) {
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
     case cudaErrorNotReady: return "device not ready";
     case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorIllegalState: return "the operation is not valid in the stream's capture state";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorGraphExecUpdateFailure:
+      return "the graph update was not performed because it included changes which violated constraints specific to instantiated graph update";
     case cudaErrorLaunchFailure: {
       const char* m = stickyMessage();
       return m ? m : "unspecified launch failure";
@@ -355,6 +421,7 @@ const char* cudaGetErrorString(cudaError_t e) {
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
   MLA_EMU_STICKY();
+  if (tlCaptures > 0) return breakThreadCaptures();
   const DeviceSpec& s = device(tlDevice);
   const size_t rounded = chargedBytes(bytes);
   {
@@ -385,6 +452,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 
 cudaError_t cudaFree(void* p) {
   if (!p) return cudaSuccess;
+  if (tlCaptures > 0) return breakThreadCaptures();
   std::unique_lock<std::shared_mutex> lock(memMu);
   auto it = allocations.find(reinterpret_cast<uintptr_t>(p));
   if (it == allocations.end()) return fail(cudaErrorInvalidDevicePointer);
@@ -422,10 +490,22 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind
     default: ok = dstDev || srcDev; break;
   }
   if (!ok) return fail(cudaErrorInvalidValue);
+  if (capturingStream(s)) {
+    // Only device-to-device copies are graph nodes here; a host buffer may be gone by replay.
+    if (!(dstDev && srcDev)) return breakCapture(s);
+    recordNode(s, GraphNode{GraphNode::Copy, nullptr, [dst, src, n](cudaStream_t) {
+      if (cudaError_t e = stickyError()) return e;
+      if (!isDeviceRange(dst, n) || !isDeviceRange(src, n)) return fail(cudaErrorInvalidValue);  // freed since
+      std::memmove(dst, src, n);
+      return cudaSuccess;
+    }});
+    return cudaSuccess;
+  }
   std::memmove(dst, src, n);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+  if (tlCaptures > 0) return breakThreadCaptures();
   return cudaMemcpyAsync(dst, src, n, kind, nullptr);
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) {
@@ -433,13 +513,26 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) {
   if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
   if (n == 0) return cudaSuccess;
   if (!isDeviceRange(p, n)) return fail(cudaErrorInvalidValue);
+  if (capturingStream(s)) {
+    recordNode(s, GraphNode{GraphNode::Memset, nullptr, [p, value, n](cudaStream_t) {
+      if (cudaError_t e = stickyError()) return e;
+      if (!isDeviceRange(p, n)) return fail(cudaErrorInvalidValue);
+      std::memset(p, value, n);
+      return cudaSuccess;
+    }});
+    return cudaSuccess;
+  }
   std::memset(p, value, n);
   return cudaSuccess;
 }
-cudaError_t cudaMemset(void* p, int value, size_t n) { return cudaMemsetAsync(p, value, n, nullptr); }
+cudaError_t cudaMemset(void* p, int value, size_t n) {
+  if (tlCaptures > 0) return breakThreadCaptures();
+  return cudaMemsetAsync(p, value, n, nullptr);
+}
 
 cudaError_t cudaDeviceSynchronize() {
   MLA_EMU_STICKY();
+  if (tlCaptures > 0) return breakThreadCaptures();
   return cudaSuccess;
 }
 
@@ -448,13 +541,91 @@ cudaError_t cudaStreamCreate(cudaStream_t* s) {
   return createHandle(streams, s, new CUstream_st{tlDevice});
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { return cudaStreamCreate(s); }
-cudaError_t cudaStreamDestroy(cudaStream_t s) { return destroyHandle(streams, s); }
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (validStream(s) && capturingStream(s)) {  // CUDA ends the capture; the graph is dropped
+    delete s->capture;
+    s->capture = nullptr;
+    --tlCaptures;
+  }
+  return destroyHandle(streams, s);
+}
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   MLA_EMU_STICKY();
-  return validStream(s) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+  if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  if (capturingStream(s)) return breakCapture(s);
+  if (!s && tlCaptures > 0) return breakThreadCaptures();
+  return cudaSuccess;
 }
 // Work finishes before the call that queued it returns: a query always finds it done.
-cudaError_t cudaStreamQuery(cudaStream_t s) { return cudaStreamSynchronize(s); }
+cudaError_t cudaStreamQuery(cudaStream_t s) {
+  MLA_EMU_STICKY();
+  if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  return capturingStream(s) ? breakCapture(s) : cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+  MLA_EMU_STICKY();
+  if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  if (!s) return fail(cudaErrorStreamCaptureUnsupported);  // the legacy stream cannot capture
+  if (s->capture) return fail(cudaErrorIllegalState);
+  s->capture = new CUgraph_st{};
+  s->captureInvalidated = false;
+  ++tlCaptures;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  *graph = nullptr;
+  if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  if (!capturingStream(s)) return fail(cudaErrorIllegalState);
+  CUgraph_st* g = s->capture;
+  s->capture = nullptr;
+  --tlCaptures;
+  if (s->captureInvalidated) {
+    delete g;
+    return fail(cudaErrorStreamCaptureInvalidated);
+  }
+  return createHandle(graphs, graph, g);
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+  if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  *status = !capturingStream(s) ? cudaStreamCaptureStatusNone
+            : s->captureInvalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
+  return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t g) { return destroyHandle(graphs, g); }
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t g, unsigned long long) {
+  *exec = nullptr;
+  MLA_EMU_STICKY();
+  if (!validHandle(graphs, g)) return fail(cudaErrorInvalidResourceHandle);
+  return createHandle(graphExecs, exec, new CUgraphExec_st{g->nodes});
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { return destroyHandle(graphExecs, e); }
+// Runs the nodes in order; the first failure stops the replay and is returned.
+cudaError_t cudaGraphLaunch(cudaGraphExec_t e, cudaStream_t s) {
+  MLA_EMU_STICKY();
+  if (!validHandle(graphExecs, e) || !validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  if (capturingStream(s)) return breakCapture(s);  // child graphs are not modelled
+  for (const GraphNode& n : e->nodes) {
+    if (cudaError_t err = n.run(s)) return fail(err);
+  }
+  return cudaSuccess;
+}
+// In place when the topology is unchanged: the same node kinds in the same order, each kernel
+// node the same kernel (CUDA's rule); the parameters, sizes and pointers may all change.
+cudaError_t cudaGraphExecUpdate(cudaGraphExec_t e, cudaGraph_t g, cudaGraphExecUpdateResultInfo* info) {
+  if (info) std::memset(info, 0, sizeof *info);
+  if (!validHandle(graphExecs, e) || !validHandle(graphs, g)) return fail(cudaErrorInvalidResourceHandle);
+  cudaGraphExecUpdateResult result = cudaGraphExecUpdateSuccess;
+  if (e->nodes.size() != g->nodes.size()) result = cudaGraphExecUpdateErrorTopologyChanged;
+  for (size_t i = 0; result == cudaGraphExecUpdateSuccess && i < g->nodes.size(); ++i) {
+    if (e->nodes[i].kind != g->nodes[i].kind) result = cudaGraphExecUpdateErrorNodeTypeChanged;
+    else if (e->nodes[i].what != g->nodes[i].what) result = cudaGraphExecUpdateErrorFunctionChanged;
+  }
+  if (info) info->result = result;
+  if (result != cudaGraphExecUpdateSuccess) return fail(cudaErrorGraphExecUpdateFailure);
+  e->nodes = g->nodes;
+  return cudaSuccess;
+}
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
   MLA_EMU_STICKY();
   if (!validStream(s) || !validEvent(e)) return fail(cudaErrorInvalidResourceHandle);
@@ -470,13 +641,23 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) { return destroyHandle(events, e); }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   MLA_EMU_STICKY();
   if (!validEvent(e) || !validStream(s)) return fail(cudaErrorInvalidResourceHandle);
+  if (capturingStream(s)) {
+    recordNode(s, GraphNode{GraphNode::EventRecord, e, [e](cudaStream_t) {
+      if (!validEvent(e)) return fail(cudaErrorInvalidResourceHandle);
+      e->recorded = true;
+      e->at = std::chrono::steady_clock::now();
+      return cudaSuccess;
+    }});
+    return cudaSuccess;
+  }
   e->recorded = true;
   e->at = std::chrono::steady_clock::now();
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   MLA_EMU_STICKY();
-  return validEvent(e) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+  if (!validEvent(e)) return fail(cudaErrorInvalidResourceHandle);
+  return tlCaptures > 0 ? breakThreadCaptures() : cudaSuccess;
 }
 cudaError_t cudaEventQuery(cudaEvent_t e) { return cudaEventSynchronize(e); }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {

@@ -791,18 +791,23 @@ void cpAsyncWait(int pending, const char* file, int line) {
 }
 
 // ---- launch ---------------------------------------------------------------------------------------
-void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
-  if (cudaError_t sticky = stickyError()) return setLastError(sticky);
-  if (!isLiveStream(cfg.stream)) return setLastError(cudaErrorInvalidResourceHandle);
+cudaError_t launchConfigError(const LaunchConfig& cfg) {
+  if (!isLiveStream(cfg.stream)) return cudaErrorInvalidResourceHandle;
   const long long threads = (long long)cfg.block.x * cfg.block.y * cfg.block.z;
   // cudaErrorInvalidConfiguration, as the CUDA runtime reports a bad grid or block.
   if (threads < 1 || threads > 1024 || cfg.block.x > 1024 || cfg.block.y > 1024 || cfg.block.z > 64 ||
       cfg.grid.x < 1 || cfg.grid.y < 1 || cfg.grid.z < 1 || cfg.grid.x > 0x7fffffffu || cfg.grid.y > 65535 ||
       cfg.grid.z > 65535)
-    return setLastError(cudaErrorInvalidConfiguration);
-  if (cfg.dynamicSmem > size_t(maxDynamicSmem(cfg.kernel))) return setLastError(cudaErrorInvalidValue);
-  const int dev = currentDevice();
-  if (cfg.dynamicSmem > size_t(device(dev).smemOptin)) return setLastError(cudaErrorInvalidValue);
+    return cudaErrorInvalidConfiguration;
+  if (cfg.dynamicSmem > size_t(maxDynamicSmem(cfg.kernel))) return cudaErrorInvalidValue;
+  if (cfg.dynamicSmem > size_t(device(currentDevice()).smemOptin)) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
+  if (cudaError_t sticky = stickyError()) return setLastError(sticky);
+  if (cudaError_t bad = launchConfigError(cfg)) return setLastError(bad);
+  const long long threads = (long long)cfg.block.x * cfg.block.y * cfg.block.z;
 
   // MLA_EMU_FAULT=<part of a kernel name>: that kernel faults in its first block, so tests can
   // see what a kernel fault does to the process (a typed error, a lost context; never an abort).

@@ -1,5 +1,6 @@
 // CPU-only build of runtime.h: the addon loads, reports itself, and every GPU call fails
 // with ERR_NO_CUDA and the fix.
+#include "runtime/graph.h"
 #include "runtime/no_device.h"
 #include "runtime/runtime.h"
 
@@ -55,4 +56,10 @@ Status fillTensor(const TensorRef&, double, StreamHandle) { return noCuda(); }
 Status copyTensor(const TensorRef&, const TensorRef&, StreamHandle) { return noCuda(); }
 Status lastLaunchError(const char*) { return noCuda(); }
 
+Status streamBeginCapture(StreamHandle) { return noCuda(); }
+Status streamEndCapture(StreamHandle, void** e) { *e = nullptr; return noCuda(); }
+Status streamEndCaptureInto(StreamHandle, void*, bool* u) { *u = false; return noCuda(); }
+Status streamIsCapturing(StreamHandle, bool* c) { *c = false; return noCuda(); }
+Status graphLaunch(void*, StreamHandle) { return noCuda(); }
+void graphExecDestroy(void*) {}
 }  // namespace mla::gpu

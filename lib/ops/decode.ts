@@ -6,7 +6,8 @@ import { native, nativeOp } from '../native.js';
 import type { Stream } from '../runtime/stream.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
-import { checkInt, checkNumber, checkSameDType, checkTensor, isPowerOfTwo } from './validate.js';
+import { checkInt, checkNumber, checkSameDType, checkTensor, isPowerOfTwo, refuseIndexCheckDuringCapture } from './validate.js';
+import { checkFp8Cache } from './fp8-cache.js';
 
 const OP = 'decode';
 
@@ -70,15 +71,23 @@ export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
     throw new MlaError('ERR_RANGE', `${OP}: \`q\` has ${numHeads} heads; the head count must be in [1, ${DECODE_MAX_HEADS}]`);
   }
   checkRowAlignment('q', q, 8, 'rows are gathered 16 bytes at a time');
-  const cache = checkTensor(OP, 'cache', args.cache, { shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
-  checkSameDType(OP, 'cache', cache, 'q', dtype);
-  const [numPages, pageSize] = cache.shape as [number, number, number];
+  const fp8 = checkTensor(OP, 'cache', args.cache).dtype === 'u8';
+  let numPages: number, pageSize: number;
+  if (fp8) {
+    // The FP8 layout (656-byte rows, lib/ops/fp8-cache.ts), expanded to bf16 tiles in the kernel.
+    if (dtype !== 'bf16') throw new MlaError('ERR_DTYPE', `${OP}: an FP8 \`cache\` (u8, 656-byte rows) is read with a bf16 \`q\`, got ${dtype}`);
+    ({ numPages, pageSize } = checkFp8Cache(OP, 'cache', args.cache));
+  } else {
+    const cache = checkTensor(OP, 'cache', args.cache, { shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
+    checkSameDType(OP, 'cache', cache, 'q', dtype);
+    [numPages, pageSize] = cache.shape as [number, number, number];
+    checkRowAlignment('cache', cache, 8, 'rows are gathered 16 bytes at a time');
+  }
   if (!isPowerOfTwo(pageSize) || pageSize < DECODE_MIN_PAGE_SIZE || pageSize > DECODE_MAX_PAGE_SIZE) {
     throw new MlaError('ERR_RANGE', `${OP}: \`cache\` page size ${pageSize} must be a power of two in [${DECODE_MIN_PAGE_SIZE}, ${DECODE_MAX_PAGE_SIZE}]`);
   }
   if (numPages < 1) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` must hold at least one page`);
   if (numPages > 0x7fffffff) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` has more than 2^31 − 1 pages`);
-  checkRowAlignment('cache', cache, 8, 'rows are gathered 16 bytes at a time');
 
   const blockTable = checkTensor(OP, 'blockTable', args.blockTable, { dtype: 'i32', shape: [null, null], innerContiguous: true });
   const [batch, maxPages] = blockTable.shape as [number, number];
@@ -275,7 +284,10 @@ export class DecodeWorkspace {
 export interface DecodeOptions extends StreamOption {
   /** [tokens, H, 576] bf16/f16: per head q_nope·W_UK (512) then the rotated RoPE query (64). */
   q: DeviceTensor;
-  /** [numPages, pageSize, 576], q's dtype: normalised latent (512) then rotated RoPE key (64). */
+  /**
+   * [numPages, pageSize, 576], q's dtype: normalised latent (512) then rotated RoPE key (64); or
+   * the FP8 layout u8 [numPages, pageSize, 656] with a bf16 q (lib/ops/fp8-cache.ts).
+   */
   cache: DeviceTensor;
   /** i32 [B, maxPages]: physical page of each logical page. */
   blockTable: DeviceTensor;
@@ -320,6 +332,7 @@ export function decode(opts: DecodeOptions): DecodeResult {
   const geo = validateDecodeArgs(opts);
   const checkIndices = opts.checkIndices ?? true;
   if (typeof checkIndices !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${OP}: \`checkIndices\` must be a boolean`);
+  refuseIndexCheckDuringCapture(OP, checkIndices);
   const phases = opts.phases ?? 'all';
   if (phases !== 'all' && phases !== 'main') throw new MlaError('ERR_ARGUMENT', `${OP}: \`phases\` must be 'all' or 'main'`);
   const ws = opts.workspace;

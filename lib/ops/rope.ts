@@ -10,7 +10,7 @@ import type { RopeLayout } from '../reference/rope.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
 import { checkFp8Cache, FP8_CACHE_KV_LORA, FP8_CACHE_ROPE } from './fp8-cache.js';
-import { checkInt, checkNumber, checkTensor } from './validate.js';
+import { checkInt, checkNumber, checkTensor, refuseIndexCheckDuringCapture } from './validate.js';
 
 export type { RopeLayout };
 
@@ -393,6 +393,7 @@ export function rope(x: DeviceTensor, positions: DeviceTensor, table: RopeTable,
 }
 
 function launchRope(op: string, x: DeviceTensor, positions: DeviceTensor, table: RopeTable, layout: RopeLayout, opts: RopeOptions): void {
+  refuseIndexCheckDuringCapture(op, opts.checkIndices ?? true);
   if (opts.checkIndices ?? true) validateRopePositions(op, (positions.toHostSync(opts) as Int32Array), table.maxPositions);
   nativeOp('rope')({
     x: x.nativeRef(`${op}: \`x\``),
@@ -454,6 +455,7 @@ export function appendLatent(args: AppendLatentOptions): void {
   const positions = device(op, 'positions', args.positions);
   const slotMapping = device(op, 'slotMapping', args.slotMapping);
   const cache = device(op, 'cache', args.cache);
+  refuseIndexCheckDuringCapture(op, args.checkIndices ?? true);
   if (args.checkIndices ?? true) {
     const slots = slotMapping.toHostSync(args) as Int32Array;
     validateSlotMapping(op, slots, shape.numSlots);

@@ -3,6 +3,7 @@
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import type { TensorMeta } from '../runtime/tensor.js';
+import { capturing } from '../runtime/stream.js';
 
 export interface TensorSpec {
   /** Allowed dtypes. */
@@ -68,4 +69,12 @@ export function checkNumber(op: string, name: string, v: unknown, opts: { positi
 
 export function isPowerOfTwo(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
+}
+
+/** An op's host-side index check copies indices to the host, which a CUDA graph capture cannot hold. */
+export function refuseIndexCheckDuringCapture(op: string, checkIndices: boolean): void {
+  if (checkIndices && capturing()) {
+    throw new MlaError('ERR_ARGUMENT', `${op}: \`checkIndices\` must be false while a CUDA graph is being captured ` +
+      '(the check copies the indices to the host; the kernels still guard every index)');
+  }
 }

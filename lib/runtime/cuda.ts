@@ -1,6 +1,7 @@
 import { MlaError } from '../errors.js';
 import { addonLoadError, tryNative } from '../native.js';
 import type { NativeDeviceInfo } from '../native.js';
+import { refuseDuringCapture } from './stream.js';
 
 export interface BuildInfo {
   /** The addon loaded. */
@@ -129,6 +130,7 @@ export function setDevice(device: number): void {
 
 /** Blocks until all work on the current device is done. */
 export function synchronize(): void {
+  refuseDuringCapture('cuda.synchronize', 'synchronize after endCapture()');
   requireGpu('synchronize').synchronize();
 }
 

@@ -1,10 +1,28 @@
 import { MlaError } from '../errors.js';
 import { native } from '../native.js';
-import type { NativeEvent, NativeStream } from '../native.js';
+import type { NativeEvent, NativeGraph, NativeStream } from '../native.js';
+
+// Captures in progress on this thread (each worker_thread loads its own copy of this module,
+// matching CUDA's thread-local capture mode).
+let captures = 0;
+
+/** True while this thread is capturing a CUDA graph on some stream. */
+export function capturing(): boolean {
+  return captures > 0;
+}
+
+/**
+ * Throws unless capture is off: during a capture, a host copy, a synchronisation or a device
+ * allocation cannot become part of the graph, and CUDA would invalidate the capture.
+ */
+export function refuseDuringCapture(what: string, fix: string): void {
+  if (captures > 0) throw new MlaError('ERR_ARGUMENT', `${what} is not allowed while a CUDA graph is being captured: ${fix}`);
+}
 
 /** A CUDA stream: launches on one stream run in order; different streams may overlap. */
 export class Stream {
   #s: NativeStream | undefined;
+  #capturing = false;
 
   constructor() {
     this.#s = new (native().Stream)();
@@ -22,6 +40,7 @@ export class Stream {
 
   /** Blocks until all queued work is done. */
   synchronize(): void {
+    refuseDuringCapture('Stream.synchronize', 'synchronize after endCapture()');
     this.nativeHandle().synchronize();
   }
 
@@ -40,9 +59,125 @@ export class Stream {
     this.nativeHandle().waitEvent(event.nativeHandle());
   }
 
+  /** True while this stream records a graph (between beginCapture and endCapture). */
+  get isCapturing(): boolean {
+    return this.#capturing;
+  }
+
+  /**
+   * Starts recording: ops launched on this stream are captured into a graph instead of run,
+   * until endCapture(). Allocate every buffer first and pass it as `out` / `workspace`, and set
+   * `checkIndices: false`: copies to or from the host, synchronisation and allocations throw
+   * (ERR_ARGUMENT) while a capture is active. Frees are held back until the capture ends.
+   */
+  beginCapture(): void {
+    const s = this.nativeHandle();
+    if (this.#capturing) throw new MlaError('ERR_ARGUMENT', 'Stream.beginCapture: this stream is already capturing');
+    s.beginCapture();
+    this.#capturing = true;
+    captures++;
+  }
+
+  /**
+   * Ends the capture. Without an argument: a new CudaGraph of what was recorded. With `graph`:
+   * updates it in place when the recorded work has the same shape (the same kernels in the
+   * same order; arguments, pointers and sizes may change) and returns true; returns false,
+   * leaving `graph` unchanged, when it does not. The capture ends even when this throws.
+   */
+  endCapture(): CudaGraph;
+  endCapture(graph: CudaGraph): boolean;
+  endCapture(graph?: CudaGraph): CudaGraph | boolean {
+    const s = this.nativeHandle();
+    if (!this.#capturing) throw new MlaError('ERR_ARGUMENT', 'Stream.endCapture: this stream is not capturing (call beginCapture first)');
+    const into = graph?.nativeHandle();
+    this.#capturing = false;
+    captures--;
+    return into === undefined ? new CudaGraph(s.endCapture()) : s.endCapture(into);
+  }
+
+  /** Captures what `record` launches on this stream into a new graph (ends the capture on a throw). */
+  capture(record: () => void): CudaGraph {
+    this.beginCapture();
+    try {
+      record();
+    } catch (err) {
+      try {
+        this.endCapture().dispose();
+      } catch {
+        // the capture may be invalid already; the first error is the one to report
+      }
+      throw err;
+    }
+    return this.endCapture();
+  }
+
   dispose(): void {
+    if (this.#capturing) {
+      this.#capturing = false;
+      captures--;
+    }
     this.#s?.destroy();
     this.#s = undefined;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * An instantiated CUDA graph (Stream.endCapture / Stream.capture): launch() replays every
+ * captured launch and device copy with one call and no JavaScript or validation in between.
+ * It reads and writes the very buffers the capture used: keep them alive and update their
+ * contents (not their identity) between launches.
+ */
+export class CudaGraph {
+  #g: NativeGraph | undefined;
+
+  /** @internal Made by Stream.endCapture. */
+  constructor(g: NativeGraph) {
+    this.#g = g;
+  }
+
+  get disposed(): boolean {
+    return this.#g === undefined;
+  }
+
+  /** @internal */
+  nativeHandle(): NativeGraph {
+    if (!this.#g) throw new MlaError('ERR_DISPOSED', '`graph` was disposed');
+    return this.#g;
+  }
+
+  /** Replays the graph on `stream`, after the work already queued there. */
+  launch(stream: Stream): void {
+    if (!(stream instanceof Stream)) throw new MlaError('ERR_ARGUMENT', 'CudaGraph.launch: `stream` must be a Stream');
+    this.nativeHandle().launch(stream.nativeHandle());
+  }
+
+  /**
+   * Re-records `record` on `stream` and updates this graph in place when the work has the same
+   * shape; returns false (graph unchanged) when it does not, so the caller captures anew.
+   */
+  update(stream: Stream, record: () => void): boolean {
+    this.nativeHandle();
+    stream.beginCapture();
+    try {
+      record();
+    } catch (err) {
+      try {
+        stream.endCapture().dispose();
+      } catch {
+        // as in Stream.capture
+      }
+      throw err;
+    }
+    return stream.endCapture(this);
+  }
+
+  dispose(): void {
+    this.#g?.destroy();
+    this.#g = undefined;
   }
 
   [Symbol.dispose](): void {
@@ -77,6 +212,7 @@ export class Event {
   }
 
   synchronize(): void {
+    refuseDuringCapture('Event.synchronize', 'synchronize after endCapture()');
     this.nativeHandle().synchronize();
   }
 

@@ -3,7 +3,7 @@ import type { DType, HostArray, HostArrayOf } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import { native, nativeOp } from '../native.js';
 import type { NativeDeviceBuffer, NativeTensorRef } from '../native.js';
-import type { Stream } from './stream.js';
+import { refuseDuringCapture, type Stream } from './stream.js';
 
 /** What validation needs to know about a tensor (DeviceTensor, or a plain object in tests). */
 export interface TensorMeta {
@@ -25,6 +25,11 @@ export function contiguousStrides(shape: readonly number[]): number[] {
     s *= shape[i]!;
   }
   return strides;
+}
+
+function refuseHostCopy(): void {
+  refuseDuringCapture('copying to the host (toHost, toHostSync, an op checking its indices)',
+    'pass `checkIndices: false` to the ops and read results after endCapture() and a launch()');
 }
 
 export function numelOf(shape: readonly number[]): number {
@@ -76,6 +81,8 @@ export class DeviceTensor implements TensorMeta {
   static empty(shape: readonly number[], dtype: DType = 'f32'): DeviceTensor {
     checkShape(shape, 'DeviceTensor.empty');
     checkDType(dtype, 'DeviceTensor.empty');
+    refuseDuringCapture('allocating device memory (DeviceTensor.empty, an op without `out`)',
+      'allocate every buffer before beginCapture() and pass it as `out` / `workspace`');
     const bytes = numelOf(shape) * DTYPE_SIZE[dtype];
     const what = `\`shape\` [${shape.join(', ')}] (${dtype}, ${bytes} bytes)`;
     if (!Number.isSafeInteger(bytes)) throw new MlaError('ERR_RANGE', `DeviceTensor.empty: ${what} is too large to allocate`);
@@ -256,6 +263,7 @@ export class DeviceTensor implements TensorMeta {
    * With `stream`, the copy comes after the work already queued there.
    */
   toHost(opts: StreamOption = {}): Promise<HostArray> {
+    refuseHostCopy();
     // Without a stream the download starts before this returns, so a dispose() right after the
     // call cannot pull the memory from under it (an `await` first would let it).
     if (!opts.stream) return this.#finishDownload();
@@ -273,6 +281,7 @@ export class DeviceTensor implements TensorMeta {
 
   /** Blocking variant of toHost(). */
   toHostSync(opts: StreamOption = {}): HostArray {
+    refuseHostCopy();
     opts.stream?.synchronize();
     const { result, temp } = this.#download((b, off, n) => b.download(off, n));
     temp?.dispose();

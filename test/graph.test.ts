@@ -1,0 +1,169 @@
+// CUDA graphs: stream capture and replay of the ops (decode, whose split plan is computed on
+// the device, so a replay follows new lengths and tables), in-place update, and the calls a
+// capture cannot hold, which throw before they reach CUDA.
+import t from 'tap';
+import { cuda, CudaGraph, DeviceTensor, MlaError, Stream } from '../lib/index.js';
+import { native } from '../lib/native.js';
+import { decode, DecodeWorkspace } from '../lib/ops/decode.js';
+import { rmsNorm } from '../lib/ops/rmsnorm.js';
+import { build, checkOutputs, disposeBuilt, DV, type CaseSpec } from './helpers/decode-cases.js';
+import { emulated, gpuSkip, poison, randn } from './helpers/gpu.js';
+import { rejects } from './helpers/validation.js';
+
+const SCALE = 0.1352337788608801;
+const spec: CaseSpec = { B: 3, H: 16, pageSize: 64, seqLens: [70, 1, 130], sQ: 1, causal: true, dtype: 'bf16', seed: 7 };
+
+/** Bytes that differ between two device tensors (bit for bit; NaN-safe). */
+function differingBytes(a: DeviceTensor, b: DeviceTensor): number {
+  const x = new Uint8Array(a.toHostSync().buffer);
+  const y = new Uint8Array(b.toHostSync().buffer);
+  let n = Math.abs(x.length - y.length);
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) n++;
+  return n;
+}
+
+function decodeStep(b: ReturnType<typeof build>, out: DeviceTensor, lse: DeviceTensor, ws: DecodeWorkspace, stream: Stream): () => void {
+  return () => {
+    decode({ q: b.q, cache: b.cache, blockTable: b.blockTable, seqLens: b.seqLens, scale: SCALE, causal: true, out, lse, workspace: ws, checkIndices: false, stream });
+  };
+}
+
+t.test('a captured decode replays bit for bit like the eager call, and follows its inputs in place', { skip: gpuSkip }, async (t) => {
+  const b = build(spec);
+  const next = build({ ...spec, seqLens: [120, 33, 180], seed: 8 }); // same shapes; new lengths, table, values
+  using s = new Stream();
+  using ws = new DecodeWorkspace({ maxBatch: spec.B, maxHeads: spec.H });
+  using out = poison(DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16'));
+  using lse = poison(DeviceTensor.empty([b.tokens, spec.H], 'f32'));
+  using eagerOut = DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16');
+  using eagerLse = DeviceTensor.empty([b.tokens, spec.H], 'f32');
+  try {
+    const step = decodeStep(b, out, lse, ws, s);
+    step();
+    s.synchronize();
+    eagerOut.copyFrom(out);
+    eagerLse.copyFrom(lse);
+    checkOutputs(t, 'eager', { out: out.toFloat32Sync(), lse: lse.toFloat32Sync() }, b.ref);
+
+    poison(out);
+    poison(lse);
+    using graph = s.capture(step);
+    t.ok(graph instanceof CudaGraph, 'a CudaGraph');
+    t.notOk(s.isCapturing, 'the capture ended');
+    t.ok(Number.isNaN(out.toFloat32Sync()[0]!), 'capturing ran nothing');
+    graph.launch(s);
+    s.synchronize();
+    t.equal(differingBytes(out, eagerOut), 0, 'replayed out equals the eager out bit for bit');
+    t.equal(differingBytes(lse, eagerLse), 0, 'replayed lse equals the eager lse bit for bit');
+
+    // New contents in the same buffers: the graph reads them (lengths and table included).
+    for (const [dst, src] of [[b.q, next.q], [b.cache, next.cache], [b.blockTable, next.blockTable], [b.seqLens, next.seqLens]] as const) dst.copyFrom(src, { stream: s });
+    poison(out);
+    graph.launch(s);
+    s.synchronize();
+    checkOutputs(t, 'replay after the inputs changed', { out: out.toFloat32Sync(), lse: lse.toFloat32Sync() }, next.ref);
+  } finally {
+    disposeBuilt(b);
+    disposeBuilt(next);
+  }
+});
+
+t.test('what a capture cannot hold throws ERR_ARGUMENT before reaching CUDA, and the capture survives', { skip: gpuSkip }, async (t) => {
+  const b = build(spec);
+  using s = new Stream();
+  using ws = new DecodeWorkspace({ maxBatch: spec.B, maxHeads: spec.H });
+  using out = DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16');
+  using lse = DeviceTensor.empty([b.tokens, spec.H], 'f32');
+  const dropped = DeviceTensor.empty([1024, 1024], 'f32');
+  const freeBefore = cuda.deviceInfo(0).freeMemory;
+  try {
+    s.beginCapture();
+    t.ok(s.isCapturing);
+    await rejects(t, () => s.beginCapture(), 'ERR_ARGUMENT', /already capturing/);
+    await rejects(t, () => DeviceTensor.empty([4], 'f32'), 'ERR_ARGUMENT', /allocating device memory .* not allowed while a CUDA graph is being captured: allocate every buffer before beginCapture/);
+    await rejects(t, () => out.toHostSync(), 'ERR_ARGUMENT', /copying to the host .* `checkIndices: false`/);
+    await rejects(t, () => out.toHost(), 'ERR_ARGUMENT', /copying to the host/);
+    await rejects(t, () => s.synchronize(), 'ERR_ARGUMENT', /Stream.synchronize is not allowed/);
+    await rejects(t, () => cuda.synchronize(), 'ERR_ARGUMENT', /cuda.synchronize is not allowed/);
+    await rejects(t, () => decode({ q: b.q, cache: b.cache, blockTable: b.blockTable, seqLens: b.seqLens, scale: SCALE, causal: true, out, lse, workspace: ws, stream: s }),
+      'ERR_ARGUMENT', /decode: `checkIndices` must be false while a CUDA graph is being captured/);
+    decodeStep(b, out, lse, ws, s)();
+    dropped.dispose(); // held back until the capture ends: cudaFree would break it
+    t.equal(cuda.deviceInfo(0).freeMemory, freeBefore, 'the free waits for the end of the capture');
+    using graph = s.endCapture();
+    t.ok(cuda.deviceInfo(0).freeMemory > freeBefore, 'and happens then');
+    poison(out);
+    graph.launch(s);
+    s.synchronize();
+    checkOutputs(t, 'the capture that survived the refused calls', { out: out.toFloat32Sync(), lse: lse.toFloat32Sync() }, b.ref);
+    await rejects(t, () => s.endCapture(), 'ERR_ARGUMENT', /not capturing/);
+  } finally {
+    if (s.isCapturing) s.endCapture().dispose();
+    disposeBuilt(b);
+  }
+});
+
+t.test('a throw inside Stream.capture ends the capture and propagates', { skip: gpuSkip }, async (t) => {
+  using s = new Stream();
+  t.throws(() => s.capture(() => {
+    throw new Error('boom');
+  }), /boom/);
+  t.notOk(s.isCapturing, 'no capture left open');
+  using g = s.capture(() => undefined);
+  g.launch(s); // an empty graph is a graph
+  t.pass('the stream captures again');
+});
+
+t.test('update in place: same kernels, new buffers -> true; a different sequence -> false, graph unchanged', { skip: gpuSkip }, async (t) => {
+  const dim = 512;
+  using s = new Stream();
+  using w = DeviceTensor.fromArray(randn(dim, 3, 0.5).map((v) => 1 + v), [dim], 'f32');
+  using x1 = DeviceTensor.fromArray(randn(4 * dim, 4), [4, dim], 'bf16');
+  using x2 = DeviceTensor.fromArray(randn(4 * dim, 5), [4, dim], 'bf16');
+  using y1 = poison(DeviceTensor.empty([4, dim], 'bf16'));
+  using y2 = poison(DeviceTensor.empty([4, dim], 'bf16'));
+  using want2 = DeviceTensor.empty([4, dim], 'bf16');
+  rmsNorm(x2, w, 1e-6, { out: want2, stream: s });
+
+  using g = s.capture(() => rmsNorm(x1, w, 1e-6, { out: y1, stream: s }));
+  t.equal(g.update(s, () => rmsNorm(x2, w, 1e-6, { out: y2, stream: s })), true, 'same topology: updated');
+  g.launch(s);
+  s.synchronize();
+  t.equal(differingBytes(y2, want2), 0, 'the updated graph writes the new output from the new input');
+  t.ok(Number.isNaN(y1.toFloat32Sync()[0]!), 'and no longer the old one');
+
+  poison(y2);
+  const changed = g.update(s, () => {
+    rmsNorm(x1, w, 1e-6, { out: y1, stream: s });
+    y1.fill(0, { stream: s });
+  });
+  t.equal(changed, false, 'an extra kernel: not updated');
+  g.launch(s);
+  s.synchronize();
+  t.equal(differingBytes(y2, want2), 0, 'the graph is the previous one');
+
+  g.dispose();
+  await rejects(t, () => g.launch(s), 'ERR_DISPOSED', /graph/);
+  g.dispose(); // idempotent
+});
+
+t.test('a call CUDA refuses during capture invalidates it: endCapture throws the CUDA error', { skip: gpuSkip || (!emulated && 'the emulated device\'s capture rules') }, async (t) => {
+  using s = new Stream();
+  s.beginCapture();
+  // Straight to the addon, past the TypeScript guard: cudaMalloc while capturing.
+  try {
+    new (native().DeviceBuffer)(256);
+    t.fail('cudaMalloc should fail');
+  } catch (e) {
+    t.ok(e instanceof MlaError && /cudaErrorStreamCaptureUnsupported/.test(e.message), `refused: ${String(e)}`);
+  }
+  try {
+    s.endCapture();
+    t.fail('endCapture should fail');
+  } catch (e) {
+    t.ok(e instanceof MlaError && e.cudaError === 'cudaErrorStreamCaptureInvalidated', `ERR_CUDA cudaErrorStreamCaptureInvalidated (${String(e)})`);
+  }
+  t.notOk(s.isCapturing, 'the capture ended anyway');
+  using g = s.capture(() => undefined);
+  t.pass('the stream captures again');
+});
