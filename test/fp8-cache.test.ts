@@ -17,9 +17,12 @@ import { MLA_PRESETS } from '../lib/config.js';
 import { DeviceTensor } from '../lib/index.js';
 import { appendLatent, ropeConfigFrom, RopeTable } from '../lib/ops/rope.js';
 import { appendLatentReference } from '../lib/reference/cache.js';
-import { appendLatentFp8Reference } from '../lib/reference/fp8.js';
+import { decode } from '../lib/ops/decode.js';
+import { decodeReference } from '../lib/reference/decode.js';
+import { appendLatentFp8Reference, decodeFp8Reference } from '../lib/reference/fp8.js';
+import { shuffledBlockTable } from '../lib/reference/testing.js';
 import { ropeTable } from '../lib/reference/rope.js';
-import { gpuSkip, poison, randn, relError, rng } from './helpers/gpu.js';
+import { gpuSkip, poison, randn, relError, rng, roundTo } from './helpers/gpu.js';
 
 const V3_ROPE = ropeConfigFrom(MLA_PRESETS['deepseek-v3']);
 const ROW = FP8_ROW_BYTES;
@@ -237,4 +240,59 @@ t.test('appendLatent writes the FP8 layout bit for bit (strided pages, amax-0 ti
   const eLat = relError(gotRows, refRows), eRope = relError(ropeGot, ropeRef);
   t.ok(eLat < 0.04, `latent (dequantized) vs float64 unquantized: rel err ${eLat.toExponential(2)}`);
   t.ok(eRope < 8e-3, `rope (bf16) vs float64: rel err ${eRope.toExponential(2)}`);
+});
+
+interface Fp8DecodeCase {
+  B: number;
+  H: number;
+  pageSize: number;
+  seqLens: number[];
+  sQ: number;
+  causal: boolean;
+  seed: number;
+  /** Extra rows per page: page stride (pageSize + extra)·656. */
+  extra: number;
+}
+
+t.test('decode over an FP8 cache vs the float64 reference on the dequantized cache', { skip: gpuSkip }, async (t) => {
+  const cases: Fp8DecodeCase[] = [
+    { B: 3, H: 16, pageSize: 16, seqLens: [37, 120, 1], sQ: 1, causal: false, seed: 21, extra: 1 },
+    { B: 2, H: 64, pageSize: 64, seqLens: [130, 65], sQ: 2, causal: true, seed: 22, extra: 0 },
+    { B: 2, H: 5, pageSize: 32, seqLens: [0, 70], sQ: 1, causal: false, seed: 23, extra: 3 },
+  ];
+  for (const c of cases) {
+    const r = rng(c.seed);
+    const tokens = c.B * c.sQ;
+    const { table, maxPages, numPages } = shuffledBlockTable(c.seqLens, c.pageSize, r);
+    const qF = randn(tokens * c.H * 576, c.seed + 1, 0.5);
+    // Latent rows with a spread of magnitudes per tile (so the scales differ), rope as is.
+    const cF = randn(numPages * c.pageSize * 576, c.seed + 2, 1);
+    for (let i = 0; i < cF.length; i++) if (Math.floor(i / 128) % 3 === 1) cF[i]! *= 40;
+    const pageStride = (c.pageSize + c.extra) * ROW;
+    const bytes = quantizeFp8Cache(roundTo(cF, 'bf16'), { numPages, pageSize: c.pageSize, pageStride });
+    const scale = 0.1352337788608801;
+    const common = { pageSize: c.pageSize, blockTable: table, seqLens: c.seqLens, qSeqLens: c.sQ, numHeads: c.H, scale, causal: c.causal };
+    const q64 = roundTo(qF, 'bf16');
+    const ref = decodeFp8Reference({ ...common, q: q64, cache: bytes, numPages, pageStride });
+    const unq = decodeReference({ ...common, q: q64, cache: roundTo(cF, 'bf16'), dimLatent: 512, headDim: 576 });
+    using base = DeviceTensor.fromArray(bytes, [numPages, c.pageSize + c.extra, ROW], 'u8');
+    const cache = base.slice(1, 0, c.pageSize);
+    using q = DeviceTensor.fromArray(qF, [tokens, c.H, 576], 'bf16');
+    using bt = DeviceTensor.fromArray(table, [c.B, maxPages], 'i32');
+    using sl = DeviceTensor.fromArray(Int32Array.from(c.seqLens), [c.B], 'i32');
+    using out = poison(DeviceTensor.empty([tokens, c.H, 512], 'bf16'));
+    using lse = poison(DeviceTensor.empty([tokens, c.H], 'f32'));
+    decode({ q, cache, blockTable: bt, seqLens: sl, scale, causal: c.causal, out, lse });
+    const got = out.toFloat32Sync();
+    const gotLse = Array.from(lse.toFloat32Sync());
+    const e = relError(got, ref.out);
+    const finite = (a: ArrayLike<number>): number[] => Array.from(a, (v) => (Number.isFinite(v) ? v : 0));
+    const eL = relError(finite(gotLse), finite(ref.lse));
+    const eU = relError(got, unq.out);
+    t.ok(e < 1e-2, `${JSON.stringify(c)}: out vs reference on the dequantized cache ${e.toExponential(2)}`);
+    t.ok(eL < 1e-3, `lse rel err ${eL.toExponential(2)}`);
+    t.same(gotLse.map((v) => v === Infinity), Array.from(ref.lse, (v) => v === Infinity), 'lse +inf exactly where no key is visible');
+    // Not a tolerance: e4m3 keys (2^-4 relative) in a peaky softmax (tiles ×40 here); reported.
+    t.ok(eU < 0.25, `out vs the unquantized cache (the FP8 cost): ${eU.toExponential(2)}`);
+  }
 });

@@ -173,6 +173,20 @@ __device__ __forceinline__ float e4m3ToFloat(uint32_t b) {
   return (b & 0x80u) ? -v : v;
 }
 
+// 16 e4m3 bytes times their tile's scale as 16 bf16 (two 16-byte chunks). Exact: an e4m3 value
+// has 4 significant bits and the scale is a power of two, so bf16 holds every product.
+__device__ __forceinline__ void fp8ExpandBf16(uint4 raw, float scale, uint4& lo, uint4& hi) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+  uint32_t pk[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t word = w[i >> 1] >> (16 * (i & 1));
+    pk[i] = packPair<__nv_bfloat16>(e4m3ToFloat(word & 0xffu) * scale, e4m3ToFloat((word >> 8) & 0xffu) * scale);
+  }
+  lo = make_uint4(pk[0], pk[1], pk[2], pk[3]);
+  hi = make_uint4(pk[4], pk[5], pk[6], pk[7]);
+}
+
 // Tile scale 2^ceil(log2(max(amax / 448, 1e-4))). amax / 448 (IEEE division) never rounds onto a
 // power of two from above, so the ceil taken from its bits is the exact one.
 __device__ __forceinline__ float fp8TileScale(float amax) {

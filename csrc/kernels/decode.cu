@@ -15,6 +15,7 @@ namespace {
 constexpr int kD = kDecodeDimQK;   // 576
 constexpr int kDV = kDecodeDimV;   // 512
 constexpr int kChunks = kD / 8;    // 16-byte chunks per cache / query row
+constexpr int kFp8Units = 32 + 8;  // 16-byte loads per FP8 row: 32 of e4m3 (512 values), 8 of bf16 rope
 constexpr int kThreads = 256;      // 8 warps in every main-kernel config
 constexpr int kPlanThreads = 512;
 constexpr float kLn2 = 0.69314718055994530942f;
@@ -175,7 +176,10 @@ __global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeArgs a) {
 //   m' = max(m, max_t s_t), o = o*2^(m - m') + sum_t 2^(s_t - m') V_t, l likewise
 // A single-split request is finished here (out = o/l, lse = (m + log2 l)*ln2); otherwise the
 // normalised o/l and base-2 LSE go to the partial slot for the combine kernel.
-template <typename T, class C>
+// KV8: the cache is the FP8 layout (656-byte rows, docs/fp8-cache.md, T = bf16); each K-tile row
+// is expanded on load, latent[i] = e4m3(byte[i]) · scale[i / 128] (exact in bf16) and the rope
+// bf16 copied, into the same swizzled bf16 tile the tensor-core path reads.
+template <typename T, class C, bool KV8 = false>
 __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeArgs a) {
   constexpr int BM = C::BM, BN = C::BN, ST = C::ST, CG = C::CG, COLS = C::COLS;
   constexpr int NT_ALL = C::NT_ALL, NTS = C::NTS, PLD = C::PLD, NO = COLS / 8;
@@ -238,14 +242,36 @@ __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeArgs a) {
       if (valid) {
         const int pg = btRow[key >> a.pageShift];
         if (unsigned(pg) < unsigned(a.numPages)) {
-          src = cBase + int64_t(pg) * a.cPage + int64_t(key & (a.pageSize - 1)) * a.cRow;
+          const int64_t off = int64_t(pg) * a.cPage + int64_t(key & (a.pageSize - 1)) * a.cRow;
+          if constexpr (KV8) src = reinterpret_cast<const T*>(static_cast<const unsigned char*>(a.cache) + off);  // strides in bytes
+          else src = cBase + off;
         } else {
           valid = false;
           if (tid % TPR == 0) atomicOr(a.err, int(kDecodeErrPage));
         }
       }
       T* dst = sK + (stage * BN + r) * kD;
-      for (int ch = tid % TPR; ch < kChunks; ch += TPR) cpAsync16(dst + ((ch ^ (r & 7)) << 3), src + ch * 8, valid);
+      if constexpr (KV8) {
+        // Plain loads + st.shared (no cp.async: the bytes change width); visible after the
+        // barrier that precedes this stage's first read, like the cp.async data.
+        const unsigned char* row = reinterpret_cast<const unsigned char*>(src);
+        for (int u = tid % TPR; u < kFp8Units; u += TPR) {
+          uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+          if (valid) raw = *reinterpret_cast<const uint4*>(row + (u < 32 ? u * 16 : kFp8RopeOffset + (u - 32) * 16));
+          if (u < 32) {
+            // 16 e4m3 values = two 16-byte bf16 chunks (2u, 2u + 1).
+            const float sc = valid ? *reinterpret_cast<const float*>(row + kFp8ScaleOffset + 4 * (u >> 3)) : 0.f;
+            uint4 lo, hi;
+            fp8ExpandBf16(raw, sc, lo, hi);
+            *reinterpret_cast<uint4*>(dst + (((2 * u) ^ (r & 7)) << 3)) = lo;
+            *reinterpret_cast<uint4*>(dst + (((2 * u + 1) ^ (r & 7)) << 3)) = hi;
+          } else {
+            *reinterpret_cast<uint4*>(dst + (((64 + u - 32) ^ (r & 7)) << 3)) = raw;
+          }
+        }
+      } else {
+        for (int ch = tid % TPR; ch < kChunks; ch += TPR) cpAsync16(dst + ((ch ^ (r & 7)) << 3), src + ch * 8, valid);
+      }
     };
 
     loadKV(0, kvBegin);
@@ -544,7 +570,7 @@ template <class C> int overheadFor() { return (5 * 64 + C::BN - 1) / C::BN; }
 
 // The smem attribute and the occupancy query are per device; both are cached (per kernel
 // instantiation and device ordinal) so a decode call per layer does not repeat them.
-template <typename T, class C>
+template <typename T, class C, bool KV8>
 Status prepareKernel(int* ctasPerSm) {
   static std::mutex mu;
   static int cached[64] = {};
@@ -555,7 +581,7 @@ Status prepareKernel(int* ctasPerSm) {
     *ctasPerSm = cached[dev];
     return Status::Ok();
   }
-  auto kernel = decodeMainKernel<T, C>;
+  auto kernel = decodeMainKernel<T, C, KV8>;
   MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::smemBytes),
                "decode: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
   int n = 0;
@@ -570,10 +596,10 @@ struct Plan {
   int blockM = 0, blockN = 0, stages = 0, smem = 0, numParts = 0, rowTiles = 0, ctasPerSm = 0, overhead = 0;
 };
 
-template <typename T, class C>
+template <typename T, class C, bool KV8 = false>
 Status planFor(int64_t rowsBound, int64_t wsMaxParts, const DeviceProps& dp, Plan* plan) {
   int ctas = 1;
-  MLA_RETURN_IF_ERROR((prepareKernel<T, C>(&ctas)));
+  MLA_RETURN_IF_ERROR((prepareKernel<T, C, KV8>(&ctas)));
   plan->blockM = C::BM;
   plan->blockN = C::BN;
   plan->stages = C::ST;
@@ -586,7 +612,7 @@ Status planFor(int64_t rowsBound, int64_t wsMaxParts, const DeviceProps& dp, Pla
   return Status::Ok();
 }
 
-template <typename T, class C>
+template <typename T, class C, bool KV8>
 Status runDecode(DecodeArgs a, const Plan& plan, const DecodeParams& p, cudaStream_t s) {
   if (p.runPlan) {
     const size_t planSmem = a.B <= kPlanSmemBatch ? size_t(kRiFields) * a.B * sizeof(int32_t) : 0;
@@ -594,7 +620,7 @@ Status runDecode(DecodeArgs a, const Plan& plan, const DecodeParams& p, cudaStre
     MLA_CHECK_LAUNCH("decode: plan kernel");
   }
   if (p.runMain) {
-    MLA_LAUNCH_KERNEL(dim3(plan.numParts, plan.rowTiles), kThreads, C::smemBytes, s, decodeMainKernel<T, C>)(a);
+    MLA_LAUNCH_KERNEL(dim3(plan.numParts, plan.rowTiles), kThreads, C::smemBytes, s, decodeMainKernel<T, C, KV8>)(a);
     MLA_CHECK_LAUNCH("decode: main kernel");
   }
   if (p.runCombine) {
@@ -635,9 +661,9 @@ struct Launcher {
   const DeviceProps* dp;
   int64_t rowsBound;
   cudaStream_t s;
-  template <typename T, class C> Status go() {
+  template <typename T, class C, bool KV8> Status go() {
     Plan plan;
-    MLA_RETURN_IF_ERROR((planFor<T, C>(rowsBound, p->wsMaxParts, *dp, &plan)));
+    MLA_RETURN_IF_ERROR((planFor<T, C, KV8>(rowsBound, p->wsMaxParts, *dp, &plan)));
     if (plan.rowTiles > 65535) return Status::Error(Code::Range, "decode: H * maxQSeqLen is too large for one launch");
     // Each part may need 2 partial slots of rowsBound rows: fewer parts if the workspace is small.
     const int64_t cap = p->wsPartialRows / (2 * rowsBound);
@@ -647,11 +673,12 @@ struct Launcher {
     args.numParts = plan.numParts;
     args.blockN = plan.blockN;
     args.overhead = plan.overhead;
-    return runDecode<T, C>(args, plan, *p, s);
+    return runDecode<T, C, KV8>(args, plan, *p, s);
   }
   template <class C> Status run() {
-    if (p->q.dtype == DType::BF16) return go<__nv_bfloat16, C>();
-    return go<__half, C>();
+    if (p->cache.dtype == DType::U8) return go<__nv_bfloat16, C, true>();  // FP8 layout, bf16 q (checked)
+    if (p->q.dtype == DType::BF16) return go<__nv_bfloat16, C, false>();
+    return go<__half, C, false>();
   }
 };
 
@@ -689,13 +716,18 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
   auto err = [](Code c, const std::string& m) { return Status::Error(c, "decode: " + m); };
   const TensorRef &q = p.q, &cache = p.cache, &bt = p.blockTable, &sl = p.seqLens, &out = p.out, &lse = p.lse;
   if (q.dtype != DType::BF16 && q.dtype != DType::F16) return err(Code::Dtype, "`q` must be bf16 or f16");
-  if (cache.dtype != q.dtype) return err(Code::Dtype, "`cache` must have q's dtype");
+  const bool fp8 = cache.dtype == DType::U8;
+  if (fp8 && q.dtype != DType::BF16) return err(Code::Dtype, "an FP8 `cache` (u8, 656-byte rows) needs a bf16 `q`");
+  if (!fp8 && cache.dtype != q.dtype) return err(Code::Dtype, "`cache` must have q's dtype");
   if (out.dtype != q.dtype) return err(Code::Dtype, "`out` must have q's dtype");
   if (lse.dtype != DType::F32) return err(Code::Dtype, "`lse` must be f32");
   if (bt.dtype != DType::I32 || sl.dtype != DType::I32) return err(Code::Dtype, "`blockTable` and `seqLens` must be i32");
   if (p.hasQSeqLens && p.qSeqLens.dtype != DType::I32) return err(Code::Dtype, "`qSeqLens` must be i32");
   if (q.ndim != 3 || q.shape[2] != kD) return err(Code::Shape, "`q` must be [tokens, H, 576]");
-  if (cache.ndim != 3 || cache.shape[2] != kD) return err(Code::Shape, "`cache` must be [numPages, pageSize, 576]");
+  if (cache.ndim != 3 || cache.shape[2] != (fp8 ? kFp8RowBytes : kD))
+    return err(Code::Shape, fp8 ? "an FP8 `cache` must be u8 [numPages, pageSize, 656]" : "`cache` must be [numPages, pageSize, 576]");
+  if (fp8 && (cache.strides[1] != kFp8RowBytes || cache.strides[0] % 16 != 0 || reinterpret_cast<uintptr_t>(cache.data) % 16 != 0))
+    return err(Code::Shape, "an FP8 `cache` needs 656-byte rows, a page stride that is a multiple of 16 bytes and a 16-byte aligned start");
   const int64_t tokens = q.shape[0], H = q.shape[1], numPages = cache.shape[0], pageSize = cache.shape[1];
   if (H < 1 || H > 128) return err(Code::Range, "head count must be in [1, 128]");
   if (pageSize < 16 || pageSize > 256 || (pageSize & (pageSize - 1)) != 0)
@@ -709,7 +741,7 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
   if (q.strides[2] != 1 || cache.strides[2] != 1 || out.strides[2] != 1) return err(Code::Shape, "`q`, `cache`, `out` need a contiguous last dim");
   if (maxPages > 0 && bt.strides[1] != 1) return err(Code::Shape, "`blockTable` rows must be contiguous");
   MLA_RETURN_IF_ERROR(checkAligned16(q, "q", 2));
-  MLA_RETURN_IF_ERROR(checkAligned16(cache, "cache", 2));
+  if (!fp8) MLA_RETURN_IF_ERROR(checkAligned16(cache, "cache", 2));
   if (reinterpret_cast<uintptr_t>(out.data) % 4 != 0 || out.strides[0] % 2 != 0 || out.strides[1] % 2 != 0)
     return err(Code::Shape, "`out` must be 4-byte aligned with even strides");
   if (!p.hasQSeqLens && (p.uniformQSeqLen < 0 || tokens != B * p.uniformQSeqLen))

@@ -60,6 +60,9 @@ struct GatherArgs {
 // dst[r] = cache row of stream row g0 + r: request b = last b with kvStart[b] ≤ g (requests
 // without keys share the next one's kvStart, so "last" picks the owner), position
 // g − kvStart[b], page blockTable[b, pos / pageSize]. Rows whose lookup fails are zeroed.
+// KV8: the cache is the FP8 layout (656-byte rows = 41 units, docs/fp8-cache.md) and dst bf16:
+// latent[i] = e4m3(byte[i]) · scale[i / 128] (exact in bf16), the bf16 rope copied.
+template <bool KV8>
 __global__ void __launch_bounds__(128) prefillGatherKernel(GatherArgs a) {
   constexpr int kUnits = kPrefillCacheDim * 2 / 16;  // 72
   const int64_t r = blockIdx.x * 4LL + (threadIdx.x >> 5);
@@ -89,7 +92,21 @@ __global__ void __launch_bounds__(128) prefillGatherKernel(GatherArgs a) {
     }
   }
   uint4* d = a.dst + r * a.sDst;
-  for (int u = lane; u < kUnits; u += 32) d[u] = src ? src[u] : make_uint4(0, 0, 0, 0);
+  if constexpr (KV8) {
+    constexpr int kLatentUnits = kFp8ScaleOffset / 16, kRopeUnit = kFp8RopeOffset / 16;  // 32, 33
+    for (int u = lane; u < kLatentUnits + 8; u += 32) {
+      if (u < kLatentUnits) {
+        uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
+        if (src) fp8ExpandBf16(src[u], reinterpret_cast<const float*>(src + kLatentUnits)[u / 8], lo, hi);
+        d[2 * u] = lo;
+        d[2 * u + 1] = hi;
+      } else {
+        d[2 * kLatentUnits + (u - kLatentUnits)] = src ? src[kRopeUnit + (u - kLatentUnits)] : make_uint4(0, 0, 0, 0);
+      }
+    }
+  } else {
+    for (int u = lane; u < kUnits; u += 32) d[u] = src ? src[u] : make_uint4(0, 0, 0, 0);
+  }
 }
 
 // ---- attention --------------------------------------------------------------------------------
@@ -394,10 +411,14 @@ int64_t prefillAttentionSmemBytes() { return kSmemBytes; }
 Status launchPrefillGather(const PrefillGatherParams& p, StreamHandle stream) {
   MLA_RETURN_IF_ERROR(checkPlan(p.plan, "prefillGather"));
   const TensorRef &c = p.cache, &d = p.dst, &bt = p.blockTable;
-  if (!isHalf(c.dtype) || d.dtype != c.dtype) return Status::Error(Code::Dtype, "prefillGather: cache and dst must be the same bf16/f16");
+  const bool fp8 = c.dtype == DType::U8;  // the FP8 layout, expanded to a bf16 dst
+  if (fp8 ? d.dtype != DType::BF16 : (!isHalf(c.dtype) || d.dtype != c.dtype))
+    return Status::Error(Code::Dtype, "prefillGather: cache and dst must be the same bf16/f16 (or an FP8 u8 cache and a bf16 dst)");
   if (bt.dtype != DType::I32 || bt.ndim != 2 || bt.shape[0] != p.plan.shape[0])
     return shapeError("prefillGather: blockTable must be i32 [B, maxPages] with B = plan rows");
-  if (c.ndim != 3 || c.shape[2] != kPrefillCacheDim || c.strides[2] != 1)
+  if (fp8 && (c.ndim != 3 || c.shape[2] != kFp8RowBytes || c.strides[2] != 1 || c.strides[1] != kFp8RowBytes || c.strides[0] % 16))
+    return shapeError("prefillGather: an FP8 cache must be u8 [numPages, pageSize, 656] with 656-byte rows and 16-byte page strides");
+  if (!fp8 && (c.ndim != 3 || c.shape[2] != kPrefillCacheDim || c.strides[2] != 1))
     return shapeError("prefillGather: cache must be [numPages, pageSize, 576] with a contiguous last dim");
   if (d.ndim != 2 || d.shape[1] != kPrefillCacheDim || d.strides[1] != 1)
     return shapeError("prefillGather: dst must be [rows, 576] with a contiguous last dim");
@@ -412,8 +433,8 @@ Status launchPrefillGather(const PrefillGatherParams& p, StreamHandle stream) {
   a.cache = static_cast<const uint4*>(c.data);
   a.numPages = c.shape[0];
   a.pageSize = c.shape[1];
-  a.sPage = c.strides[0] / 8;
-  a.sRow = c.strides[1] / 8;
+  a.sPage = c.strides[0] / (fp8 ? 16 : 8);  // 16-byte units
+  a.sRow = c.strides[1] / (fp8 ? 16 : 8);
   a.table = bt.ptr<int32_t>();
   a.sTb = bt.strides[0];
   a.sTp = bt.strides[1];
@@ -427,7 +448,8 @@ Status launchPrefillGather(const PrefillGatherParams& p, StreamHandle stream) {
   a.rows = rows;
   const int64_t blocks = (rows + 3) / 4;
   if (blocks > 0x7fffffffLL) return Status::Error(Code::Range, "prefillGather: too many rows");
-  MLA_LAUNCH_KERNEL(static_cast<unsigned>(blocks), 128, 0, static_cast<cudaStream_t>(stream), prefillGatherKernel)(a);
+  if (fp8) MLA_LAUNCH_KERNEL(static_cast<unsigned>(blocks), 128, 0, static_cast<cudaStream_t>(stream), prefillGatherKernel<true>)(a);
+  else MLA_LAUNCH_KERNEL(static_cast<unsigned>(blocks), 128, 0, static_cast<cudaStream_t>(stream), prefillGatherKernel<false>)(a);
   MLA_CHECK_LAUNCH("prefillGather");
   return Status::Ok();
 }
