@@ -18,8 +18,10 @@ import { DeviceTensor } from '../lib/index.js';
 import { appendLatent, ropeConfigFrom, RopeTable } from '../lib/ops/rope.js';
 import { appendLatentReference } from '../lib/reference/cache.js';
 import { decode } from '../lib/ops/decode.js';
+import { prefill } from '../lib/ops/prefill.js';
+import { prefillReference } from '../lib/reference/prefill.js';
 import { decodeReference } from '../lib/reference/decode.js';
-import { appendLatentFp8Reference, decodeFp8Reference } from '../lib/reference/fp8.js';
+import { appendLatentFp8Reference, decodeFp8Reference, gatherFp8Cache } from '../lib/reference/fp8.js';
 import { shuffledBlockTable } from '../lib/reference/testing.js';
 import { ropeTable } from '../lib/reference/rope.js';
 import { gpuSkip, poison, randn, relError, rng, roundTo } from './helpers/gpu.js';
@@ -295,4 +297,52 @@ t.test('decode over an FP8 cache vs the float64 reference on the dequantized cac
     // Not a tolerance: e4m3 keys (2^-4 relative) in a peaky softmax (tiles ×40 here); reported.
     t.ok(eU < 0.25, `out vs the unquantized cache (the FP8 cost): ${eU.toExponential(2)}`);
   }
+});
+
+t.test('prefill over an FP8 cache (strided pages): one call and a chunked call vs the reference on the dequantized rows', { skip: gpuSkip }, async (t) => {
+  const H = 4, pageSize = 16, extra = 2;
+  const reqs: [number, number][] = [[20, 30], [9, 0], [0, 5]]; // [new tokens, cached prefix]
+  const B = reqs.length;
+  const qLens = reqs.map(([n]) => n);
+  const seqLens = reqs.map(([n, p]) => n + p);
+  const Tq = qLens.reduce((a, b) => a + b, 0);
+  const r = rng(31);
+  const { table, maxPages, numPages } = shuffledBlockTable(seqLens, pageSize, r);
+  const rows = roundTo(randn(numPages * pageSize * 576, 32), 'bf16');
+  const pageStride = (pageSize + extra) * ROW;
+  const bytes = quantizeFp8Cache(rows, { numPages, pageSize, pageStride });
+  const kv = gatherFp8Cache(bytes, { numPages, pageSize, pageStride }, table, maxPages, seqLens);
+  const kvUnq = gatherFp8Cache(quantizeFp8Cache(rows, { numPages, pageSize }), { numPages, pageSize }, table, maxPages, seqLens);
+  t.same(Array.from(kv), Array.from(kvUnq), 'the page stride changes nothing but where rows are');
+  const q = roundTo(randn(Tq * H * 192, 33), 'bf16');
+  const w = roundTo(randn(H * 256 * 512, 34, 1 / Math.sqrt(512)), 'bf16');
+  const scale = 1 / Math.sqrt(192);
+  const dims = { numHeads: H, qkNopeHeadDim: 128, qkRopeHeadDim: 64, vHeadDim: 128, kvLoraRank: 512 };
+  const ref = prefillReference({ q, kv, kvBProj: w, qSeqLens: qLens, kvSeqLens: seqLens, scale, ...dims });
+  // The unquantized rows in the same request order, for the FP8 cost.
+  const unqRows: number[] = [];
+  for (let b = 0; b < B; b++) {
+    for (let p = 0; p < seqLens[b]!; p++) {
+      const slot = table[b * maxPages + Math.floor(p / pageSize)]! * pageSize + (p % pageSize);
+      for (let k = 0; k < 576; k++) unqRows.push(rows[slot * 576 + k]!);
+    }
+  }
+  const refUnq = prefillReference({ q, kv: Float64Array.from(unqRows), kvBProj: w, qSeqLens: qLens, kvSeqLens: seqLens, scale, ...dims });
+  using base = DeviceTensor.fromArray(bytes, [numPages, pageSize + extra, ROW], 'u8');
+  const cache = base.slice(1, 0, pageSize);
+  using dq = DeviceTensor.fromArray(Float32Array.from(q), [Tq, H, 192], 'bf16');
+  using dbt = DeviceTensor.fromArray(table, [B, maxPages], 'i32');
+  using dw = DeviceTensor.fromArray(Float32Array.from(w), [H * 256, 512], 'bf16');
+  const outs: Float32Array[] = [];
+  for (const chunkTokens of [undefined, 7]) {
+    using out = poison(DeviceTensor.empty([Tq, H, 128], 'bf16'));
+    using lse = poison(DeviceTensor.empty([Tq, H], 'f32'));
+    prefill({ q: dq, cache, blockTable: dbt, seqLens, qSeqLens: qLens, weights: { kvBProj: dw }, scale, out, lse, chunkTokens });
+    const o = out.toFloat32Sync();
+    outs.push(o);
+    const eo = relError(o, ref.out), el = relError(lse.toFloat32Sync(), ref.lse);
+    t.ok(eo < 1e-2 && el < 1e-2, `chunk ${chunkTokens ?? 'default'}: out rel err ${eo.toExponential(2)}, lse ${el.toExponential(2)} (vs unquantized: ${relError(o, refUnq.out).toExponential(2)})`);
+  }
+  const ec = relError(outs[1]!, outs[0]!);
+  t.ok(ec < 5e-3, `chunked (7-token chunks) equals one prefill up to bf16 merge rounding: ${ec.toExponential(2)}`);
 });

@@ -11,6 +11,7 @@ import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
 import { linear } from './linear.js';
 import { checkInt, checkNumber, checkSameDType, checkTensor } from './validate.js';
+import { checkFp8Cache } from './fp8-cache.js';
 
 /** DeepSeek MLA head sizes the kernels are built for. */
 export const PREFILL_NOPE_DIM = 128;
@@ -39,7 +40,10 @@ export type PrefillIndexInput<T extends TensorMeta = DeviceTensor> = T | Int32Ar
 export interface PrefillOptions extends StreamOption {
   /** [Tq, H, 192] bf16/f16: the new tokens' queries (nope, then the rotated rope part), requests back to back. */
   q: DeviceTensor;
-  /** [numPages, pageSize, 576] paged latent cache, q's dtype; the new tokens are already in it. */
+  /**
+   * [numPages, pageSize, 576] paged latent cache, q's dtype; the new tokens are already in it. Or
+   * the FP8 layout u8 [numPages, pageSize, 656] with a bf16 q (dequantized by the gather).
+   */
   cache: DeviceTensor;
   /** [B, maxPages] i32 device tensor. */
   blockTable: DeviceTensor;
@@ -178,10 +182,17 @@ export function validatePrefillArgs(args: PrefillArgsMeta, op = 'prefill'): Pref
     throw new MlaError('ERR_SHAPE', `${op}: \`q\` must have 1 .. ${PREFILL_MAX_HEADS} heads (dim 1), got ${heads}`);
   }
   checkRowAlign(op, 'q', q, 2);
-  const cache = checkTensor(op, 'cache', args.cache, { shape: [null, null, PREFILL_CACHE_DIM], innerContiguous: true });
-  checkSameDType(op, 'cache', cache, 'q', q.dtype);
-  checkRowAlign(op, 'cache', cache, 2);
-  const [numPages, pageSize] = cache.shape as [number, number, number];
+  let numPages: number, pageSize: number;
+  if (checkTensor(op, 'cache', args.cache).dtype === 'u8') {
+    // The FP8 layout (656-byte rows, lib/ops/fp8-cache.ts): the gather expands it to bf16.
+    if (q.dtype !== 'bf16') throw new MlaError('ERR_DTYPE', `${op}: an FP8 \`cache\` (u8, 656-byte rows) is read with a bf16 \`q\`, got ${q.dtype}`);
+    ({ numPages, pageSize } = checkFp8Cache(op, 'cache', args.cache));
+  } else {
+    const cache = checkTensor(op, 'cache', args.cache, { shape: [null, null, PREFILL_CACHE_DIM], innerContiguous: true });
+    checkSameDType(op, 'cache', cache, 'q', q.dtype);
+    checkRowAlign(op, 'cache', cache, 2);
+    [numPages, pageSize] = cache.shape as [number, number, number];
+  }
   if (pageSize < 1) throw new MlaError('ERR_SHAPE', `${op}: \`cache\` page size (dim 1) must be >= 1`);
   const bt = checkTensor(op, 'blockTable', args.blockTable, { dtype: 'i32', shape: [null, null] });
   const [batch, maxPages] = bt.shape as [number, number];
