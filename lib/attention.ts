@@ -9,16 +9,18 @@
 import { checkFinite } from './check.js';
 import { ConfigError, validateMlaConfig, type MlaConfig } from './config.js';
 import { MlaError } from './errors.js';
-import { LatentCache, type BatchEntry, type CacheDType, type CacheStep, type SequenceId } from './latent-cache.js';
+import { LatentCache, type BatchEntry, type CacheDType, type CacheStep, type KvCacheFormat, type SequenceId } from './latent-cache.js';
 import type { MlaLayerWeights } from './reference/layer.js';
 import { DeviceTensor } from './runtime/tensor.js';
 import type { Stream } from './runtime/stream.js';
 import { checkWeightsFit, isHostWeights, toReferenceWeights, type MlaWeights } from './weights.js';
+import { DecodeGraph, type DecodeGraphOptions } from './attention/decode-graph.js';
 import { GpuBackend } from './attention/gpu-backend.js';
 import { ReferenceBackend } from './attention/reference-backend.js';
 import type { AttentionBackend, AttentionPath } from './attention/types.js';
 
 export type { AttentionPath } from './attention/types.js';
+export { DecodeGraph, type DecodeGraphOptions } from './attention/decode-graph.js';
 export type AttentionBackendName = 'reference' | 'gpu';
 
 /** Decides per request which attention path runs it. */
@@ -39,6 +41,11 @@ export interface MlaAttentionOptions {
   backend: AttentionBackendName;
   /** GPU compute / activation dtype; default bf16. */
   dtype?: CacheDType;
+  /**
+   * The cache format this layer expects ('model' or 'fp8_e4m3'); default: the cache's own
+   * (`new LatentCache({ ..., kvCacheFormat: 'fp8_e4m3' })`). A mismatch is an ERR_ARGUMENT.
+   */
+  kvCacheFormat?: KvCacheFormat;
   /** Requests with more new tokens than this take the prefill path (default 4). */
   prefillThreshold?: number;
   /** Overrides prefillThreshold. */
@@ -113,6 +120,9 @@ export class MlaAttention implements Disposable {
     const dtype = opts.dtype ?? (cache.dtype === 'f64' ? 'bf16' : cache.dtype);
     if (dtype !== 'bf16' && dtype !== 'f16') fail('ERR_DTYPE', `\`dtype\` must be bf16 or f16, got ${String(dtype)}`);
     if (opts.backend === 'gpu' && cache.dtype !== dtype) fail('ERR_DTYPE', `\`cache\` stores ${cache.dtype}, the layer computes in ${dtype}`);
+    if (opts.kvCacheFormat !== undefined && opts.kvCacheFormat !== cache.kvCacheFormat) {
+      fail('ERR_ARGUMENT', `\`kvCacheFormat\` is ${String(opts.kvCacheFormat)}, the \`cache\` stores ${cache.kvCacheFormat}; create the LatentCache with kvCacheFormat: ${JSON.stringify(opts.kvCacheFormat)}`);
+    }
     const threshold = opts.prefillThreshold ?? 4;
     if (!Number.isSafeInteger(threshold) || threshold < 0) fail('ERR_ARGUMENT', `\`prefillThreshold\` must be a non-negative integer, got ${String(threshold)}`);
     if (opts.pathRule !== undefined && typeof opts.pathRule !== 'function') fail('ERR_ARGUMENT', '`pathRule` must be a function');
@@ -195,6 +205,21 @@ export class MlaAttention implements Disposable {
       T += e.numTokens;
     });
     return T;
+  }
+
+  /**
+   * Captures this layer's decode step (one new token for each of `batch` sequences) as a CUDA
+   * graph: DecodeGraph.step() then replays it with one launch, bit for bit what forward() would
+   * compute for the same step. GPU backend only, on the layer's own `stream` (the legacy
+   * default stream cannot capture). Dispose the graph before the layer.
+   */
+  captureDecode(opts: DecodeGraphOptions): DecodeGraph {
+    const impl = this.#impl;
+    if (impl === null) throw new MlaError('ERR_DISPOSED', 'MlaAttention.captureDecode: this MlaAttention was disposed');
+    if (!(impl instanceof GpuBackend)) fail('ERR_ARGUMENT', 'captureDecode needs the gpu backend');
+    if (this.#stream === undefined) fail('ERR_ARGUMENT', 'captureDecode needs the layer\'s `stream` (MlaAttention.create({ stream })): the default stream cannot be captured');
+    if (typeof opts !== 'object' || opts === null) fail('ERR_ARGUMENT', 'captureDecode: `opts` must be { batch, maxSeqLen }');
+    return new DecodeGraph({ config: this.config, cache: this.cache, dtype: this.dtype, stream: this.#stream, backend: impl }, opts);
   }
 
   /** Frees the layer's device weights and workspaces; idempotent. The cache is not touched. */

@@ -2,8 +2,9 @@
 // the device, so a replay follows new lengths and tables), in-place update, and the calls a
 // capture cannot hold, which throw before they reach CUDA.
 import t from 'tap';
-import { cuda, CudaGraph, DeviceTensor, MlaError, Stream } from '../lib/index.js';
-import { native } from '../lib/native.js';
+import { join } from 'node:path';
+import { cuda, CudaGraph, DeviceTensor, LatentCache, loadMlaConfig, loadMlaWeights, MlaAttention, MlaError, Stream } from '../lib/index.js';
+import { native, packageRoot } from '../lib/native.js';
 import { decode, DecodeWorkspace } from '../lib/ops/decode.js';
 import { rmsNorm } from '../lib/ops/rmsnorm.js';
 import { build, checkOutputs, disposeBuilt, DV, type CaseSpec } from './helpers/decode-cases.js';
@@ -166,4 +167,55 @@ t.test('a call CUDA refuses during capture invalidates it: endCapture throws the
   t.notOk(s.isCapturing, 'the capture ended anyway');
   using g = s.capture(() => undefined);
   t.pass('the stream captures again');
+});
+
+t.test('MlaAttention.captureDecode: a replayed step writes the same bits as the eager step (output and cache rows)', { skip: gpuSkip }, async (t) => {
+  const file = join(packageRoot, 'test', 'fixtures', 'mla-v3slim.safetensors');
+  const config = loadMlaConfig(file);
+  const weights = loadMlaWeights(file, config, { prefix: 'weights.' });
+  const hid = config.hiddenSize;
+  const pageSize = 16;
+  using s = new Stream();
+  using cache = new LatentCache({ config, numLayers: 1, numPages: 12, pageSize, backend: 'gpu' });
+  using attn = MlaAttention.create({ config, weights, cache, layer: 0, backend: 'gpu', stream: s });
+  const ids = ['a', 'b'] as const;
+  const prompt = [20, 31];
+  for (const id of ids) cache.addSequence(id);
+  {
+    using x = DeviceTensor.fromArray(randn((prompt[0]! + prompt[1]!) * hid, 11, 0.5), [prompt[0]! + prompt[1]!, hid], 'bf16');
+    attn.forward(x, ids.map((seqId, i) => ({ seqId, numTokens: prompt[i]! }))).dispose();
+  }
+  using graph = attn.captureDecode({ batch: 2, maxSeqLen: 48 });
+  t.equal(graph.maxPages, 3);
+  const rows = cache.deviceLayer(0).reshape([12 * pageSize, cache.kvLoraRank + cache.ropeDim]);
+  for (let k = 0; k < 3; k++) { // b crosses into its third page at k = 1
+    using x = DeviceTensor.fromArray(randn(2 * hid, 20 + k, 0.5), [2, hid], 'bf16');
+    const step = cache.planStep(ids.map((seqId) => ({ seqId, numTokens: 1 })));
+    using eager = attn.forward(x, step);
+    s.synchronize();
+    const eagerCache = new Uint8Array(rows.toHostSync().buffer);
+    for (const slot of step.slotMapping) poison(rows.select(0, slot));
+    poison(graph.output);
+    const y = graph.step(x, step);
+    s.synchronize();
+    t.equal(differingBytes(y, eager), 0, `step ${k}: the replayed output equals the eager one bit for bit`);
+    const replayCache = new Uint8Array(rows.toHostSync().buffer);
+    let diff = 0;
+    for (let i = 0; i < eagerCache.length; i++) if (eagerCache[i] !== replayCache[i]) diff++;
+    t.equal(diff, 0, `step ${k}: the cache rows it wrote (latent and rope) equal the eager ones`);
+  }
+  t.same(ids.map((id) => cache.length(id)), [23, 34], 'lengths advanced once per step');
+
+  // The plain form plans the step itself; growing past maxSeqLen is refused with the slots given back.
+  using x = DeviceTensor.fromArray(randn(2 * hid, 30, 0.5), [2, hid], 'bf16');
+  const y = graph.step(x, ids);
+  s.synchronize();
+  t.ok(y.toFloat32Sync().every(Number.isFinite), 'a step planned from sequence ids');
+  using small = attn.captureDecode({ batch: 2, maxSeqLen: 32 });
+  await rejects(t, () => small.step(x, ids), 'ERR_CAPACITY', /needs 3 pages; the graph was captured for maxSeqLen 32/);
+  t.same(ids.map((id) => cache.length(id)), [24, 35], 'the refused step gave its slots back');
+  await rejects(t, () => graph.step(x, ['a']), 'ERR_SHAPE', /names 1 sequences; the graph was captured for 2/);
+  const noStream = MlaAttention.create({ config, weights, cache, layer: 0, backend: 'gpu' });
+  await rejects(t, () => noStream.captureDecode({ batch: 2, maxSeqLen: 48 }), 'ERR_ARGUMENT', /needs the layer's `stream`/);
+  noStream.dispose();
 });

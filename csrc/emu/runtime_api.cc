@@ -34,15 +34,26 @@ struct CUstream_st {
 // Stream capture: each node replays one captured launch, copy, memset or event record on the
 // stream the graph is launched on. A graph is a straight line, which is what one stream records.
 struct GraphNode {
-  enum Kind { Kernel, Copy, Memset, EventRecord } kind;
+  enum Kind { Kernel, Copy, Memset, EventRecord, MemAlloc, MemFree } kind;
   const void* what;  // the kernel (or event) a node of an updated graph must keep
   std::function<cudaError_t(cudaStream_t)> run;
 };
+// cudaMallocAsync during capture: memory the graph owns, at one address for every replay (as
+// CUDA's graph allocations are), released with the last graph or executable that holds it.
+struct GraphMemory {
+  std::vector<void*> blocks;
+  GraphMemory() = default;
+  GraphMemory(const GraphMemory&) = delete;
+  GraphMemory& operator=(const GraphMemory&) = delete;
+  ~GraphMemory();
+};
 struct CUgraph_st {
   std::vector<GraphNode> nodes;
+  std::shared_ptr<GraphMemory> memory = std::make_shared<GraphMemory>();
 };
 struct CUgraphExec_st {
   std::vector<GraphNode> nodes;
+  std::shared_ptr<GraphMemory> memory;
 };
 struct CUevent_st {
   bool recorded = false;
@@ -418,10 +429,30 @@ const char* cudaGetErrorString(cudaError_t e) {
   }
 }
 
+namespace {
+cudaError_t allocDevice(void** p, size_t bytes);
+cudaError_t freeDevice(void* p);
+}  // namespace
+
+GraphMemory::~GraphMemory() {
+  for (void* p : blocks) freeDevice(p);
+}
+
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
   MLA_EMU_STICKY();
   if (tlCaptures > 0) return breakThreadCaptures();
+  return allocDevice(p, bytes);
+}
+
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  if (tlCaptures > 0) return breakThreadCaptures();
+  return freeDevice(p);
+}
+
+namespace {
+cudaError_t allocDevice(void** p, size_t bytes) {
   const DeviceSpec& s = device(tlDevice);
   const size_t rounded = chargedBytes(bytes);
   {
@@ -450,9 +481,7 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   return cudaSuccess;
 }
 
-cudaError_t cudaFree(void* p) {
-  if (!p) return cudaSuccess;
-  if (tlCaptures > 0) return breakThreadCaptures();
+cudaError_t freeDevice(void* p) {
   std::unique_lock<std::shared_mutex> lock(memMu);
   auto it = allocations.find(reinterpret_cast<uintptr_t>(p));
   if (it == allocations.end()) return fail(cudaErrorInvalidDevicePointer);
@@ -465,13 +494,26 @@ cudaError_t cudaFree(void* p) {
   else std::free(p);
   return cudaSuccess;
 }
+}  // namespace
+
+// Stream-ordered allocation is capture-safe: on a capturing stream it becomes graph memory.
 cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t s) {
+  *p = nullptr;
+  MLA_EMU_STICKY();
   if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
-  return cudaMalloc(p, bytes);
+  if (!capturingStream(s)) return cudaMalloc(p, bytes);
+  if (cudaError_t err = allocDevice(p, bytes)) return err;
+  s->capture->memory->blocks.push_back(*p);
+  recordNode(s, GraphNode{GraphNode::MemAlloc, nullptr, [](cudaStream_t) { return cudaSuccess; }});
+  return cudaSuccess;
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
   if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
-  return cudaFree(p);
+  if (!capturingStream(s)) return cudaFree(p);
+  const auto& owned = s->capture->memory->blocks;
+  if (std::find(owned.begin(), owned.end(), p) == owned.end()) return breakCapture(s);  // not this graph's
+  recordNode(s, GraphNode{GraphNode::MemFree, nullptr, [](cudaStream_t) { return cudaSuccess; }});
+  return cudaSuccess;
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t s) {
@@ -597,7 +639,7 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t g, unsigned 
   *exec = nullptr;
   MLA_EMU_STICKY();
   if (!validHandle(graphs, g)) return fail(cudaErrorInvalidResourceHandle);
-  return createHandle(graphExecs, exec, new CUgraphExec_st{g->nodes});
+  return createHandle(graphExecs, exec, new CUgraphExec_st{g->nodes, g->memory});
 }
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t e) { return destroyHandle(graphExecs, e); }
 // Runs the nodes in order; the first failure stops the replay and is returned.
@@ -624,6 +666,7 @@ cudaError_t cudaGraphExecUpdate(cudaGraphExec_t e, cudaGraph_t g, cudaGraphExecU
   if (info) info->result = result;
   if (result != cudaGraphExecUpdateSuccess) return fail(cudaErrorGraphExecUpdateFailure);
   e->nodes = g->nodes;
+  e->memory = g->memory;
   return cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {

@@ -34,10 +34,15 @@ inline Status fromCuda(cudaError_t err, const std::string& what) {
 
 }  // namespace mla::gpu
 
+// A failed call also becomes CUDA's "last error"; it is cleared here (a sticky one stays), or
+// the next launch's check would report it as its own (e.g. an OOM as a failed kernel).
 #define MLA_CUDA_TRY(expr, what)                                  \
   do {                                                            \
     cudaError_t mla_err_ = (expr);                                \
-    if (mla_err_ != cudaSuccess) return ::mla::gpu::fromCuda(mla_err_, what); \
+    if (mla_err_ != cudaSuccess) {                                \
+      cudaGetLastError();                                         \
+      return ::mla::gpu::fromCuda(mla_err_, what);                \
+    }                                                             \
   } while (0)
 
 // After a launch: configuration errors surface here, asynchronous faults at the next sync.

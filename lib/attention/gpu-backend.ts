@@ -29,6 +29,16 @@ export interface GpuBackendOptions {
   stream?: Stream | undefined;
 }
 
+/**
+ * The buffers of a step that is captured as a CUDA graph (DecodeGraph): the index tensors are
+ * persistent and rewritten before each replay, and take() hands out the same tensor for the
+ * same name on every call, so the captured kernels keep pointing at live memory.
+ */
+export interface StepArena {
+  readonly dev: DeviceCacheStep;
+  take(name: string, shape: readonly number[], dtype: CacheDType | 'f32'): DeviceTensor;
+}
+
 /** A run of consecutive requests that take the same path: one attention launch. */
 interface Segment {
   path: AttentionPath;
@@ -174,7 +184,18 @@ export class GpuBackend implements AttentionBackend {
     return next;
   }
 
-  forward(hidden: DeviceTensor, step: CacheStep, paths: readonly AttentionPath[]): DeviceTensor {
+  /** Sizes the RoPE table and the decode workspace up front: a captured step cannot grow them. */
+  reserveForCapture(maxPositions: number, batch: number): void {
+    this.#ropeTable(maxPositions);
+    this.#decodeWorkspace(batch, 1);
+  }
+
+  /**
+   * With `arena`, every intermediate and the output come from it and the step's indices from
+   * arena.dev (nothing is allocated, uploaded or freed: what a graph capture needs); the
+   * kernels and their arguments are otherwise the same as without, so both give the same bits.
+   */
+  forward(hidden: DeviceTensor, step: CacheStep, paths: readonly AttentionPath[], arena?: StepArena): DeviceTensor {
     const w = this.#w;
     if (w === null) throw new MlaError('ERR_DISPOSED', 'MlaAttention was disposed');
     const cfg = this.#cfg;
@@ -185,32 +206,35 @@ export class GpuBackend implements AttentionBackend {
     let maxPos = 0;
     for (const p of step.positions) maxPos = Math.max(maxPos, p + 1);
     const table = this.#ropeTable(maxPos);
-    const dev: DeviceCacheStep = this.#cache.uploadStep(step);
+    const dev: DeviceCacheStep = arena?.dev ?? this.#cache.uploadStep(step);
     const cache = this.#cache.deviceLayer(this.#layer);
     const temps: DeviceTensor[] = [];
     const keep = <X extends DeviceTensor>(t: X): X => {
       temps.push(t);
       return t;
     };
+    // An intermediate: the arena's, or a fresh tensor freed at the end of the step.
+    const tmp = (name: string, shape: readonly number[], dtype: CacheDType | 'f32' = this.#dtype): DeviceTensor =>
+      arena ? arena.take(name, shape, dtype) : keep(DeviceTensor.empty(shape, dtype));
     try {
       // Query: q = W_qb·RMSNorm(W_qa·x) (or W_q·x), rope part rotated in place.
       let q: DeviceTensor;
       if (w.qAProj !== null) {
-        const qa = keep(linear(hidden, w.qAProj, so));
+        const qa = linear(hidden, w.qAProj, { ...so, out: tmp('qa', [T, w.qAProj.shape[0]!]) });
         rmsNorm(qa, w.qALayernorm!, cfg.rmsNormEps, { out: qa, stream });
-        q = keep(linear(qa, w.qBProj!, so));
+        q = linear(qa, w.qBProj!, { ...so, out: tmp('q', [T, H * (N + R)]) });
       } else {
-        q = keep(linear(hidden, w.qProj!, so));
+        q = linear(hidden, w.qProj!, { ...so, out: tmp('q', [T, H * (N + R)]) });
       }
       const q3 = q.reshape([T, H, N + R]);
       // Positions come from the cache's own plan and the table covers them: no host check.
       ropeQuery(q3, dev.positions, table, { nopeDim: N, stream, checkIndices: false });
 
       // Latent: [RMSNorm(c) ; RoPE(k_rope)] into this step's cache slots.
-      const kvDown = keep(linear(hidden, w.kvAProjWithMqa, so));
+      const kvDown = linear(hidden, w.kvAProjWithMqa, { ...so, out: tmp('kvDown', [T, C + R]) });
       appendLatent({ kvDown, normWeight: w.kvALayernorm, eps: cfg.rmsNormEps, positions: dev.positions, slotMapping: dev.slotMapping, cache, table, stream, checkIndices: false });
 
-      const o = keep(DeviceTensor.empty([T, H, V], this.#dtype));
+      const o = tmp('o', [T, H, V]);
       for (const s of segmentsOf(step, paths)) {
         const qs = q3.slice(0, s.t0, s.t1);
         const bt = dev.blockTable.slice(0, s.b0, s.b1);
@@ -230,7 +254,7 @@ export class GpuBackend implements AttentionBackend {
           keep(r.lse);
         } else {
           const Td = s.t1 - s.t0;
-          const qAbs = keep(DeviceTensor.empty([Td, H, C + R], this.#dtype));
+          const qAbs = tmp('qAbs', [Td, H, C + R]);
           absorbQuery(qs.slice(2, 0, N), w.absorb, { out: qAbs.slice(2, 0, C), stream });
           qAbs.slice(2, C, C + R).copyFrom(qs.slice(2, N, N + R), so);
           let maxQ = 0;
@@ -239,8 +263,8 @@ export class GpuBackend implements AttentionBackend {
             maxQ = Math.max(maxQ, step.qSeqLens[b]!);
             if (step.qSeqLens[b] !== step.qSeqLens[s.b0]) uniform = false;
           }
-          const oLat = keep(DeviceTensor.empty([Td, H, C], this.#dtype));
-          const r = decode({
+          const oLat = tmp('oLat', [Td, H, C]);
+          decode({
             q: qAbs,
             cache,
             blockTable: bt,
@@ -250,15 +274,15 @@ export class GpuBackend implements AttentionBackend {
             scale: cfg.softmaxScale,
             causal: true,
             out: oLat,
+            lse: tmp('lse', [Td, H], 'f32'),
             workspace: this.#decodeWorkspace(s.b1 - s.b0, maxQ),
             checkIndices: false,
             stream,
           });
-          keep(r.lse);
           absorbOutput(oLat, w.absorb, { out: o.slice(0, s.t0, s.t1), stream });
         }
       }
-      return linear(o.reshape([T, H * V]), w.oProj, so);
+      return linear(o.reshape([T, H * V]), w.oProj, { ...so, out: arena?.take('y', [T, cfg.hiddenSize], this.#dtype) });
     } finally {
       // cudaFree waits for the kernels still reading these.
       for (const t of temps) t.dispose();
