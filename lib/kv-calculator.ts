@@ -10,9 +10,15 @@ import { checkObject } from './check.js';
 import { MlaError } from './errors.js';
 
 export type AttentionKind = 'mha' | 'gqa' | 'mqa' | 'mla';
-export type KvDType = 'f32' | 'bf16' | 'f16' | 'fp8';
+/**
+ * 'fp8': one byte per value, no scales. 'fp8_e4m3': the tile-scaled FP8 cache this package
+ * implements: for MLA DeepSeek-V3.2's layout (kvLora e4m3 + one f32 scale per 128 latent values
+ * + rope bf16: 656 B per token per layer for V3), for the other kinds one byte per value plus
+ * one f32 scale per 128 values.
+ */
+export type KvDType = 'f32' | 'bf16' | 'f16' | 'fp8' | 'fp8_e4m3';
 
-export const KV_DTYPE_BYTES: Readonly<Record<KvDType, number>> = { f32: 4, bf16: 2, f16: 2, fp8: 1 };
+export const KV_DTYPE_BYTES: Readonly<Record<KvDType, number>> = { f32: 4, bf16: 2, f16: 2, fp8: 1, fp8_e4m3: 1 };
 
 export interface KvGeometry {
   /** Query heads (MHA caches one K/V head per query head). */
@@ -96,7 +102,12 @@ export function kvCacheEstimate(kind: AttentionKind, g: KvGeometry, opts: KvEsti
   const ctx = count('contextLength', opts.contextLength ?? 1);
   const batch = count('batch', opts.batch ?? 1);
   const values = kvValuesPerToken(kind, g, opts.groups);
-  const perLayer = values * elem;
+  const tiles = (n: number): number => 4 * Math.ceil(n / 128);
+  const perLayer = opts.dtype !== 'fp8_e4m3'
+    ? values * elem
+    : kind === 'mla'
+      ? g.kvLoraRank + tiles(g.kvLoraRank) + 2 * g.ropeDim
+      : values + tiles(values);
   return {
     kind,
     dtype: opts.dtype,

@@ -12,12 +12,14 @@ import type { MlaConfig } from './config.js';
 import type { DType } from './dtype.js';
 import { allocHost, checkObject } from './check.js';
 import { MlaError } from './errors.js';
+import { FP8_CACHE_KV_LORA, FP8_CACHE_ROPE, FP8_CACHE_ROW_BYTES, type KvCacheFormat } from './ops/fp8-cache.js';
 import { DeviceTensor } from './runtime/tensor.js';
 import type { StreamOption } from './runtime/tensor.js';
 
 export type SequenceId = number | string;
 export type CacheBackend = 'reference' | 'gpu';
 export type CacheDType = 'bf16' | 'f16';
+export type { KvCacheFormat };
 
 export interface LatentCacheOptions {
   config: Pick<MlaConfig, 'kvLoraRank' | 'qkRopeHeadDim'>;
@@ -30,6 +32,14 @@ export interface LatentCacheOptions {
   backend: CacheBackend;
   /** Element type of the GPU storage; default bf16. */
   dtype?: CacheDType;
+  /**
+   * 'model' (default): rows of kvLora + rope values in `dtype`. 'fp8_e4m3': DeepSeek-V3.2's
+   * 656-byte rows (e4m3 latent, 4 power-of-two scales, bf16 rope; FlashMLA's V32_FP8Sparse,
+   * docs/fp8-cache.md), for kvLora 512 + rope 64 and dtype bf16. The GPU backend stores u8
+   * [numPages, pageSize, 656] per layer; the reference backend stores the float64 values the
+   * FP8 rows stand for (every written row quantized and dequantized).
+   */
+  kvCacheFormat?: KvCacheFormat;
 }
 
 /** One request of a step: `numTokens` new tokens of sequence `seqId`. */
@@ -117,8 +127,10 @@ export class LatentCache implements Disposable {
   readonly kvLoraRank: number;
   readonly ropeDim: number;
   readonly backend: CacheBackend;
-  /** Storage element type ('f64' on the reference backend). */
+  /** Storage element type ('f64' on the reference backend); the compute dtype with 'fp8_e4m3'. */
   readonly dtype: CacheDType | 'f64';
+  /** How a token is stored (see LatentCacheOptions.kvCacheFormat). */
+  readonly kvCacheFormat: KvCacheFormat;
   readonly #host: Float64Array[] = [];
   readonly #device: DeviceTensor[] = [];
   readonly #refs: Int32Array;
@@ -148,12 +160,25 @@ export class LatentCache implements Disposable {
     const dtype = opts.dtype ?? 'bf16';
     if (dtype !== 'bf16' && dtype !== 'f16') throw new MlaError('ERR_DTYPE', `LatentCache: \`dtype\` must be bf16 or f16, got ${String(dtype)}`);
     this.dtype = this.backend === 'reference' ? 'f64' : dtype;
+    const format = opts.kvCacheFormat ?? 'model';
+    if (format !== 'model' && format !== 'fp8_e4m3') throw new MlaError('ERR_ARGUMENT', `LatentCache: \`kvCacheFormat\` must be 'model' or 'fp8_e4m3', got ${String(format)}`);
+    if (format === 'fp8_e4m3') {
+      if (this.kvLoraRank !== FP8_CACHE_KV_LORA || this.ropeDim !== FP8_CACHE_ROPE) {
+        throw new MlaError('ERR_SHAPE', `LatentCache: \`kvCacheFormat\` 'fp8_e4m3' stores kvLora ${FP8_CACHE_KV_LORA} + rope ${FP8_CACHE_ROPE}; the config has ${this.kvLoraRank} + ${this.ropeDim}`);
+      }
+      if (dtype !== 'bf16') throw new MlaError('ERR_DTYPE', `LatentCache: \`kvCacheFormat\` 'fp8_e4m3' is read with bf16 queries; \`dtype\` must be bf16, got ${dtype}`);
+    }
+    this.kvCacheFormat = format;
     const rows = this.numPages * this.pageSize;
     if (this.backend === 'reference') {
       for (let l = 0; l < this.numLayers; l++) this.#host.push(allocHost('LatentCache', 'numPages', Float64Array, rows * this.rowWidth));
     } else {
       try {
-        for (let l = 0; l < this.numLayers; l++) this.#device.push(DeviceTensor.zeros([this.numPages, this.pageSize, this.rowWidth], dtype as DType));
+        for (let l = 0; l < this.numLayers; l++) {
+          this.#device.push(format === 'fp8_e4m3'
+            ? DeviceTensor.zeros([this.numPages, this.pageSize, FP8_CACHE_ROW_BYTES], 'u8')
+            : DeviceTensor.zeros([this.numPages, this.pageSize, this.rowWidth], dtype as DType));
+        }
       } catch (e) {
         for (const t of this.#device) t.dispose();
         throw e;
@@ -166,7 +191,8 @@ export class LatentCache implements Disposable {
   /** Bytes of cache one token takes: in one layer and in all layers. */
   get bytesPerToken(): { perLayer: number; total: number } {
     this.#alive('bytesPerToken');
-    const perLayer = this.rowWidth * ELEMENT_BYTES[this.dtype];
+    // The reference backend counts what the GPU would store (it holds float64 for exactness).
+    const perLayer = this.kvCacheFormat === 'fp8_e4m3' ? FP8_CACHE_ROW_BYTES : this.rowWidth * ELEMENT_BYTES[this.dtype];
     return { perLayer, total: perLayer * this.numLayers };
   }
 
@@ -430,7 +456,7 @@ export class LatentCache implements Disposable {
     return h;
   }
 
-  /** Layer storage of the GPU backend: DeviceTensor [numPages, pageSize, rowWidth]. */
+  /** Layer storage of the GPU backend: DeviceTensor [numPages, pageSize, rowWidth] (u8 [.., 656] for 'fp8_e4m3'). */
   deviceLayer(layer: number): DeviceTensor {
     this.#alive('deviceLayer()');
     const d = this.#device[this.#layerIndex(layer)];

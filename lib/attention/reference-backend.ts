@@ -5,6 +5,7 @@ import type { MlaConfig } from '../config.js';
 import type { CacheStep, LatentCache } from '../latent-cache.js';
 import { absorbOutput, absorbQuery, splitKvBProj, type AbsorbedWeights } from '../reference/absorb.js';
 import { appendLatentReference, gatherPagedCache, type PagedCacheView } from '../reference/cache.js';
+import { dequantizeFp8Row, FP8_ROW_BYTES, quantizeFp8Row } from '../reference/fp8.js';
 import { decodeReference } from '../reference/decode.js';
 import { projectQuery, type MlaLayerWeights } from '../reference/layer.js';
 import { linear } from '../reference/linear.js';
@@ -77,6 +78,15 @@ export class ReferenceBackend implements AttentionBackend {
       ropeTable: table,
       layout: this.#layout,
     });
+    if (this.#cache.kvCacheFormat === 'fp8_e4m3') {
+      // The FP8 cache holds the quantized rows: attention reads what they stand for.
+      const bytes = new Uint8Array(FP8_ROW_BYTES);
+      for (const slot of step.slotMapping) {
+        if (slot < 0) continue;
+        quantizeFp8Row(storage, slot * D, bytes, 0);
+        dequantizeFp8Row(bytes, 0, storage, slot * D);
+      }
+    }
 
     const o = new Float64Array(T * H * V);
     const group = (path: AttentionPath): number[] => paths.flatMap((p, b) => (p === path ? [b] : []));
