@@ -15,6 +15,7 @@ import {
 } from '../lib/reference/fp8.js';
 import { fileURLToPath } from 'node:url';
 import { MlaAttention } from '../lib/attention.js';
+import { decodeCase, suite as decodeSuite } from '../lib/bench/decode.js';
 import { MLA_PRESETS, type MlaConfig } from '../lib/config.js';
 import { kvCacheEstimate, kvGeometry } from '../lib/kv-calculator.js';
 import { LatentCache } from '../lib/latent-cache.js';
@@ -422,4 +423,16 @@ t.test('cache size: 656 bytes per token per layer (LatentCache, KV calculator)',
   t.throws(() => new LatentCache({ config: V3, numLayers: 1, numPages: 1, backend: 'reference', kvCacheFormat: 'int4' as 'model' }), { code: 'ERR_ARGUMENT' });
   using plain = new LatentCache({ config: V3, numLayers: 1, numPages: 1, backend: 'reference' });
   t.throws(() => MlaAttention.create({ config: V3, weights: {} as MlaWeights, cache: plain, layer: 0, backend: 'reference', kvCacheFormat: 'fp8_e4m3' }), { code: 'ERR_ARGUMENT', message: /kvCacheFormat/ });
+});
+
+t.test('bench: FP8 decode cases count 656 bytes per cached token', async (t) => {
+  const shape = { b: 128, h: 16, sQ: 1, sK: 8192, varlen: false, causal: true, dtype: 'bf16' as const };
+  const bf = decodeCase(shape), f8 = decodeCase({ ...shape, cache: 'fp8' });
+  const rows = 128 * 16;
+  t.equal(f8.bytes, 128 * 8192 * 656 + rows * (576 + 512) * 2);
+  t.equal(bf.bytes, 128 * 8192 * 576 * 2 + rows * (576 + 512) * 2);
+  t.equal(f8.flops, bf.flops);
+  const cases = decodeSuite.cases({ quick: true, grid: { cache: ['model', 'fp8'], h: [16, 128], sk: [8192] } });
+  t.same(cases.map((c) => c.params['cache']), ['model', 'model', 'fp8', 'fp8']);
+  t.throws(() => decodeCase({ ...shape, dtype: 'f16', cache: 'fp8' }), RangeError);
 });

@@ -7,6 +7,7 @@
 // test reports it.
 import { DTYPE_SIZE } from '../dtype.js';
 import { decode, DecodeWorkspace } from '../ops/decode.js';
+import { FP8_CACHE_ROW_BYTES } from '../ops/fp8-cache.js';
 import { mulberry32, randnArray } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { mlaDecodeBytes, mlaDecodeFlops, MLA_DK, MLA_DV } from './formulas.js';
@@ -27,6 +28,8 @@ export interface DecodeBenchShape {
   varlen: boolean;
   causal: boolean;
   dtype: HalfDType;
+  /** 'model': the cache in `dtype`; 'fp8': the 656-byte FP8 layout (bf16 q), bytes counted at 656 per token. */
+  cache?: 'model' | 'fp8';
   seed?: number;
 }
 
@@ -43,28 +46,34 @@ export function decodeCase(s: DecodeBenchShape): BenchCase {
   const seqLens = decodeSeqLens(s);
   const sum = seqLens.reduce((a, b) => a + b, 0);
   const e = DTYPE_SIZE[s.dtype];
+  const fp8 = s.cache === 'fp8';
+  if (fp8 && s.dtype !== 'bf16') throw new RangeError('decode: the fp8 cache is read with bf16 queries (dtype bf16)');
+  const rowBytes = fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK * e;
   const pagesOf = Array.from(seqLens, (L) => Math.ceil(L / PAGE_SIZE));
   const numPages = pagesOf.reduce((a, b) => a + b, 0);
   const maxPages = Math.max(1, ...pagesOf);
   const tokens = s.b * s.sQ;
-  const shape = { b: s.b, sQ: s.sQ, hQ: s.h, sumSeqlen: sum, elemBytes: e };
+  const shape = { b: s.b, sQ: s.sQ, hQ: s.h, sumSeqlen: sum, elemBytes: e, cacheRowBytes: rowBytes };
   // Workspace (DecodeWorkspace.partialRows): 2 · SMs · min(64, H·s_q) rows of (512 + 1) f32.
   const wsEstimate = 2 * 160 * Math.max(Math.min(64, s.h * s.sQ), 1) * (MLA_DV + 1) * 4;
   return {
-    name: `b${s.b} h${s.h} sq${s.sQ} sk${s.sK}${s.varlen ? ' varlen' : ''}${s.causal ? '' : ' full'} ${s.dtype}`,
-    params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, varlen: s.varlen, causal: s.causal, dtype: s.dtype, pageSize: PAGE_SIZE, sumSeqlen: sum },
+    name: `b${s.b} h${s.h} sq${s.sQ} sk${s.sK}${s.varlen ? ' varlen' : ''}${s.causal ? '' : ' full'} ${s.dtype}${fp8 ? ' fp8-cache' : ''}`,
+    params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, varlen: s.varlen, causal: s.causal, dtype: s.dtype, cache: fp8 ? 'fp8' : 'model', pageSize: PAGE_SIZE, sumSeqlen: sum },
     flops: mlaDecodeFlops(shape),
     bytes: mlaDecodeBytes(shape),
-    footprintBytes: numPages * PAGE_SIZE * MLA_DK * e + tokens * s.h * (MLA_DK + MLA_DV) * e + tokens * s.h * 4 + s.b * (maxPages + 1) * 4 + wsEstimate,
+    footprintBytes: numPages * PAGE_SIZE * rowBytes + tokens * s.h * (MLA_DK + MLA_DV) * e + tokens * s.h * 4 + s.b * (maxPages + 1) * 4 + wsEstimate,
     setup() {
       const owned: Array<{ dispose(): void }> = [];
       try {
         const q = DeviceTensor.empty([tokens, s.h, MLA_DK], s.dtype);
         owned.push(q);
         fillRandom(q, 11, 0.5);
-        const cache = DeviceTensor.empty([numPages, PAGE_SIZE, MLA_DK], s.dtype);
+        const cache = DeviceTensor.empty([numPages, PAGE_SIZE, fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK], fp8 ? 'u8' : s.dtype);
         owned.push(cache);
-        fillRandom(cache, 12);
+        // FP8: every byte 0x38 is a valid row (e4m3 1.0, scales and rope ≈ 4.4e-5); the kernel's
+        // work does not depend on the values.
+        if (fp8) cache.fill(0x38);
+        else fillRandom(cache, 12);
         // Pages handed out in a shuffled order, as a long-running server's allocator would.
         const rand = mulberry32(13);
         const perm = Int32Array.from({ length: numPages }, (_, i) => i);
@@ -112,7 +121,7 @@ function gridBooleans(opts: BenchSuiteOptions, key: string, fallback: boolean[])
 
 export const suite: BenchSuite = {
   name: 'decode',
-  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype)",
+  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8)",
   cases(opts) {
     const quick = opts.quick;
     const bs = gridNumbers('decode', opts, 'b', quick ? [16] : [128]);
@@ -125,14 +134,19 @@ export const suite: BenchSuite = {
       if (v !== 'bf16' && v !== 'f16') throw new RangeError(`decode: dtype must be bf16 or f16, got ${String(v)}`);
       return v;
     });
+    const caches = (opts.grid?.['cache'] ?? ['model']).map((v): 'model' | 'fp8' => {
+      if (v !== 'model' && v !== 'fp8') throw new RangeError(`decode: cache must be model or fp8, got ${String(v)}`);
+      return v;
+    });
     const out: BenchCase[] = [];
+    for (const cache of caches)
     for (const dtype of dtypes)
       for (const varlen of varlens)
         for (const causal of causals)
           for (const b of bs)
             for (const sQ of sqs)
               for (const h of hs)
-                for (const sK of sks) out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype }));
+                for (const sK of sks) if (cache === 'model' || dtype === 'bf16') out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache }));
     return out;
   },
 };

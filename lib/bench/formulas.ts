@@ -23,6 +23,8 @@ export interface MlaDecodeShape {
   dV?: number | undefined;
   /** Bytes per element of q, the cache and the output (2 for bf16/f16). */
   elemBytes?: number | undefined;
+  /** Bytes per cached token when the cache is not d_k elements (the FP8 layout: 656). */
+  cacheRowBytes?: number | undefined;
 }
 
 /** FlashMLA: s_q · Σseqlen · h_q · (d_k + d_v) · 2. */
@@ -30,12 +32,17 @@ export function mlaDecodeFlops(s: MlaDecodeShape): number {
   return s.sQ * s.sumSeqlen * s.hQ * ((s.dK ?? MLA_DK) + (s.dV ?? MLA_DV)) * 2;
 }
 
-/** FlashMLA: (Σseqlen · h_kv · d_k + b · s_q · h_q · d_k + b · s_q · h_q · d_v) · elemBytes. */
+/**
+ * FlashMLA: (Σseqlen · h_kv · d_k + b · s_q · h_q · d_k + b · s_q · h_q · d_v) · elemBytes; with
+ * `cacheRowBytes` (FP8 cache) the first term is Σseqlen · h_kv · cacheRowBytes.
+ */
 export function mlaDecodeBytes(s: MlaDecodeShape): number {
   const dK = s.dK ?? MLA_DK;
   const dV = s.dV ?? MLA_DV;
+  const e = s.elemBytes ?? 2;
   const rows = s.b * s.sQ * s.hQ;
-  return (s.sumSeqlen * (s.hKv ?? 1) * dK + rows * dK + rows * dV) * (s.elemBytes ?? 2);
+  const cacheBytes = s.sumSeqlen * (s.hKv ?? 1) * (s.cacheRowBytes ?? dK * e);
+  return cacheBytes + (rows * dK + rows * dV) * e;
 }
 
 /** C[m, n] = A[m, k] · B[k, n]: one multiply-add (2 FLOP) per (m, n, k). */
