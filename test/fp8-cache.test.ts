@@ -22,10 +22,12 @@ import { LatentCache } from '../lib/latent-cache.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { loadMlaConfig, loadMlaWeights, type MlaWeights } from '../lib/weights.js';
 import { DeviceTensor } from '../lib/index.js';
-import { appendLatent, ropeConfigFrom, RopeTable } from '../lib/ops/rope.js';
+import { appendLatent, ropeConfigFrom, RopeTable, validateAppendLatent } from '../lib/ops/rope.js';
 import { appendLatentReference } from '../lib/reference/cache.js';
-import { decode } from '../lib/ops/decode.js';
-import { prefill } from '../lib/ops/prefill.js';
+import type { DType } from '../lib/dtype.js';
+import { decode, validateDecodeArgs } from '../lib/ops/decode.js';
+import { prefill, validatePrefillArgs } from '../lib/ops/prefill.js';
+import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { prefillReference } from '../lib/reference/prefill.js';
 import { decodeReference } from '../lib/reference/decode.js';
 import { appendLatentFp8Reference, decodeFp8Reference, gatherFp8Cache } from '../lib/reference/fp8.js';
@@ -435,4 +437,26 @@ t.test('bench: FP8 decode cases count 656 bytes per cached token', async (t) => 
   const cases = decodeSuite.cases({ quick: true, grid: { cache: ['model', 'fp8'], h: [16, 128], sk: [8192] } });
   t.same(cases.map((c) => c.params['cache']), ['model', 'model', 'fp8', 'fp8']);
   t.throws(() => decodeCase({ ...shape, dtype: 'f16', cache: 'fp8' }), RangeError);
+});
+
+t.test('FP8 cache arguments are checked before launch, naming the argument', async (t) => {
+  const meta = (shape: number[], dtype: DType, strides?: number[]): TensorMeta => ({
+    shape, dtype, disposed: false, strides: strides ?? shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1)),
+  });
+  const base = { q: meta([2, 16, 576], 'bf16'), blockTable: meta([2, 4], 'i32'), seqLens: meta([2], 'i32'), scale: 0.1, causal: false };
+  t.equal(validateDecodeArgs({ ...base, cache: meta([8, 64, 656], 'u8') }).pageSize, 64);
+  t.equal(validateDecodeArgs({ ...base, cache: meta([8, 64, 656], 'u8', [65 * 656, 656, 1]) }).numPages, 8, 'page stride above pageSize·656');
+  t.throws(() => validateDecodeArgs({ ...base, cache: meta([8, 64, 656], 'u8', [64 * 656 + 8, 656, 1]) }), { code: 'ERR_SHAPE', message: /`cache` page stride/ });
+  t.throws(() => validateDecodeArgs({ ...base, cache: meta([8, 64, 656], 'u8', [64 * 656 - 16, 656, 1]) }), { code: 'ERR_SHAPE', message: /`cache`/ });
+  t.throws(() => validateDecodeArgs({ ...base, cache: meta([8, 64, 576], 'u8') }), { code: 'ERR_SHAPE', message: /`cache`/ });
+  t.throws(() => validateDecodeArgs({ ...base, q: meta([2, 16, 576], 'f16'), cache: meta([8, 64, 656], 'u8') }), { code: 'ERR_DTYPE', message: /`q`/ });
+  const pre = { q: meta([3, 4, 192], 'f16'), cache: meta([8, 16, 656], 'u8'), blockTable: meta([1, 4], 'i32'), seqLens: [3], qSeqLens: [3], weights: { kvBProj: meta([4 * 256, 512], 'f16') }, scale: 0.1 };
+  t.throws(() => validatePrefillArgs(pre), { code: 'ERR_DTYPE', message: /FP8 `cache`/ });
+  const app = {
+    kvDown: meta([4, 576], 'bf16'), normWeight: meta([512], 'bf16'), eps: 1e-6, positions: meta([4], 'i32'), slotMapping: meta([4], 'i32'),
+    table: { rotaryDim: 64, maxPositions: 16, layout: 'interleaved' as const, disposed: false },
+  };
+  t.equal(validateAppendLatent({ ...app, cache: meta([8, 16, 656], 'u8') }).numSlots, 128);
+  t.throws(() => validateAppendLatent({ ...app, cache: meta([8, 16, 656], 'u8', [16 * 656, 660, 1]) }), { code: 'ERR_SHAPE', message: /`cache` rows/ });
+  t.throws(() => validateAppendLatent({ ...app, kvDown: meta([4, 264], 'bf16'), normWeight: meta([200], 'bf16'), cache: meta([8, 16, 656], 'u8') }), { code: 'ERR_SHAPE', message: /FP8 `cache`/ });
 });
