@@ -471,33 +471,38 @@ export class LatentCache implements Disposable {
 
   /**
    * Uploads a step's index arrays as i32 device tensors, once per step (every layer of a
-   * model reuses them). The previous step's tensors are freed (cudaFree waits for the
-   * kernels still reading them).
+   * model reuses them). They replace the previous step's, which are overwritten in place when
+   * the shapes match, else freed: a DeviceCacheStep is valid until the next uploadStep().
    */
   uploadStep(step: CacheStep): DeviceCacheStep {
     this.#alive('uploadStep()');
     checkObject('LatentCache.uploadStep', 'step', step);
     if (!Array.isArray(step.entries)) throw new MlaError('ERR_ARGUMENT', 'LatentCache.uploadStep: `step` must be a CacheStep from planStep()');
     if (this.#deviceStepOf === step && this.#deviceStep !== null) return this.#deviceStep;
-    const up = (a: Int32Array, shape: readonly number[]): DeviceTensor => DeviceTensor.fromArray(a, shape, 'i32');
     const B = step.entries.length;
+    const prev = this.#deviceStep;
+    // The previous step's tensor of the same shape is overwritten in place (a decode loop then
+    // allocates and frees nothing); the legacy-stream upload waits for the kernels reading it.
+    this.#deviceStepOf = null;
     const made: DeviceTensor[] = [];
     try {
-      const mk = (a: Int32Array, shape: readonly number[]): DeviceTensor => {
-        const t = up(a, shape);
+      const mk = (key: keyof DeviceCacheStep, a: Int32Array, shape: readonly number[]): DeviceTensor => {
+        const old = prev?.[key];
+        if (old !== undefined && old.shape.length === shape.length && old.shape.every((d, i) => d === shape[i])) return old.write(a);
+        const t = DeviceTensor.fromArray(a, shape, 'i32');
         made.push(t);
         return t;
       };
       const next: DeviceCacheStep = {
-        positions: mk(step.positions, [step.numTokens]),
-        slotMapping: mk(step.slotMapping, [step.numTokens]),
-        seqLens: mk(step.seqLens, [B]),
-        contextLens: mk(step.contextLens, [B]),
-        qSeqLens: mk(step.qSeqLens, [B]),
-        cuSeqLens: mk(step.cuSeqLens, [B + 1]),
-        blockTable: mk(step.blockTable, [B, step.maxPages]),
+        positions: mk('positions', step.positions, [step.numTokens]),
+        slotMapping: mk('slotMapping', step.slotMapping, [step.numTokens]),
+        seqLens: mk('seqLens', step.seqLens, [B]),
+        contextLens: mk('contextLens', step.contextLens, [B]),
+        qSeqLens: mk('qSeqLens', step.qSeqLens, [B]),
+        cuSeqLens: mk('cuSeqLens', step.cuSeqLens, [B + 1]),
+        blockTable: mk('blockTable', step.blockTable, [B, step.maxPages]),
       };
-      this.#disposeStep();
+      if (prev !== null) for (const [k, t] of Object.entries(prev) as [keyof DeviceCacheStep, DeviceTensor][]) if (next[k] !== t) t.dispose();
       this.#deviceStep = next;
       this.#deviceStepOf = step;
       return next;

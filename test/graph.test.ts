@@ -2,9 +2,10 @@
 // the device, so a replay follows new lengths and tables), in-place update, and the calls a
 // capture cannot hold, which throw before they reach CUDA.
 import t from 'tap';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { cuda, CudaGraph, DeviceTensor, LatentCache, loadMlaConfig, loadMlaWeights, MlaAttention, MlaError, Stream } from '../lib/index.js';
-import { native, packageRoot } from '../lib/native.js';
+import { emulatorUnavailable, native, packageRoot } from '../lib/native.js';
 import { decode, DecodeWorkspace } from '../lib/ops/decode.js';
 import { rmsNorm } from '../lib/ops/rmsnorm.js';
 import { build, checkOutputs, disposeBuilt, DV, type CaseSpec } from './helpers/decode-cases.js';
@@ -218,4 +219,14 @@ t.test('MlaAttention.captureDecode: a replayed step writes the same bits as the 
   const noStream = MlaAttention.create({ config, weights, cache, layer: 0, backend: 'gpu' });
   await rejects(t, () => noStream.captureDecode({ batch: 2, maxSeqLen: 48 }), 'ERR_ARGUMENT', /needs the layer's `stream`/);
   noStream.dispose();
+});
+
+t.test('scripts/host-overhead.mjs: the V3 step eager and as a graph, forward() and DecodeGraph.step (kernels skipped)', { skip: emulatorUnavailable() ?? false }, async (t) => {
+  const r = spawnSync(process.execPath, [join(packageRoot, 'scripts', 'host-overhead.mjs')], {
+    encoding: 'utf8', timeout: 120_000, env: { ...process.env, MLA_CUDA_DEVICE: 'emulator', MLA_EMU_SKIP_KERNELS: '1' },
+  });
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /host cost per call \(median of 200, µs\) on emulated device, kernels skipped/);
+  for (const op of ['q_a_proj', 'append_latent', 'decode', 'o_proj']) t.match(r.stdout, new RegExp(`\\n  ${op} +\\d+\\.\\d\\n`), op);
+  t.match(r.stdout, /\n +64 +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+\n/, 'batch 64: eager step, graph launch, forward(), DecodeGraph.step');
 });

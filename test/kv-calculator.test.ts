@@ -54,7 +54,8 @@ t.test('errors and formatting', async (t) => {
 t.test('the layer benchmark counts the cache bytes the calculator gives', async (t) => {
   const { suite, stageCost } = await import('../lib/bench/layer.js');
   const cases = suite.cases({ quick: false });
-  t.equal(cases.length, 3 * 2 * 11, 'B ∈ {1, 32, 128} × ctx ∈ {4k, 32k} × (step + 10 kernels)');
+  t.equal(cases.length, 5 * 2 * 12, 'B ∈ {1, 8, 32, 64, 128} × ctx ∈ {4k, 32k} × (step + graph + 10 kernels)');
+  t.same(stageCost('graph', { b: 8, ctx: 4096 }), stageCost('step', { b: 8, ctx: 4096 }), 'the captured step does the same work');
   t.ok(cases.some((c) => c.name === 'step b128 ctx32768'));
   const dec = stageCost('decode', { b: 32, ctx: 4096 });
   const mla = kvCacheEstimate('mla', kvGeometry(V3), { dtype: 'bf16', numLayers: 1, contextLength: 4096, batch: 32 });

@@ -807,6 +807,10 @@ cudaError_t launchConfigError(const LaunchConfig& cfg) {
 void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
   if (cudaError_t sticky = stickyError()) return setLastError(sticky);
   if (cudaError_t bad = launchConfigError(cfg)) return setLastError(bad);
+  // MLA_EMU_SKIP_KERNELS=1: accept every launch and run nothing, so a benchmark measures the
+  // host's own cost per op (bench/host-overhead.mjs). Every result is garbage then.
+  static const bool skipKernels = envInt("MLA_EMU_SKIP_KERNELS", 0) != 0;
+  if (skipKernels) return setLastError(cudaSuccess);
   const long long threads = (long long)cfg.block.x * cfg.block.y * cfg.block.z;
 
   // MLA_EMU_FAULT=<part of a kernel name>: that kernel faults in its first block, so tests can

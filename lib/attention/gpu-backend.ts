@@ -147,6 +147,10 @@ export class GpuBackend implements AttentionBackend {
   #w: DeviceWeights | null;
   #rope: RopeTable | null = null;
   #workspace: DecodeWorkspace | null = null;
+  // Eager steps reuse their intermediates: a decode loop of one batch shape allocates nothing
+  // after its first step (each cudaFree would also wait for the GPU). Stream order makes the
+  // reuse safe: a step's kernels run after the previous step's on the layer's stream.
+  readonly #scratch = new Map<string, DeviceTensor>();
 
   private constructor(opts: GpuBackendOptions, w: DeviceWeights) {
     this.#cfg = opts.config;
@@ -213,9 +217,9 @@ export class GpuBackend implements AttentionBackend {
       temps.push(t);
       return t;
     };
-    // An intermediate: the arena's, or a fresh tensor freed at the end of the step.
+    // An intermediate: the arena's, or this backend's scratch buffer of that name and shape.
     const tmp = (name: string, shape: readonly number[], dtype: CacheDType | 'f32' = this.#dtype): DeviceTensor =>
-      arena ? arena.take(name, shape, dtype) : keep(DeviceTensor.empty(shape, dtype));
+      arena ? arena.take(name, shape, dtype) : this.#scratchTensor(name, shape, dtype);
     try {
       // Query: q = W_qb·RMSNorm(W_qa·x) (or W_q·x), rope part rotated in place.
       let q: DeviceTensor;
@@ -289,10 +293,22 @@ export class GpuBackend implements AttentionBackend {
     }
   }
 
+  #scratchTensor(name: string, shape: readonly number[], dtype: CacheDType | 'f32'): DeviceTensor {
+    const have = this.#scratch.get(name);
+    if (have !== undefined && have.dtype === dtype && have.shape.length === shape.length && have.shape.every((d, i) => d === shape[i])) return have;
+    have?.dispose();
+    this.#scratch.delete(name);
+    const t = DeviceTensor.empty(shape, dtype);
+    this.#scratch.set(name, t);
+    return t;
+  }
+
   dispose(): void {
     const w = this.#w;
     if (w === null) return;
     this.#w = null;
+    for (const t of this.#scratch.values()) t.dispose();
+    this.#scratch.clear();
     for (const t of [w.qAProj, w.qALayernorm, w.qBProj, w.qProj, w.kvAProjWithMqa, w.kvALayernorm, w.oProj, w.prefillWUK]) t?.dispose();
     w.absorb.dispose();
     this.#rope?.dispose();

@@ -3,14 +3,16 @@
 // run as MlaAttention's GPU backend runs it, with preallocated buffers and no host
 // round trips. The BenchInstance contract times one function per case, so the per-kernel
 // breakdown is one case per stage: `stage=step` is the whole step (its runMain the
-// attention kernel alone), the other stages time each kernel of the step by itself.
+// attention kernel alone), `stage=graph` the same step captured once as a CUDA graph and
+// replayed (step − graph is what launching from JavaScript costs), the other stages time each
+// kernel of the step by itself.
 import { MLA_PRESETS } from '../config.js';
 import { decode, DecodeWorkspace } from '../ops/decode.js';
 import { absorbOutput, absorbQuery, linear, prepareAbsorbWeights, type AbsorbWeights } from '../ops/linear.js';
 import { rmsNorm } from '../ops/rmsnorm.js';
 import { appendLatent, ropeConfigFrom, ropeQuery, RopeTable } from '../ops/rope.js';
 import { mulberry32, randnArray } from '../reference/util.js';
-import type { Stream } from '../runtime/stream.js';
+import { Stream } from '../runtime/stream.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { gemmBytes, gemmFlops, mlaDecodeBytes, mlaDecodeFlops } from './formulas.js';
 import type { BenchCase, BenchInstance, BenchSuite } from './types.js';
@@ -20,7 +22,7 @@ const CFG = MLA_PRESETS['deepseek-v3'];
 const PAGE_SIZE = 64;
 const E = 2; // bf16
 
-export const LAYER_STAGES = ['step', 'q_a_proj', 'q_norm', 'q_b_proj', 'rope_q', 'kv_a_proj', 'append_latent', 'absorb_q', 'decode', 'absorb_o', 'o_proj'] as const;
+export const LAYER_STAGES = ['step', 'graph', 'q_a_proj', 'q_norm', 'q_b_proj', 'rope_q', 'kv_a_proj', 'append_latent', 'absorb_q', 'decode', 'absorb_o', 'o_proj'] as const;
 export type LayerStage = (typeof LAYER_STAGES)[number];
 
 function isStage(s: string): s is LayerStage {
@@ -39,6 +41,7 @@ const G = (() => {
 
 /** FLOPs and minimum bytes of one run of a stage (bf16 everywhere, f32 norm weights). */
 export function stageCost(stage: LayerStage, d: Dims): { flops: number; bytes: number } {
+  if (stage === 'graph') return stageCost('step', d);
   const B = d.b;
   const { hid, H, q, C, N, R, V, QK, D } = G;
   switch (stage) {
@@ -68,7 +71,7 @@ export function stageCost(stage: LayerStage, d: Dims): { flops: number; bytes: n
       let flops = 0;
       let bytes = 0;
       for (const s of LAYER_STAGES) {
-        if (s === 'step') continue;
+        if (s === 'step' || s === 'graph') continue;
         const c = stageCost(s, d);
         flops += c.flops;
         bytes += c.bytes;
@@ -89,7 +92,7 @@ function cacheBytes(d: Dims): number {
 
 // Everything one decode step touches, allocated once.
 // `owned` is the caller's, so a constructor that throws halfway leaks nothing.
-class LayerStep {
+export class LayerStep {
   readonly owned: Array<{ dispose(): void }>;
   readonly run: Record<LayerStage, (stream?: Stream) => void>;
 
@@ -173,8 +176,10 @@ class LayerStep {
       absorb_o: (stream) => void absorbOutput(oLat, absorb, { out: o, stream }),
       o_proj: (stream) => void linear(o.reshape([B, H * V]), wo, { out: y, stream }),
       step: (stream) => {
-        for (const s of LAYER_STAGES) if (s !== 'step') run[s](stream);
+        for (const s of LAYER_STAGES) if (s !== 'step' && s !== 'graph') run[s](stream);
       },
+      graph: (stream) => run.step(stream), // replaced by the captured graph in layerCase
+
     };
     this.run = run;
   }
@@ -199,6 +204,13 @@ export function layerCase(stage: LayerStage, d: Dims): BenchCase {
         const s = new LayerStep(d, owned);
         // One full step first: the plan decode's runMain relies on, real data for every stage.
         s.run.step();
+        if (stage === 'graph') {
+          const captureStream = new Stream();
+          owned.push(captureStream);
+          const graph = captureStream.capture(() => s.run.step(captureStream));
+          owned.push(graph);
+          return { run: (stream) => graph.launch(stream), dispose: () => s.dispose() };
+        }
         return {
           run: (stream) => s.run[stage](stream),
           ...(stage === 'step' ? { runMain: (stream: Stream) => s.run.decode(stream) } : {}),
@@ -216,9 +228,9 @@ export const suite: BenchSuite = {
   name: 'layer',
   description: 'one decode step of a DeepSeek-V3 attention layer (128 heads, hidden 7168), whole and per kernel (grid keys: b, ctx, stage)',
   cases(opts) {
-    const bs = gridNumbers('layer', opts, 'b', opts.quick ? [1, 32] : [1, 32, 128]);
+    const bs = gridNumbers('layer', opts, 'b', opts.quick ? [1, 32] : [1, 8, 32, 64, 128]);
     const ctxs = gridNumbers('layer', opts, 'ctx', opts.quick ? [4096] : [4096, 32768]);
-    const stages = (opts.grid?.['stage'] ?? (opts.quick ? ['step', 'decode'] : [...LAYER_STAGES])).map((v) => {
+    const stages = (opts.grid?.['stage'] ?? (opts.quick ? ['step', 'graph', 'decode'] : [...LAYER_STAGES])).map((v) => {
       const s = String(v);
       if (!isStage(s)) throw new RangeError(`layer: unknown stage ${s} (known: ${LAYER_STAGES.join(', ')})`);
       return s;
