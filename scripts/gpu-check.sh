@@ -23,7 +23,8 @@
 #   flashmla    45  FlashMLA's own decode (.gpu/anchors/flashmla) at its grid: b128, s_q 1,2,
 #                   h_q 16..128, s_k 4k..32k
 #   decode      55  our decode at the same 32 shapes (mla-cuda bench decode)
-#   bench       55  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy)
+#   bench       55  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy; layer includes
+#                   the step as a CUDA graph), then scripts/host-overhead.mjs (host µs per op)
 # A global deadline (GPU_CHECK_DEADLINE, default 450 s after GPU_CHECK_T0, else after this
 # script's start) shortens or skips what would run past it. The table comes last on stdout and
 # in $OUT/summary.txt; $OUT also gets logs.tgz (every log, refreshed after each phase),
@@ -50,7 +51,7 @@ FLASHMLA=$ROOT/.gpu/anchors/flashmla/bench_flashmla.sh
 ALL_PHASES=(env tests demo primitives memcheck racecheck ceilings flashmla decode bench)
 declare -A BUDGET=([env]=20 [tests]=110 [demo]=20 [primitives]=30 [memcheck]=35 [racecheck]=35
   [ceilings]=35 [flashmla]=45 [decode]=55 [bench]=55 [rebuild]=150)
-KERNEL_TESTS="test/runtime.test.ts test/rope.test.ts test/rmsnorm.test.ts test/linear.test.ts test/decode.test.ts test/prefill.test.ts test/attention.test.ts test/demo.test.ts"
+KERNEL_TESTS="test/runtime.test.ts test/rope.test.ts test/rmsnorm.test.ts test/linear.test.ts test/decode.test.ts test/prefill.test.ts test/attention.test.ts test/demo.test.ts test/graph.test.ts test/fp8-cache.test.ts"
 # The sanitizer subset: one small subtest per kernel family (tap --grep on top-level subtests).
 SAN_FILES="test/decode.test.ts test/prefill.test.ts test/linear.test.ts test/rmsnorm.test.ts test/rope.test.ts"
 SAN_GREP='variable query lengths|reused workspace|odd sizes, tails|rmsNorm vs reference|appendLatent vs appendLatentReference'
@@ -325,6 +326,8 @@ phase_bench() {
   timeout -k 5 "$T" node dist/cli/main.js bench prefill rope linear layer copy --quick $(ceiling_args "$OUT/decode.json") \
     --json "$OUT/bench-quick.json" --svg "$OUT/roofline.svg" > "$WORK/bench.txt" 2>&1
   local rc=$?
+  # Host cost per op, eager step vs graph launch (issue 17); a few seconds, logged in logs.tgz.
+  timeout -k 5 60 node scripts/host-overhead.mjs --json "$WORK/host-overhead.json" > "$WORK/host-overhead.txt" 2>&1
   record bench "$(status_of $rc)" "$(bench_counts "$OUT/bench-quick.json" "$WORK/bench.txt")"
 }
 
