@@ -21,7 +21,8 @@ export interface NativeDeviceBuffer {
   free(): void;
   upload(view: ArrayBufferView, byteOffset: number): void;
   download(byteOffset: number, bytes: number): ArrayBuffer;
-  downloadAsync(byteOffset: number, bytes: number): Promise<ArrayBuffer>;
+  /** With `stream`: after the work queued there so far; the buffer stays in use until done. */
+  downloadAsync(byteOffset: number, bytes: number, stream?: NativeStream): Promise<ArrayBuffer>;
 }
 
 export interface NativeStream {

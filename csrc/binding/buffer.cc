@@ -109,17 +109,26 @@ Napi::Value DeviceBuffer::Download(const Napi::CallbackInfo& info) {
 // The copy runs on a libuv worker thread so the event loop keeps going.
 class DownloadWorker : public Napi::AsyncWorker {
  public:
-  DownloadWorker(Napi::Env env, DeviceBuffer* buf, Napi::Object owner, size_t offset, size_t bytes)
+  // `after`: an event recorded on the caller's stream (owned by the worker from here on); the
+  // copy waits for it on the worker thread. The buffer is marked in use at once, so a dispose()
+  // right after downloadAsync() returns is deferred until the copy is done, however long the
+  // stream's earlier work takes.
+  DownloadWorker(Napi::Env env, DeviceBuffer* buf, Napi::Object owner, size_t offset, size_t bytes, void* after)
       : Napi::AsyncWorker(env, "mla-cuda:download"), deferred_(Napi::Promise::Deferred::New(env)), buf_(buf),
-        src_(static_cast<char*>(buf->ptr()) + offset), bytes_(bytes), device_(buf->device()), host_(bytes) {
+        src_(static_cast<char*>(buf->ptr()) + offset), bytes_(bytes), device_(buf->device()), after_(after),
+        host_(bytes) {
     owner_ = Napi::Persistent(owner);
     buf_->beginUse();
   }
-  ~DownloadWorker() override { buf_->endUse(); }
+  ~DownloadWorker() override {
+    if (after_) gpu::eventDestroy(after_);
+    buf_->endUse();
+  }
   Napi::Promise promise() { return deferred_.Promise(); }
 
   void Execute() override {
     status_ = gpu::setDevice(device_);  // the device is per host thread
+    if (status_.ok() && after_) status_ = gpu::eventSynchronize(after_);
     if (status_.ok()) status_ = gpu::copyDeviceToHost(host_.data(), src_, bytes_, nullptr);
   }
   void OnOK() override {
@@ -145,19 +154,32 @@ class DownloadWorker : public Napi::AsyncWorker {
   const char* src_;
   size_t bytes_;
   int device_;
+  void* after_;
   std::vector<char> host_;
   Status status_;
 };
 
-// downloadAsync(byteOffset, bytes): Promise<ArrayBuffer>.
+// downloadAsync(byteOffset, bytes, stream?): Promise<ArrayBuffer>. With a stream, the copy comes
+// after the work queued there so far (an event marks that point, so the stream may even be
+// destroyed meanwhile).
 Napi::Value DeviceBuffer::DownloadAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber())
     throwError(env, Code::Argument, "downloadAsync: expected (byteOffset, bytes)");
   double offset = info[0].As<Napi::Number>().DoubleValue(), bytes = info[1].As<Napi::Number>().DoubleValue();
   checkRange(env, this, offset, bytes, "downloadAsync");
+  StreamHandle stream = info.Length() > 2 ? streamFrom(env, info[2], "toHost: `stream`") : nullptr;
+  void* after = nullptr;
+  if (stream) {
+    throwIfError(env, gpu::eventCreate(&after));
+    Status st = gpu::eventRecord(after, stream);
+    if (!st.ok()) {
+      gpu::eventDestroy(after);
+      throwIfError(env, st);
+    }
+  }
   auto* worker = new DownloadWorker(env, this, info.This().As<Napi::Object>(), static_cast<size_t>(offset),
-                                    static_cast<size_t>(bytes));
+                                    static_cast<size_t>(bytes), after);
   Napi::Promise p = worker->promise();
   worker->Queue();
   return p;

@@ -46,7 +46,9 @@ export class Stream {
 
   /** Resolves when all queued work is done, without blocking the event loop. */
   synchronizeAsync(): Promise<void> {
-    return this.nativeHandle().synchronizeAsync();
+    // Like every async method: a disposed stream is a rejected promise, not a synchronous throw.
+    if (!this.#s) return Promise.reject(new MlaError('ERR_DISPOSED', 'Stream.synchronizeAsync: `stream` was disposed'));
+    return this.#s.synchronizeAsync();
   }
 
   /** True when all queued work is done. */

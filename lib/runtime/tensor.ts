@@ -267,28 +267,34 @@ export class DeviceTensor implements TensorMeta {
     return this.isContiguous ? this : this.to(this.dtype, opts);
   }
 
-  #download<R>(run: (buffer: NativeDeviceBuffer, byteOffset: number, bytes: number) => R): { result: R; temp?: DeviceTensor } {
+  #download<R>(run: (buffer: NativeDeviceBuffer, byteOffset: number, bytes: number) => R, opts: StreamOption = {}, snapshot = false): { result: R; temp?: DeviceTensor } {
     this.assertAlive('toHost: `this`');
-    const src = this.isContiguous ? this : this.to(this.dtype);
+    const src = this.isContiguous && !snapshot ? this : this.to(this.dtype, opts);
     const size = DTYPE_SIZE[this.dtype];
-    const result = run(src.#buffer, src.offset * size, this.numel * size);
-    return src === this ? { result } : { result, temp: src };
+    try {
+      const result = run(src.#buffer, src.offset * size, this.numel * size);
+      return src === this ? { result } : { result, temp: src };
+    } catch (err) {
+      if (src !== this) src.dispose();
+      throw err;
+    }
   }
 
   /**
    * Copies to the host without blocking the event loop; raw elements (bits for 16-bit floats).
-   * With `stream`, the copy comes after the work already queued there.
+   * With `stream`, the values are those after the work already queued there and before later
+   * work: a device copy is queued on the stream now (a temporary the size of the tensor) and
+   * downloaded once an event after it completes. The download is queued before this returns, so
+   * a dispose() of the tensor or of the stream right after the call cannot pull the memory from
+   * under it. Every refusal (disposed tensor or stream, graph capture) is a rejected promise,
+   * never a synchronous throw.
    */
-  toHost(opts: StreamOption = {}): Promise<HostArray> {
+  async toHost(opts: StreamOption = {}): Promise<HostArray> {
+    // An async function runs synchronously up to its first await: the download starts now.
     refuseHostCopy();
-    // Without a stream the download starts before this returns, so a dispose() right after the
-    // call cannot pull the memory from under it (an `await` first would let it).
-    if (!opts.stream) return this.#finishDownload();
-    return opts.stream.synchronizeAsync().then(() => this.#finishDownload());
-  }
-
-  async #finishDownload(): Promise<HostArray> {
-    const { result, temp } = this.#download((b, off, n) => b.downloadAsync(off, n));
+    if (opts.stream?.disposed) throw new MlaError('ERR_DISPOSED', 'toHost: `stream` was disposed');
+    const stream = opts.stream?.nativeHandle();
+    const { result, temp } = this.#download((b, off, n) => b.downloadAsync(off, n, stream), opts, stream !== undefined);
     try {
       return hostArrayFor(this.dtype, await result);
     } finally {
