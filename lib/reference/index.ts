@@ -22,6 +22,7 @@ export {
   type PagedCacheView,
 } from './cache.js';
 export { decodeReference, type AttentionResult, type DecodeArgs } from './decode.js';
+export { sparseFp8Reference, sparseReference, type SparseArgs, type SparseFp8Args } from './sparse.js';
 export {
   expandLatentKv,
   mhaVarlenReference,
