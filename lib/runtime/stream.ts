@@ -100,16 +100,7 @@ export class Stream {
   /** Captures what `record` launches on this stream into a new graph (ends the capture on a throw). */
   capture(record: () => void): CudaGraph {
     this.beginCapture();
-    try {
-      record();
-    } catch (err) {
-      try {
-        this.endCapture().dispose();
-      } catch {
-        // the capture may be invalid already; the first error is the one to report
-      }
-      throw err;
-    }
+    recordInto(this, record);
     return this.endCapture();
   }
 
@@ -124,6 +115,20 @@ export class Stream {
 
   [Symbol.dispose](): void {
     this.dispose();
+  }
+}
+
+// Runs `record` inside the capture open on `stream`; a throw ends and drops the capture first.
+function recordInto(stream: Stream, record: () => void): void {
+  try {
+    record();
+  } catch (err) {
+    try {
+      stream.endCapture().dispose();
+    } catch {
+      // the capture may be invalid already; the first error is the one to report
+    }
+    throw err;
   }
 }
 
@@ -164,16 +169,7 @@ export class CudaGraph {
   update(stream: Stream, record: () => void): boolean {
     this.nativeHandle();
     stream.beginCapture();
-    try {
-      record();
-    } catch (err) {
-      try {
-        stream.endCapture().dispose();
-      } catch {
-        // as in Stream.capture
-      }
-      throw err;
-    }
+    recordInto(stream, record);
     return stream.endCapture(this);
   }
 
