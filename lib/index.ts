@@ -15,6 +15,7 @@ export * from './ops/linear.js';
 export * from './ops/rmsnorm.js';
 export * from './ops/rope.js';
 export * from './ops/prefill.js';
+export * from './ops/sparse.js';
 
 // Models: configs, checkpoints, the paged latent cache and the attention layer.
 export * from './config.js';
