@@ -349,7 +349,7 @@ t.test('linearCeilingCases: T = 4096 when the suite takes it, else its defaults'
 // ---- suites -------------------------------------------------------------------------------
 
 t.test('suite registry: known names, the copy suite, and missing files', async (t) => {
-  t.same(SUITE_NAMES, ['decode', 'prefill', 'rope', 'linear', 'layer', 'copy']);
+  t.same(SUITE_NAMES, ['decode', 'sparse', 'prefill', 'rope', 'linear', 'layer', 'copy']);
   const copy = await loadSuite('copy');
   t.equal(copy, copySuite);
   t.same(copy.cases({ quick: true }).map((c) => c.name), ['16 MiB f32', '256 MiB f32']);
@@ -615,11 +615,11 @@ t.test('bench --json to stdout sends the table to stderr; filters; TTY progress'
   const d = deps({ interactive: true });
   t.equal(await runBench(['--json', '--filter', 'case0', '--ceilings-file', ceilings, '--warmup', '0', '--repeats', '2'], d), 0, d.err);
   const report = JSON.parse(d.out) as BenchReport;
-  t.same(report.results.map((r) => r.name), ['decode case0', 'rope case0', 'linear case0', 'copy case0']);
+  t.same(report.results.map((r) => r.name), ['decode case0', 'sparse case0', 'rope case0', 'linear case0', 'copy case0']);
   t.same(report.unavailable.map((u) => u.suite), ['prefill', 'layer']);
   t.equal(report.ceilings.bandwidthSource, `file ${ceilings}`);
   t.match(d.err, /median µs/);
-  t.match(d.err, /\r\x1b\[K\[1\/4\] decode decode case0 \.\.\./);
+  t.match(d.err, /\r\x1b\[K\[1\/5\] decode decode case0 \.\.\./);
   const none = deps();
   t.equal(await runBench(['--filter', 'zzz', '--matmul-tflops', '1', '--bandwidth-tbs', '1'], none), 1);
   t.match(none.err, /no case matches --filter zzz/);

@@ -5,11 +5,12 @@
 // sinks ±inf and finite, a split top-k list, every emulated shared-memory tier.
 import { EMULATED_TIERS } from './helpers/emulated-devices.js'; // first: before the addon loads
 import t from 'tap';
-import { cuda, DeviceTensor } from '../lib/index.js';
+import { cuda, DeviceTensor, Stream } from '../lib/index.js';
 import type { TensorMeta } from '../lib/index.js';
 import type { DType } from '../lib/dtype.js';
 import { checkSparseIndices, sparse, validateSparseArgs, type SparseArgsMeta } from '../lib/ops/sparse.js';
 import { DecodeWorkspace } from '../lib/ops/decode.js';
+import { sparseCase, suite } from '../lib/bench/sparse.js';
 import { decodeReference } from '../lib/reference/decode.js';
 import { FP8_ROW_BYTES, quantizeFp8Cache } from '../lib/reference/fp8.js';
 import { sparseFp8Reference, sparseReference } from '../lib/reference/sparse.js';
@@ -225,5 +226,26 @@ t.test('sparse: a reused workspace, a long list split over parts, checkIndices o
   expectError(t, () => sparse({ q, cache, indices: bad, scale, workspace: ws }), 'ERR_RANGE', 'indices', 'checkIndices (default) refuses -2');
   using small = new DecodeWorkspace({ maxBatch: 1, maxHeads: 8 });
   expectError(t, () => sparse({ q, cache, indices: idx, scale, workspace: small }), 'ERR_RANGE', 'workspace', 'workspace too small for H');
+  t.end();
+});
+
+t.test('bench case: FlashMLA sparse formulas, and one tiny instance runs', { skip: gpuSkip }, (t) => {
+  const c = sparseCase({ b: 2, h: 16, sQ: 2, sK: 256, topk: 64, cache: 'fp8' });
+  const attended = 2 * 2 * 64;
+  t.equal(c.flops, 2 * 16 * attended * (576 + 512), 'FLOPs = 2·H·attended·(576+512)');
+  const unique = c.params['uniqueTokens'] as number;
+  t.ok(unique > 64 * 2 && unique <= attended, `unique tokens ${unique}: each request's two queries overlap partly`);
+  t.equal(c.bytes, unique * 656, 'bytes = unique × 656');
+  t.equal(sparseCase({ b: 2, h: 16, sQ: 1, sK: 256, topk: 64, cache: 'model' }).bytes, 2 * 64 * 1152, 'bf16: distinct slots × 1,152');
+  using stream = new Stream();
+  const inst = c.setup();
+  try {
+    inst.run(stream);
+    inst.runMain?.(stream);
+    stream.synchronize();
+  } finally {
+    inst.dispose();
+  }
+  t.ok(suite.cases({ quick: false }).every((x) => x.params['b'] === 128 && x.params['h'] === 128 && x.params['topk'] === 2048), 'default grid: b 128, h 128, topk 2048');
   t.end();
 });

@@ -102,3 +102,13 @@ export function attentionBytes(s: AttentionShape): number {
 export function arithmeticIntensity(flops: number, bytes: number): number {
   return bytes > 0 ? flops / bytes : 0;
 }
+
+/** FlashMLA's sparse attention: 2 · h_q · attended · (d_k + d_v), attended = Σ over query tokens of topk. */
+export function mlaSparseFlops(s: { hQ: number; attended: number; dK?: number; dV?: number }): number {
+  return 2 * s.hQ * s.attended * ((s.dK ?? MLA_DK) + (s.dV ?? MLA_DV));
+}
+
+/** FlashMLA's sparse attention: unique retrieved tokens × bytes per cached token (656 FP8, 1,152 bf16). */
+export function mlaSparseBytes(s: { uniqueTokens: number; cacheRowBytes: number }): number {
+  return s.uniqueTokens * s.cacheRowBytes;
+}

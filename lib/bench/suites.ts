@@ -40,6 +40,7 @@ export async function importSuiteFile(name: string, file: string): Promise<Bench
 /** Every suite name the CLI knows, in the order `bench` runs them by default. */
 export const SUITES: Readonly<Record<string, () => Promise<BenchSuite>>> = {
   decode: () => importSuiteFile('decode', 'decode'),
+  sparse: () => importSuiteFile('sparse', 'sparse'),
   prefill: () => importSuiteFile('prefill', 'prefill'),
   rope: () => importSuiteFile('rope', 'rope'),
   linear: () => importSuiteFile('linear', 'linear'),
