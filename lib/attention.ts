@@ -15,11 +15,12 @@ import { DeviceTensor } from './runtime/tensor.js';
 import type { Stream } from './runtime/stream.js';
 import { checkWeightsFit, isHostWeights, toReferenceWeights, type MlaWeights } from './weights.js';
 import { DecodeGraph, type DecodeGraphOptions } from './attention/decode-graph.js';
+import { SPARSE_MAX_TOPK } from './ops/sparse.js';
 import { GpuBackend } from './attention/gpu-backend.js';
 import { ReferenceBackend } from './attention/reference-backend.js';
-import type { AttentionBackend, AttentionPath } from './attention/types.js';
+import type { AttentionBackend, AttentionPath, SparseSelection } from './attention/types.js';
 
-export type { AttentionPath } from './attention/types.js';
+export type { AttentionPath, SparseSelection } from './attention/types.js';
 export { DecodeGraph, type DecodeGraphOptions } from './attention/decode-graph.js';
 export type AttentionBackendName = 'reference' | 'gpu';
 
@@ -69,6 +70,24 @@ export interface ForwardOptions {
    * copy: acceptable for an opt-in debugging check, not for every step of a serving loop.
    */
   checkFinite?: boolean;
+  /**
+   * Top-k attention (DeepSeek-V3.2): each token attends only to the positions of its own
+   * sequence in `sparse.indices` ([T, topk] Int32Array, -1 or a later position = none), through
+   * the sparse kernel on the absorbed path, prompts included (the path rule is not consulted).
+   * The positions become cache slots on the host through the step's block table.
+   */
+  sparse?: SparseSelection;
+}
+
+function checkSparseSelection(sel: SparseSelection, T: number): void {
+  if (typeof sel !== 'object' || sel === null) fail('ERR_ARGUMENT', '`opts.sparse` must be { indices, topk, topkLength? }');
+  if (!Number.isSafeInteger(sel.topk) || sel.topk < 1 || sel.topk > SPARSE_MAX_TOPK) fail('ERR_ARGUMENT', `\`opts.sparse.topk\` must be an integer in [1, ${SPARSE_MAX_TOPK}], got ${String(sel.topk)}`);
+  if (!(sel.indices instanceof Int32Array)) fail('ERR_ARGUMENT', '`opts.sparse.indices` must be an Int32Array');
+  if (sel.indices.length !== T * sel.topk) fail('ERR_SHAPE', `\`opts.sparse.indices\` has ${sel.indices.length} values; ${T} tokens × topk ${sel.topk} need ${T * sel.topk}`);
+  if (sel.topkLength !== undefined) {
+    if (!(sel.topkLength instanceof Int32Array)) fail('ERR_ARGUMENT', '`opts.sparse.topkLength` must be an Int32Array');
+    if (sel.topkLength.length !== T) fail('ERR_SHAPE', `\`opts.sparse.topkLength\` has ${sel.topkLength.length} values; the step has ${T} tokens`);
+  }
 }
 
 function isStep(b: readonly BatchEntry[] | CacheStep): b is CacheStep {
@@ -174,6 +193,8 @@ export class MlaAttention implements Disposable {
       if (finite) checkFinite('MlaAttention.forward', '`hidden`', hidden.toHostSync({ stream: this.#stream }), [T, hid], this.dtype);
       x = hidden;
     }
+    const sparse = opts.sparse;
+    if (sparse !== undefined) checkSparseSelection(sparse, T);
     if (isStep(batch) && !this.cache.isCurrentStep(batch)) fail('ERR_ARGUMENT', '`batch` is a CacheStep that is not the cache\'s latest plan (or its sequences changed since); call cache.planStep() for every step');
     const planned = !isStep(batch);
     const step = isStep(batch) ? batch : this.cache.planStep(batch);
@@ -183,7 +204,7 @@ export class MlaAttention implements Disposable {
         if (p !== 'prefill' && p !== 'decode') fail('ERR_ARGUMENT', `\`pathRule\` returned ${String(p)} for sequence ${String(e.seqId)}; expected 'prefill' or 'decode'`);
         return p;
       });
-      return impl.forward(x, step, paths);
+      return impl.forward(x, step, paths, sparse);
     } catch (e) {
       // Give back what this call reserved; the rows it may have written lie past the lengths.
       if (planned) for (const en of step.entries) if (this.cache.hasSequence(en.seqId)) this.cache.truncate(en.seqId, en.contextLen);

@@ -5,7 +5,9 @@
 // sinks ±inf and finite, a split top-k list, every emulated shared-memory tier.
 import { EMULATED_TIERS } from './helpers/emulated-devices.js'; // first: before the addon loads
 import t from 'tap';
-import { cuda, DeviceTensor, Stream } from '../lib/index.js';
+import { cuda, DeviceTensor, LatentCache, loadMlaConfig, loadMlaWeights, MlaAttention, MlaError, Stream } from '../lib/index.js';
+import { join } from 'node:path';
+import { packageRoot } from '../lib/native.js';
 import type { TensorMeta } from '../lib/index.js';
 import type { DType } from '../lib/dtype.js';
 import { checkSparseIndices, sparse, validateSparseArgs, type SparseArgsMeta } from '../lib/ops/sparse.js';
@@ -248,4 +250,96 @@ t.test('bench case: FlashMLA sparse formulas, and one tiny instance runs', { ski
   }
   t.ok(suite.cases({ quick: false }).every((x) => x.params['b'] === 128 && x.params['h'] === 128 && x.params['topk'] === 2048), 'default grid: b 128, h 128, topk 2048');
   t.end();
+});
+
+// MlaAttention: the selection is positions in each token's sequence; the layer maps them to slots.
+t.test('MlaAttention with a top-k selection: every position = the dense layer; random selections: kernels vs reference', async (t) => {
+  const file = join(packageRoot, 'test', 'fixtures', 'mla-v3slim.safetensors');
+  const config = loadMlaConfig(file);
+  const weights = loadMlaWeights(file, config, { prefix: 'weights.' });
+  const hid = config.hiddenSize;
+  const prompts = [19, 40];
+  const P = prompts[0]! + prompts[1]!;
+  const layer = (backend: 'reference' | 'gpu', kvCacheFormat?: 'fp8_e4m3') => {
+    const cache = new LatentCache({ config, numLayers: 1, numPages: 8, pageSize: 16, backend, ...(kvCacheFormat ? { kvCacheFormat } : {}) });
+    const attn = MlaAttention.create({ config, weights, cache, layer: 0, backend, ...(kvCacheFormat ? { kvCacheFormat } : {}) });
+    cache.addSequence('a');
+    cache.addSequence('b');
+    return { cache, attn };
+  };
+  const xPrompt = Float64Array.from(randn(P * hid, 41, 0.5));
+  const xStep = Float64Array.from(randn(4 * hid, 42, 0.5));
+  const promptBatch = [{ seqId: 'a', numTokens: prompts[0]! }, { seqId: 'b', numTokens: prompts[1]! }];
+  const stepBatch = [{ seqId: 'a', numTokens: 2 }, { seqId: 'b', numTokens: 2 }];
+  // Row t selects positions 0..topk-1 (those after the token's own count as none).
+  const everything = (T: number, topk: number): Int32Array => Int32Array.from({ length: T * topk }, (_, i) => i % topk);
+
+  // Reference backend: selecting every earlier position is the dense causal layer (prompt and step).
+  const dense = layer('reference');
+  const sel = layer('reference');
+  const d0 = dense.attn.forward(xPrompt, promptBatch);
+  const s0 = sel.attn.forward(xPrompt, promptBatch, { sparse: { indices: everything(P, 64), topk: 64 } });
+  t.ok(relError(s0, d0) < 1e-10, `prompts: sparse over every position = dense (${relError(s0, d0).toExponential(2)})`);
+  const d1 = dense.attn.forward(xStep, stepBatch);
+  const s1 = sel.attn.forward(xStep, stepBatch, { sparse: { indices: everything(4, 64), topk: 64 } });
+  t.ok(relError(s1, d1) < 1e-10, `two-token step: sparse over every position = dense (${relError(s1, d1).toExponential(2)})`);
+
+  // A random selection: duplicates, -1 holes, later (masked) positions, a topkLength per token.
+  const topk = 24;
+  const r = rng(43);
+  const indices = Int32Array.from({ length: 4 * topk }, () => Math.floor(r() * 50) - 3);
+  const topkLength = Int32Array.from([24, 0, 13, 30]);
+  const want = sel.attn.forward(xStep, stepBatch, { sparse: { indices, topk, topkLength } });
+  t.ok(want.every(Number.isFinite), 'reference: finite (a token with no entry contributes 0)');
+  for (const x of [dense, sel]) {
+    x.attn.dispose();
+    x.cache.dispose();
+  }
+  if (gpuSkip) return;
+  for (const format of [undefined, 'fp8_e4m3'] as const) {
+    const ref = layer('reference', format);
+    const gpu = layer('gpu', format);
+    try {
+      ref.attn.forward(xPrompt, promptBatch);
+      ref.attn.forward(xStep, stepBatch, { sparse: { indices, topk, topkLength } });
+      const wantAgain = ref.attn.forward(xStep, stepBatch, { sparse: { indices, topk, topkLength } });
+      using xp = DeviceTensor.fromArray(xPrompt, [P, hid], 'bf16');
+      using xs = DeviceTensor.fromArray(xStep, [4, hid], 'bf16');
+      gpu.attn.forward(xp, promptBatch).dispose();
+      gpu.attn.forward(xs, stepBatch, { sparse: { indices, topk, topkLength } }).dispose();
+      using y = gpu.attn.forward(xs, stepBatch, { sparse: { indices, topk, topkLength } });
+      const e = relError(y.toFloat32Sync(), wantAgain);
+      t.ok(e < 3e-2, `${format ?? 'bf16'} cache: sparse layer step, kernels vs float64 reference ${e.toExponential(2)}`);
+    } finally {
+      for (const x of [ref, gpu]) {
+        x.attn.dispose();
+        x.cache.dispose();
+      }
+    }
+  }
+});
+
+t.test('MlaAttention sparse option: bad selections are MlaErrors naming it, before any slot is reserved', async (t) => {
+  const file = join(packageRoot, 'test', 'fixtures', 'mla-v3slim.safetensors');
+  const config = loadMlaConfig(file);
+  const weights = loadMlaWeights(file, config, { prefix: 'weights.' });
+  using cache = new LatentCache({ config, numLayers: 1, numPages: 4, pageSize: 16, backend: 'reference' });
+  using attn = MlaAttention.create({ config, weights, cache, layer: 0, backend: 'reference' });
+  cache.addSequence(0);
+  const x = new Float64Array(2 * config.hiddenSize);
+  const batch = [{ seqId: 0, numTokens: 2 }];
+  for (const [sparseOpt, code, re] of [
+    [{ indices: [0, 1], topk: 1 }, 'ERR_ARGUMENT', /`opts.sparse.indices` must be an Int32Array/],
+    [{ indices: new Int32Array(3), topk: 1 }, 'ERR_SHAPE', /`opts.sparse.indices` has 3 values; 2 tokens × topk 1 need 2/],
+    [{ indices: new Int32Array(2), topk: 0 }, 'ERR_ARGUMENT', /`opts.sparse.topk` must be an integer/],
+    [{ indices: new Int32Array(2), topk: 1, topkLength: new Int32Array(1) }, 'ERR_SHAPE', /`opts.sparse.topkLength` has 1 values/],
+  ] as const) {
+    try {
+      attn.forward(x, batch, { sparse: sparseOpt as unknown as { indices: Int32Array; topk: number } });
+      t.fail('accepted');
+    } catch (e) {
+      t.ok(e instanceof MlaError && e.code === code && re.test(e.message), `${code}: ${String(e)}`);
+    }
+  }
+  t.equal(cache.length(0), 0, 'nothing reserved');
 });

@@ -18,7 +18,8 @@ import type { Stream } from '../runtime/stream.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { isPowerOfTwo } from '../ops/validate.js';
 import { isHostWeights, type MlaWeights } from '../weights.js';
-import type { AttentionBackend, AttentionPath } from './types.js';
+import { sparse as sparseAttention } from '../ops/sparse.js';
+import { sparseSlots, type AttentionBackend, type AttentionPath, type SparseSelection } from './types.js';
 
 export interface GpuBackendOptions {
   config: MlaConfig;
@@ -199,7 +200,7 @@ export class GpuBackend implements AttentionBackend {
    * arena.dev (nothing is allocated, uploaded or freed: what a graph capture needs); the
    * kernels and their arguments are otherwise the same as without, so both give the same bits.
    */
-  forward(hidden: DeviceTensor, step: CacheStep, paths: readonly AttentionPath[], arena?: StepArena): DeviceTensor {
+  forward(hidden: DeviceTensor, step: CacheStep, paths: readonly AttentionPath[], sparse?: SparseSelection, arena?: StepArena): DeviceTensor {
     const w = this.#w;
     if (w === null) throw new MlaError('ERR_DISPOSED', 'MlaAttention was disposed');
     const cfg = this.#cfg;
@@ -239,7 +240,31 @@ export class GpuBackend implements AttentionBackend {
       appendLatent({ kvDown, normWeight: w.kvALayernorm, eps: cfg.rmsNormEps, positions: dev.positions, slotMapping: dev.slotMapping, cache, table, stream, checkIndices: false });
 
       const o = tmp('o', [T, H, V]);
-      for (const s of segmentsOf(step, paths)) {
+      // [q_nope·W_UK ; q_rope] per head for the tokens [t0, t1): the absorbed query.
+      const absorbedQuery = (t0: number, t1: number): DeviceTensor => {
+        const qs = q3.slice(0, t0, t1);
+        const qAbs = tmp('qAbs', [t1 - t0, H, C + R]);
+        absorbQuery(qs.slice(2, 0, N), w.absorb, { out: qAbs.slice(2, 0, C), stream });
+        qAbs.slice(2, C, C + R).copyFrom(qs.slice(2, N, N + R), so);
+        return qAbs;
+      };
+      if (sparse !== undefined) {
+        const oLat = tmp('oLat', [T, H, C]);
+        sparseAttention({
+          q: absorbedQuery(0, T),
+          cache,
+          indices: keep(DeviceTensor.fromArray(sparseSlots(step, sparse, this.#cache.pageSize), [T, sparse.topk], 'i32')),
+          topkLength: sparse.topkLength && keep(DeviceTensor.fromArray(sparse.topkLength, [T], 'i32')),
+          scale: cfg.softmaxScale,
+          out: oLat,
+          lse: tmp('lse', [T, H], 'f32'),
+          workspace: this.#decodeWorkspace(T, 1),
+          checkIndices: false,
+          stream,
+        });
+        absorbOutput(oLat, w.absorb, { out: o, stream });
+      }
+      for (const s of sparse === undefined ? segmentsOf(step, paths) : []) {
         const qs = q3.slice(0, s.t0, s.t1);
         const bt = dev.blockTable.slice(0, s.b0, s.b1);
         if (s.path === 'prefill') {
@@ -258,9 +283,7 @@ export class GpuBackend implements AttentionBackend {
           keep(r.lse);
         } else {
           const Td = s.t1 - s.t0;
-          const qAbs = tmp('qAbs', [Td, H, C + R]);
-          absorbQuery(qs.slice(2, 0, N), w.absorb, { out: qAbs.slice(2, 0, C), stream });
-          qAbs.slice(2, C, C + R).copyFrom(qs.slice(2, N, N + R), so);
+          const qAbs = absorbedQuery(s.t0, s.t1);
           let maxQ = 0;
           let uniform = true;
           for (let b = s.b0; b < s.b1; b++) {

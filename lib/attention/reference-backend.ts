@@ -11,7 +11,8 @@ import { projectQuery, type MlaLayerWeights } from '../reference/layer.js';
 import { linear } from '../reference/linear.js';
 import { prefillReference } from '../reference/prefill.js';
 import { applyRope, ropeLayoutOf, ropeTable, type RopeLayout, type RopeTable } from '../reference/rope.js';
-import { tokenRows, type AttentionBackend, type AttentionPath } from './types.js';
+import { sparseReference } from '../reference/sparse.js';
+import { sparseSlots, tokenRows, type AttentionBackend, type AttentionPath, type SparseSelection } from './types.js';
 
 function gatherRows(src: Float64Array, width: number, rows: Int32Array): Float64Array {
   const out = new Float64Array(rows.length * width);
@@ -49,7 +50,7 @@ export class ReferenceBackend implements AttentionBackend {
     return this.#table;
   }
 
-  forward(hidden: Float64Array, step: CacheStep, paths: readonly AttentionPath[]): Float64Array {
+  forward(hidden: Float64Array, step: CacheStep, paths: readonly AttentionPath[], sparse?: SparseSelection): Float64Array {
     const cfg = this.#cfg;
     const w = this.#w;
     const { hiddenSize: hid, numHeads: H, kvLoraRank: C, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V } = cfg;
@@ -88,6 +89,34 @@ export class ReferenceBackend implements AttentionBackend {
       }
     }
 
+    // q_latent = q_nope·W_UK per head, then [q_latent ; q_rope]: the absorbed query of `rows`.
+    const absorbed = (rows: Int32Array): Float64Array => {
+      const Td = rows.length;
+      const qd = gatherRows(q, H * QK, rows);
+      const qLatent = absorbQuery(qd, Td, this.#absorbed, { stride: QK });
+      const qAbs = new Float64Array(Td * H * D);
+      for (let r = 0; r < Td * H; r++) {
+        qAbs.set(qLatent.subarray(r * C, (r + 1) * C), r * D);
+        qAbs.set(qd.subarray(r * QK + N, (r + 1) * QK), r * D + C);
+      }
+      return qAbs;
+    };
+
+    if (sparse !== undefined) {
+      const att = sparseReference({
+        q: absorbed(Int32Array.from({ length: T }, (_, t) => t)),
+        cache: storage,
+        indices: sparseSlots(step, sparse, pageSize),
+        topk: sparse.topk,
+        topkLength: sparse.topkLength,
+        numHeads: H,
+        dimLatent: C,
+        headDim: D,
+        scale: cfg.softmaxScale,
+      });
+      return linear(absorbOutput(att.out, T, this.#absorbed), T, H * V, w.oProj, hid);
+    }
+
     const o = new Float64Array(T * H * V);
     const group = (path: AttentionPath): number[] => paths.flatMap((p, b) => (p === path ? [b] : []));
     const view = (idx: number[]): PagedCacheView => {
@@ -121,16 +150,9 @@ export class ReferenceBackend implements AttentionBackend {
     if (dec.length > 0) {
       const rows = tokenRows(step, dec);
       const Td = rows.length;
-      const qd = gatherRows(q, H * QK, rows);
-      const qLatent = absorbQuery(qd, Td, this.#absorbed, { stride: QK });
-      const qAbs = new Float64Array(Td * H * D);
-      for (let r = 0; r < Td * H; r++) {
-        qAbs.set(qLatent.subarray(r * C, (r + 1) * C), r * D);
-        qAbs.set(qd.subarray(r * QK + N, (r + 1) * QK), r * D + C);
-      }
       const v = view(dec);
       const att = decodeReference({
-        q: qAbs,
+        q: absorbed(rows),
         cache: storage,
         pageSize,
         blockTable: v.blockTable,
