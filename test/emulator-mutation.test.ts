@@ -23,6 +23,7 @@ import { fileURLToPath } from 'node:url';
 import {
   applyEdits,
   buildMutantAddon,
+  kernelSource,
   HARNESS_CASES,
   limiter,
   lineOf,
@@ -421,7 +422,7 @@ function makeRunner(build: EmulatorBuild, childEnv: Readonly<Record<string, stri
   const source = (f: KernelFile): string => {
     let s = sources.get(f);
     if (s === undefined) {
-      s = readFileSync(join(root, 'csrc', 'kernels', f), 'utf8');
+      s = kernelSource(root, f);
       sources.set(f, s);
     }
     return s;

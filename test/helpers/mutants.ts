@@ -60,6 +60,17 @@ export function lineOf(source: string, text: string, what: string): number {
   return source.slice(0, at[0]).split('\n').length;
 }
 
+/**
+ * A kernel file as the mutants see it: its own `kernels/*_impl.cuh` headers (kernel code shared
+ * with another op, e.g. decode.cu's with sparse.cu) inlined, so a mutation can reach them and the
+ * recompiled copy still replaces the one object that includes them.
+ */
+export function kernelSource(root: string, file: KernelFile): string {
+  const dir = join(root, 'csrc', 'kernels');
+  return readFileSync(join(dir, file), 'utf8').replace(/^#include "kernels\/(\w+_impl\.cuh)"\n/gm,
+    (_, header: string) => `${readFileSync(join(dir, header), 'utf8').replace(/^#pragma once\n/m, '')}\n`);
+}
+
 export interface Mutated {
   source: string;
   /** 1-based line of each edit (in the source as the earlier edits left it). */
