@@ -6,7 +6,7 @@ import { native, nativeOp } from '../native.js';
 import type { Stream } from '../runtime/stream.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
-import { checkInt, checkNumber, checkSameDType, checkTensor, isPowerOfTwo, refuseIndexCheckDuringCapture } from './validate.js';
+import { checkInt, checkNumber, checkRowAlignment, checkSameDType, checkTensor, isPowerOfTwo, refuseIndexCheckDuringCapture } from './validate.js';
 import { checkFp8Cache } from './fp8-cache.js';
 
 const OP = 'decode';
@@ -50,14 +50,6 @@ export interface DecodeGeometry {
   causal: boolean;
 }
 
-function checkRowAlignment(name: string, t: TensorMeta, multiple: number, what: string): void {
-  for (let d = 0; d < t.strides.length - 1; d++) {
-    if (t.shape[d]! > 1 && t.strides[d]! % multiple !== 0) {
-      throw new MlaError('ERR_SHAPE', `${OP}: \`${name}\` strides must be multiples of ${multiple} elements (${what}), got [${t.strides.join(', ')}]`);
-    }
-  }
-}
-
 /**
  * Checks every argument of decode() that metadata can show; throws a typed MlaError naming
  * the argument. Device-resident indices (blockTable entries, seqLens, qSeqLens values) are
@@ -70,7 +62,7 @@ export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
   if (numHeads < 1 || numHeads > DECODE_MAX_HEADS) {
     throw new MlaError('ERR_RANGE', `${OP}: \`q\` has ${numHeads} heads; the head count must be in [1, ${DECODE_MAX_HEADS}]`);
   }
-  checkRowAlignment('q', q, 8, 'rows are gathered 16 bytes at a time');
+  checkRowAlignment(OP, 'q', q, 8, 'rows are gathered 16 bytes at a time');
   const fp8 = checkTensor(OP, 'cache', args.cache).dtype === 'u8';
   let numPages: number, pageSize: number;
   if (fp8) {
@@ -81,7 +73,7 @@ export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
     const cache = checkTensor(OP, 'cache', args.cache, { shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
     checkSameDType(OP, 'cache', cache, 'q', dtype);
     [numPages, pageSize] = cache.shape as [number, number, number];
-    checkRowAlignment('cache', cache, 8, 'rows are gathered 16 bytes at a time');
+    checkRowAlignment(OP, 'cache', cache, 8, 'rows are gathered 16 bytes at a time');
   }
   if (!isPowerOfTwo(pageSize) || pageSize < DECODE_MIN_PAGE_SIZE || pageSize > DECODE_MAX_PAGE_SIZE) {
     throw new MlaError('ERR_RANGE', `${OP}: \`cache\` page size ${pageSize} must be a power of two in [${DECODE_MIN_PAGE_SIZE}, ${DECODE_MAX_PAGE_SIZE}]`);
@@ -108,7 +100,7 @@ export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
   if (args.out !== undefined && args.out !== null) {
     const out = checkTensor(OP, 'out', args.out, { shape: [tokens, numHeads, DECODE_DIM_V], innerContiguous: true });
     checkSameDType(OP, 'out', out, 'q', dtype);
-    checkRowAlignment('out', out, 2, 'outputs are stored in pairs');
+    checkRowAlignment(OP, 'out', out, 2, 'outputs are stored in pairs');
   }
   if (args.lse !== undefined && args.lse !== null) checkTensor(OP, 'lse', args.lse, { dtype: 'f32', shape: [tokens, numHeads] });
   const scale = checkNumber(OP, 'scale', args.scale, { positive: true });

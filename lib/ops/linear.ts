@@ -5,7 +5,7 @@ import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
-import { checkInt, checkSameDType, checkTensor } from './validate.js';
+import { checkInt, checkRowAlignment, checkSameDType, checkTensor } from './validate.js';
 
 /** Input dtypes of the matrix kernels (x and the weight share one). */
 export type MatmulInputDType = 'bf16' | 'f16';
@@ -43,22 +43,9 @@ export interface MatmulPlan {
  * The kernels read rows with 16-byte vector loads / cp.async: every stride but the last must be
  * a non-negative multiple of 8 elements, and so must a DeviceTensor's element offset.
  */
-function checkRowAlignment(op: string, name: string, t: TensorMeta): void {
-  for (let d = 0; d < t.shape.length - 1; d++) {
-    const s = t.strides[d]!;
-    if (t.shape[d] !== 1 && (s < 0 || s % 8 !== 0)) {
-      throw new MlaError('ERR_SHAPE', `${op}: \`${name}\` must have strides that are non-negative multiples of 8 elements (dim ${d} has stride ${s})`);
-    }
-  }
-  const offset = (t as { offset?: unknown }).offset;
-  if (typeof offset === 'number' && offset % 8 !== 0) {
-    throw new MlaError('ERR_SHAPE', `${op}: \`${name}\` must start at an element offset that is a multiple of 8 (16-byte aligned), got ${offset}`);
-  }
-}
-
 function checkOperand(op: string, name: string, t: unknown, shape: readonly (number | null)[], dtype: readonly DType[]): TensorMeta {
   const m = checkTensor(op, name, t, { dtype, shape, innerContiguous: true });
-  checkRowAlignment(op, name, m);
+  checkRowAlignment(op, name, m, 8, '16-byte rows', { offset: true });
   return m;
 }
 
@@ -96,7 +83,7 @@ export function validateLinear(x: TensorMeta, weight: TensorMeta, opts: MatmulOp
   const xm = checkOperand(op, 'x', x, [null, null], IN_DTYPES);
   const wm = checkTensor(op, 'weight', weight, { shape: [null, null], innerContiguous: true });
   checkSameDType(op, 'weight', wm, 'x', xm.dtype);
-  checkRowAlignment(op, 'weight', wm);
+  checkRowAlignment(op, 'weight', wm, 8, '16-byte rows', { offset: true });
   const [M, K] = xm.shape as [number, number];
   const [N, WK] = wm.shape as [number, number];
   if (WK !== K) throw new MlaError('ERR_SHAPE', `${op}: \`weight\` must have shape [N, ${K}] (K of \`x\`), got [${wm.shape.join(', ')}]`);

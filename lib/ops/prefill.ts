@@ -10,7 +10,7 @@ import { nativeOp } from '../native.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
 import { linear } from './linear.js';
-import { checkInt, checkNumber, checkSameDType, checkTensor } from './validate.js';
+import { checkInt, checkNumber, checkRowAlignment, checkSameDType, checkTensor } from './validate.js';
 import { checkFp8Cache } from './fp8-cache.js';
 
 /** DeepSeek MLA head sizes the kernels are built for. */
@@ -157,19 +157,6 @@ function checkIndexInput(op: string, name: string, v: unknown, batch: number): v
   if (arr.length !== batch) throw new MlaError('ERR_SHAPE', `${op}: \`${name}\` must have ${batch} entries (one per request), got ${arr.length}`);
 }
 
-// 16-byte cp.async units: row strides must be multiples of 8 elements.
-function checkRowAlign(op: string, name: string, t: TensorMeta, dims: number): void {
-  for (let d = 0; d < dims; d++) {
-    if (t.shape[d]! > 1 && t.strides[d]! % 8 !== 0) {
-      throw new MlaError('ERR_SHAPE', `${op}: \`${name}\` stride of dim ${d} (${t.strides[d]}) must be a multiple of 8 elements (16-byte rows)`);
-    }
-  }
-  const offset = (t as { offset?: unknown }).offset;
-  if (typeof offset === 'number' && offset % 8 !== 0) {
-    throw new MlaError('ERR_SHAPE', `${op}: \`${name}\` must start at an element offset that is a multiple of 8 (16-byte aligned), got ${offset}`);
-  }
-}
-
 /**
  * Checks every tensor argument of prefill (metadata only, no GPU needed) and returns the
  * problem sizes. Index values (block table, lengths) are checked by validatePrefillIndices.
@@ -181,7 +168,7 @@ export function validatePrefillArgs(args: PrefillArgsMeta, op = 'prefill'): Pref
   if (heads < 1 || heads > PREFILL_MAX_HEADS) {
     throw new MlaError('ERR_SHAPE', `${op}: \`q\` must have 1 .. ${PREFILL_MAX_HEADS} heads (dim 1), got ${heads}`);
   }
-  checkRowAlign(op, 'q', q, 2);
+  checkRowAlignment(op, 'q', q, 8, '16-byte cp.async rows', { offset: true });
   let numPages: number, pageSize: number;
   if (checkTensor(op, 'cache', args.cache).dtype === 'u8') {
     // The FP8 layout (656-byte rows, lib/ops/fp8-cache.ts): the gather expands it to bf16.
@@ -190,7 +177,7 @@ export function validatePrefillArgs(args: PrefillArgsMeta, op = 'prefill'): Pref
   } else {
     const cache = checkTensor(op, 'cache', args.cache, { shape: [null, null, PREFILL_CACHE_DIM], innerContiguous: true });
     checkSameDType(op, 'cache', cache, 'q', q.dtype);
-    checkRowAlign(op, 'cache', cache, 2);
+    checkRowAlignment(op, 'cache', cache, 8, '16-byte cp.async rows', { offset: true });
     [numPages, pageSize] = cache.shape as [number, number, number];
   }
   if (pageSize < 1) throw new MlaError('ERR_SHAPE', `${op}: \`cache\` page size (dim 1) must be >= 1`);
@@ -506,17 +493,17 @@ export function validatePrefillAttentionArgs(args: PrefillAttentionMeta, op = 'p
   const q = checkTensor(op, 'q', args.q, { dtype: HALF, shape: [null, null, PREFILL_QK_DIM], innerContiguous: true });
   const [tokens, heads] = q.shape as [number, number, number];
   if (heads < 1 || heads > PREFILL_MAX_HEADS) throw new MlaError('ERR_SHAPE', `${op}: \`q\` must have 1 .. ${PREFILL_MAX_HEADS} heads (dim 1), got ${heads}`);
-  checkRowAlign(op, 'q', q, 2);
+  checkRowAlignment(op, 'q', q, 8, '16-byte cp.async rows', { offset: true });
   const kn = checkTensor(op, 'kNope', args.kNope, { shape: [null, heads, PREFILL_NOPE_DIM], innerContiguous: true });
   checkSameDType(op, 'kNope', kn, 'q', q.dtype);
-  checkRowAlign(op, 'kNope', kn, 2);
+  checkRowAlignment(op, 'kNope', kn, 8, '16-byte cp.async rows', { offset: true });
   const keys = kn.shape[0]!;
   const kr = checkTensor(op, 'kRope', args.kRope, { shape: [keys, PREFILL_ROPE_DIM], innerContiguous: true });
   checkSameDType(op, 'kRope', kr, 'q', q.dtype);
-  checkRowAlign(op, 'kRope', kr, 1);
+  checkRowAlignment(op, 'kRope', kr, 8, '16-byte cp.async rows', { offset: true });
   const v = checkTensor(op, 'v', args.v, { shape: [keys, heads, PREFILL_V_DIM], innerContiguous: true });
   checkSameDType(op, 'v', v, 'q', q.dtype);
-  checkRowAlign(op, 'v', v, 2);
+  checkRowAlignment(op, 'v', v, 8, '16-byte cp.async rows', { offset: true });
   const batch = isTensorMeta(args.qSeqLens) ? args.qSeqLens.shape[0] ?? 0 : (args.qSeqLens as ArrayLike<number>).length;
   checkIndexInput(op, 'qSeqLens', args.qSeqLens, batch);
   checkIndexInput(op, 'kvSeqLens', args.kvSeqLens, batch);

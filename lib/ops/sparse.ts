@@ -6,7 +6,7 @@ import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
-import { checkInt, checkNumber, checkSameDType, checkTensor, isPowerOfTwo, refuseIndexCheckDuringCapture } from './validate.js';
+import { checkInt, checkNumber, checkRowAlignment, checkSameDType, checkTensor, isPowerOfTwo, refuseIndexCheckDuringCapture } from './validate.js';
 import { checkFp8Cache } from './fp8-cache.js';
 import { DECODE_DIM_QK, DECODE_DIM_V, DECODE_MAX_HEADS, DecodeWorkspace } from './decode.js';
 
@@ -42,14 +42,6 @@ export interface SparseGeometry {
   scale: number;
 }
 
-function checkStrideMultiple(name: string, t: TensorMeta, multiple: number, what: string): void {
-  for (let d = 0; d < t.strides.length - 1; d++) {
-    if (t.shape[d]! > 1 && t.strides[d]! % multiple !== 0) {
-      throw new MlaError('ERR_SHAPE', `${OP}: \`${name}\` strides must be multiples of ${multiple} elements (${what}), got [${t.strides.join(', ')}]`);
-    }
-  }
-}
-
 /**
  * Checks every argument of sparse() that metadata can show; throws a typed MlaError naming the
  * argument. The index values are checked by `checkSparseIndices` (host copies) when asked; the
@@ -62,7 +54,7 @@ export function validateSparseArgs(args: SparseArgsMeta): SparseGeometry {
   if (numHeads < 1 || numHeads > DECODE_MAX_HEADS) {
     throw new MlaError('ERR_RANGE', `${OP}: \`q\` has ${numHeads} heads; the head count must be in [1, ${DECODE_MAX_HEADS}]`);
   }
-  checkStrideMultiple('q', q, 8, 'rows are loaded 16 bytes at a time');
+  checkRowAlignment(OP, 'q', q, 8, 'rows are loaded 16 bytes at a time');
   const fp8 = checkTensor(OP, 'cache', args.cache).dtype === 'u8';
   let numPages: number, pageSize: number;
   if (fp8) {
@@ -72,7 +64,7 @@ export function validateSparseArgs(args: SparseArgsMeta): SparseGeometry {
     const cache = checkTensor(OP, 'cache', args.cache, { shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
     checkSameDType(OP, 'cache', cache, 'q', dtype);
     [numPages, pageSize] = cache.shape as [number, number, number];
-    checkStrideMultiple('cache', cache, 8, 'rows are gathered 16 bytes at a time');
+    checkRowAlignment(OP, 'cache', cache, 8, 'rows are gathered 16 bytes at a time');
   }
   if (!isPowerOfTwo(pageSize) || pageSize > SPARSE_MAX_PAGE_SIZE) {
     throw new MlaError('ERR_RANGE', `${OP}: \`cache\` page size ${pageSize} must be a power of two in [1, ${SPARSE_MAX_PAGE_SIZE}]`);
@@ -88,7 +80,7 @@ export function validateSparseArgs(args: SparseArgsMeta): SparseGeometry {
   if (args.out !== undefined && args.out !== null) {
     const out = checkTensor(OP, 'out', args.out, { shape: [tokens, numHeads, DECODE_DIM_V], innerContiguous: true });
     checkSameDType(OP, 'out', out, 'q', dtype);
-    checkStrideMultiple('out', out, 2, 'outputs are stored in pairs');
+    checkRowAlignment(OP, 'out', out, 2, 'outputs are stored in pairs');
   }
   if (args.lse !== undefined && args.lse !== null) checkTensor(OP, 'lse', args.lse, { dtype: 'f32', shape: [tokens, numHeads] });
   const scale = checkNumber(OP, 'scale', args.scale, { positive: true });

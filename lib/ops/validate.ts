@@ -51,6 +51,25 @@ export function checkTensor(op: string, name: string, t: unknown, spec: TensorSp
   return t;
 }
 
+/**
+ * Kernels move rows in aligned units (16-byte cp.async/ldmatrix rows, 4-byte output pairs), so
+ * every stride but the innermost of a non-unit dim must be a non-negative multiple of `multiple`
+ * elements, and with `offset` the first element must sit at such an offset too (a view that
+ * starts mid-row misaligns every row). `why` says which unit, for the message.
+ */
+export function checkRowAlignment(op: string, name: string, t: TensorMeta, multiple: number, why: string, opts: { offset?: boolean } = {}): void {
+  for (let d = 0; d < t.shape.length - 1; d++) {
+    const s = t.strides[d]!;
+    if (t.shape[d]! > 1 && (s < 0 || s % multiple !== 0)) {
+      throw new MlaError('ERR_SHAPE', `${op}: \`${name}\` strides must be non-negative multiples of ${multiple} elements (${why}), got [${t.strides.join(', ')}]`);
+    }
+  }
+  const offset = (t as { offset?: unknown }).offset;
+  if (opts.offset && typeof offset === 'number' && offset % multiple !== 0) {
+    throw new MlaError('ERR_SHAPE', `${op}: \`${name}\` must start at an element offset that is a multiple of ${multiple} (${why}), got ${offset}`);
+  }
+}
+
 export function checkSameDType(op: string, name: string, t: TensorMeta, other: string, dtype: DType): void {
   if (t.dtype !== dtype) throw new MlaError('ERR_DTYPE', `${op}: \`${name}\` must have the same dtype as \`${other}\` (${dtype}), got ${t.dtype}`);
 }
