@@ -4,8 +4,12 @@
 // the memory is freed once the copy is done. Refusals (a disposed tensor or stream) are rejected
 // promises, never synchronous throws, like every async method.
 import t from 'tap';
+import { pbkdf2 } from 'node:crypto';
+import { promisify } from 'node:util';
 import { DeviceTensor, MlaError, Stream, cuda, linear } from '../lib/index.js';
 import { gpuSkip, randn } from './helpers/gpu.js';
+
+const pbkdf2Async = promisify(pbkdf2);
 
 const used = (): number => {
   const d = cuda.deviceInfo(0);
@@ -88,4 +92,32 @@ t.test('toHost({ stream }) sees exactly the stream\'s work queued before it, not
   t.same(seen.map((h) => (h.every((e) => e === h[0]) ? h[0] : Number.NaN)), Array.from({ length: 12 }, (_, i) => i + 1), 'download i saw fill i, whole');
   s.dispose();
   t.equal(used(), start, 'no device memory left behind');
+});
+
+// toHost() without a stream used to copy on a libuv worker thread whenever that thread got to
+// it: on a GPU that memcpy (legacy default stream, from another host thread) is ordered after
+// every launch the main thread queued *before the worker ran*, so a write launched right after
+// toHost() returned could land in the download (the emulated device showed it). It now snapshots
+// like the stream path: a device copy queued on the legacy stream before toHost() returns.
+t.test('toHost() without a stream sees the values at the call, not a write launched right after', { skip: gpuSkip, timeout: 60_000 }, async (t) => {
+  const start = used();
+  // Hold every libuv pool thread (pbkdf2 runs there) so the downloads wait in the pool queue
+  // while the main thread overwrites the tensor: deterministic, where a free pool would usually
+  // win the race and hide it.
+  const busy = Array.from({ length: Number(process.env['UV_THREADPOOL_SIZE'] ?? 4) + 4 }, () => pbkdf2Async('x', 'y', 40_000, 32, 'sha256'));
+  const n = 1 << 16;
+  const x = DeviceTensor.zeros([n], 'f32');
+  const pending: Promise<Float32Array>[] = [];
+  const rounds = 8;
+  for (let v = 1; v <= rounds; v++) {
+    x.write(new Float32Array(n).fill(v));
+    pending.push(x.toFloat32());
+    pending.push(x.slice(0, 7, n - 5).toFloat32()); // a view: the same snapshot point
+  }
+  x.write(new Float32Array(n).fill(-1));
+  x.dispose();
+  await Promise.all(busy);
+  const seen = await Promise.all(pending);
+  t.same(seen.map((h) => (h.every((e) => e === h[0]) ? h[0] : Number.NaN)), Array.from({ length: 2 * rounds }, (_, i) => (i >> 1) + 1), 'download i saw write i, whole');
+  t.equal(used(), start, 'the snapshots are freed once downloaded');
 });

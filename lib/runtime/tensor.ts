@@ -288,13 +288,22 @@ export class DeviceTensor implements TensorMeta {
    * a dispose() of the tensor or of the stream right after the call cannot pull the memory from
    * under it. Every refusal (disposed tensor or stream, graph capture) is a rejected promise,
    * never a synchronous throw.
+   * Without `stream`, the same holds for the legacy default stream: the values are those after
+   * the work queued there (and on blocking streams) before the call, never a write launched after
+   * it returns. Work on a non-blocking stream is not ordered with it: pass that stream.
    */
   async toHost(opts: StreamOption = {}): Promise<HostArray> {
     // An async function runs synchronously up to its first await: the download starts now.
     refuseHostCopy();
     if (opts.stream?.disposed) throw new MlaError('ERR_DISPOSED', 'toHost: `stream` was disposed');
     const stream = opts.stream?.nativeHandle();
-    const { result, temp } = this.#download((b, off, n) => b.downloadAsync(off, n, stream), opts, stream !== undefined);
+    // Always a snapshot, stream or not. The host copy runs later on a libuv thread; its
+    // legacy-stream memcpy is ordered after whatever any host thread has queued on the legacy
+    // stream by *then* (CUDA orders the legacy stream by submission time, not by which JS call
+    // came first), so reading the tensor itself would let a kernel or write() launched right
+    // after toHost() returned land in the download (issue 16; the emulated device showed it).
+    // The device copy is queued now, on the caller's thread, ahead of any later work.
+    const { result, temp } = this.#download((b, off, n) => b.downloadAsync(off, n, stream), opts, true);
     try {
       return hostArrayFor(this.dtype, await result);
     } finally {
