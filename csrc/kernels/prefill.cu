@@ -360,8 +360,12 @@ struct MergeArgs {
 };
 
 // m = max(lse1, lse2), w_i = e^{lse_i − m}:  out = (o1·w1 + o2·w2)/(w1 + w2),  lse = m + ln(w1 + w2).
-// A side with lse = −inf (no keys) has weight 0 and its o is not read (it may be anything);
-// a side with lse = +inf gets weight 1 and the finite side 0 (never e^{inf − inf} = NaN).
+// A side with lse = ±inf is empty (no keys): weight 0, its o is not read (it may be anything).
+// Both signs, because the ops disagree on the marker: prefill (and this merge) write −inf, decode
+// and sparse +inf with o = 0; a real LSE is finite (a float overflow of Σ e^s would need scores
+// past 88 nats above the max, i.e. none). Treating +inf as "weight 1" let an empty decode partial
+// swallow a real one. Both sides empty: o = 0, lse = −inf (the running result's "no keys yet").
+// A NaN LSE is not empty: it propagates (NaN out and lse), it is never hidden.
 template <typename T>
 __global__ void __launch_bounds__(128) mergeAttnStatesKernel(MergeArgs a) {
   const int64_t idx = blockIdx.x * 4LL + (threadIdx.x >> 5);
@@ -370,11 +374,12 @@ __global__ void __launch_bounds__(128) mergeAttnStatesKernel(MergeArgs a) {
   const int64_t r = idx / a.heads, h = idx % a.heads;
   const float l1 = a.lse[r * a.sLr + h * a.sLh];
   const float l2 = a.plse[r * a.sQr + h * a.sQh];
-  const float m = fmaxf(l1, l2);
-  const bool none = m == -INFINITY;
-  // l == m gives weight 1 without evaluating e^{inf − inf} = NaN when a side has lse = +inf.
-  const float w1 = none ? 0.f : (l1 == m ? 1.f : expf(l1 - m));
-  const float w2 = none ? 0.f : (l2 == m ? 1.f : expf(l2 - m));
+  const bool e1 = fabsf(l1) == INFINITY, e2 = fabsf(l2) == INFINITY;
+  const bool none = e1 && e2;
+  const float m = e1 ? l2 : e2 ? l1 : fmaxf(l1, l2);
+  // l == m gives the larger side weight 1 exactly (no e^0 rounding).
+  const float w1 = e1 ? 0.f : (l1 == m ? 1.f : expf(l1 - m));
+  const float w2 = e2 ? 0.f : (l2 == m ? 1.f : expf(l2 - m));
   const float inv = none ? 0.f : 1.f / (w1 + w2);
   T* o = static_cast<T*>(a.out) + r * a.sOr + h * a.sOh;
   const T* p = static_cast<const T*>(a.part) + r * a.sPr + h * a.sPh;

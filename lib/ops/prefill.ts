@@ -572,11 +572,11 @@ export function prefillAttention(opts: PrefillAttentionOptions): PrefillResult {
 export interface MergeAttnStatesOptions extends StreamOption {
   /** [R, H, D] bf16/f16 running result, updated in place. */
   out: DeviceTensor;
-  /** [R, H] f32 natural-log LSE of `out`, updated in place (−inf = no keys yet). */
+  /** [R, H] f32 natural-log LSE of `out`, updated in place (±inf = no keys yet). */
   lse: DeviceTensor;
   /** [R, H, D] partial result over other keys, out's dtype. */
   part: DeviceTensor;
-  /** [R, H] f32 */
+  /** [R, H] f32 natural-log LSE of `part` (±inf = no keys: decode's and sparse's +inf merge as empty). */
   partLse: DeviceTensor;
 }
 
@@ -600,6 +600,9 @@ export function validateMergeAttnStatesArgs(args: MergeAttnStatesMeta, op = 'mer
 /**
  * Folds a partial attention result into a running one: with m = max(lse, partLse),
  * out = (out·e^{lse−m} + part·e^{partLse−m}) / (e^{lse−m} + e^{partLse−m}), lse = m + ln(Σ).
+ * An LSE of −inf or +inf marks a side with no keys (prefill writes −inf, decode and sparse
+ * +inf with a zero output): it has weight 0 and its output is not read, so partials of any op
+ * merge correctly. Both sides empty: out = 0, lse = −inf. A NaN LSE propagates to out and lse.
  */
 export function mergeAttnStates(opts: MergeAttnStatesOptions): void {
   validateMergeAttnStatesArgs(opts);

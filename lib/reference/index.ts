@@ -25,9 +25,11 @@ export { decodeReference, type AttentionResult, type DecodeArgs } from './decode
 export { sparseFp8Reference, sparseReference, type SparseArgs, type SparseFp8Args } from './sparse.js';
 export {
   expandLatentKv,
+  mergeAttnStatesReference,
   mhaVarlenReference,
   prefillReference,
   type ExpandDims,
+  type MergeAttnStatesArgs,
   type MhaVarlenArgs,
   type PrefillArgs,
 } from './prefill.js';

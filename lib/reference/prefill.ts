@@ -188,3 +188,47 @@ export function prefillReference(args: PrefillArgs): AttentionResult {
     causal: args.causal ?? true,
   });
 }
+
+export interface MergeAttnStatesArgs {
+  /** [R, H, D] running result, updated in place. */
+  out: Float64Array;
+  /** [R, H] its natural-log LSE, updated in place. */
+  lse: Float64Array;
+  /** [R, H, D] partial result over other keys. */
+  part: Float64Array;
+  /** [R, H] */
+  partLse: ArrayLike<number>;
+  /** D */
+  dim: number;
+}
+
+// The float64 twin of the mergeAttnStates kernel, with its "no keys" rule: a side whose LSE is
+// ±inf is empty (weight 0, its output never read). Prefill writes −inf for a query without keys,
+// decode and sparse +inf (output 0); both must merge as nothing. Both sides empty: out 0 and
+// lse −inf. A NaN LSE propagates.
+export function mergeAttnStatesReference(args: MergeAttnStatesArgs): void {
+  const fn = 'mergeAttnStates';
+  checkObject(fn, 'args', args);
+  const { out, lse, part, partLse, dim: D } = args;
+  checkPosInt(fn, 'dim', D);
+  const rows = lse.length;
+  checkLength(fn, 'partLse', partLse, rows);
+  checkLength(fn, 'out', out, rows * D);
+  checkLength(fn, 'part', part, rows * D);
+  for (let i = 0; i < rows; i++) {
+    const l1 = lse[i]!, l2 = partLse[i]!;
+    const e1 = Math.abs(l1) === Infinity, e2 = Math.abs(l2) === Infinity;
+    const o = i * D;
+    if (e1 && e2) {
+      out.fill(0, o, o + D);
+      lse[i] = -Infinity;
+      continue;
+    }
+    const m = e1 ? l2 : e2 ? l1 : Math.max(l1, l2);
+    const w1 = e1 ? 0 : Math.exp(l1 - m);
+    const w2 = e2 ? 0 : Math.exp(l2 - m);
+    const s = w1 + w2;
+    for (let d = 0; d < D; d++) out[o + d] = ((w1 > 0 ? out[o + d]! * w1 : 0) + (w2 > 0 ? part[o + d]! * w2 : 0)) / s;
+    lse[i] = m + Math.log(s);
+  }
+}
