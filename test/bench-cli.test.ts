@@ -18,9 +18,10 @@ import type { BenchReport } from '../lib/bench/report.js';
 import { measureCase, rotationCount, runCase } from '../lib/bench/runner.js';
 import type { CaseResult, RunnerEnv, Timer } from '../lib/bench/runner.js';
 import { median, percentile, summarize } from '../lib/bench/stats.js';
-import { importSuiteFile, loadSuite, SUITE_NAMES, SuiteUnavailableError } from '../lib/bench/suites.js';
+import { loadSuite, SUITE_NAMES, SuiteUnavailableError } from '../lib/bench/suites.js';
 import { decadeLabel, escapeXml, rooflineSvg } from '../lib/bench/svg.js';
-import type { BenchCase, BenchSuite } from '../lib/bench/types.js';
+import type { BenchCase, BenchSuite, KernelCheck } from '../lib/bench/types.js';
+import { CheckLedger, compareOutputs } from '../lib/bench/check.js';
 import { parseGridJson, parseGridValue, UsageError } from '../lib/cli/args.js';
 import { DEFAULTS, parseBenchArgs, runBench } from '../lib/cli/bench.js';
 import type { BenchDeps } from '../lib/cli/bench.js';
@@ -205,10 +206,17 @@ interface FakeLog {
   mains: number[];
 }
 
-function fakeCase(name: string, footprint: number, opts: { main?: boolean; failAt?: number; failWith?: Error; flops?: number; bytes?: number } = {}): BenchCase & { log: FakeLog } {
+/** A check that compares `got` with the reference [1, 2, 3]. */
+function fakeCheck(name: string, got: number[] = [1, 2, 3]): KernelCheck & { runs: number } {
+  const c = { name, tolerance: 1e-6, runs: 0, run: () => (c.runs++, [{ name: 'out', got, want: [1, 2, 3] }]) };
+  return c;
+}
+const RIGHT = fakeCheck('fake kernel');
+
+function fakeCase(name: string, footprint: number, opts: { main?: boolean; failAt?: number; failWith?: Error; flops?: number; bytes?: number; checks?: KernelCheck[] } = {}): BenchCase & { log: FakeLog } {
   const log: FakeLog = { setups: 0, disposed: 0, runs: [], mains: [] };
   return {
-    name, params: { n: 1 }, flops: opts.flops ?? 2e9, bytes: opts.bytes ?? 1e8, footprintBytes: footprint, log,
+    name, params: { n: 1 }, flops: opts.flops ?? 2e9, bytes: opts.bytes ?? 1e8, footprintBytes: footprint, log, checks: opts.checks ?? [RIGHT],
     setup() {
       if (opts.failAt !== undefined && log.setups === opts.failAt) throw opts.failWith ?? new Error('setup failed');
       const id = log.setups++;
@@ -282,13 +290,44 @@ t.test('metricsFor and the roofline bound', async (t) => {
 });
 
 t.test('measureCase never throws; failures become an error field', async (t) => {
-  const ok = measureCase('s', fakeCase('a', 1e6), fakeEnv(0.5), { warmupMs: 0, repeats: 3 }, CEIL);
+  const ok = measureCase('s', fakeCase('a', 1e6), fakeEnv(0.5), { warmupMs: 0, repeats: 3 }, CEIL, new CheckLedger());
   t.equal(ok.error, undefined);
   t.equal(ok.intensity, 20);
   t.ok(ok.run && ok.run.us.median > 0);
-  const bad = measureCase('s', fakeCase('b', 1e6, { failAt: 0, failWith: new MlaError('ERR_SHAPE', 'h must be 16') }), fakeEnv(0.5), { warmupMs: 0, repeats: 3 }, CEIL);
+  const bad = measureCase('s', fakeCase('b', 1e6, { failAt: 0, failWith: new MlaError('ERR_SHAPE', 'h must be 16') }), fakeEnv(0.5), { warmupMs: 0, repeats: 3 }, CEIL, new CheckLedger());
   t.equal(bad.error, 'ERR_SHAPE: h must be 16');
   t.equal(bad.run, undefined);
+});
+
+t.test('measureCase checks before it times: a wrong kernel is never timed', async (t) => {
+  const wrong = fakeCheck('wrong kernel', [1, 2, 30]);
+  const right = fakeCheck('right kernel');
+  const ledger = new CheckLedger();
+  const c = fakeCase('w', 1e6, { checks: [right, wrong] });
+  const r = measureCase('s', c, fakeEnv(0.5), { warmupMs: 0, repeats: 3 }, CEIL, ledger);
+  t.match(r.error, /^not timed, wrong kernel: wrong result vs the float64 reference: out rel err 7\.22e\+0 > 0\.000001/);
+  t.equal(r.run, undefined);
+  t.equal(c.log.setups, 0, 'not even set up');
+  const again = measureCase('s', fakeCase('w2', 1e6, { checks: [right, wrong] }), fakeEnv(0.5), { warmupMs: 0, repeats: 3 }, CEIL, ledger);
+  t.ok(again.error);
+  t.same([right.runs, wrong.runs], [1, 1], 'each check runs once per ledger');
+  const ok = measureCase('s', fakeCase('r', 1e6, { checks: [right] }), fakeEnv(0.5), { warmupMs: 0, repeats: 3 }, CEIL, ledger);
+  t.equal(ok.error, undefined);
+  t.same(ok.checked, ['right kernel']);
+  const throws: KernelCheck = { name: 'broken', tolerance: 1, run: () => { throw new MlaError('ERR_CUDA', 'launch failed'); } };
+  const broken = measureCase('s', fakeCase('b', 1e6, { checks: [throws] }), fakeEnv(0.5), { warmupMs: 0, repeats: 3 }, CEIL, new CheckLedger());
+  t.match(broken.error, /broken: the check could not run \(ERR_CUDA: launch failed\)/);
+});
+
+t.test('compareOutputs: tolerance, NaN, lengths, nothing compared', async (t) => {
+  const pass = compareOutputs({ name: 'k', tolerance: 1e-2 }, [{ name: 'out', got: [1, 2, 3.001], want: [1, 2, 3] }]);
+  t.ok(pass.ok, pass.message);
+  t.ok(pass.errors['out']! < 1e-3);
+  const nan = compareOutputs({ name: 'k', tolerance: 1e-2 }, [{ name: 'out', got: [1, NaN, 3], want: [1, 2, 3] }]);
+  t.notOk(nan.ok, 'a NaN fails whatever the tolerance');
+  t.match(nan.message, /out rel err NaN/);
+  t.notOk(compareOutputs({ name: 'k', tolerance: 1 }, [{ name: 'out', got: [1], want: [1, 2] }]).ok);
+  t.notOk(compareOutputs({ name: 'k', tolerance: 1 }, []).ok);
 });
 
 // ---- ceilings ---------------------------------------------------------------------------
@@ -358,8 +397,12 @@ t.test('suite registry: known names, the copy suite, and missing files', async (
   t.throws(() => copy.cases({ quick: false, grid: { dtype: ['f64'] } }), /unknown dtype f64/);
   t.equal(copyCase(10, 'f32').bytes, 16, 'rounded down to whole elements, read + write');
   await t.rejects(loadSuite('nope'), SuiteUnavailableError);
-  await t.rejects(importSuiteFile('ghost', 'no-such-suite'), /suite "ghost" is not available in this build: lib\/bench\/no-such-suite.ts is not part of it yet/);
-  await t.rejects(importSuiteFile('stats', 'stats'), /does not export a `suite`/);
+  for (const name of SUITE_NAMES) {
+    const suite = await loadSuite(name);
+    t.equal(suite.name, name);
+    const cases = suite.cases({ quick: true });
+    t.ok(cases.length > 0 && cases.every((c) => c.checks.length > 0), `${name}: every case names the checks of its kernels`);
+  }
 });
 
 // ---- report, JSON, table, SVG on synthetic results ---------------------------------------
@@ -636,6 +679,17 @@ t.test('bench: a failing case is reported and makes the exit code 1; unwritable 
   t.equal(await runBench(['rope', '--matmul-tflops', '1', '--bandwidth-tbs', '1', '--svg', '/x.svg'], d), 1);
   t.match(d.out, /error: ERR_CUDA: boom/);
   t.match(d.err, /cannot write the roofline to \/x.svg: EACCES/);
+});
+
+t.test('bench: a suite whose check fails is reported, not timed, and exits 1', async (t) => {
+  const wrong = fakeCheck('fake decode', [1, 2, 4]);
+  const c = fakeCase('wrong', 1e6, { checks: [wrong] });
+  const d = deps({ loadSuite: async (name) => ({ name, description: '', cases: () => [c] }) });
+  t.equal(await runBench(['decode', '--matmul-tflops', '1', '--bandwidth-tbs', '1', '--json', 'r.json'], d), 1);
+  t.match(d.err, /CHECK FAILED: fake decode: wrong result vs the float64 reference/);
+  t.equal(c.log.setups, 0);
+  const report = JSON.parse(d.files.get('r.json')!) as BenchReport;
+  t.match(report.results[0]!.error, /not timed, fake decode: wrong result/);
 });
 
 // ---- the built CLI, once, for real ---------------------------------------------------------

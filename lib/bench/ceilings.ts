@@ -4,52 +4,12 @@ import { readFileSync } from 'node:fs';
 import { copyCase } from './copy.js';
 import { arithmeticIntensity } from './formulas.js';
 import type { CaseTiming } from './runner.js';
+import type { Ceilings } from './metrics.js';
 import type { Summary } from './stats.js';
 import type { BenchCase, BenchSuite } from './types.js';
 
-export interface Ceilings {
-  /** Device memory bandwidth in TB/s (10¹² bytes/s, read + write). */
-  bandwidthTBs: number | null;
-  /** Dense bf16 matmul rate in TFLOP/s. */
-  matmulTFlops: number | null;
-  /** Where each number came from ("measured: ...", "--matmul-tflops", "file ..."). */
-  bandwidthSource: string;
-  matmulSource: string;
-}
-
-export interface TimingResult {
-  /** Per-run device time, microseconds. */
-  us: Summary;
-  /** Achieved at the median time. */
-  tbps: number;
-  tflops: number;
-  /** Percent of each ceiling (null when that ceiling is unknown). */
-  pctBandwidth: number | null;
-  pctMatmul: number | null;
-  /** Percent of the roofline bound min(bandwidth · intensity, matmul) at this intensity. */
-  pctRoofline: number | null;
-}
-
-/** Attainable TFLOP/s at `intensity` FLOP/byte, or null when a needed ceiling is unknown. */
-export function rooflineBound(intensity: number, c: Ceilings): number | null {
-  const memBound = c.bandwidthTBs === null ? null : c.bandwidthTBs * intensity;
-  if (memBound === null) return c.matmulTFlops;
-  return c.matmulTFlops === null ? memBound : Math.min(memBound, c.matmulTFlops);
-}
-
-/** Rates at the median time; bytes per µs / 10⁶ is TB/s, FLOP per µs / 10⁶ is TFLOP/s. */
-export function metricsFor(flops: number, bytes: number, us: Summary, c: Ceilings): TimingResult {
-  const tbps = bytes / us.median / 1e6;
-  const tflops = flops / us.median / 1e6;
-  const pct = (x: number, of: number | null): number | null => (of && of > 0 ? (100 * x) / of : null);
-  const bound = flops > 0 ? rooflineBound(arithmeticIntensity(flops, bytes), c) : c.bandwidthTBs;
-  return {
-    us, tbps, tflops,
-    pctBandwidth: pct(tbps, c.bandwidthTBs),
-    pctMatmul: flops > 0 ? pct(tflops, c.matmulTFlops) : null,
-    pctRoofline: pct(flops > 0 ? tflops : tbps, bound),
-  };
-}
+export { metricsFor, rooflineBound } from './metrics.js';
+export type { Ceilings, TimingResult } from './metrics.js';
 
 function positive(x: unknown, what: string, source: string): number | undefined {
   if (x === undefined || x === null) return undefined;

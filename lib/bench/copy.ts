@@ -4,8 +4,9 @@
 import { DTYPE_SIZE, isDType } from '../dtype.js';
 import type { DType } from '../dtype.js';
 import { DeviceTensor } from '../runtime/tensor.js';
+import { withScope } from './check.js';
 import { copyBytes } from './formulas.js';
-import type { BenchCase, BenchSuite, BenchSuiteOptions } from './types.js';
+import type { BenchCase, BenchSuite, BenchSuiteOptions, KernelCheck } from './types.js';
 
 const MiB = 1024 * 1024;
 const SIZES_MIB = [1, 4, 16, 64, 256, 1024];
@@ -13,6 +14,21 @@ const QUICK_SIZES_MIB = [16, 256];
 
 function formatSize(bytes: number): string {
   return bytes >= 1024 * MiB && bytes % (1024 * MiB) === 0 ? `${bytes / (1024 * MiB)} GiB` : `${+(bytes / MiB).toFixed(3)} MiB`;
+}
+
+/** The copy path: a device-to-device copy of 1,000 random values must return them exactly. */
+export function copyCheck(dtype: DType): KernelCheck {
+  return {
+    name: `copy ${dtype} (1000 elements)`,
+    tolerance: 0,
+    run: () => withScope((sc) => {
+      // Integers fit every dtype exactly (u8 included), so the copy must be bit-exact.
+      const src = sc.own(DeviceTensor.fromArray(Int32Array.from({ length: 1000 }, (_, i) => (i * 37) % 251), [1000], dtype));
+      const dst = sc.own(DeviceTensor.empty([1000], dtype));
+      dst.copyFrom(src);
+      return [{ name: 'dst', got: dst.toFloat32Sync(), want: src.toFloat32Sync() }];
+    }),
+  };
 }
 
 /** One copy of `bytes` bytes (rounded down to whole elements) from one buffer into another. */
@@ -26,6 +42,7 @@ export function copyCase(bytes: number, dtype: DType = 'f32'): BenchCase {
     flops: 0,
     bytes: copyBytes(size),
     footprintBytes: 2 * size,
+    checks: [copyCheck(dtype)],
     setup() {
       const src = DeviceTensor.empty([n], dtype);
       const dst = DeviceTensor.empty([n], dtype);

@@ -8,11 +8,15 @@
 import { DTYPE_SIZE } from '../dtype.js';
 import { decode, DecodeWorkspace } from '../ops/decode.js';
 import { FP8_CACHE_ROW_BYTES } from '../ops/fp8-cache.js';
+import { decodeReference } from '../reference/decode.js';
+import { decodeFp8Reference, quantizeFp8Cache } from '../reference/fp8.js';
+import { shuffledBlockTable } from '../reference/testing.js';
 import { mulberry32, randnArray } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
+import { HALF_TOLERANCE, withScope } from './check.js';
 import { mlaDecodeBytes, mlaDecodeFlops, MLA_DK, MLA_DV } from './formulas.js';
-import type { BenchCase, BenchSuite, BenchSuiteOptions } from './types.js';
-import { type HalfDType, disposeAll, fillRandom, gridNumbers } from './suite-util.js';
+import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
+import { type HalfDType, disposeAll, fillRandom, gridBooleans, gridChoices, gridDTypes, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
 
 const PAGE_SIZE = 64;
 /** DeepSeek-V3's softmax scale (192^-0.5 · mscale²). */
@@ -42,7 +46,46 @@ export function decodeSeqLens(s: DecodeBenchShape): Int32Array {
   return out;
 }
 
-export function decodeCase(s: DecodeBenchShape): BenchCase {
+/**
+ * The decode path of a case: 2 requests (70 and 130 keys over shuffled pages, s_q = 2, causal,
+ * 16 heads) through the same decode() call, plan + split-KV main + combine, against
+ * decodeReference; with `cache` fp8 the 656-byte cache and decodeFp8Reference.
+ */
+export function decodeCheck(dtype: HalfDType, cache: 'model' | 'fp8' = 'model'): KernelCheck {
+  const fp8 = cache === 'fp8';
+  return {
+    name: `decode ${dtype}${fp8 ? ' fp8-cache' : ''} (b2 h16 sq2 sk70,130 page ${PAGE_SIZE})`,
+    tolerance: HALF_TOLERANCE,
+    run: () => withScope((sc) => {
+      const H = 16, sQ = 2, seqLens = [70, 130], B = seqLens.length;
+      const { table, maxPages, numPages } = shuffledBlockTable(seqLens, PAGE_SIZE, mulberry32(5));
+      const q = sc.random([B * sQ, H, MLA_DK], dtype, 21, 0.5);
+      const common = { q: q.host, pageSize: PAGE_SIZE, blockTable: table, seqLens, qSeqLens: sQ, numHeads: H, scale: SCALE, causal: true };
+      let cacheT: DeviceTensor;
+      let want: { out: Float64Array; lse: Float64Array };
+      if (fp8) {
+        const bytes = quantizeFp8Cache(randnArray(numPages * PAGE_SIZE * MLA_DK, mulberry32(22)), { numPages, pageSize: PAGE_SIZE });
+        cacheT = sc.own(DeviceTensor.fromArray(bytes, [numPages, PAGE_SIZE, FP8_CACHE_ROW_BYTES], 'u8'));
+        want = decodeFp8Reference({ ...common, cache: bytes, numPages });
+      } else {
+        const c = sc.random([numPages, PAGE_SIZE, MLA_DK], dtype, 22);
+        cacheT = c.t;
+        want = decodeReference({ ...common, cache: c.host, dimLatent: MLA_DV, headDim: MLA_DK });
+      }
+      const out = sc.own(DeviceTensor.empty([B * sQ, H, MLA_DV], dtype));
+      const lse = sc.own(DeviceTensor.empty([B * sQ, H], 'f32'));
+      decode({
+        q: q.t, cache: cacheT, scale: SCALE, causal: true, out, lse,
+        blockTable: sc.own(DeviceTensor.fromArray(table, [B, maxPages], 'i32')),
+        seqLens: sc.own(DeviceTensor.fromArray(Int32Array.from(seqLens), [B], 'i32')),
+        workspace: sc.own(new DecodeWorkspace({ maxBatch: B, maxHeads: H, maxQSeqLen: sQ })),
+      });
+      return [{ name: 'out', got: out.toFloat32Sync(), want: want.out }, { name: 'lse', got: lse.toFloat32Sync(), want: want.lse }];
+    }),
+  };
+}
+
+export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
   const seqLens = decodeSeqLens(s);
   const sum = seqLens.reduce((a, b) => a + b, 0);
   const e = DTYPE_SIZE[s.dtype];
@@ -54,14 +97,14 @@ export function decodeCase(s: DecodeBenchShape): BenchCase {
   const maxPages = Math.max(1, ...pagesOf);
   const tokens = s.b * s.sQ;
   const shape = { b: s.b, sQ: s.sQ, hQ: s.h, sumSeqlen: sum, elemBytes: e, cacheRowBytes: rowBytes };
-  // Workspace (DecodeWorkspace.partialRows): 2 · SMs · min(64, H·s_q) rows of (512 + 1) f32.
-  const wsEstimate = 2 * 160 * Math.max(Math.min(64, s.h * s.sQ), 1) * (MLA_DV + 1) * 4;
+  const wsEstimate = splitKvWorkspaceBytes(smCount, s.h * s.sQ, MLA_DV);
   return {
     name: `b${s.b} h${s.h} sq${s.sQ} sk${s.sK}${s.varlen ? ' varlen' : ''}${s.causal ? '' : ' full'} ${s.dtype}${fp8 ? ' fp8-cache' : ''}`,
     params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, varlen: s.varlen, causal: s.causal, dtype: s.dtype, cache: fp8 ? 'fp8' : 'model', pageSize: PAGE_SIZE, sumSeqlen: sum },
     flops: mlaDecodeFlops(shape),
     bytes: mlaDecodeBytes(shape),
     footprintBytes: numPages * PAGE_SIZE * rowBytes + tokens * s.h * (MLA_DK + MLA_DV) * e + tokens * s.h * 4 + s.b * (maxPages + 1) * 4 + wsEstimate,
+    checks: [decodeCheck(s.dtype, fp8 ? 'fp8' : 'model')],
     setup() {
       const owned: Array<{ dispose(): void }> = [];
       try {
@@ -74,13 +117,7 @@ export function decodeCase(s: DecodeBenchShape): BenchCase {
         // work does not depend on the values.
         if (fp8) cache.fill(0x38);
         else fillRandom(cache, 12);
-        // Pages handed out in a shuffled order, as a long-running server's allocator would.
-        const rand = mulberry32(13);
-        const perm = Int32Array.from({ length: numPages }, (_, i) => i);
-        for (let i = numPages - 1; i > 0; i--) {
-          const j = Math.floor(rand() * (i + 1));
-          [perm[i], perm[j]] = [perm[j]!, perm[i]!];
-        }
+        const perm = shuffledPages(numPages, 13);
         const table = new Int32Array(s.b * maxPages);
         let next = 0;
         for (let b = 0; b < s.b; b++) for (let i = 0; i < pagesOf[b]!; i++) table[b * maxPages + i] = perm[next++]!;
@@ -110,15 +147,6 @@ export function decodeCase(s: DecodeBenchShape): BenchCase {
   };
 }
 
-function gridBooleans(opts: BenchSuiteOptions, key: string, fallback: boolean[]): boolean[] {
-  return (opts.grid?.[key] ?? fallback).map((v) => {
-    if (typeof v === 'boolean') return v;
-    if (v === 'true' || v === 1 || v === '1') return true;
-    if (v === 'false' || v === 0 || v === '0') return false;
-    throw new RangeError(`decode: grid ${key} must hold booleans, got ${String(v)}`);
-  });
-}
-
 export const suite: BenchSuite = {
   name: 'decode',
   description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8)",
@@ -128,16 +156,10 @@ export const suite: BenchSuite = {
     const hs = gridNumbers('decode', opts, 'h', quick ? [16, 128] : [16, 32, 64, 128]);
     const sqs = gridNumbers('decode', opts, 'sq', quick ? [1] : [1, 2]);
     const sks = gridNumbers('decode', opts, 'sk', quick ? [1024] : [4096, 8192, 16384, 32768]);
-    const varlens = gridBooleans(opts, 'varlen', [false]);
-    const causals = gridBooleans(opts, 'causal', [true]);
-    const dtypes = (opts.grid?.['dtype'] ?? ['bf16']).map((v): HalfDType => {
-      if (v !== 'bf16' && v !== 'f16') throw new RangeError(`decode: dtype must be bf16 or f16, got ${String(v)}`);
-      return v;
-    });
-    const caches = (opts.grid?.['cache'] ?? ['model']).map((v): 'model' | 'fp8' => {
-      if (v !== 'model' && v !== 'fp8') throw new RangeError(`decode: cache must be model or fp8, got ${String(v)}`);
-      return v;
-    });
+    const varlens = gridBooleans('decode', opts, 'varlen', [false]);
+    const causals = gridBooleans('decode', opts, 'causal', [true]);
+    const dtypes = gridDTypes('decode', opts);
+    const caches = gridChoices('decode', opts, 'cache', ['model', 'fp8'], ['model']);
     const out: BenchCase[] = [];
     for (const cache of caches)
     for (const dtype of dtypes)
@@ -146,7 +168,7 @@ export const suite: BenchSuite = {
           for (const b of bs)
             for (const sQ of sqs)
               for (const h of hs)
-                for (const sK of sks) if (cache === 'model' || dtype === 'bf16') out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache }));
+                for (const sK of sks) if (cache === 'model' || dtype === 'bf16') out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache }, opts.smCount));
     return out;
   },
 };

@@ -11,12 +11,17 @@ import { decode, DecodeWorkspace } from '../ops/decode.js';
 import { absorbOutput, absorbQuery, linear, prepareAbsorbWeights, type AbsorbWeights } from '../ops/linear.js';
 import { rmsNorm } from '../ops/rmsnorm.js';
 import { appendLatent, ropeConfigFrom, ropeQuery, RopeTable } from '../ops/rope.js';
+import { rmsnorm as rmsnormReference } from '../reference/rmsnorm.js';
 import { mulberry32, randnArray } from '../reference/util.js';
 import { Stream } from '../runtime/stream.js';
 import { DeviceTensor } from '../runtime/tensor.js';
+import { HALF_TOLERANCE, withScope } from './check.js';
+import { decodeCheck } from './decode.js';
 import { gemmBytes, gemmFlops, mlaDecodeBytes, mlaDecodeFlops } from './formulas.js';
-import type { BenchCase, BenchInstance, BenchSuite } from './types.js';
-import { fillRandom, gridNumbers } from './suite-util.js';
+import { absorbCheck, linearCheck } from './linear.js';
+import { appendLatentCheck, ropeQueryCheck } from './rope.js';
+import type { BenchCase, BenchInstance, BenchSuite, KernelCheck } from './types.js';
+import { fillRandom, gridNumbers, shuffledPages } from './suite-util.js';
 
 const CFG = MLA_PRESETS['deepseek-v3'];
 const PAGE_SIZE = 64;
@@ -27,6 +32,47 @@ export type LayerStage = (typeof LAYER_STAGES)[number];
 
 function isStage(s: string): s is LayerStage {
   return (LAYER_STAGES as readonly string[]).includes(s);
+}
+
+/** The q_norm path: RMSNorm of bf16 rows [3, 1536] with an f32 weight, as the layer runs it. */
+export function rmsNormCheck(): KernelCheck {
+  return {
+    name: 'rmsNorm bf16 f32 weight (3x1536)',
+    tolerance: HALF_TOLERANCE,
+    run: () => withScope((sc) => {
+      const rows = 3, dim = 1536;
+      const x = sc.random([rows, dim], 'bf16', 71);
+      const w = sc.random([dim], 'f32', 72, 0.5);
+      const y = sc.own(DeviceTensor.empty([rows, dim], 'bf16'));
+      rmsNorm(x.t, w.t, CFG.rmsNormEps, { out: y });
+      return [{ name: 'y', got: y.toFloat32Sync(), want: rmsnormReference(x.host, rows, dim, w.host, CFG.rmsNormEps) }];
+    }),
+  };
+}
+
+/** The kernels each stage launches, so each is checked before the stage is timed. */
+function stageChecks(stage: LayerStage): KernelCheck[] {
+  switch (stage) {
+    case 'q_a_proj': case 'q_b_proj': case 'kv_a_proj': case 'o_proj':
+      return [linearCheck('bf16')];
+    case 'q_norm':
+      return [rmsNormCheck()];
+    case 'rope_q':
+      return [ropeQueryCheck('bf16')];
+    case 'append_latent':
+      return [appendLatentCheck('bf16', 'f32')];
+    case 'absorb_q':
+      return [absorbCheck('absorbQuery', 'bf16')];
+    case 'absorb_o':
+      return [absorbCheck('absorbOutput', 'bf16')];
+    case 'decode':
+      return [decodeCheck('bf16')];
+    case 'step': case 'graph': {
+      const all = new Map<string, KernelCheck>();
+      for (const s of LAYER_STAGES) if (s !== 'step' && s !== 'graph') for (const c of stageChecks(s)) all.set(c.name, c);
+      return [...all.values()];
+    }
+  }
 }
 
 interface Dims {
@@ -131,12 +177,7 @@ export class LayerStep {
     const numPages = pagesPer * B;
     const cache = t([numPages, PAGE_SIZE, D]);
     cache.fill(0.01);
-    const perm = Int32Array.from({ length: numPages }, (_, i) => i);
-    const r = mulberry32(seed++);
-    for (let i = numPages - 1; i > 0; i--) {
-      const j = Math.floor(r() * (i + 1));
-      [perm[i], perm[j]] = [perm[j]!, perm[i]!];
-    }
+    const perm = shuffledPages(numPages, seed++);
     const blockTable = DeviceTensor.fromArray(perm, [B, pagesPer], 'i32');
     this.owned.push(blockTable);
     const seqLens = DeviceTensor.fromArray(new Int32Array(B).fill(d.ctx), [B], 'i32');
@@ -198,6 +239,7 @@ export function layerCase(stage: LayerStage, d: Dims): BenchCase {
     flops,
     bytes,
     footprintBytes: weightBytes() + cacheBytes(d) + act,
+    checks: stageChecks(stage),
     setup(): BenchInstance {
       const owned: Array<{ dispose(): void }> = [];
       try {

@@ -6,10 +6,13 @@
 import { DTYPE_SIZE } from '../dtype.js';
 import { absorbOutput, absorbQuery, linear, prepareAbsorbWeights } from '../ops/linear.js';
 import type { AbsorbWeights } from '../ops/linear.js';
+import { absorbOutput as absorbOutputReference, absorbQuery as absorbQueryReference, splitKvBProj } from '../reference/absorb.js';
+import { linear as linearReference } from '../reference/linear.js';
 import { DeviceTensor } from '../runtime/tensor.js';
+import { HALF_TOLERANCE, withScope } from './check.js';
 import { gemmFlops } from './formulas.js';
-import type { BenchCase, BenchInstance, BenchSuite, BenchSuiteOptions } from './types.js';
-import { disposeAll, randomTensor } from './suite-util.js';
+import type { BenchCase, BenchInstance, BenchSuite, KernelCheck } from './types.js';
+import { type HalfDType, disposeAll, gridChoices, gridDTypes, gridNumbers, randomTensor } from './suite-util.js';
 
 const V3 = { hidden: 7168, qLora: 1536, kvLora: 512, rope: 64, nope: 128, v: 128, heads: 128 };
 
@@ -23,7 +26,48 @@ const LINEAR_SHAPES: Readonly<Record<string, readonly [number, number]>> = {
 const TOKENS = [1, 8, 64, 512, 4096, 16384];
 const QUICK_TOKENS = [1, 512];
 
-type Dtype = 'bf16' | 'f16';
+type Dtype = HalfDType;
+
+/** The GEMM path: [37 × 264] · [520 × 264]ᵀ (edge tiles in every dim) against the float64 product. */
+export function linearCheck(dtype: Dtype): KernelCheck {
+  return {
+    name: `linear ${dtype} (T37 [520x264])`,
+    tolerance: HALF_TOLERANCE,
+    run: () => withScope((sc) => {
+      const T = 37, N = 520, K = 264;
+      const x = sc.random([T, K], dtype, 51);
+      const w = sc.random([N, K], dtype, 52, 1 / Math.sqrt(K));
+      const y = sc.own(DeviceTensor.empty([T, N], dtype));
+      linear(x.t, w.t, { out: y });
+      return [{ name: 'y', got: y.toFloat32Sync(), want: linearReference(x.host, T, K, w.host, N) }];
+    }),
+  };
+}
+
+/** The absorbed products on 16 heads: absorbQuery from a strided [T, H, 192] query, and absorbOutput. */
+export function absorbCheck(op: 'absorbQuery' | 'absorbOutput', dtype: Dtype): KernelCheck {
+  return {
+    name: `${op} ${dtype} (T5 H16)`,
+    tolerance: HALF_TOLERANCE,
+    run: () => withScope((sc) => {
+      const T = 5, H = 16;
+      const dims = { numHeads: H, qkNopeHeadDim: V3.nope, vHeadDim: V3.v, kvLoraRank: V3.kvLora };
+      const kvB = sc.random([H * (V3.nope + V3.v), V3.kvLora], dtype, 53, 1 / Math.sqrt(V3.kvLora));
+      const w = sc.own(prepareAbsorbWeights(kvB.t, dims));
+      const ref = splitKvBProj(kvB.host, dims);
+      if (op === 'absorbQuery') {
+        const q = sc.random([T, H, V3.nope + V3.rope], dtype, 54);
+        const out = sc.own(DeviceTensor.empty([T, H, V3.kvLora], dtype));
+        absorbQuery(q.t.slice(2, 0, V3.nope), w, { out });
+        return [{ name: 'out', got: out.toFloat32Sync(), want: absorbQueryReference(q.host, T * H, ref, { stride: V3.nope + V3.rope }) }];
+      }
+      const o = sc.random([T, H, V3.kvLora], dtype, 55);
+      const out = sc.own(DeviceTensor.empty([T, H, V3.v], dtype));
+      absorbOutput(o.t, w, { out });
+      return [{ name: 'out', got: out.toFloat32Sync(), want: absorbOutputReference(o.host, T, ref) }];
+    }),
+  };
+}
 
 export function linearCase(name: string, T: number, N: number, K: number, dtype: Dtype = 'bf16'): BenchCase {
   const e = DTYPE_SIZE[dtype];
@@ -33,6 +77,7 @@ export function linearCase(name: string, T: number, N: number, K: number, dtype:
     flops: gemmFlops(T, N, K),
     bytes: (T * K + N * K + T * N) * e,
     footprintBytes: (T * K + N * K + T * N) * e,
+    checks: [linearCheck(dtype)],
     setup(): BenchInstance {
       const made: DeviceTensor[] = [];
       try {
@@ -65,6 +110,7 @@ export function absorbCase(op: 'absorbQuery' | 'absorbOutput', T: number, H = V3
     flops: H * gemmFlops(T, N, K),
     bytes: moved,
     footprintBytes: moved + H * (V3.nope + V3.v) * V3.kvLora * e,
+    checks: [absorbCheck(op, dtype)],
     setup(): BenchInstance {
       const made: (DeviceTensor | AbsorbWeights)[] = [];
       try {
@@ -94,28 +140,16 @@ export function absorbCase(op: 'absorbQuery' | 'absorbOutput', T: number, H = V3
   };
 }
 
-function numbers(grid: BenchSuiteOptions['grid'], key: string): number[] | undefined {
-  const v = grid?.[key];
-  if (v === undefined) return undefined;
-  const out = v.map(Number);
-  for (const n of out) if (!Number.isInteger(n) || n < 1) throw new RangeError(`linear: grid ${key} must be positive integers, got ${String(n)}`);
-  return out;
-}
-
 export const suite: BenchSuite = {
   name: 'linear',
   description:
     'tensor-core GEMM over DeepSeek-V3 projection shapes and the absorbed per-head products ' +
     '(grid keys: t, shape = q_a_proj|q_b_proj|kv_a_proj|o_proj|absorbQuery|absorbOutput, dtype = bf16|f16)',
   cases(opts) {
-    const tokens = numbers(opts.grid, 't') ?? (opts.quick ? QUICK_TOKENS : TOKENS);
+    const tokens = gridNumbers('linear', opts, 't', opts.quick ? QUICK_TOKENS : TOKENS);
     const all = [...Object.keys(LINEAR_SHAPES), 'absorbQuery', 'absorbOutput'];
-    const shapes = (opts.grid?.['shape'] ?? all).map(String);
-    for (const s of shapes) if (!all.includes(s)) throw new RangeError(`linear: unknown shape ${s} (known: ${all.join(', ')})`);
-    const dtypes = (opts.grid?.['dtype'] ?? ['bf16']).map((d): Dtype => {
-      if (d !== 'bf16' && d !== 'f16') throw new RangeError(`linear: dtype must be bf16 or f16, got ${String(d)}`);
-      return d;
-    });
+    const shapes = gridChoices('linear', opts, 'shape', all, all);
+    const dtypes = gridDTypes('linear', opts);
     const cases: BenchCase[] = [];
     for (const dtype of dtypes) {
       for (const s of shapes) {

@@ -17,9 +17,11 @@
 import { DTYPE_SIZE } from '../dtype.js';
 import { linear } from '../ops/linear.js';
 import { prefill, prefillAttention, PREFILL_DEFAULT_CHUNK_TOKENS, PrefillWorkspace } from '../ops/prefill.js';
+import { mhaVarlenReference, prefillReference } from '../reference/prefill.js';
 import { DeviceTensor } from '../runtime/tensor.js';
+import { HALF_TOLERANCE, withScope } from './check.js';
 import { attentionFlops } from './formulas.js';
-import type { BenchCase, BenchSuite } from './types.js';
+import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
 import { type HalfDType, disposeAll, fillRandom, gridDTypes, gridNumbers } from './suite-util.js';
 
 const LENGTHS = [512, 1024, 2048, 4096, 8192, 16384, 32768];
@@ -33,6 +35,58 @@ const V = 128;
 const KV_LORA = 512;
 const WIDTH = KV_LORA + ROPE;
 
+
+const DIMS = { qkNopeHeadDim: NOPE, qkRopeHeadDim: ROPE, vHeadDim: V, kvLoraRank: KV_LORA };
+
+/**
+ * The prefill paths of a case on 90 tokens of 16 heads: the whole prefill() call (gather from a
+ * two-page cache, K/V recompute, chunks of 64 so the LSE merge runs too) against
+ * prefillReference, and prefillAttention (runMain's kernel) against mhaVarlenReference.
+ */
+export function prefillCheck(dtype: HalfDType, path: 'prefill' | 'attention'): KernelCheck {
+  return {
+    name: `${path === 'prefill' ? 'prefill' : 'prefillAttention'} ${dtype} (n90 h16${path === 'prefill' ? ' chunk64' : ''})`,
+    tolerance: HALF_TOLERANCE,
+    run: () => withScope((sc) => {
+      const n = 90, H = 16, pages = 2, scale = 1 / Math.sqrt(NOPE + ROPE);
+      const q = sc.random([n, H, NOPE + ROPE], dtype, 61);
+      const rows = sc.random([n, WIDTH], dtype, 62);
+      const out = sc.own(DeviceTensor.empty([n, H, V], dtype));
+      const lse = sc.own(DeviceTensor.empty([n, H], 'f32'));
+      const lens = Int32Array.of(n);
+      if (path === 'prefill') {
+        const kvBProj = sc.random([H * (NOPE + V), KV_LORA], dtype, 63, 1 / Math.sqrt(KV_LORA));
+        // Logical page p lives in physical page tableHost[p]: out of order, as in a served cache.
+        const tableHost = Int32Array.of(1, 0);
+        const paged = sc.own(DeviceTensor.zeros([pages, PAGE_SIZE, WIDTH], dtype));
+        for (let p = 0; p < pages; p++) {
+          const lo = p * PAGE_SIZE, hi = Math.min(n, lo + PAGE_SIZE);
+          paged.select(0, tableHost[p]!).slice(0, 0, hi - lo).copyFrom(rows.t.slice(0, lo, hi));
+        }
+        prefill({
+          q: q.t, cache: paged, blockTable: sc.own(DeviceTensor.fromArray(tableHost, [1, pages], 'i32')), blockTableHost: tableHost,
+          seqLens: lens, qSeqLens: lens, weights: { kvBProj: kvBProj.t }, scale, out, lse, chunkTokens: 64,
+        });
+        const want = prefillReference({ ...DIMS, numHeads: H, q: q.host, kv: rows.host, kvBProj: kvBProj.host, qSeqLens: lens, kvSeqLens: lens, scale });
+        return [{ name: 'out', got: out.toFloat32Sync(), want: want.out }, { name: 'lse', got: lse.toFloat32Sync(), want: want.lse }];
+      }
+      const kNope = sc.random([n, H, NOPE], dtype, 64);
+      const v = sc.random([n, H, V], dtype, 65);
+      const kRope = rows.t.slice(1, KV_LORA, WIDTH);
+      prefillAttention({ q: q.t, kNope: kNope.t, kRope, v: v.t, qSeqLens: lens, kvSeqLens: lens, scale, out, lse });
+      // K = [K_nope ; k_rope] per head, the rope key shared by all heads.
+      const k = new Float64Array(n * H * (NOPE + ROPE));
+      for (let t = 0; t < n; t++) {
+        for (let h = 0; h < H; h++) {
+          k.set(kNope.host.subarray((t * H + h) * NOPE, (t * H + h + 1) * NOPE), (t * H + h) * (NOPE + ROPE));
+          k.set(rows.host.subarray(t * WIDTH + KV_LORA, (t + 1) * WIDTH), (t * H + h) * (NOPE + ROPE) + NOPE);
+        }
+      }
+      const want = mhaVarlenReference({ q: q.host, k, v: v.host, qSeqLens: lens, kvSeqLens: lens, numHeads: H, headDimQk: NOPE + ROPE, headDimV: V, scale, causal: true });
+      return [{ name: 'out', got: out.toFloat32Sync(), want: want.out }, { name: 'lse', got: lse.toFloat32Sync(), want: want.lse }];
+    }),
+  };
+}
 
 export function prefillFlops(n: number, heads: number): number {
   return attentionFlops({ b: 1, hQ: heads, sQ: n, sK: n, dQK: NOPE + ROPE, dV: V, causal: true });
@@ -57,6 +111,7 @@ export function prefillCase(n: number, heads: number, dtype: HalfDType = 'bf16',
     flops: prefillFlops(n, heads),
     bytes: qBytes + outBytes + n * WIDTH * e + wBytes,
     footprintBytes: qBytes + outBytes + cacheBytes + n * WIDTH * e + wBytes + upBytes + scratchBytes,
+    checks: [prefillCheck(dtype, 'prefill'), prefillCheck(dtype, 'attention')],
     setup() {
       const owned: Array<{ dispose(): void }> = [];
       const own = <T extends { dispose(): void }>(x: T): T => {

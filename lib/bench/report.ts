@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { packageRoot } from '../native.js';
 import type { DeviceInfo } from '../runtime/cuda.js';
-import type { Ceilings, TimingResult } from './ceilings.js';
+import type { Ceilings, TimingResult } from './metrics.js';
 import type { CaseResult } from './runner.js';
 
 export const REPORT_SCHEMA = 'mla-cuda-bench/1';

@@ -10,10 +10,12 @@
 import { MLA_PRESETS } from '../config.js';
 import { DTYPE_SIZE } from '../dtype.js';
 import { appendLatent, ropeConfigFrom, ropeQuery, RopeTable } from '../ops/rope.js';
-import { mulberry32 } from '../reference/util.js';
+import { appendLatentReference } from '../reference/cache.js';
+import { applyRope, ropeLayoutOf, ropeTable } from '../reference/rope.js';
 import { DeviceTensor } from '../runtime/tensor.js';
-import type { BenchCase, BenchSuite } from './types.js';
-import { type HalfDType, disposeAll, fillRandom, gridDTypes, gridNumbers } from './suite-util.js';
+import { HALF_TOLERANCE, withScope } from './check.js';
+import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
+import { type HalfDType, disposeAll, fillRandom, gridDTypes, gridNumbers, shuffledPages } from './suite-util.js';
 
 const TOKENS = [1, 16, 256, 4096, 65536];
 const QUICK_TOKENS = [16, 4096];
@@ -24,15 +26,64 @@ const WIDTH = KV_LORA + ROPE;
 const PAGE_SIZE = 64;
 
 
+const V3 = MLA_PRESETS['deepseek-v3'];
+const EPS = 1e-6;
+
 /** Slots of T tokens over shuffled pages (a fresh prefill into a fragmented cache). */
 function shuffledSlots(tokens: number, numPages: number, seed: number): Int32Array {
-  const rand = mulberry32(seed);
-  const pages = Int32Array.from({ length: numPages }, (_, i) => i);
-  for (let i = numPages - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [pages[i], pages[j]] = [pages[j]!, pages[i]!];
-  }
+  const pages = shuffledPages(numPages, seed);
   return Int32Array.from({ length: tokens }, (_, t) => pages[Math.floor(t / PAGE_SIZE)]! * PAGE_SIZE + (t % PAGE_SIZE));
+}
+
+/**
+ * The appendLatent path: 70 tokens at positions 0..69 (two shuffled pages, DeepSeek-V3's YaRN
+ * table) into a cache of random rows, against appendLatentReference over the whole cache (so
+ * a write to a wrong slot shows too). `weight` is the norm weight's dtype (the layer uses f32).
+ */
+export function appendLatentCheck(dtype: HalfDType, weight: HalfDType | 'f32' = dtype): KernelCheck {
+  return {
+    name: `appendLatent ${dtype}${weight === dtype ? '' : ` ${weight} norm weight`} (t70 page ${PAGE_SIZE})`,
+    tolerance: HALF_TOLERANCE,
+    run: () => withScope((sc) => {
+      const T = 70, numPages = 2;
+      const kvDown = sc.random([T, WIDTH], dtype, 41);
+      const normWeight = sc.random([KV_LORA], weight, 42, 0.2);
+      const cache = sc.random([numPages, PAGE_SIZE, WIDTH], dtype, 43);
+      const positions = Int32Array.from({ length: T }, (_, i) => i);
+      const slots = shuffledSlots(T, numPages, 44);
+      const table = sc.own(RopeTable.create(ropeConfigFrom(V3), T));
+      appendLatent({
+        kvDown: kvDown.t, normWeight: normWeight.t, eps: EPS, cache: cache.t, table,
+        positions: sc.own(DeviceTensor.fromArray(positions, [T], 'i32')),
+        slotMapping: sc.own(DeviceTensor.fromArray(slots, [T], 'i32')),
+      });
+      const want = Float64Array.from(cache.host);
+      appendLatentReference({
+        kvDown: kvDown.host, normWeight: normWeight.host, eps: EPS, positions, slotMapping: slots, cache: want,
+        pageSize: PAGE_SIZE, ropeTable: ropeTable(V3, T), layout: ropeLayoutOf(V3),
+      });
+      return [{ name: 'cache', got: cache.t.toFloat32Sync(), want }];
+    }),
+  };
+}
+
+/** The ropeQuery path: [5, 16, 192] queries at scattered positions, rope slice rotated in place vs applyRope. */
+export function ropeQueryCheck(dtype: HalfDType): KernelCheck {
+  return {
+    name: `ropeQuery ${dtype} (t5 h16)`,
+    tolerance: HALF_TOLERANCE,
+    run: () => withScope((sc) => {
+      const T = 5, H = 16, QK = NOPE + ROPE, maxPos = 4096;
+      const q = sc.random([T, H, QK], dtype, 45);
+      const positions = Int32Array.of(0, 1, 77, 1000, 4095);
+      const table = sc.own(RopeTable.create(ropeConfigFrom(V3), maxPos));
+      ropeQuery(q.t, sc.own(DeviceTensor.fromArray(positions, [T], 'i32')), table);
+      const want = Float64Array.from(q.host);
+      const rowPositions = Int32Array.from({ length: T * H }, (_, r) => positions[Math.floor(r / H)]!);
+      applyRope(want, T * H, QK, NOPE, ROPE, rowPositions, ropeTable(V3, maxPos), ropeLayoutOf(V3));
+      return [{ name: 'q', got: q.t.toFloat32Sync(), want }];
+    }),
+  };
 }
 
 export function appendLatentCase(tokens: number, dtype: HalfDType = 'bf16'): BenchCase {
@@ -46,11 +97,12 @@ export function appendLatentCase(tokens: number, dtype: HalfDType = 'bf16'): Ben
     flops: 0,
     bytes,
     footprintBytes: tokens * WIDTH * e + numPages * PAGE_SIZE * WIDTH * e + KV_LORA * e + 8 * tokens + tableBytes,
+    checks: [appendLatentCheck(dtype)],
     setup() {
       const owned: Array<{ dispose(): void }> = [];
       try {
         // Positions 0..T−1 (a prefill): every token reads its own table row.
-        const table = RopeTable.create(ropeConfigFrom(MLA_PRESETS['deepseek-v3']), tokens);
+        const table = RopeTable.create(ropeConfigFrom(V3), tokens);
         owned.push(table);
         const kvDown = DeviceTensor.empty([tokens, WIDTH], dtype);
         owned.push(kvDown);
@@ -87,10 +139,11 @@ export function ropeQueryCase(tokens: number, heads: number, dtype: HalfDType = 
     flops: 0,
     bytes: 2 * tokens * heads * ROPE * e + 4 * tokens + tableBytes,
     footprintBytes: tokens * heads * qk * e + 4 * tokens + tableBytes,
+    checks: [ropeQueryCheck(dtype)],
     setup() {
       const owned: Array<{ dispose(): void }> = [];
       try {
-        const table = RopeTable.create(ropeConfigFrom(MLA_PRESETS['deepseek-v3']), tokens);
+        const table = RopeTable.create(ropeConfigFrom(V3), tokens);
         owned.push(table);
         const q = DeviceTensor.empty([tokens, heads, qk], dtype);
         owned.push(q);

@@ -4,8 +4,9 @@
 import { MlaError } from '../errors.js';
 import { Event } from '../runtime/stream.js';
 import type { Stream } from '../runtime/stream.js';
-import { metricsFor } from './ceilings.js';
-import type { Ceilings, TimingResult } from './ceilings.js';
+import { metricsFor } from './metrics.js';
+import type { Ceilings, TimingResult } from './metrics.js';
+import type { CheckLedger } from './check.js';
 import { arithmeticIntensity } from './formulas.js';
 import { scaleSummary, summarize } from './stats.js';
 import type { Summary } from './stats.js';
@@ -155,16 +156,25 @@ export interface CaseResult {
   pastL2?: boolean | undefined;
   run?: TimingResult | undefined;
   main?: TimingResult | undefined;
-  /** Why the case could not be measured (setup failed, unsupported on this device...). */
+  /** Why the case could not be measured (its check failed, setup failed, unsupported...). */
   error?: string | undefined;
+  /** Names of the kernel checks that passed before the case was timed. */
+  checked?: string[] | undefined;
 }
 
-/** Times one case and turns the timings into rates against the ceilings; never throws. */
-export function measureCase(suite: string, c: BenchCase, env: RunnerEnv, opts: RunnerOptions, ceilings: Ceilings): CaseResult {
+/**
+ * Checks the case's kernels against the reference (once per check, through `checks`), then
+ * times it and turns the timings into rates against the ceilings; never throws. A case whose
+ * check fails is not timed: its result carries the check's message as the error.
+ */
+export function measureCase(suite: string, c: BenchCase, env: RunnerEnv, opts: RunnerOptions, ceilings: Ceilings, checks: CheckLedger): CaseResult {
   const base: CaseResult = {
     suite, name: c.name, params: c.params, flops: c.flops, bytes: c.bytes,
     intensity: arithmeticIntensity(c.flops, c.bytes), footprintBytes: c.footprintBytes,
   };
+  const failed = checks.firstFailure(c.checks);
+  if (failed) return { ...base, error: `not timed, ${failed.message}` };
+  base.checked = c.checks.map((k) => k.name);
   try {
     const t = runCase(c, env, opts);
     return {

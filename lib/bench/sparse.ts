@@ -9,11 +9,14 @@ import { DTYPE_SIZE } from '../dtype.js';
 import { DecodeWorkspace } from '../ops/decode.js';
 import { FP8_CACHE_ROW_BYTES } from '../ops/fp8-cache.js';
 import { sparse } from '../ops/sparse.js';
-import { mulberry32 } from '../reference/util.js';
+import { quantizeFp8Cache } from '../reference/fp8.js';
+import { sparseFp8Reference, sparseReference } from '../reference/sparse.js';
+import { mulberry32, randnArray } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
+import { HALF_TOLERANCE, withScope } from './check.js';
 import { mlaSparseBytes, mlaSparseFlops, MLA_DK, MLA_DV } from './formulas.js';
-import type { BenchCase, BenchSuite } from './types.js';
-import { disposeAll, fillRandom, gridNumbers } from './suite-util.js';
+import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
+import { disposeAll, fillRandom, gridChoices, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
 
 const PAGE_SIZE = 64;
 const SCALE = 0.1352337788608801;
@@ -52,29 +55,70 @@ function sampleIndices(s: SparseBenchShape, pageOf: Int32Array): { indices: Int3
   return { indices, unique };
 }
 
-export function sparseCase(s: SparseBenchShape): BenchCase {
+/**
+ * The sparse path of a case: 4 query tokens of 16 heads, each attending 96 distinct slots of a
+ * 4-page cache (bf16 q; bf16 or FP8 cache), through sparse() against the reference.
+ */
+export function sparseCheck(cache: 'fp8' | 'model'): KernelCheck {
+  const fp8 = cache === 'fp8';
+  return {
+    name: `sparse bf16${fp8 ? ' fp8-cache' : ''} (t4 h16 topk96 page ${PAGE_SIZE})`,
+    tolerance: HALF_TOLERANCE,
+    run: () => withScope((sc) => {
+      const T = 4, H = 16, topk = 96, numPages = 4, slots = numPages * PAGE_SIZE;
+      const rand = mulberry32(31);
+      const indices = new Int32Array(T * topk);
+      for (let t = 0; t < T; t++) {
+        const pick = Int32Array.from({ length: slots }, (_, i) => i);
+        for (let k = 0; k < topk; k++) {
+          const r = k + Math.floor(rand() * (slots - k));
+          [pick[k], pick[r]] = [pick[r]!, pick[k]!];
+          indices[t * topk + k] = pick[k]!;
+        }
+      }
+      const q = sc.random([T, H, MLA_DK], 'bf16', 32, 0.5);
+      const common = { q: q.host, indices, topk, numHeads: H, scale: SCALE };
+      let cacheT: DeviceTensor;
+      let want: { out: Float64Array; lse: Float64Array };
+      if (fp8) {
+        const bytes = quantizeFp8Cache(randnArray(slots * MLA_DK, mulberry32(33)), { numPages, pageSize: PAGE_SIZE });
+        cacheT = sc.own(DeviceTensor.fromArray(bytes, [numPages, PAGE_SIZE, FP8_CACHE_ROW_BYTES], 'u8'));
+        want = sparseFp8Reference({ ...common, cache: bytes, numPages, pageSize: PAGE_SIZE });
+      } else {
+        const c = sc.random([numPages, PAGE_SIZE, MLA_DK], 'bf16', 33);
+        cacheT = c.t;
+        want = sparseReference({ ...common, cache: c.host, dimLatent: MLA_DV, headDim: MLA_DK });
+      }
+      const out = sc.own(DeviceTensor.empty([T, H, MLA_DV], 'bf16'));
+      const lse = sc.own(DeviceTensor.empty([T, H], 'f32'));
+      sparse({
+        q: q.t, cache: cacheT, scale: SCALE, out, lse,
+        indices: sc.own(DeviceTensor.fromArray(indices, [T, topk], 'i32')),
+        workspace: sc.own(new DecodeWorkspace({ maxBatch: T, maxHeads: H })),
+      });
+      return [{ name: 'out', got: out.toFloat32Sync(), want: want.out }, { name: 'lse', got: lse.toFloat32Sync(), want: want.lse }];
+    }),
+  };
+}
+
+export function sparseCase(s: SparseBenchShape, smCount?: number): BenchCase {
   if (s.topk > s.sK) throw new RangeError(`sparse: topk ${s.topk} exceeds sk ${s.sK}`);
   const fp8 = s.cache === 'fp8';
   const rowBytes = fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK * DTYPE_SIZE.bf16;
   const pagesPerReq = Math.ceil(s.sK / PAGE_SIZE);
   const numPages = s.b * pagesPerReq;
   const tokens = s.b * s.sQ;
-  // Pages handed out in a shuffled order, as a long-running server's allocator would.
-  const rand = mulberry32(13);
-  const pageOf = Int32Array.from({ length: numPages }, (_, i) => i);
-  for (let i = numPages - 1; i > 0; i--) {
-    const j = Math.floor(rand() * (i + 1));
-    [pageOf[i], pageOf[j]] = [pageOf[j]!, pageOf[i]!];
-  }
+  const pageOf = shuffledPages(numPages, 13);
   const { indices, unique } = sampleIndices(s, pageOf);
   const attended = tokens * s.topk;
-  const wsEstimate = 2 * 160 * Math.min(64, s.h) * (MLA_DV + 1) * 4;
+  const wsEstimate = splitKvWorkspaceBytes(smCount, s.h, MLA_DV);
   return {
     name: `b${s.b} h${s.h} sq${s.sQ} topk${s.topk} sk${s.sK} ${fp8 ? 'fp8-cache' : 'bf16'}`,
     params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, topk: s.topk, cache: s.cache, pageSize: PAGE_SIZE, attended, uniqueTokens: unique },
     flops: mlaSparseFlops({ hQ: s.h, attended }),
     bytes: mlaSparseBytes({ uniqueTokens: unique, cacheRowBytes: rowBytes }),
     footprintBytes: numPages * PAGE_SIZE * rowBytes + tokens * s.h * (MLA_DK + MLA_DV) * 2 + tokens * s.h * 4 + indices.length * 4 + wsEstimate,
+    checks: [sparseCheck(s.cache)],
     setup() {
       const owned: Array<{ dispose(): void }> = [];
       try {
@@ -119,17 +163,14 @@ export const suite: BenchSuite = {
     const sqs = gridNumbers('sparse', opts, 'sq', quick ? [1] : [1, 2]);
     const sks = gridNumbers('sparse', opts, 'sk', quick ? [4096] : [32768]);
     const topks = gridNumbers('sparse', opts, 'topk', quick ? [512] : [2048]);
-    const caches = (opts.grid?.['cache'] ?? ['fp8', 'model']).map((v): 'fp8' | 'model' => {
-      if (v !== 'model' && v !== 'fp8') throw new RangeError(`sparse: cache must be model or fp8, got ${String(v)}`);
-      return v;
-    });
+    const caches = gridChoices('sparse', opts, 'cache', ['fp8', 'model'], ['fp8', 'model']);
     const out: BenchCase[] = [];
     for (const cache of caches)
       for (const b of bs)
         for (const sQ of sqs)
           for (const h of hs)
             for (const sK of sks)
-              for (const topk of topks) if (topk <= sK) out.push(sparseCase({ b, h, sQ, sK, topk, cache }));
+              for (const topk of topks) if (topk <= sK) out.push(sparseCase({ b, h, sQ, sK, topk, cache }, opts.smCount));
     return out;
   },
 };

@@ -48,11 +48,48 @@ export function gridNumbers(suite: string, opts: BenchSuiteOptions, key: string,
   return v;
 }
 
+/** Values of grid key `key`, each one of `allowed` (or the fallback). */
+export function gridChoices<T extends string>(suite: string, opts: BenchSuiteOptions, key: string, allowed: readonly T[], fallback: readonly T[]): T[] {
+  return (opts.grid?.[key] ?? fallback).map((x): T => {
+    const v = String(x);
+    if (!(allowed as readonly string[]).includes(v)) throw new RangeError(`${suite}: ${key} must be ${allowed.join(' or ')}, got ${v}`);
+    return v as T;
+  });
+}
+
 /** The `dtype` grid key: bf16 (default) and/or f16. */
 export function gridDTypes(suite: string, opts: BenchSuiteOptions): HalfDType[] {
-  return (opts.grid?.['dtype'] ?? ['bf16']).map((x): HalfDType => {
-    const d = String(x);
-    if (d !== 'bf16' && d !== 'f16') throw new RangeError(`${suite}: dtype must be bf16 or f16, got ${d}`);
-    return d;
+  return gridChoices(suite, opts, 'dtype', ['bf16', 'f16'], ['bf16']);
+}
+
+/** Booleans of grid key `key` (true/false, 1/0). */
+export function gridBooleans(suite: string, opts: BenchSuiteOptions, key: string, fallback: readonly boolean[]): boolean[] {
+  return (opts.grid?.[key] ?? fallback).map((v) => {
+    if (typeof v === 'boolean') return v;
+    if (v === 'true' || v === 1 || v === '1') return true;
+    if (v === 'false' || v === 0 || v === '0') return false;
+    throw new RangeError(`${suite}: grid ${key} must hold booleans, got ${String(v)}`);
   });
+}
+
+/**
+ * Bytes of a DecodeWorkspace's split-KV partials for `rows` = H·s_q query rows: as
+ * DecodeWorkspace sizes them, max(2 · SMs · min(64, rows), 2 · rows) rows of (512 + 1) f32.
+ * Without a device (smCount undefined) only the SM-independent floor is counted.
+ */
+export function splitKvWorkspaceBytes(smCount: number | undefined, rows: number, dv: number): number {
+  const r = Math.max(rows, 1);
+  const partialRows = Math.max(2 * (smCount ?? 0) * Math.min(64, r), 2 * r);
+  return partialRows * (dv + 1) * 4;
+}
+
+/** Pages 0..n-1 in a shuffled order, as a long-running server's allocator hands them out. */
+export function shuffledPages(numPages: number, seed: number): Int32Array {
+  const rand = mulberry32(seed);
+  const perm = Int32Array.from({ length: numPages }, (_, i) => i);
+  for (let i = numPages - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [perm[i], perm[j]] = [perm[j]!, perm[i]!];
+  }
+  return perm;
 }

@@ -4,8 +4,10 @@
 // drive the command in-process without a GPU.
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { CheckFailedError, CheckLedger } from '../bench/check.js';
 import { resolveCeilings, loadCeilingsFile } from '../bench/ceilings.js';
-import type { CeilingValues, Ceilings } from '../bench/ceilings.js';
+import type { CeilingValues } from '../bench/ceilings.js';
+import type { Ceilings } from '../bench/metrics.js';
 import { deviceMeta, formatCeilings, formatTable, gitCommit, packageInfo, REPORT_SCHEMA, reportJson, resultFileStem } from '../bench/report.js';
 import type { BenchReport } from '../bench/report.js';
 import { eventTimer, measureCase, runCase } from '../bench/runner.js';
@@ -264,6 +266,17 @@ interface LoadedSuite {
   cases: BenchCase[];
 }
 
+/** The suite's cases for these arguments; a grid the suite rejects is a usage error. */
+function makeCases(suite: BenchSuite, args: BenchArgs, smCount?: number): BenchCase[] {
+  let cases: BenchCase[];
+  try {
+    cases = suite.cases({ quick: args.quick, grid: gridFor(args.grid, suite.name), smCount });
+  } catch (err) {
+    throw new UsageError(`suite ${suite.name}: cannot make its cases from the given grid: ${err instanceof Error ? err.message : String(err)}`);
+  }
+  return cases.filter((c) => matchesFilters(suite.name, c, args.filters));
+}
+
 /** Loads the suites to run; a missing suite is an error when named, a note when defaulted. */
 async function loadSuites(args: BenchArgs, deps: BenchDeps, unavailable: BenchReport['unavailable']): Promise<LoadedSuite[]> {
   const names = args.suites.length > 0 ? args.suites : [...SUITE_NAMES];
@@ -277,13 +290,7 @@ async function loadSuites(args: BenchArgs, deps: BenchDeps, unavailable: BenchRe
       unavailable.push({ suite: name, reason: err.message });
       continue;
     }
-    let cases: BenchCase[];
-    try {
-      cases = suite.cases({ quick: args.quick, grid: gridFor(args.grid, name) });
-    } catch (err) {
-      throw new UsageError(`suite ${name}: cannot make its cases from the given grid: ${err instanceof Error ? err.message : String(err)}`);
-    }
-    out.push({ suite, cases: cases.filter((c) => matchesFilters(name, c, args.filters)) });
+    out.push({ suite, cases: makeCases(suite, args) });
   }
   return out;
 }
@@ -348,15 +355,32 @@ export async function runBench(argv: readonly string[], deps: BenchDeps = defaul
   try {
     const opts: RunnerOptions = { warmupMs: args.warmupMs, repeats: args.repeats, maxInstances: args.maxInstances };
     const log = (m: string): void => deps.stderr(`${m}\n`);
+    // Footprints count split-KV workspaces, which scale with this device's SM count.
+    for (const l of loaded) l.cases = makeCases(l.suite, args, dev.info.smCount);
+    // Check before timing: each kernel path is compared with the float64 reference once.
+    const checks = new CheckLedger({ onResult: (r) => log(`${r.ok ? 'check ok' : 'CHECK FAILED'}: ${r.message}`) });
     let linear: BenchSuite | undefined = loaded.find((l) => l.suite.name === 'linear')?.suite;
     if (!linear && args.matmulTFlops === undefined && ceilingFile?.values.matmulTFlops === undefined) {
       linear = await deps.loadSuite('linear').catch(() => undefined);
     }
-    const ceilings: Ceilings = resolveCeilings(
-      { bandwidthTBs: args.bandwidthTBs, matmulTFlops: args.matmulTFlops },
-      ceilingFile,
-      { time: (c) => runCase(c, dev.env, opts), freeBytes: dev.env.freeBytes(), linear, log },
-    );
+    let ceilings: Ceilings;
+    try {
+      ceilings = resolveCeilings(
+        { bandwidthTBs: args.bandwidthTBs, matmulTFlops: args.matmulTFlops },
+        ceilingFile,
+        {
+          time: (c) => {
+            const failed = checks.firstFailure(c.checks);
+            if (failed) throw new CheckFailedError(failed);
+            return runCase(c, dev.env, opts);
+          },
+          freeBytes: dev.env.freeBytes(), linear, log,
+        },
+      );
+    } catch (err) {
+      deps.stderr(`mla-cuda bench: cannot measure the ceilings: ${err instanceof Error ? err.message : String(err)}\n`);
+      return 1;
+    }
     log(formatCeilings(ceilings));
 
     const progress = new Progress(deps, total);
@@ -364,7 +388,7 @@ export async function runBench(argv: readonly string[], deps: BenchDeps = defaul
     for (const { suite, cases } of loaded) {
       for (const c of cases) {
         progress.start(`${suite.name} ${c.name}`);
-        const r = measureCase(suite.name, c, dev.env, opts, ceilings);
+        const r = measureCase(suite.name, c, dev.env, opts, ceilings, checks);
         progress.finish(r);
         results.push(r);
       }
