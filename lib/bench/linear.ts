@@ -59,7 +59,7 @@ export function absorbCheck(op: 'absorbQuery' | 'absorbOutput', dtype: Dtype): K
         const q = sc.random([T, H, V3.nope + V3.rope], dtype, 54);
         const out = sc.own(DeviceTensor.empty([T, H, V3.kvLora], dtype));
         absorbQuery(q.t.slice(2, 0, V3.nope), w, { out });
-        return [{ name: 'out', got: out.toFloat32Sync(), want: absorbQueryReference(q.host, T * H, ref, { stride: V3.nope + V3.rope }) }];
+        return [{ name: 'out', got: out.toFloat32Sync(), want: absorbQueryReference(q.host, T, ref, { stride: V3.nope + V3.rope }) }];
       }
       const o = sc.random([T, H, V3.kvLora], dtype, 55);
       const out = sc.own(DeviceTensor.empty([T, H, V3.v], dtype));
