@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { MlaError } from './errors.js';
+import { FALLBACK_LIMITS, type NativeLimits, type NativeOps } from './native-contract.js';
 
 /** What csrc/binding/napi_util.cc reads as a tensor argument. */
 export interface NativeTensorRef {
@@ -114,9 +115,6 @@ export interface NativeDeviceInfo {
   pciBusId: string;
 }
 
-/** Every op takes one options object; its keys are documented with the op's TS wrapper. */
-export type NativeOp = (args: Record<string, unknown>) => unknown;
-
 export interface NativeAddon {
   DeviceBuffer: new (bytes: number) => NativeDeviceBuffer;
   Stream: new () => NativeStream;
@@ -132,7 +130,10 @@ export interface NativeAddon {
   synchronize(): void;
   encodeF32(data: Float32Array, dtype: number): ArrayBuffer;
   decodeToF32(data: ArrayBufferView, dtype: number): Float32Array;
-  ops: Readonly<Record<string, NativeOp | undefined>>;
+  /** The launchers' limits and error bits (absent from addons built before it existed). */
+  limits?(): NativeLimits;
+  /** Every op takes one options object (lib/native-contract.ts); a stale build may lack some. */
+  ops: Readonly<Partial<NativeOps>>;
 }
 
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -253,9 +254,23 @@ export function native(): NativeAddon {
 }
 
 /** The native entry point of an op (throws ERR_NO_ADDON if the addon is missing). */
-export function nativeOp(name: string): NativeOp {
+export function nativeOp<K extends keyof NativeOps>(name: K): NativeOps[K] {
   const op = native().ops[name];
   /* c8 ignore next */
   if (!op) throw new MlaError('ERR_NO_ADDON', `mla-cuda: the addon has no op "${name}"; rebuild it (npm rebuild mla-cuda)`);
   return op;
+}
+
+let limitsCache: NativeLimits | undefined;
+/**
+ * The launchers' limits as the loaded addon was compiled with them; the fallback copy where
+ * no addon loads (validation and the reference backend work without one).
+ */
+export function nativeLimits(): NativeLimits {
+  if (limitsCache) return limitsCache;
+  const addon = load();
+  // Not cached while no addon is loaded: a later load (e.g. after MLA_CUDA_ADDON) still counts.
+  if (!addon || typeof addon.limits !== 'function') return FALLBACK_LIMITS;
+  limitsCache = addon.limits();
+  return limitsCache;
 }

@@ -5,6 +5,7 @@ import { cuda, DeviceTensor, Event, MlaError, Stream } from '../lib/index.js';
 import type { DType } from '../lib/index.js';
 import { native, nativeOp } from '../lib/native.js';
 import type { NativeDeviceBuffer } from '../lib/native.js';
+import type { NativeCopyArgs, NativeFillArgs, NativeOpName } from '../lib/native-contract.js';
 import { checkInt, checkNumber, checkTensor } from '../lib/ops/validate.js';
 import { encodeHost } from '../lib/runtime/tensor.js';
 import { emulated, gpuSkip, randn, relError, roundTo } from './helpers/gpu.js';
@@ -151,12 +152,12 @@ t.test('dispose frees once; views and use-after-dispose are errors, never crashe
 
 t.test('native ops reject malformed descriptors with typed errors', async (t) => {
   const { tensor } = hostTensor([4]);
-  await rejects(t, () => nativeOp('fill')({ value: 1 }), 'ERR_ARGUMENT', /fill: `dst` is required/);
+  await rejects(t, () => nativeOp('fill')({ value: 1 } as unknown as NativeFillArgs), 'ERR_ARGUMENT', /fill: `dst` is required/);
   await rejects(t, () => nativeOp('fill')({ dst: tensor.nativeRef(), value: 1 }), 'ERR_ARGUMENT', /fill: `dst` is not backed by a DeviceBuffer/);
-  await rejects(t, () => nativeOp('copy')(5 as unknown as Record<string, unknown>), 'ERR_ARGUMENT', /copy: expected an options object/);
+  await rejects(t, () => nativeOp('copy')(5 as unknown as NativeCopyArgs), 'ERR_ARGUMENT', /copy: expected an options object/);
   await rejects(t, () => tensor.fill('1' as unknown as number), 'ERR_ARGUMENT', /`value` must be a number/);
   await rejects(t, () => tensor.copyFrom({} as DeviceTensor), 'ERR_ARGUMENT', /`src` must be a DeviceTensor/);
-  await rejects(t, () => nativeOp('nope'), 'ERR_NO_ADDON', /no op "nope"/);
+  await rejects(t, () => nativeOp('nope' as NativeOpName), 'ERR_NO_ADDON', /no op "nope"/);
 });
 
 t.test('argument checks name the op and the argument', async (t) => {

@@ -5,6 +5,7 @@
 #include "binding/napi_util.h"
 #include "binding/stream.h"
 #include "host/convert.h"
+#include "kernels/decode.h"
 #include "runtime/no_device.h"
 #include "runtime/runtime.h"
 
@@ -39,6 +40,28 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   uint32_t i = 0;
   for (auto& [name, fn] : opRegistry()) ops.Set(i++, std::string(name));
   o.Set("ops", ops);
+  return o;
+}
+
+// limits(): the launchers' limits and the decode error bits, from the kernel headers, so
+// lib/ops validates against the values the kernels were compiled with (lib/native-contract.ts).
+Napi::Value Limits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object bits = Napi::Object::New(env);
+  bits.Set("seqLens", static_cast<int>(kDecodeErrSeqLen));
+  bits.Set("blockTable", static_cast<int>(kDecodeErrPage));
+  bits.Set("qSeqLens", static_cast<int>(kDecodeErrQSeqLen));
+  Napi::Object decode = Napi::Object::New(env);
+  decode.Set("dimQK", kDecodeDimQK);
+  decode.Set("dimV", kDecodeDimV);
+  decode.Set("maxHeads", kDecodeMaxHeads);
+  decode.Set("minPageSize", kDecodeMinPageSize);
+  decode.Set("maxPageSize", kDecodeMaxPageSize);
+  decode.Set("maxParts", kDecodeMaxParts);
+  decode.Set("errorBits", bits);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("maxDims", kMaxDims);
+  o.Set("decode", decode);
   return o;
 }
 
@@ -202,6 +225,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Event", event);
   exports.Set("setErrorClass", Napi::Function::New<SetErrorClass>(env, "setErrorClass"));
   exports.Set("buildInfo", Napi::Function::New<BuildInfo>(env, "buildInfo"));
+  exports.Set("limits", Napi::Function::New<Limits>(env, "limits"));
   exports.Set("deviceStatus", Napi::Function::New<DeviceStatus>(env, "deviceStatus"));
   exports.Set("explainNoDevice", Napi::Function::New<ExplainNoDevice>(env, "explainNoDevice"));
   exports.Set("deviceInfo", Napi::Function::New<DeviceProperties>(env, "deviceInfo"));

@@ -1,5 +1,6 @@
-// fill / copy: the device side of DeviceTensor.fill(), copyFrom() and to(dtype).
+// fill / copy: the binding of csrc/kernels/elementwise.{h,cu}, behind DeviceTensor.fill(), copyFrom() and to(dtype).
 #include "binding/napi_util.h"
+#include "kernels/elementwise.h"
 
 namespace mla::binding {
 namespace {

@@ -14,7 +14,7 @@ Napi::Value LinearOp(const Napi::CallbackInfo& info) {
   p.x = a.tensor("x");
   p.weight = a.tensor("weight");
   p.out = a.tensor("out");
-  MLA_LAUNCH(a.env(), launchLinear(p, a.stream()));
+  MLA_LAUNCH(a.env(), gpu::launchLinear(p, a.stream()));
   return a.env().Undefined();
 }
 

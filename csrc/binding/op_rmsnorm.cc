@@ -14,7 +14,7 @@ Napi::Value RmsNormOp(const Napi::CallbackInfo& info) {
   p.weight = a.tensor("weight");
   p.out = a.tensor("out");
   p.eps = static_cast<float>(a.f64("eps"));
-  MLA_LAUNCH(a.env(), launchRmsNorm(p, a.stream()));
+  MLA_LAUNCH(a.env(), gpu::launchRmsNorm(p, a.stream()));
   return a.env().Undefined();
 }
 

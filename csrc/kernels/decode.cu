@@ -1,6 +1,7 @@
 // Absorbed MLA decode over a paged latent cache: device-side split plan, split-KV main kernel
 // (mma.sync m16n8k16 + cp.async page gathers), LSE combine. The kernels live in decode_impl.cuh
 // (shared with sparse.cu); design notes: docs/decode-kernel.md.
+#include "core/check.h"
 #include "kernels/decode_impl.cuh"
 
 namespace mla::gpu {
@@ -14,7 +15,7 @@ struct ConfigProbe {
 };
 
 struct Launcher {
-  DecodeArgs a;
+  DecodeKernelArgs a;
   const DecodeParams* p;
   const DeviceProps* dp;
   int64_t rowsBound;
@@ -27,7 +28,7 @@ struct Launcher {
     const int64_t cap = p->wsPartialRows / (2 * rowsBound);
     if (cap < 1) return Status::Error(Code::Range, "decode: the workspace's partial buffer is too small for H * maxQSeqLen");
     plan.numParts = int(std::min<int64_t>(plan.numParts, cap));
-    DecodeArgs args = a;
+    DecodeKernelArgs args = a;
     args.numParts = plan.numParts;
     args.blockN = plan.blockN;
     args.overhead = plan.overhead;
@@ -35,8 +36,7 @@ struct Launcher {
   }
   template <class C> Status run() {
     if (p->cache.dtype == DType::U8) return go<__nv_bfloat16, C, true>();  // FP8 layout, bf16 q (checked)
-    if (p->q.dtype == DType::BF16) return go<__nv_bfloat16, C, false>();
-    return go<__half, C, false>();
+    return MLA_DISPATCH_HALF_TYPES(p->q.dtype, T, [&] { return go<T, C, false>(); });
   }
 };
 
@@ -71,51 +71,51 @@ Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts,
 }
 
 Status launchDecode(const DecodeParams& p, StreamHandle stream) {
-  auto err = [](Code c, const std::string& m) { return Status::Error(c, "decode: " + m); };
+  // Only what memory safety needs (core/check.h); lib/ops/decode.ts validates with names first.
   const TensorRef &q = p.q, &cache = p.cache, &bt = p.blockTable, &sl = p.seqLens, &out = p.out, &lse = p.lse;
-  if (q.dtype != DType::BF16 && q.dtype != DType::F16) return err(Code::Dtype, "`q` must be bf16 or f16");
+  MLA_CHECK(q.dtype == DType::BF16 || q.dtype == DType::F16, Dtype, "decode: `q` must be bf16 or f16");
   const bool fp8 = cache.dtype == DType::U8;
-  if (fp8 && q.dtype != DType::BF16) return err(Code::Dtype, "an FP8 `cache` (u8, 656-byte rows) needs a bf16 `q`");
-  if (!fp8 && cache.dtype != q.dtype) return err(Code::Dtype, "`cache` must have q's dtype");
-  if (out.dtype != q.dtype) return err(Code::Dtype, "`out` must have q's dtype");
-  if (lse.dtype != DType::F32) return err(Code::Dtype, "`lse` must be f32");
-  if (bt.dtype != DType::I32 || sl.dtype != DType::I32) return err(Code::Dtype, "`blockTable` and `seqLens` must be i32");
-  if (p.hasQSeqLens && p.qSeqLens.dtype != DType::I32) return err(Code::Dtype, "`qSeqLens` must be i32");
-  if (q.ndim != 3 || q.shape[2] != kD) return err(Code::Shape, "`q` must be [tokens, H, 576]");
-  if (cache.ndim != 3 || cache.shape[2] != (fp8 ? kFp8RowBytes : kD))
-    return err(Code::Shape, fp8 ? "an FP8 `cache` must be u8 [numPages, pageSize, 656]" : "`cache` must be [numPages, pageSize, 576]");
-  if (fp8 && (cache.strides[1] != kFp8RowBytes || cache.strides[0] % 16 != 0 || reinterpret_cast<uintptr_t>(cache.data) % 16 != 0))
-    return err(Code::Shape, "an FP8 `cache` needs 656-byte rows, a page stride that is a multiple of 16 bytes and a 16-byte aligned start");
+  MLA_CHECK(!fp8 || q.dtype == DType::BF16, Dtype, "decode: an FP8 `cache` (u8, 656-byte rows) needs a bf16 `q`");
+  MLA_CHECK(fp8 || cache.dtype == q.dtype, Dtype, "decode: `cache` must have q's dtype");
+  MLA_CHECK(out.dtype == q.dtype, Dtype, "decode: `out` must have q's dtype");
+  MLA_CHECK(lse.dtype == DType::F32, Dtype, "decode: `lse` must be f32");
+  MLA_CHECK(bt.dtype == DType::I32 && sl.dtype == DType::I32, Dtype, "decode: `blockTable` and `seqLens` must be i32");
+  MLA_CHECK(!p.hasQSeqLens || p.qSeqLens.dtype == DType::I32, Dtype, "decode: `qSeqLens` must be i32");
+  MLA_CHECK(q.ndim == 3 && q.shape[2] == kD, Shape, "decode: `q` must be [tokens, H, 576]");
+  MLA_CHECK(cache.ndim == 3 && cache.shape[2] == (fp8 ? kFp8RowBytes : kD), Shape,
+            fp8 ? "decode: an FP8 `cache` must be u8 [numPages, pageSize, 656]" : "decode: `cache` must be [numPages, pageSize, 576]");
+  MLA_CHECK(!fp8 || (cache.strides[1] == kFp8RowBytes && cache.strides[0] % 16 == 0 && reinterpret_cast<uintptr_t>(cache.data) % 16 == 0), Shape,
+            "decode: an FP8 `cache` needs 656-byte rows, a page stride that is a multiple of 16 bytes and a 16-byte aligned start");
   const int64_t tokens = q.shape[0], H = q.shape[1], numPages = cache.shape[0], pageSize = cache.shape[1];
-  if (H < 1 || H > 128) return err(Code::Range, "head count must be in [1, 128]");
-  if (pageSize < 16 || pageSize > 256 || (pageSize & (pageSize - 1)) != 0)
-    return err(Code::Range, "page size must be a power of two in [16, 256]");
-  if (numPages < 1 || numPages > INT32_MAX) return err(Code::Shape, "`cache` must have 1 .. 2^31-1 pages");
-  if (bt.ndim != 2 || sl.ndim != 1 || bt.shape[0] != sl.shape[0]) return err(Code::Shape, "`blockTable` must be [B, maxPages] and `seqLens` [B]");
+  MLA_CHECK(H >= 1 && H <= kDecodeMaxHeads, Range, "decode: head count must be in [1, 128]");
+  MLA_CHECK(pageSize >= kDecodeMinPageSize && pageSize <= kDecodeMaxPageSize && (pageSize & (pageSize - 1)) == 0, Range,
+            "decode: page size must be a power of two in [16, 256]");
+  MLA_CHECK(numPages >= 1 && numPages <= INT32_MAX, Shape, "decode: `cache` must have 1 .. 2^31-1 pages");
+  MLA_CHECK(bt.ndim == 2 && sl.ndim == 1 && bt.shape[0] == sl.shape[0], Shape, "decode: `blockTable` must be [B, maxPages] and `seqLens` [B]");
   const int64_t B = sl.shape[0], maxPages = bt.shape[1];
-  if (p.hasQSeqLens && (p.qSeqLens.ndim != 1 || p.qSeqLens.shape[0] != B)) return err(Code::Shape, "`qSeqLens` must be [B]");
-  if (out.ndim != 3 || out.shape[0] != tokens || out.shape[1] != H || out.shape[2] != kDV) return err(Code::Shape, "`out` must be [tokens, H, 512]");
-  if (lse.ndim != 2 || lse.shape[0] != tokens || lse.shape[1] != H) return err(Code::Shape, "`lse` must be [tokens, H]");
-  if (q.strides[2] != 1 || cache.strides[2] != 1 || out.strides[2] != 1) return err(Code::Shape, "`q`, `cache`, `out` need a contiguous last dim");
-  if (maxPages > 0 && bt.strides[1] != 1) return err(Code::Shape, "`blockTable` rows must be contiguous");
+  MLA_CHECK(!p.hasQSeqLens || (p.qSeqLens.ndim == 1 && p.qSeqLens.shape[0] == B), Shape, "decode: `qSeqLens` must be [B]");
+  MLA_CHECK(out.ndim == 3 && out.shape[0] == tokens && out.shape[1] == H && out.shape[2] == kDV, Shape, "decode: `out` must be [tokens, H, 512]");
+  MLA_CHECK(lse.ndim == 2 && lse.shape[0] == tokens && lse.shape[1] == H, Shape, "decode: `lse` must be [tokens, H]");
+  MLA_CHECK(q.strides[2] == 1 && cache.strides[2] == 1 && out.strides[2] == 1, Shape, "decode: `q`, `cache`, `out` need a contiguous last dim");
+  MLA_CHECK(maxPages == 0 || bt.strides[1] == 1, Shape, "decode: `blockTable` rows must be contiguous");
   MLA_RETURN_IF_ERROR(checkAligned16(q, "q", 2));
   if (!fp8) MLA_RETURN_IF_ERROR(checkAligned16(cache, "cache", 2));
-  if (reinterpret_cast<uintptr_t>(out.data) % 4 != 0 || out.strides[0] % 2 != 0 || out.strides[1] % 2 != 0)
-    return err(Code::Shape, "`out` must be 4-byte aligned with even strides");
-  if (!p.hasQSeqLens && (p.uniformQSeqLen < 0 || tokens != B * p.uniformQSeqLen))
-    return err(Code::Shape, "`q` must hold B * s_q tokens");
+  MLA_CHECK(reinterpret_cast<uintptr_t>(out.data) % 4 == 0 && out.strides[0] % 2 == 0 && out.strides[1] % 2 == 0, Shape,
+            "decode: `out` must be 4-byte aligned with even strides");
+  MLA_CHECK(p.hasQSeqLens || (p.uniformQSeqLen >= 0 && tokens == B * p.uniformQSeqLen), Shape, "decode: `q` must hold B * s_q tokens");
   const int64_t maxQ = p.hasQSeqLens ? p.maxQSeqLen : p.uniformQSeqLen;
-  if (maxQ < 0 || maxQ > INT32_MAX / 128) return err(Code::Range, "`maxQSeqLen` is out of range");
-  if (!(p.scale > 0.f) || !std::isfinite(p.scale)) return err(Code::Range, "`scale` must be positive and finite");
-  if (tokens * H > INT32_MAX / kDV || B > INT32_MAX / 8) return err(Code::Range, "too many tokens or requests");
-  // Workspace.
+  MLA_CHECK(maxQ >= 0 && maxQ <= INT32_MAX / 128, Range, "decode: `maxQSeqLen` is out of range");
+  MLA_CHECK(tokens * H <= INT32_MAX / kDV && B <= INT32_MAX / 8, Range, "decode: too many tokens or requests");
+  // Workspace: its declared sizes bound the layout arithmetic, then the buffer must hold it.
+  MLA_CHECK(p.wsMaxBatch >= 0 && p.wsMaxBatch <= (int64_t(1) << 31) && p.wsPartialRows >= 0 && p.wsPartialRows <= (int64_t(1) << 31) &&
+                p.wsMaxParts >= 1 && p.wsMaxParts <= kDecodeMaxParts,
+            Range, "decode: `workspace` has an invalid layout");
   const DecodeWorkspaceLayout lay = decodeWorkspaceLayout(p.wsMaxBatch, p.wsPartialRows, p.wsMaxParts);
-  if (p.workspace.dtype != DType::U8 || p.workspace.ndim != 1 || !p.workspace.isContiguous() ||
-      p.workspace.shape[0] < lay.totalBytes || reinterpret_cast<uintptr_t>(p.workspace.data) % 256 != 0)
-    return err(Code::Argument, "`workspace` is not a decode workspace buffer of the declared size");
-  if (B > p.wsMaxBatch) return err(Code::Range, "batch exceeds the workspace's maxBatch");
-  if (2 * std::max<int64_t>(1, H * maxQ) > p.wsPartialRows) return err(Code::Range, "H * maxQSeqLen exceeds the workspace's partial rows");
-  if (p.wsMaxParts < 1) return err(Code::Argument, "workspace has no parts");
+  MLA_CHECK(p.workspace.dtype == DType::U8 && p.workspace.ndim == 1 && p.workspace.isContiguous() &&
+                p.workspace.shape[0] >= lay.totalBytes && reinterpret_cast<uintptr_t>(p.workspace.data) % 256 == 0,
+            Argument, "decode: `workspace` is not a decode workspace buffer of the declared size");
+  MLA_CHECK(B <= p.wsMaxBatch, Range, "decode: batch exceeds the workspace's maxBatch");
+  MLA_CHECK(2 * std::max<int64_t>(1, H * maxQ) <= p.wsPartialRows, Range, "decode: H * maxQSeqLen exceeds the workspace's partial rows");
   if (B == 0 || tokens == 0 || H * maxQ == 0) {
     if (tokens == 0 || !p.runCombine) return Status::Ok();
   }
@@ -123,10 +123,10 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
   DeviceProps dp;
   MLA_RETURN_IF_ERROR(devicePropsFor(&dp));
   const int tier = tierFor(dp.smemOptin);
-  if (tier == 0) return err(Code::Argument, "the device has too little shared memory per block (needs ~96 KB opt-in)");
+  MLA_CHECK(tier != 0, Argument, "decode: the device has too little shared memory per block (needs ~96 KB opt-in)");
   const int64_t rowsBound = std::max<int64_t>(1, H * maxQ);
 
-  DecodeArgs a{};
+  DecodeKernelArgs a{};
   a.q = q.data; a.qTok = q.strides[0]; a.qHead = q.strides[1];
   a.cache = cache.data; a.cPage = cache.strides[0]; a.cRow = cache.strides[1];
   a.numPages = int(numPages); a.pageSize = int(pageSize);

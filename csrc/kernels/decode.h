@@ -9,6 +9,12 @@ namespace mla {
 
 constexpr int kDecodeDimQK = 576;  // kv_lora 512 + rope 64
 constexpr int kDecodeDimV = 512;   // V = first 512 columns of each cache row
+// Limits of the launcher, exported to TypeScript by the addon's limits() (module.cc) so
+// lib/ops/decode.ts validates against these values instead of restating them.
+constexpr int kDecodeMaxHeads = 128;
+constexpr int kDecodeMinPageSize = 16;   // page sizes: powers of two in [min, max]
+constexpr int kDecodeMaxPageSize = 256;
+constexpr int kDecodeMaxParts = 65535;   // a grid dimension's limit
 
 // Sticky bits in the workspace error word (OR-ed by the kernels, cleared by the host).
 enum DecodeErrorBits : int32_t {

@@ -27,7 +27,7 @@ constexpr float kLn2 = 0.69314718055994530942f;
 constexpr float kLog2e = 1.44269504088896340736f;
 
 // Everything the three kernels read; by value, so no device-side metadata allocation.
-struct DecodeArgs {
+struct DecodeKernelArgs {
   const void* q; int64_t qTok, qHead;
   const void* cache; int64_t cPage, cRow; int numPages, pageSize, pageShift;
   const int32_t* bt; int64_t btStride; int maxPages;
@@ -93,7 +93,7 @@ struct ReqStore {
 // ceil(total / numParts) + overhead units of a contiguous walk over (request, block); the last
 // part takes whatever is left so coverage never depends on the rounding. Requests whose
 // blocks land in >= 2 parts get partial slots (at most 2 per part: its first and last segment).
-__global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeArgs a) {
+__global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeKernelArgs a) {
   MLA_DYNAMIC_SMEM(int32_t, planSmem, 16);
   const bool staged = a.B <= kPlanSmemBatch;
   const ReqStore st = staged ? ReqStore{planSmem, 1, a.B} : ReqStore{a.reqInfo, 8, 1};
@@ -205,7 +205,7 @@ __global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeArgs a) {
 // and its score masked to -inf through a per-row validity byte (sValid) written with the tile;
 // a single-split row applies the sink: out *= 1 / (1 + exp(sink[h] - lse)).
 template <typename T, class C, bool KV8 = false, bool SP = false>
-__global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeKernelArgs a) {
   constexpr int BM = C::BM, BN = C::BN, ST = C::ST, CG = C::CG, COLS = C::COLS;
   constexpr int NT_ALL = C::NT_ALL, NTS = C::NTS, PLD = C::PLD, NO = COLS / 8;
   MLA_DYNAMIC_SMEM(unsigned char, smemRaw, 128);
@@ -502,7 +502,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeArgs a) {
 // single-split requests were written by the main kernel. SP: the sink scales the combined
 // output by 1 / (1 + exp(sink[h] - lse)), lse unchanged.
 template <typename T, bool SP = false>
-__global__ void __launch_bounds__(256, 1) decodeCombineKernel(DecodeArgs a) {
+__global__ void __launch_bounds__(256, 1) decodeCombineKernel(DecodeKernelArgs a) {
   const int lane = threadIdx.x & 31;
   const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
   if (row >= int64_t(a.tokens) * a.H) return;
@@ -663,7 +663,7 @@ struct Phases {
 };
 
 template <typename T, class C, bool KV8, bool SP = false>
-Status runDecode(DecodeArgs a, const Plan& plan, Phases p, cudaStream_t s) {
+Status runDecode(DecodeKernelArgs a, const Plan& plan, Phases p, cudaStream_t s) {
   if (p.plan) {
     const size_t planSmem = a.B <= kPlanSmemBatch ? size_t(kRiFields) * a.B * sizeof(int32_t) : 0;
     MLA_LAUNCH_KERNEL(1, kPlanThreads, planSmem, s, decodePlanKernel)(a);

@@ -1,6 +1,7 @@
 // fill and strided copy (with float dtype conversion) behind DeviceTensor.fill / copyFrom / to().
 #include "kernels/common.cuh"
 #include "runtime/cuda_check.h"
+#include "kernels/elementwise.h"
 #include "runtime/runtime.h"
 
 namespace mla::gpu {

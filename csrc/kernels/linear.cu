@@ -536,7 +536,7 @@ Status checkOperand(const TensorRef& t, const char* name) {
 
 }  // namespace
 
-Status launchLinear(const LinearParams& p, StreamHandle stream) {
+Status gpu::launchLinear(const LinearParams& p, StreamHandle stream) {
   const TensorRef &x = p.x, &w = p.weight, &y = p.out;
   if (x.dtype != DType::BF16 && x.dtype != DType::F16) return fail(Code::Dtype, "x", "must be bf16 or f16");
   if (w.dtype != x.dtype) return fail(Code::Dtype, "weight", "must have the same dtype as `x`");

@@ -22,6 +22,8 @@ struct LinearParams {
   TensorRef out;
 };
 
+namespace gpu {
 Status launchLinear(const LinearParams& p, StreamHandle stream);
+}  // namespace gpu
 
 }  // namespace mla

@@ -71,7 +71,7 @@ Status dispatchWeight(const RmsNormParams& p, int64_t ldx, int64_t ldy, cudaStre
 
 }  // namespace
 
-Status launchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
+Status gpu::launchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
   const TensorRef &x = p.x, &w = p.weight, &y = p.out;
   if (!isFloat(x.dtype)) return fail(Code::Dtype, "x", "must be bf16, f16 or f32");
   if (!isFloat(w.dtype)) return fail(Code::Dtype, "weight", "must be bf16, f16 or f32");

@@ -17,6 +17,8 @@ struct RmsNormParams {
   float eps = 1e-6f;
 };
 
+namespace gpu {
 Status launchRmsNorm(const RmsNormParams& p, StreamHandle stream);
+}  // namespace gpu
 
 }  // namespace mla

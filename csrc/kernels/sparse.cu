@@ -12,7 +12,7 @@ namespace mla::gpu {
 namespace {
 
 struct SparseLauncher {
-  DecodeArgs a;
+  DecodeKernelArgs a;
   const SparseParams* p;
   const DeviceProps* dp;
   int64_t rowsBound;
@@ -24,7 +24,7 @@ struct SparseLauncher {
     const int64_t cap = p->wsPartialRows / (2 * rowsBound);
     if (cap < 1) return Status::Error(Code::Range, "sparse: the workspace's partial buffer is too small for H");
     plan.numParts = int(std::min<int64_t>(plan.numParts, cap));
-    DecodeArgs args = a;
+    DecodeKernelArgs args = a;
     args.numParts = plan.numParts;
     args.blockN = plan.blockN;
     args.overhead = plan.overhead;
@@ -32,8 +32,7 @@ struct SparseLauncher {
   }
   template <class C> Status run() {
     if (p->cache.dtype == DType::U8) return go<__nv_bfloat16, C, true>();
-    if (p->q.dtype == DType::BF16) return go<__nv_bfloat16, C, false>();
-    return go<__half, C, false>();
+    return MLA_DISPATCH_HALF_TYPES(p->q.dtype, T, [&] { return go<T, C, false>(); });
   }
 };
 
@@ -77,8 +76,11 @@ Status launchSparse(const SparseParams& p, StreamHandle stream) {
     return err(Code::Shape, "`cache` must be 16-byte aligned with strides that are multiples of 8 elements");
   if (reinterpret_cast<uintptr_t>(out.data) % 4 != 0 || out.strides[0] % 2 != 0 || out.strides[1] % 2 != 0)
     return err(Code::Shape, "`out` must be 4-byte aligned with even strides");
-  if (!(p.scale > 0.f) || !std::isfinite(p.scale)) return err(Code::Range, "`scale` must be positive and finite");
   if (tokens * H > INT32_MAX / kDV || tokens > INT32_MAX / 8) return err(Code::Range, "too many tokens");
+  // The declared workspace sizes bound the layout arithmetic (memory safety, as in decode.cu).
+  if (p.wsMaxBatch < 0 || p.wsPartialRows < 0 || p.wsMaxParts < 1 || p.wsMaxBatch > (int64_t(1) << 31) ||
+      p.wsPartialRows > (int64_t(1) << 31) || p.wsMaxParts > kDecodeMaxParts)
+    return err(Code::Range, "`workspace` has an invalid layout");
   const DecodeWorkspaceLayout lay = decodeWorkspaceLayout(p.wsMaxBatch, p.wsPartialRows, p.wsMaxParts);
   if (p.workspace.dtype != DType::U8 || p.workspace.ndim != 1 || !p.workspace.isContiguous() ||
       p.workspace.shape[0] < lay.totalBytes || reinterpret_cast<uintptr_t>(p.workspace.data) % 256 != 0)
@@ -93,7 +95,7 @@ Status launchSparse(const SparseParams& p, StreamHandle stream) {
   const int tier = tierFor(dp.smemOptin, true);
   if (tier == 0) return err(Code::Argument, "the device has too little shared memory per block (needs ~96 KB opt-in)");
 
-  DecodeArgs a{};
+  DecodeKernelArgs a{};
   a.q = q.data; a.qTok = q.strides[0]; a.qHead = q.strides[1];
   a.cache = cache.data; a.cPage = cache.strides[0]; a.cRow = cache.strides[1];
   a.numPages = int(numPages); a.pageSize = int(pageSize);

@@ -57,10 +57,6 @@ Status eventQuery(void* event, bool* done);
 Status eventElapsedMs(void* start, void* end, float* ms);
 Status streamWaitEvent(StreamHandle stream, void* event);
 
-// Elementwise kernels behind DeviceTensor.fill / copy (dst and src: same shape and dtype).
-Status fillTensor(const TensorRef& t, double value, StreamHandle stream);
-Status copyTensor(const TensorRef& dst, const TensorRef& src, StreamHandle stream);
-
 // The error the last launch left (after a launcher returned), as a Status.
 Status lastLaunchError(const char* what);
 

@@ -2,6 +2,7 @@
 // with ERR_NO_CUDA and the fix.
 #include "runtime/graph.h"
 #include "runtime/no_device.h"
+#include "kernels/elementwise.h"
 #include "runtime/runtime.h"
 
 namespace mla::gpu {

@@ -8,7 +8,8 @@
 import type { MlaConfig } from '../config.js';
 import { MlaError } from '../errors.js';
 import type { CacheDType, CacheStep, DeviceCacheStep, LatentCache } from '../latent-cache.js';
-import { DECODE_MAX_HEADS, DECODE_MAX_PAGE_SIZE, DECODE_MIN_PAGE_SIZE, decode, DecodeWorkspace } from '../ops/decode.js';
+import { decode, DecodeWorkspace } from '../ops/decode.js';
+import { nativeLimits } from '../native.js';
 import { absorbOutput, absorbQuery, linear, prepareAbsorbWeights, type AbsorbWeights } from '../ops/linear.js';
 import { PREFILL_KV_LORA, PREFILL_NOPE_DIM, PREFILL_ROPE_DIM, PREFILL_V_DIM, prefill, preparePrefillWeights } from '../ops/prefill.js';
 import { rmsNorm } from '../ops/rmsnorm.js';
@@ -70,11 +71,12 @@ export function checkGpuGeometry(cfg: MlaConfig, pageSize: number): void {
   if (cfg.qkRopeHeadDim !== PREFILL_ROPE_DIM) bad.push(`qk_rope_head_dim ${cfg.qkRopeHeadDim} (needs ${PREFILL_ROPE_DIM})`);
   if (cfg.qkNopeHeadDim !== PREFILL_NOPE_DIM) bad.push(`qk_nope_head_dim ${cfg.qkNopeHeadDim} (needs ${PREFILL_NOPE_DIM})`);
   if (cfg.vHeadDim !== PREFILL_V_DIM) bad.push(`v_head_dim ${cfg.vHeadDim} (needs ${PREFILL_V_DIM})`);
-  if (cfg.numHeads > DECODE_MAX_HEADS) bad.push(`${cfg.numHeads} heads (at most ${DECODE_MAX_HEADS})`);
+  const lim = nativeLimits().decode;
+  if (cfg.numHeads > lim.maxHeads) bad.push(`${cfg.numHeads} heads (at most ${lim.maxHeads})`);
   if (cfg.hiddenSize % 8 !== 0) bad.push(`hidden_size ${cfg.hiddenSize} (a multiple of 8)`);
   if (cfg.qLoraRank !== null && cfg.qLoraRank % 8 !== 0) bad.push(`q_lora_rank ${cfg.qLoraRank} (a multiple of 8)`);
-  if (!isPowerOfTwo(pageSize) || pageSize < DECODE_MIN_PAGE_SIZE || pageSize > DECODE_MAX_PAGE_SIZE) {
-    bad.push(`cache page size ${pageSize} (a power of two in [${DECODE_MIN_PAGE_SIZE}, ${DECODE_MAX_PAGE_SIZE}])`);
+  if (!isPowerOfTwo(pageSize) || pageSize < lim.minPageSize || pageSize > lim.maxPageSize) {
+    bad.push(`cache page size ${pageSize} (a power of two in [${lim.minPageSize}, ${lim.maxPageSize}])`);
   }
   if (bad.length > 0) throw new MlaError('ERR_SHAPE', `MlaAttention (gpu backend): the CUDA kernels do not support ${bad.join(', ')}`);
 }

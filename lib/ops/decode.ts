@@ -2,7 +2,9 @@
 // latent cache (FlashMLA's problem), split-KV with a device-side plan. Kernel design:
 // docs/decode-kernel.md; float64 oracle: lib/reference/decode.ts.
 import { MlaError } from '../errors.js';
-import { native, nativeOp } from '../native.js';
+import { native, nativeLimits, nativeOp } from '../native.js';
+import { FALLBACK_LIMITS } from '../native-contract.js';
+import type { NativeDecodeConfig, NativeDecodeWorkspaceArgs } from '../native-contract.js';
 import type { Stream } from '../runtime/stream.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
@@ -11,16 +13,19 @@ import { checkFp8Cache } from './fp8-cache.js';
 
 const OP = 'decode';
 
+// The limits below come from csrc/kernels/decode.h through the addon's limits() (nativeLimits());
+// these exported copies are the fallback for where no addon loads, and equal the addon's
+// (test/native-contract.test.ts). Validation reads nativeLimits() at call time.
 /** Width of a query / cache row: latent (kv_lora 512) then rotated RoPE key (64). */
-export const DECODE_DIM_QK = 576;
+export const DECODE_DIM_QK = FALLBACK_LIMITS.decode.dimQK;
 /** Width of V and of the output: the first 512 columns of a cache row. */
-export const DECODE_DIM_V = 512;
-export const DECODE_MAX_HEADS = 128;
-export const DECODE_MIN_PAGE_SIZE = 16;
-export const DECODE_MAX_PAGE_SIZE = 256;
+export const DECODE_DIM_V = FALLBACK_LIMITS.decode.dimV;
+export const DECODE_MAX_HEADS = FALLBACK_LIMITS.decode.maxHeads;
+export const DECODE_MIN_PAGE_SIZE = FALLBACK_LIMITS.decode.minPageSize;
+export const DECODE_MAX_PAGE_SIZE = FALLBACK_LIMITS.decode.maxPageSize;
 
 /** Error bits the kernels OR into the workspace (sticky until `checkErrors()`). */
-export const DECODE_ERROR_BITS = Object.freeze({ seqLens: 1, blockTable: 2, qSeqLens: 4 });
+export const DECODE_ERROR_BITS = FALLBACK_LIMITS.decode.errorBits;
 
 /** What `validateDecodeArgs` needs: metadata only, so it runs (and is tested) without a GPU. */
 export interface DecodeArgsMeta {
@@ -59,8 +64,9 @@ export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
   const q = checkTensor(OP, 'q', args.q, { dtype: ['bf16', 'f16'], shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
   const dtype = q.dtype as 'bf16' | 'f16';
   const [tokens, numHeads] = q.shape as [number, number, number];
-  if (numHeads < 1 || numHeads > DECODE_MAX_HEADS) {
-    throw new MlaError('ERR_RANGE', `${OP}: \`q\` has ${numHeads} heads; the head count must be in [1, ${DECODE_MAX_HEADS}]`);
+  const lim = nativeLimits().decode;
+  if (numHeads < 1 || numHeads > lim.maxHeads) {
+    throw new MlaError('ERR_RANGE', `${OP}: \`q\` has ${numHeads} heads; the head count must be in [1, ${lim.maxHeads}]`);
   }
   checkRowAlignment(OP, 'q', q, 8, 'rows are gathered 16 bytes at a time');
   const fp8 = checkTensor(OP, 'cache', args.cache).dtype === 'u8';
@@ -75,8 +81,8 @@ export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
     [numPages, pageSize] = cache.shape as [number, number, number];
     checkRowAlignment(OP, 'cache', cache, 8, 'rows are gathered 16 bytes at a time');
   }
-  if (!isPowerOfTwo(pageSize) || pageSize < DECODE_MIN_PAGE_SIZE || pageSize > DECODE_MAX_PAGE_SIZE) {
-    throw new MlaError('ERR_RANGE', `${OP}: \`cache\` page size ${pageSize} must be a power of two in [${DECODE_MIN_PAGE_SIZE}, ${DECODE_MAX_PAGE_SIZE}]`);
+  if (!isPowerOfTwo(pageSize) || pageSize < lim.minPageSize || pageSize > lim.maxPageSize) {
+    throw new MlaError('ERR_RANGE', `${OP}: \`cache\` page size ${pageSize} must be a power of two in [${lim.minPageSize}, ${lim.maxPageSize}]`);
   }
   if (numPages < 1) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` must hold at least one page`);
   if (numPages > 0x7fffffff) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` has more than 2^31 − 1 pages`);
@@ -176,10 +182,6 @@ export interface DecodeErrorReport {
   messages: string[];
 }
 
-interface WorkspaceLayout {
-  totalBytes: number;
-}
-
 /**
  * Device buffer holding the split plan, the fp32 partial outputs / LSEs of split requests and
  * a sticky error word. Create one per (max) geometry and reuse it across layers and calls
@@ -201,15 +203,16 @@ export class DecodeWorkspace {
   constructor(opts: DecodeWorkspaceOptions) {
     const where = 'DecodeWorkspace';
     this.maxBatch = checkInt(where, 'maxBatch', opts.maxBatch, 1, 0x7fffffff);
-    this.maxHeads = checkInt(where, 'maxHeads', opts.maxHeads, 1, DECODE_MAX_HEADS);
+    const lim = nativeLimits().decode;
+    this.maxHeads = checkInt(where, 'maxHeads', opts.maxHeads, 1, lim.maxHeads);
     this.maxQSeqLen = checkInt(where, 'maxQSeqLen', opts.maxQSeqLen ?? 1, 1, 1 << 20);
     const addon = native();
     const parts = opts.maxParts ?? addon.deviceInfo(addon.currentDevice()).smCount;
-    this.maxParts = checkInt(where, 'maxParts', parts, 1, 65535);
+    this.maxParts = checkInt(where, 'maxParts', parts, 1, lim.maxParts);
     this.maxRows = this.maxHeads * this.maxQSeqLen;
     // A call uses ~SMs / ceil(rows / BM) parts (BM ≤ 64) with ≤ 2 slots of `rows` each.
     this.partialRows = Math.max(2 * this.maxParts * Math.min(64, this.maxRows), 2 * this.maxRows);
-    const layout = nativeOp('decodeWorkspaceBytes')({ maxBatch: this.maxBatch, partialRows: this.partialRows, maxParts: this.maxParts }) as WorkspaceLayout;
+    const layout = nativeOp('decodeWorkspaceBytes')({ maxBatch: this.maxBatch, partialRows: this.partialRows, maxParts: this.maxParts });
     this.bytes = layout.totalBytes;
     this.#buffer = DeviceTensor.empty([this.bytes], 'u8');
     // Only the error word needs a value; every call rewrites the plan before reading it and
@@ -232,7 +235,7 @@ export class DecodeWorkspace {
   }
 
   /** @internal Arguments the native op reads. */
-  nativeArgs(): Record<string, unknown> {
+  nativeArgs(): NativeDecodeWorkspaceArgs {
     return {
       workspace: this.#buffer.nativeRef(`${OP}: \`workspace\``),
       wsMaxBatch: this.maxBatch,
@@ -252,9 +255,10 @@ export class DecodeWorkspace {
     const bits = (raw[0]! | (raw[1]! << 8) | (raw[2]! << 16) | (raw[3]! << 24)) >>> 0;
     if (bits !== 0) head.fill(0, opts);
     const messages: string[] = [];
-    if (bits & DECODE_ERROR_BITS.seqLens) messages.push('decode: `seqLens` had a value outside [0, maxPages · pageSize]');
-    if (bits & DECODE_ERROR_BITS.blockTable) messages.push('decode: `blockTable` had a used page index outside [0, numPages)');
-    if (bits & DECODE_ERROR_BITS.qSeqLens) messages.push('decode: `qSeqLens` had a negative value, one above maxQSeqLen, or more queries than `q` holds');
+    const bit = nativeLimits().decode.errorBits;
+    if (bits & bit.seqLens) messages.push('decode: `seqLens` had a value outside [0, maxPages · pageSize]');
+    if (bits & bit.blockTable) messages.push('decode: `blockTable` had a used page index outside [0, numPages)');
+    if (bits & bit.qSeqLens) messages.push('decode: `qSeqLens` had a negative value, one above maxQSeqLen, or more queries than `q` holds');
     return { ok: bits === 0, bits, messages };
   }
 
@@ -377,7 +381,7 @@ export function decode(opts: DecodeOptions): DecodeResult {
       ...workspace.nativeArgs(),
       scale: geo.scale,
       causal: geo.causal,
-      sQ: geo.sQ ?? 0,
+      uniformQSeqLen: geo.sQ ?? 0,
       maxQSeqLen: rowsQ,
       runPlan: phases === 'all',
       runCombine: phases === 'all',
@@ -395,19 +399,11 @@ export function decode(opts: DecodeOptions): DecodeResult {
 }
 
 /** Tile config a call with this geometry would use on the current device (for reports). */
-export interface DecodeConfig {
-  blockM: number;
-  blockN: number;
-  stages: number;
-  smemBytes: number;
-  numParts: number;
-  rowTiles: number;
-  ctasPerSm: number;
-}
+export type DecodeConfig = NativeDecodeConfig;
 
 export function decodeConfig(numHeads: number, maxQSeqLen = 1, maxParts?: number): DecodeConfig {
   const addon = native();
   const parts = maxParts ?? addon.deviceInfo(addon.currentDevice()).smCount;
-  return nativeOp('decodeConfig')({ numHeads, maxQSeqLen, maxParts: parts }) as DecodeConfig;
+  return nativeOp('decodeConfig')({ numHeads, maxQSeqLen, maxParts: parts });
 }
 

@@ -5,6 +5,7 @@
 import type { DType, HostArray } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
+import { isNativePrimitiveTensor, type NativePrimitivesArgs } from '../native-contract.js';
 import { FILL_U32 } from '../reference/primitives.js';
 import type { ShflOpName, ShuffleCase } from '../reference/primitives.js';
 import { DeviceTensor } from '../runtime/tensor.js';
@@ -42,7 +43,7 @@ interface Upload {
 
 // Uploads, fills every output with a known bit pattern (0xFFFFFFFF, or NaN 0x7FC00000 for f32,
 // converted on the host so GPU and emulator start from the same bits), launches, downloads.
-function run(which: number, ins: Record<string, Upload>, outs: Record<string, Upload>, extra: Record<string, number | boolean>, opts: StreamOption): HostArray[] {
+function run(which: number, ins: Record<string, Upload>, outs: Record<string, Upload>, extra: Pick<NativePrimitivesArgs, 'num' | 'trans'>, opts: StreamOption): HostArray[] {
   const owned: DeviceTensor[] = [];
   const up = (u: Upload): DeviceTensor => {
     const t = DeviceTensor.fromArray(u.data, u.shape, u.dtype);
@@ -50,11 +51,16 @@ function run(which: number, ins: Record<string, Upload>, outs: Record<string, Up
     return t;
   };
   try {
-    const args: Record<string, unknown> = { which, ...extra, stream: opts.stream?.nativeHandle() };
-    for (const [k, u] of Object.entries(ins)) args[k] = up(u).nativeRef(`${OP}: \`${k}\``);
+    const args: NativePrimitivesArgs = { which, ...extra, stream: opts.stream?.nativeHandle() };
+    const bind = (k: string, t: DeviceTensor): void => {
+      // Only the names primitives.h reads: anything else would be silently ignored natively.
+      if (!isNativePrimitiveTensor(k)) throw new MlaError('ERR_ARGUMENT', `${OP}: no tensor \`${k}\``);
+      args[k] = t.nativeRef(`${OP}: \`${k}\``);
+    };
+    for (const [k, u] of Object.entries(ins)) bind(k, up(u));
     const outT = Object.entries(outs).map(([k, u]) => {
       const t = up(u);
-      args[k] = t.nativeRef(`${OP}: \`${k}\``);
+      bind(k, t);
       return t;
     });
     nativeOp(OP)(args);

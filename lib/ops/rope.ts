@@ -5,6 +5,7 @@ import type { MlaConfig, YarnScaling } from '../config.js';
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
+import type { NativeRopeLayout } from '../native-contract.js';
 import { ropeInvFreq, ropeLayoutOf } from '../reference/rope.js';
 import type { RopeLayout } from '../reference/rope.js';
 import { DeviceTensor } from '../runtime/tensor.js';
@@ -379,7 +380,7 @@ function ropeTableArg(op: string, t: unknown): RopeTable {
   return t;
 }
 
-const LAYOUT_CODE: Readonly<Record<RopeLayout, number>> = { interleaved: 0, neox: 1 };
+const LAYOUT_CODE: Readonly<Record<RopeLayout, NativeRopeLayout>> = { interleaved: 0, neox: 1 };
 
 /**
  * Rotates x in place by positions: x is [T, H, rotaryDim] or [T, rotaryDim], any token / head
