@@ -28,7 +28,3 @@ export class MlaError extends Error {
     this.code = code;
   }
 }
-
-export function fail(code: MlaErrorCode, message: string): never {
-  throw new MlaError(code, message);
-}
