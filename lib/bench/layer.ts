@@ -21,7 +21,7 @@ import { gemmBytes, gemmFlops, mlaDecodeBytes, mlaDecodeFlops } from './formulas
 import { absorbCheck, linearCheck } from './linear.js';
 import { appendLatentCheck, ropeQueryCheck } from './rope.js';
 import type { BenchCase, BenchInstance, BenchSuite, KernelCheck } from './types.js';
-import { fillRandom, gridNumbers, shuffledPages } from './suite-util.js';
+import { disposeAll, fillRandom, gridNumbers, shuffledPages } from './suite-util.js';
 
 const CFG = MLA_PRESETS['deepseek-v3'];
 const PAGE_SIZE = 64;
@@ -226,7 +226,7 @@ export class LayerStep {
   }
 
   dispose(): void {
-    for (const x of this.owned.reverse()) x.dispose();
+    disposeAll(this.owned);
   }
 }
 
@@ -259,7 +259,7 @@ export function layerCase(stage: LayerStage, d: Dims): BenchCase {
           dispose: () => s.dispose(),
         };
       } catch (e) {
-        for (const x of owned.reverse()) x.dispose();
+        disposeAll(owned);
         throw e;
       }
     },
