@@ -206,8 +206,12 @@ export class MlaAttention implements Disposable {
       });
       return impl.forward(x, step, paths, sparse);
     } catch (e) {
-      // Give back what this call reserved; the rows it may have written lie past the lengths.
-      if (planned) for (const en of step.entries) if (this.cache.hasSequence(en.seqId)) this.cache.truncate(en.seqId, en.contextLen);
+      // Give back exactly what this call reserved (state() as before, a copy-on-write page
+      // included); the rows it may have written lie past the lengths.
+      if (planned && !this.cache.disposed) {
+        if (this.cache.isCurrentStep(step)) this.cache.undoStep(step);
+        else for (const en of step.entries) if (this.cache.hasSequence(en.seqId)) this.cache.truncate(en.seqId, en.contextLen);
+      }
       throw e;
     }
   }

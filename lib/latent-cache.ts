@@ -140,6 +140,9 @@ export class LatentCache implements Disposable {
   #deviceStep: DeviceCacheStep | null = null;
   #deviceStepOf: CacheStep | null = null;
   #lastStep: CacheStep | null = null;
+  // What the last plan changed: each planned sequence's pages and length before it, so a step
+  // refused after planning can be undone exactly (truncate() would keep a copy-on-write page).
+  #lastUndo: Map<SequenceId, { pages: number[]; length: number }> | null = null;
   #disposed = false;
 
   constructor(opts: LatentCacheOptions) {
@@ -354,6 +357,8 @@ export class LatentCache implements Disposable {
       }
       seqs.push(s);
     }
+    const undo = new Map<SequenceId, { pages: number[]; length: number }>();
+    batch.forEach((e, b) => undo.set(e.seqId, { pages: [...seqs[b]!.pages], length: seqs[b]!.length }));
     const B = batch.length;
     const entries: StepEntry[] = [];
     let T = 0;
@@ -381,7 +386,32 @@ export class LatentCache implements Disposable {
     const { table, maxPages } = this.blockTable(batch.map((e) => e.seqId));
     const step: CacheStep = { entries, numTokens: T, positions, slotMapping, seqLens, contextLens, qSeqLens, cuSeqLens, blockTable: table, maxPages };
     this.#lastStep = step;
+    this.#lastUndo = undo;
     return step;
+  }
+
+  /**
+   * @internal Gives back exactly what planStep() took for `step` (the latest plan, its
+   * sequences untouched since): fresh pages, and a private copy of a shared last page becomes
+   * the shared page again. MlaAttention and DecodeGraph call it when a step fails after planning.
+   */
+  undoStep(step: CacheStep): void {
+    this.#alive('undoStep()');
+    if (!this.isCurrentStep(step) || this.#lastUndo === null) throw new MlaError('ERR_ARGUMENT', 'LatentCache.undoStep: `step` is not the latest plan (or its sequences changed since)');
+    for (const e of step.entries) {
+      const s = this.#seqs.get(e.seqId)!;
+      const old = this.#lastUndo.get(e.seqId)!;
+      // Newest first, so the free list ends as it was before the plan popped from it.
+      for (let i = s.pages.length - 1; i >= 0; i--) {
+        if (s.pages[i] === old.pages[i]) continue;
+        this.#release(s.pages[i]!);
+        if (i < old.pages.length) this.#refs[old.pages[i]!]!++; // the copy-on-write source: still shared, never freed
+      }
+      s.pages = [...old.pages];
+      s.length = old.length;
+    }
+    this.#lastStep = null;
+    this.#lastUndo = null;
   }
 
   /**

@@ -196,7 +196,11 @@ export class DecodeGraph implements Disposable {
       this.#input.copyFrom(hidden, { stream });
       graph.launch(stream);
     } catch (e) {
-      if (planned) for (const en of planned.entries) if (cache.hasSequence(en.seqId)) cache.truncate(en.seqId, en.contextLen);
+      // Exactly what the plan took (a copy-on-write page included): state() as before.
+      if (planned && !cache.disposed) {
+        if (cache.isCurrentStep(planned)) cache.undoStep(planned);
+        else for (const en of planned.entries) if (cache.hasSequence(en.seqId)) cache.truncate(en.seqId, en.contextLen);
+      }
       throw e;
     }
     return this.output;
