@@ -7,9 +7,8 @@ import { absorbOutput, absorbQuery, splitKvBProj, type AbsorbedWeights } from '.
 import { appendLatentReference, gatherPagedCache, type PagedCacheView } from '../reference/cache.js';
 import { dequantizeFp8Row, FP8_ROW_BYTES, quantizeFp8Row } from '../reference/fp8.js';
 import { decodeReference } from '../reference/decode.js';
-import { projectQuery, type MlaLayerWeights } from '../reference/layer.js';
+import { naiveAttention, projectQuery, type MlaLayerWeights } from '../reference/layer.js';
 import { linear } from '../reference/linear.js';
-import { prefillReference } from '../reference/prefill.js';
 import { applyRope, ropeLayoutOf, ropeTable, type RopeLayout, type RopeTable } from '../reference/rope.js';
 import { sparseReference } from '../reference/sparse.js';
 import { sparseSlots, tokenRows, type AttentionBackend, type AttentionPath, type SparseSelection } from './types.js';
@@ -129,20 +128,7 @@ export class ReferenceBackend implements AttentionBackend {
     if (pre.length > 0) {
       const rows = tokenRows(step, pre);
       const seqLens = lens(pre, step.seqLens);
-      const att = prefillReference({
-        q: gatherRows(q, H * QK, rows),
-        kv: gatherPagedCache(view(pre), seqLens),
-        kvBProj: w.kvBProj,
-        qSeqLens: lens(pre, step.qSeqLens),
-        kvSeqLens: seqLens,
-        numHeads: H,
-        qkNopeHeadDim: N,
-        qkRopeHeadDim: R,
-        vHeadDim: V,
-        kvLoraRank: C,
-        scale: cfg.softmaxScale,
-        causal: true,
-      });
+      const att = naiveAttention(cfg, w.kvBProj, gatherRows(q, H * QK, rows), gatherPagedCache(view(pre), seqLens), lens(pre, step.qSeqLens), seqLens);
       scatterRows(o, att.out, H * V, rows);
     }
 

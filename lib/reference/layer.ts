@@ -52,6 +52,28 @@ export function projectQuery(cfg: MlaConfig, w: MlaLayerWeights, x: Float64Array
  * path is taken from what the file holds (q_a_proj... or q_proj). `checkFinite`
  * (default true) rejects NaN / ±Infinity with ERR_RANGE naming the tensor and index.
  */
+/**
+ * The naive (prefill) attention of a layer on the float64 reference: K_nope and V recomputed from
+ * the gathered latent rows with kv_b_proj, causal, the config's heads and softmax scale.
+ * q: [tokens, H, nope + rope] of the requests back to back; kv: their gathered cache rows.
+ */
+export function naiveAttention(cfg: MlaConfig, kvBProj: Float64Array, q: Float64Array, kv: Float64Array, qSeqLens: Int32Array, kvSeqLens: Int32Array): { out: Float64Array; lse: Float64Array } {
+  return prefillReference({
+    q,
+    kv,
+    kvBProj,
+    qSeqLens,
+    kvSeqLens,
+    numHeads: cfg.numHeads,
+    qkNopeHeadDim: cfg.qkNopeHeadDim,
+    qkRopeHeadDim: cfg.qkRopeHeadDim,
+    vHeadDim: cfg.vHeadDim,
+    kvLoraRank: cfg.kvLoraRank,
+    scale: cfg.softmaxScale,
+    causal: true,
+  });
+}
+
 export function loadLayerWeights(file: SafetensorsFile, prefix = 'weights.', opts: { checkFinite?: boolean } = {}): MlaLayerWeights {
   const fn = 'loadLayerWeights';
   checkObject(fn, 'file', file);
@@ -332,20 +354,7 @@ export class ReferenceMlaLayer {
       lse = att.lse;
       o = absorbOutput(oLatent, T, this.absorbed);
     } else if (mode === 'naive') {
-      const att = prefillReference({
-        q,
-        kv: gatherPagedCache(view, seqLens),
-        kvBProj: w.kvBProj,
-        qSeqLens: new Int32Array(B).fill(S),
-        kvSeqLens: seqLens,
-        numHeads: H,
-        qkNopeHeadDim: N,
-        qkRopeHeadDim: R,
-        vHeadDim: V,
-        kvLoraRank: C,
-        scale: cfg.softmaxScale,
-        causal: true,
-      });
+      const att = naiveAttention(cfg, w.kvBProj, q, gatherPagedCache(view, seqLens), new Int32Array(B).fill(S), seqLens);
       o = att.out;
       lse = att.lse;
     } else {
