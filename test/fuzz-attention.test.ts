@@ -177,6 +177,48 @@ t.test('decode: hostile block tables / seqLens / qSeqLens, page sizes, heads, s_
 });
 
 // ---------------------------------------------------------------------------------------------
+// Longer contexts than the property above (several hundred keys, so the split-KV plan uses
+// several parts and the combine merges them), few cases to stay cheap on the emulated device.
+t.test('decode: long contexts (150..700 keys), several split parts, vs the reference', { skip: gpuSkip, timeout: 300_000 }, async (t) => {
+  const start = used();
+  fc.assert(fc.property(
+    fc.array(fc.integer({ min: 150, max: 700 }), { minLength: 1, maxLength: 2 }), fc.constantFrom(1, 2), fc.constantFrom(64, 128), fc.constantFrom(2, 8, 16), fc.integer({ min: 0, max: 1 << 20 }),
+    (lens, H, pageSize, maxParts, seed) => {
+      const B = lens.length, D = 576;
+      const maxPages = Math.max(1, ...lens.map((L) => Math.ceil(L / pageSize)));
+      const numPages = B * maxPages + 1;
+      const perm = shuffled(numPages, seed);
+      const table = Int32Array.from({ length: B * maxPages }, (_, i) => perm[i]!);
+      const qF = randn(B * H * D, seed + 1, 0.5);
+      const cF = randn(numPages * pageSize * D, seed + 2, 1);
+      const ctx = `decode long lens [${lens.join(',')}] H${H} page ${pageSize} parts ${maxParts}`;
+      const q = DeviceTensor.fromArray(qF, [B, H, D], 'bf16');
+      const cache = DeviceTensor.fromArray(cF, [numPages, pageSize, D], 'bf16');
+      const blockTable = DeviceTensor.fromArray(table, [B, maxPages], 'i32');
+      const seqLens = DeviceTensor.fromArray(Int32Array.from(lens), [B], 'i32');
+      const ws = new DecodeWorkspace({ maxBatch: B, maxHeads: H, maxQSeqLen: 1, maxParts });
+      try {
+        const r = decode({ q, cache, blockTable, seqLens, scale: 0.135, causal: true, workspace: ws });
+        const want = reference.decodeReference({ q: roundTo(qF, 'bf16'), cache: roundTo(cF, 'bf16'), pageSize, blockTable: table, seqLens: lens, qSeqLens: lens.map(() => 1), numHeads: H, scale: 0.135, causal: true, dimLatent: 512, headDim: D });
+        const e = relErr(r.out.toFloat32Sync(), want.out);
+        const gotLse = r.lse.toFloat32Sync();
+        r.out.dispose();
+        r.lse.dispose();
+        if (!(e <= 2e-2) && want.out.some((v) => v !== 0)) throw new Error(`${ctx}: out rel err ${e}`);
+        for (let i = 0; i < want.lse.length; i++) {
+          const w = want.lse[i]!, g = gotLse[i]!;
+          if (w === Number.POSITIVE_INFINITY ? g !== w : !(Math.abs(g - w) <= 2e-3 + 2e-3 * Math.abs(w))) throw new Error(`${ctx}: lse[${i}] ${g} want ${w}`);
+        }
+        count('decode (long contexts)', 'ok');
+      } finally {
+        for (const x of [q, cache, blockTable, seqLens, ws]) x.dispose();
+      }
+      contextAlive();
+    }), params(Math.max(3, RUNS / 10)));
+  t.equal(used(), start, 'no device memory left behind');
+});
+
+// ---------------------------------------------------------------------------------------------
 t.test('prefill: hostile seqLens / qSeqLens / block tables (host and device), FP8 cache', { skip: gpuSkip, timeout: 300_000 }, async (t) => {
   const start = used();
   const H = 1;
