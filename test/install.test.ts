@@ -31,7 +31,8 @@ t.test('npm install of the tarball: progress on the terminal, only the addon lef
     env: { ...process.env, MLA_CUDA_DISABLE: '1', MLA_CUDA_EMULATOR: '0', npm_config_loglevel: 'warn' },
   });
   const seen = spawnSync('cat', [log], { encoding: 'utf8' }).stdout.replace(/\r/g, '');
-  t.equal(r.status, 0, `install exits 0:\n${seen.slice(-3000)}`);
+  t.equal(r.status, 0, 'install exits 0');
+  if (r.status !== 0) t.comment(seen.slice(-3000));
   t.match(seen, /\[mla-cuda\] building the CPU-only addon \(MLA_CUDA_DISABLE is set\)/, 'what is being built');
   const units = seen.match(/\[mla-cuda\] compiling \[\d+\/\d+\] csrc\/\S+/g) ?? [];
   t.ok(units.length >= 5, `one line per compiled unit reached the terminal (${units.length})`);
