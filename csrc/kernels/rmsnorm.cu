@@ -5,6 +5,7 @@
 #include <cmath>
 #include <string>
 
+#include "core/check.h"
 #include "kernels/common.cuh"
 #include "kernels/rmsnorm.h"
 #include "runtime/cuda_check.h"
@@ -32,10 +33,6 @@ __global__ void __launch_bounds__(kRowsPerBlock * 32) rmsNormKernel(const TIn* x
   // Every lane has read its whole share before any lane writes: safe when y aliases x.
   const float inv = rsqrtf(warpSum(ss) / static_cast<float>(dim) + eps);
   for (int i = lane; i < dim; i += 32) yr[i] = fromFloat<TOut>(toFloat<TIn>(xr[i]) * inv * toFloat<TW>(w[i]));
-}
-
-Status fail(Code c, const char* arg, const std::string& what) {
-  return Status::Error(c, std::string("rmsNorm: `") + arg + "` " + what);
 }
 
 bool isFloat(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
@@ -72,30 +69,27 @@ Status dispatchWeight(const RmsNormParams& p, int64_t ldx, int64_t ldy, cudaStre
 }  // namespace
 
 Status gpu::launchRmsNorm(const RmsNormParams& p, StreamHandle stream) {
+  // Only what memory safety needs (core/check.h); lib/ops/rmsnorm.ts validates with names first
+  // (eps among them: a bad eps gives wrong numbers, never a bad address).
   const TensorRef &x = p.x, &w = p.weight, &y = p.out;
-  if (!isFloat(x.dtype)) return fail(Code::Dtype, "x", "must be bf16, f16 or f32");
-  if (!isFloat(w.dtype)) return fail(Code::Dtype, "weight", "must be bf16, f16 or f32");
-  if (!isFloat(y.dtype)) return fail(Code::Dtype, "out", "must be bf16, f16 or f32");
-  if (x.ndim != 2) return fail(Code::Shape, "x", "must be [rows, dim]");
+  MLA_CHECK(isFloat(x.dtype) && isFloat(w.dtype) && isFloat(y.dtype), Dtype, "rmsNorm: `x`, `weight` and `out` must be bf16, f16 or f32");
+  MLA_CHECK(x.ndim == 2 && x.shape[1] > 0, Shape, "rmsNorm: `x` must be [rows, dim] with dim > 0");
   const int64_t rows = x.shape[0], dim = x.shape[1];
-  if (dim <= 0) return fail(Code::Shape, "x", "must have dim > 0");
   // dim headroom: the kernel's `i += 32` lane loop must not overflow int.
-  if (rows > INT_MAX || dim > INT_MAX - 32) return fail(Code::Range, "x", "is too large");
-  if (w.ndim != 1 || w.shape[0] != dim) return fail(Code::Shape, "weight", "must be [dim]");
-  if (y.ndim != 2 || y.shape[0] != rows || y.shape[1] != dim) return fail(Code::Shape, "out", "must have the shape of `x`");
-  if (dim > 1 && (x.strides[1] != 1)) return fail(Code::Shape, "x", "must have a contiguous last dimension (stride 1)");
-  if (dim > 1 && (y.strides[1] != 1)) return fail(Code::Shape, "out", "must have a contiguous last dimension (stride 1)");
-  if (dim > 1 && w.strides[0] != 1) return fail(Code::Shape, "weight", "must be contiguous");
+  MLA_CHECK(rows <= INT_MAX && dim <= INT_MAX - 32, Range, "rmsNorm: `x` is too large");
+  MLA_CHECK(w.ndim == 1 && w.shape[0] == dim, Shape, "rmsNorm: `weight` must be [dim]");
+  MLA_CHECK(y.ndim == 2 && y.shape[0] == rows && y.shape[1] == dim, Shape, "rmsNorm: `out` must have the shape of `x`");
+  MLA_CHECK(dim <= 1 || (x.strides[1] == 1 && y.strides[1] == 1 && w.strides[0] == 1), Shape,
+            "rmsNorm: `x`, `out` and `weight` need a contiguous last dimension (stride 1)");
   const int64_t ldx = rows > 1 ? x.strides[0] : 0, ldy = rows > 1 ? y.strides[0] : 0;
-  if (ldx < 0) return fail(Code::Shape, "x", "must have a non-negative row stride");
-  if (ldy < 0) return fail(Code::Shape, "out", "must have a non-negative row stride");
-  if (!(p.eps >= 0.f) || !std::isfinite(p.eps)) return fail(Code::Range, "eps", "must be a finite number >= 0");
+  MLA_CHECK(ldx >= 0 && ldy >= 0, Shape, "rmsNorm: `x` and `out` must have non-negative row strides");
   if (rows == 0) return Status::Ok();
   // In place is only race-free when out is exactly x (same dtype and row stride): each lane then
   // rewrites only the elements it read itself. A different element size or row stride at the
-  // same address makes lanes/warps overwrite elements others have yet to read.
-  if (x.data == y.data && (x.dtype != y.dtype || ldx != ldy))
-    return fail(Code::Shape, "out", "may alias `x` only exactly (same dtype and row stride)");
+  // same address makes lanes/warps overwrite elements others have yet to read. Kept here because
+  // only the native side sees device addresses.
+  MLA_CHECK(x.data != y.data || (x.dtype == y.dtype && ldx == ldy), Shape,
+            "rmsNorm: `out` may alias `x` only exactly (same dtype and row stride)");
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (x.dtype) {
     case DType::F32: return dispatchWeight<float>(p, ldx, ldy, s);
