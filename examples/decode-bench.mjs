@@ -47,12 +47,12 @@ function makeInputs({ batch, seqLen, heads, pageSize }) {
   }
 }
 
-// decode() on the device against reference.decodeReference on the first `n` requests, using
+// decode() on the device against reference.decode on the first `n` requests, using
 // the bf16 values the device holds. Returns the relative Frobenius error.
 function check(shape, inputs, n) {
   const { args, pagesPerSeq } = inputs;
   decode(args); // checks every index on the host before launching (checkIndices defaults to true)
-  const want = reference.decodeReference({
+  const want = reference.decode({
     q: Float64Array.from(args.q.slice(0, 0, n).toFloat32Sync()),
     cache: Float64Array.from(args.cache.slice(0, 0, n * pagesPerSeq).toFloat32Sync()),
     pageSize: shape.pageSize,

@@ -25,6 +25,7 @@ export * from './latent-cache.js';
 export * from './attention.js';
 export * from './kv-calculator.js';
 
-// The float64 reference of every op (also the CPU backend), as a namespace: its names
-// (linear, absorbQuery, ...) mirror the device ops'.
+// The float64 reference of every op (also the CPU backend), as a namespace: a function named
+// after a device op computes that op (reference.decode, reference.rmsNorm, ...), so a kernel
+// and its oracle are found under one name; reference-only helpers have names of their own.
 export * as reference from './reference/index.js';

@@ -54,7 +54,7 @@ declare -A BUDGET=([env]=20 [tests]=110 [demo]=20 [primitives]=30 [memcheck]=35 
 KERNEL_TESTS="test/runtime.test.ts test/rope.test.ts test/rmsnorm.test.ts test/linear.test.ts test/decode.test.ts test/prefill.test.ts test/attention.test.ts test/demo.test.ts test/graph.test.ts test/fp8-cache.test.ts"
 # The sanitizer subset: one small subtest per kernel family (tap --grep on top-level subtests).
 SAN_FILES="test/decode.test.ts test/prefill.test.ts test/linear.test.ts test/rmsnorm.test.ts test/rope.test.ts"
-SAN_GREP='variable query lengths|reused workspace|odd sizes, tails|rmsNorm vs reference|appendLatent vs appendLatentReference'
+SAN_GREP='variable query lengths|reused workspace|odd sizes, tails|rmsNorm vs reference|appendLatent vs reference.appendLatent'
 # FlashMLA's grid (bench_flashmla.sh's default); our decode runs the same shapes.
 DECODE_GRID="--b 128 --h 16,32,64,128 --sq 1,2 --sk 4096,8192,16384,32768"
 

@@ -24,17 +24,15 @@ import { SafetensorsFile } from '../lib/safetensors.js';
 import { loadMlaConfig, loadMlaWeights, type MlaWeights } from '../lib/weights.js';
 import { cuda, DeviceTensor } from '../lib/index.js';
 import { appendLatent, ropeConfigFrom, RopeTable, validateAppendLatent } from '../lib/ops/rope.js';
-import { appendLatentReference } from '../lib/reference/cache.js';
 import type { DType } from '../lib/dtype.js';
 import { decode, validateDecodeArgs } from '../lib/ops/decode.js';
 import { prefill, validatePrefillArgs } from '../lib/ops/prefill.js';
 import type { TensorMeta } from '../lib/runtime/tensor.js';
-import { prefillReference } from '../lib/reference/prefill.js';
-import { decodeReference } from '../lib/reference/decode.js';
-import { appendLatentFp8Reference, decodeFp8Reference, gatherFp8Cache } from '../lib/reference/fp8.js';
+import { gatherFp8Cache } from '../lib/reference/fp8.js';
 import { shuffledBlockTable } from '../lib/reference/testing.js';
 import { ropeTable } from '../lib/reference/rope.js';
 import { gpuSkip, poison, randn, relError, rng, roundTo } from './helpers/gpu.js';
+import * as reference from '../lib/reference/index.js';
 
 const V3_ROPE = ropeConfigFrom(MLA_PRESETS['deepseek-v3']);
 const ROW = FP8_ROW_BYTES;
@@ -234,9 +232,9 @@ t.test('appendLatent writes the FP8 layout bit for bit (strided pages, amax-0 ti
   // dequantized rows within e4m3's rounding of the unquantized float64 rows.
   const refBytes = new Uint8Array(numPages * pageStride).fill(0xff);
   const args = { kvDown: Float64Array.from(kv), normWeight: Float64Array.from(w), eps, positions: pos, slotMapping: slots, pageSize, ropeTable: refTab, layout: 'interleaved' as const };
-  appendLatentFp8Reference({ ...args, cache: refBytes, numPages, pageStride });
+  reference.appendLatentFp8({ ...args, cache: refBytes, numPages, pageStride });
   const refF64 = new Float64Array(numSlots * D);
-  appendLatentReference({ ...args, cache: refF64 });
+  reference.appendLatent({ ...args, cache: refF64 });
   let same = 0, total = 0;
   const gotRows: number[] = [], refRows: number[] = [], ropeGot: number[] = [], ropeRef: number[] = [];
   const row = new Float64Array(D);
@@ -285,8 +283,8 @@ t.test('decode over an FP8 cache vs the float64 reference on the dequantized cac
     const scale = 0.1352337788608801;
     const common = { pageSize: c.pageSize, blockTable: table, seqLens: c.seqLens, qSeqLens: c.sQ, numHeads: c.H, scale, causal: c.causal };
     const q64 = roundTo(qF, 'bf16');
-    const ref = decodeFp8Reference({ ...common, q: q64, cache: bytes, numPages, pageStride });
-    const unq = decodeReference({ ...common, q: q64, cache: roundTo(cF, 'bf16'), dimLatent: 512, headDim: 576 });
+    const ref = reference.decodeFp8({ ...common, q: q64, cache: bytes, numPages, pageStride });
+    const unq = reference.decode({ ...common, q: q64, cache: roundTo(cF, 'bf16'), dimLatent: 512, headDim: 576 });
     // On the emulated device: once per shared-memory tier (the FP8 kernels' tile choice differs).
     const tiers = cuda.buildInfo().emulated ? EMULATED_TIERS.length : 1;
     for (let dev = 0; dev < tiers; dev++) {
@@ -335,7 +333,7 @@ t.test('prefill over an FP8 cache (strided pages): one call and a chunked call v
   const w = roundTo(randn(H * 256 * 512, 34, 1 / Math.sqrt(512)), 'bf16');
   const scale = 1 / Math.sqrt(192);
   const dims = { numHeads: H, qkNopeHeadDim: 128, qkRopeHeadDim: 64, vHeadDim: 128, kvLoraRank: 512 };
-  const ref = prefillReference({ q, kv, kvBProj: w, qSeqLens: qLens, kvSeqLens: seqLens, scale, ...dims });
+  const ref = reference.prefill({ q, kv, kvBProj: w, qSeqLens: qLens, kvSeqLens: seqLens, scale, ...dims });
   // The unquantized rows in the same request order, for the FP8 cost.
   const unqRows: number[] = [];
   for (let b = 0; b < B; b++) {
@@ -344,7 +342,7 @@ t.test('prefill over an FP8 cache (strided pages): one call and a chunked call v
       for (let k = 0; k < 576; k++) unqRows.push(rows[slot * 576 + k]!);
     }
   }
-  const refUnq = prefillReference({ q, kv: Float64Array.from(unqRows), kvBProj: w, qSeqLens: qLens, kvSeqLens: seqLens, scale, ...dims });
+  const refUnq = reference.prefill({ q, kv: Float64Array.from(unqRows), kvBProj: w, qSeqLens: qLens, kvSeqLens: seqLens, scale, ...dims });
   using base = DeviceTensor.fromArray(bytes, [numPages, pageSize + extra, ROW], 'u8');
   const cache = base.slice(1, 0, pageSize);
   using dq = DeviceTensor.fromArray(Float32Array.from(q), [Tq, H, 192], 'bf16');

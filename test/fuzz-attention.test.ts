@@ -150,8 +150,8 @@ t.test('decode: hostile block tables / seqLens / qSeqLens, page sizes, heads, s_
         const refLens = lens.map((L, b) => (bad[b] ? 0 : L));
         const refTable = Int32Array.from(table, (p) => (p >= 0 && p < numPages ? p : 0));
         const refArgs = { q: roundTo(qF, dtype), pageSize, blockTable: refTable, seqLens: refLens, qSeqLens: qLens, numHeads: H, scale: 0.135, causal };
-        const want = fp8Bytes ? reference.decodeFp8Reference({ ...refArgs, cache: fp8Bytes, numPages })
-          : reference.decodeReference({ ...refArgs, cache: cacheRef, dimLatent: 512, headDim: D });
+        const want = fp8Bytes ? reference.decodeFp8({ ...refArgs, cache: fp8Bytes, numPages })
+          : reference.decode({ ...refArgs, cache: cacheRef, dimLatent: 512, headDim: D });
         const gotOut = out.toFloat32Sync();
         const gotLse = lse.toFloat32Sync();
         const e = relErr(gotOut, want.out);
@@ -199,7 +199,7 @@ t.test('decode: long contexts (150..700 keys), several split parts, vs the refer
       const ws = new DecodeWorkspace({ maxBatch: B, maxHeads: H, maxQSeqLen: 1, maxParts });
       try {
         const r = decode({ q, cache, blockTable, seqLens, scale: 0.135, causal: true, workspace: ws });
-        const want = reference.decodeReference({ q: roundTo(qF, 'bf16'), cache: roundTo(cF, 'bf16'), pageSize, blockTable: table, seqLens: lens, qSeqLens: lens.map(() => 1), numHeads: H, scale: 0.135, causal: true, dimLatent: 512, headDim: D });
+        const want = reference.decode({ q: roundTo(qF, 'bf16'), cache: roundTo(cF, 'bf16'), pageSize, blockTable: table, seqLens: lens, qSeqLens: lens.map(() => 1), numHeads: H, scale: 0.135, causal: true, dimLatent: 512, headDim: D });
         const e = relErr(r.out.toFloat32Sync(), want.out);
         const gotLse = r.lse.toFloat32Sync();
         r.out.dispose();
@@ -278,7 +278,7 @@ t.test('prefill: hostile seqLens / qSeqLens / block tables (host and device), FP
           }
           k0 += seqLens[b]!;
         }
-        const want = reference.prefillReference({ q: qh, kv, kvBProj: wh, qSeqLens: qLens, kvSeqLens: seqLens, scale: 0.1, numHeads: H, qkNopeHeadDim: 128, qkRopeHeadDim: 64, vHeadDim: 128, kvLoraRank: 512 });
+        const want = reference.prefill({ q: qh, kv, kvBProj: wh, qSeqLens: qLens, kvSeqLens: seqLens, scale: 0.1, numHeads: H, qkNopeHeadDim: 128, qkRopeHeadDim: 64, vHeadDim: 128, kvLoraRank: 512 });
         const e = relErr(res.out.toFloat32Sync(), want.out);
         res.out.dispose();
         res.lse.dispose();
@@ -347,7 +347,7 @@ t.test('appendLatent: hostile slot mappings and positions, model and FP8 caches;
         const refArgs = { kvDown: roundTo(kvh, 'bf16'), normWeight: roundTo(nw, 'bf16'), eps: 1e-6, positions: pos.map((p, i) => (active[i] ? p : 0)), slotMapping: refSlots, pageSize, ropeTable: refTable, layout: 'interleaved' as const };
         if (fp8Init) {
           const want = Uint8Array.from(fp8Init);
-          reference.appendLatentFp8Reference({ ...refArgs, cache: want, numPages });
+          reference.appendLatentFp8({ ...refArgs, cache: want, numPages });
           // The kernel rotates in f32, the reference in float64: a rope value may round to the
           // neighbouring bf16 (one byte of a row); compare what the rows stand for.
           const g = { numPages, pageSize };
@@ -355,7 +355,7 @@ t.test('appendLatent: hostile slot mappings and positions, model and FP8 caches;
           if (!(e <= 1e-2)) throw new Error(`${ctx}: FP8 rows differ from the reference: rel err ${e}`);
         } else {
           const want = roundTo(cacheInit, 'bf16');
-          reference.appendLatentReference({ ...refArgs, cache: want });
+          reference.appendLatent({ ...refArgs, cache: want });
           const back = DeviceTensor.fromArray(got, [numSlots * 576], 'bf16');
           const e = relErr(back.toFloat32Sync(), want);
           back.dispose();
@@ -507,7 +507,7 @@ t.test('mergeAttnStates: random shapes, -inf / +inf / NaN LSEs, wrong shapes and
         // Every row against the float64 twin, ±inf rows included (issue 16: either infinity is
         // an empty side; both empty give out 0, lse −inf).
         const want = { out: roundTo(o1, dtype), lse: Float64Array.from(l1) };
-        reference.mergeAttnStatesReference({ out: want.out, lse: want.lse, part: kind === 'alias' ? Float64Array.from(want.out) : roundTo(o2, dtype), partLse: l2, dim: D });
+        reference.mergeAttnStates({ out: want.out, lse: want.lse, part: kind === 'alias' ? Float64Array.from(want.out) : roundTo(o2, dtype), partLse: l2, dim: D });
         const gotO = out.toFloat32Sync(), gotL = lse.toFloat32Sync();
         for (let r = 0; r < R * H; r++) {
           const w = want.lse[r]!, g = gotL[r]!;

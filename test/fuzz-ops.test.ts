@@ -178,7 +178,7 @@ t.test('rmsNorm: random rows, widths, dtypes, strided inputs, aliasing outputs, 
           return;
         }
         const xr = roundTo(Float32Array.from(gather(xh, [rows, dim], [dim + pad, 1], pad)), dtype as 'bf16');
-        const want = reference.rmsnorm(xr, rows, dim, roundTo(wh, wDtype as 'bf16'), eps);
+        const want = reference.rmsNorm(xr, rows, dim, roundTo(wh, wDtype as 'bf16'), eps);
         const got = y.toFloat32Sync();
         const err = relErr(got, want);
         if (!(err <= tol(dtype)) && want.length > 0) throw new Error(`rmsNorm rows ${rows} dim ${dim} ${dtype}/${wDtype} out ${outKind}: rel err ${err}`);

@@ -18,12 +18,12 @@ import type { AbsorbDims, AbsorbWeights, AbsorbWeightsMeta, MatmulOutputDType } 
 import { rmsNorm } from '../lib/ops/rmsnorm.js';
 import { absorbOutput as refAbsorbOutput, absorbQuery as refAbsorbQuery, splitKvBProj } from '../lib/reference/absorb.js';
 import { linear as refLinear } from '../lib/reference/linear.js';
-import { rmsnorm as refRmsnorm } from '../lib/reference/rmsnorm.js';
 import { DeviceTensor, contiguousStrides } from '../lib/runtime/tensor.js';
 import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { emulated, gpuSkip, poison, randn, relError, roundTo } from './helpers/gpu.js';
 import { throwsNaming } from './helpers/validation.js';
+import * as reference from '../lib/reference/index.js';
 
 // ---- validation (no GPU) -----------------------------------------------------------------
 
@@ -430,7 +430,7 @@ t.test('DeepSeek fixture: x -> q_a_proj -> rmsNorm -> q_b_proj -> absorbQuery = 
       const latRef = refLinear(x64, tokens, x.shape[x.shape.length - 1]!, f.readFloat64('weights.q_a_proj.weight').data, lat.shape[1]!);
       const errLat = relError(lat.toFloat32Sync(), latRef);
       t.ok(errLat < 1e-5, `q_a_proj (f32 out) vs reference: ${errLat.toExponential(2)}`);
-      const normRef = refRmsnorm(latRef, tokens, lat.shape[1]!, f.readFloat64('weights.q_a_layernorm.weight').data, eps);
+      const normRef = reference.rmsNorm(latRef, tokens, lat.shape[1]!, f.readFloat64('weights.q_a_layernorm.weight').data, eps);
       const errNorm = relError(latN.toFloat32Sync(), normRef);
       t.ok(errNorm < 1e-2, `rmsNorm (bf16 out) vs reference: ${errNorm.toExponential(2)}`);
       for (const d of [xd, lat, latN, q, qLat]) d.dispose();

@@ -16,9 +16,9 @@ import {
   validatePrefillIndices,
 } from '../lib/ops/prefill.js';
 import type { PrefillArgsMeta, PrefillDims } from '../lib/ops/prefill.js';
-import { mhaVarlenReference, prefillReference } from '../lib/reference/prefill.js';
 import { gpuSkip, poison, randn, relError, roundTo } from './helpers/gpu.js';
 import { throwsNaming as expectMla } from './helpers/validation.js';
+import * as reference from '../lib/reference/index.js';
 
 // ---- helpers ----------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ t.test('chunked attention + LSE merge equals the one-shot reference (float64 emu
   const q = Float64Array.from(randn(Tq * Hh * D, 1));
   const k = Float64Array.from(randn(Tk * Hh * D, 2));
   const v = Float64Array.from(randn(Tk * Hh * D, 3));
-  const ref = mhaVarlenReference({ q, k, v, qSeqLens: qs, kvSeqLens: seq, numHeads: Hh, headDimQk: D, headDimV: D, scale: 0.3, causal: true });
+  const ref = reference.mhaVarlen({ q, k, v, qSeqLens: qs, kvSeqLens: seq, numHeads: Hh, headDimQk: D, headDimV: D, scale: 0.3, causal: true });
   for (const chunkTokens of [1, 7, 16, 64, 1000]) {
     const dims = dimsOf({ batch: 5, tokens: Tq, maxPages: 100, numPages: 1, pageSize: 1, chunkTokens });
     const pl = validatePrefillIndices(dims, { blockTable: new Int32Array(500), seqLens: seq, qSeqLens: qs });
@@ -268,7 +268,7 @@ function runCase(t: Test, c: Case, seed: number, workspace?: PrefillWorkspace): 
   const q = roundTo(randn(Tq * Hh * 192, seed + 2), c.dtype);
   const w = roundTo(randn(Hh * 256 * 512, seed + 3, 1 / Math.sqrt(512)), c.dtype);
   const scale = 1 / Math.sqrt(192);
-  const ref = prefillReference({
+  const ref = reference.prefill({
     q, kv: kvRows, kvBProj: w, qSeqLens: qLens, kvSeqLens: seqLens, scale,
     numHeads: Hh, qkNopeHeadDim: 128, qkRopeHeadDim: 64, vHeadDim: 128, kvLoraRank: 512,
   });
@@ -357,7 +357,7 @@ t.test('prefill rejects bad index values from device tensors', { skip: gpuSkip }
   }
 });
 
-t.test('prefillAttention (kernel alone) vs mhaVarlenReference', { skip: gpuSkip }, async (t) => {
+t.test('prefillAttention (kernel alone) vs reference.mhaVarlen', { skip: gpuSkip }, async (t) => {
   for (const [dtype, Hh, qLens, kLens] of [
     ['bf16', 3, [1, 64, 65, 200], [1, 64, 130, 1000]],
     ['f16', 16, [17, 128], [17, 300]],
@@ -376,7 +376,7 @@ t.test('prefillAttention (kernel alone) vs mhaVarlenReference', { skip: gpuSkip 
       }
     }
     const scale = 0.08;
-    const ref = mhaVarlenReference({ q, k, v, qSeqLens: qLens, kvSeqLens: kLens, numHeads: Hh, headDimQk: 192, headDimV: 128, scale, causal: true });
+    const ref = reference.mhaVarlen({ q, k, v, qSeqLens: qLens, kvSeqLens: kLens, numHeads: Hh, headDimQk: 192, headDimV: 128, scale, causal: true });
     const ts = [
       DeviceTensor.fromArray(Float32Array.from(q), [Tq, Hh, 192], dtype),
       DeviceTensor.fromArray(Float32Array.from(kn), [Tk, Hh, 128], dtype),

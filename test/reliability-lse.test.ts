@@ -2,7 +2,7 @@
 // query without keys; decode and sparse write +inf with out = 0. mergeAttnStates treats either
 // infinity as an empty side (weight 0, its output never read), so partials of any op merge
 // correctly; before, a +inf side got weight 1 and swallowed the real partial. Checked here: the
-// kernel against its float64 twin (reference.mergeAttnStatesReference) on rows mixing finite,
+// kernel against its float64 twin (reference.mergeAttnStates) on rows mixing finite,
 // −inf and +inf LSEs (all-empty rows included, empty sides' outputs poisoned with NaN), and decode
 // split over two key ranges (one of them empty) merging to decode over all the keys.
 import t from 'tap';
@@ -34,7 +34,7 @@ t.test('mergeAttnStates: ±inf LSE is an empty side, kernel = float64 reference 
       if (l2[i] === Number.NEGATIVE_INFINITY) o2.fill(Number.NaN, i * D, (i + 1) * D);
     }
     const want = { out: roundTo(o1, dtype), lse: Float64Array.from(l1) };
-    reference.mergeAttnStatesReference({ out: want.out, lse: want.lse, part: roundTo(o2, dtype), partLse: l2, dim: D });
+    reference.mergeAttnStates({ out: want.out, lse: want.lse, part: roundTo(o2, dtype), partLse: l2, dim: D });
     const out = DeviceTensor.fromArray(o1, [R, H, D], dtype);
     const part = DeviceTensor.fromArray(o2, [R, H, D], dtype);
     const lse = DeviceTensor.fromArray(Float32Array.from(l1), [R, H], 'f32');
@@ -69,7 +69,7 @@ t.test('mergeAttnStates: ±inf LSE is an empty side, kernel = float64 reference 
   }
   // NaN is not "empty": it propagates instead of being hidden.
   const want = { out: new Float64Array(4).fill(1), lse: Float64Array.of(Number.NaN) };
-  reference.mergeAttnStatesReference({ out: want.out, lse: want.lse, part: new Float64Array(4), partLse: [1], dim: 4 });
+  reference.mergeAttnStates({ out: want.out, lse: want.lse, part: new Float64Array(4), partLse: [1], dim: 4 });
   t.ok(Number.isNaN(want.lse[0]) && want.out.every(Number.isNaN), 'reference: a NaN LSE propagates');
   t.equal(used(), start, 'no device memory left behind');
 });

@@ -4,11 +4,11 @@ import t from 'tap';
 import type { Test } from 'tap';
 import type { DType } from '../lib/dtype.js';
 import { rmsNorm, validateRmsNorm } from '../lib/ops/rmsnorm.js';
-import { rmsnorm as refRmsnorm } from '../lib/reference/rmsnorm.js';
 import { DeviceTensor, contiguousStrides } from '../lib/runtime/tensor.js';
 import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { gpuSkip, poison, randn, relError, roundTo } from './helpers/gpu.js';
 import { throwsNaming } from './helpers/validation.js';
+import * as reference from '../lib/reference/index.js';
 
 function meta(shape: number[], dtype: DType = 'bf16', strides: number[] = contiguousStrides(shape), disposed = false): TensorMeta {
   return { shape, strides, dtype, disposed };
@@ -71,7 +71,7 @@ function checkNorm(tt: Test, c: NormCase): void {
     const y = rmsNorm(x, w, 1e-6, { out });
     tt.equal(y, out, `${label}: returns out`);
     const got = outBuf.toFloat32Sync();
-    const ref = refRmsnorm(roundTo(xHost, dtype), rows, dim, roundTo(wHost, wDtype), 1e-6, { inStride: xs });
+    const ref = reference.rmsNorm(roundTo(xHost, dtype), rows, dim, roundTo(wHost, wDtype), 1e-6, { inStride: xs });
     const mine = new Float64Array(rows * dim);
     let tailUntouched = true;
     for (let r = 0; r < rows; r++) {

@@ -22,15 +22,14 @@ import {
   validateSlotMapping,
 } from '../lib/ops/rope.js';
 import type { AppendLatentMeta, RopeConfig, RopeLayout, RopeTableMeta } from '../lib/ops/rope.js';
-import { appendLatentReference } from '../lib/reference/cache.js';
 import { linear } from '../lib/reference/linear.js';
-import { rmsnorm } from '../lib/reference/rmsnorm.js';
 import { applyRope, ropeInvFreq, ropeTable } from '../lib/reference/rope.js';
 import type { RopeTable as RefRopeTable } from '../lib/reference/rope.js';
 import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { suite as ropeBench } from '../lib/bench/rope.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { gpuSkip, poison, randn, relError, rng } from './helpers/gpu.js';
+import * as reference from '../lib/reference/index.js';
 
 const V3 = MLA_PRESETS['deepseek-v3'];
 const V3_ROPE = ropeConfigFrom(V3);
@@ -381,7 +380,7 @@ function coarsest(dts: ReadonlyArray<'bf16' | 'f16' | 'f32'>): 'bf16' | 'f16' | 
   return dts.includes('bf16') ? 'bf16' : dts.includes('f16') ? 'f16' : 'f32';
 }
 
-t.test('appendLatent vs appendLatentReference', { skip: gpuSkip }, async (t) => {
+t.test('appendLatent vs reference.appendLatent', { skip: gpuSkip }, async (t) => {
   const C = 512;
   const R = 64;
   const D = C + R;
@@ -422,7 +421,7 @@ t.test('appendLatent vs appendLatentReference', { skip: gpuSkip }, async (t) => 
     const gotBits = u16Bits(cache);
     const got = cache.toFloat32Sync();
     const refCache = new Float64Array(numSlots * D);
-    appendLatentReference({
+    reference.appendLatent({
       kvDown: f64(kvStore.toFloat32Sync()).filter((_, k) => k % c.rowStride >= c.offset && k % c.rowStride < c.offset + D),
       normWeight: f64(normWeight.toFloat32Sync()),
       eps: 1e-6,
@@ -554,7 +553,7 @@ for (const name of ['mla-tiny', 'mla-v3slim']) {
       let q: Float64Array;
       if (cfg.qLoraRank !== null) {
         const qa = linear(xd, B, hid, f.readFloat64('weights.q_a_proj.weight').data, cfg.qLoraRank);
-        rmsnorm(qa, B, cfg.qLoraRank, f.readFloat64('weights.q_a_layernorm.weight').data, cfg.rmsNormEps, { out: qa });
+        reference.rmsNorm(qa, B, cfg.qLoraRank, f.readFloat64('weights.q_a_layernorm.weight').data, cfg.rmsNormEps, { out: qa });
         q = linear(qa, B, cfg.qLoraRank, f.readFloat64('weights.q_b_proj.weight').data, H * QK);
       } else {
         q = linear(xd, B, hid, f.readFloat64('weights.q_proj.weight').data, H * QK);

@@ -13,11 +13,10 @@ import type { DType } from '../lib/dtype.js';
 import { checkSparseIndices, sparse, validateSparseArgs, type SparseArgsMeta } from '../lib/ops/sparse.js';
 import { DecodeWorkspace } from '../lib/ops/decode.js';
 import { sparseCase, suite } from '../lib/bench/sparse.js';
-import { decodeReference } from '../lib/reference/decode.js';
 import { FP8_ROW_BYTES, quantizeFp8Cache } from '../lib/reference/fp8.js';
-import { sparseFp8Reference, sparseReference } from '../lib/reference/sparse.js';
 import { gpuSkip, poison, randn, relError, rng, roundTo } from './helpers/gpu.js';
 import { throwsNaming as expectError } from './helpers/validation.js';
+import * as reference from '../lib/reference/index.js';
 
 const D = 576, DV = 512;
 
@@ -31,7 +30,7 @@ t.test('reference: contiguous indices = dense decode; holes, duplicates, topkLen
   const q = Float64Array.from(randn(2 * H * D, 1, 1));
   const cache = Float64Array.from(randn(numPages * pageSize * D, 2, 1));
   const blockTable = Int32Array.from([0, 1, 2, 3, 4, 0, 1, 2, 3, 4]);
-  const dense = decodeReference({ q, cache, pageSize, blockTable, seqLens: [L, L], qSeqLens: 1, numHeads: H, dimLatent: DV, scale, causal: false });
+  const dense = reference.decode({ q, cache, pageSize, blockTable, seqLens: [L, L], qSeqLens: 1, numHeads: H, dimLatent: DV, scale, causal: false });
   const idx = new Int32Array(2 * 16).fill(-1);
   for (let k = 0; k < L; k++) idx[k] = k;
   // Row 1: the same slots shuffled, with holes of every kind between them.
@@ -39,16 +38,16 @@ t.test('reference: contiguous indices = dense decode; holes, duplicates, topkLen
   for (let k = 0, h = 0; k < 16; k++) idx[16 + k] = k % 3 === 2 && h < holes.length ? holes[h++]! : -1;
   let next = 0;
   for (let k = 0; k < 16 && next < L; k++) if (idx[16 + k] === -1 && k % 3 !== 2) idx[16 + k] = L - 1 - next++;
-  const sp = sparseReference({ q, cache, indices: idx, topk: 16, numHeads: H, dimLatent: DV, scale });
+  const sp = reference.sparse({ q, cache, indices: idx, topk: 16, numHeads: H, dimLatent: DV, scale });
   t.ok(relError(sp.out, dense.out) < 1e-12, `out = dense decode over the same keys (${relError(sp.out, dense.out)})`);
   t.ok(relError(sp.lse, dense.lse) < 1e-12, 'lse = dense decode');
 
   // topkLength: 0 keeps nothing (out 0, lse +inf); a length over topk keeps all; sinks.
-  const tl = sparseReference({ q, cache, indices: idx, topk: 16, topkLength: [0, 99], numHeads: H, dimLatent: DV, scale });
+  const tl = reference.sparse({ q, cache, indices: idx, topk: 16, topkLength: [0, 99], numHeads: H, dimLatent: DV, scale });
   t.ok(tl.out.slice(0, H * DV).every((v) => v === 0) && tl.lse.slice(0, H).every((v) => v === Infinity), 'topkLength 0: out 0, lse +inf');
   t.ok(relError(tl.out.slice(H * DV), dense.out.slice(H * DV)) < 1e-12, 'topkLength > topk: every entry');
   const sink = [Infinity, -Infinity, 0.5];
-  const sk = sparseReference({ q, cache, indices: idx, topk: 16, attnSink: sink, numHeads: H, dimLatent: DV, scale });
+  const sk = reference.sparse({ q, cache, indices: idx, topk: 16, attnSink: sink, numHeads: H, dimLatent: DV, scale });
   for (let h = 0; h < H; h++) {
     const lse = dense.lse[h]!;
     const f = 1 / (1 + Math.exp(sink[h]! - lse));
@@ -57,12 +56,12 @@ t.test('reference: contiguous indices = dense decode; holes, duplicates, topkLen
     t.equal(sk.lse[h], lse, `sink ${sink[h]}: lse unchanged`);
   }
   // A duplicate counts twice: the same as listing it twice in a dense cache.
-  const dup = sparseReference({ q: q.slice(0, H * D), cache, indices: Int32Array.from([3, 3, 5]), topk: 3, numHeads: H, dimLatent: DV, scale });
+  const dup = reference.sparse({ q: q.slice(0, H * D), cache, indices: Int32Array.from([3, 3, 5]), topk: 3, numHeads: H, dimLatent: DV, scale });
   const twice = new Float64Array(3 * D);
   twice.set(cache.subarray(3 * D, 4 * D), 0);
   twice.set(cache.subarray(3 * D, 4 * D), D);
   twice.set(cache.subarray(5 * D, 6 * D), 2 * D);
-  const d2 = sparseReference({ q: q.slice(0, H * D), cache: twice, indices: Int32Array.from([0, 1, 2]), topk: 3, numHeads: H, dimLatent: DV, scale });
+  const d2 = reference.sparse({ q: q.slice(0, H * D), cache: twice, indices: Int32Array.from([0, 1, 2]), topk: 3, numHeads: H, dimLatent: DV, scale });
   t.ok(relError(dup.out, d2.out) < 1e-12 && relError(dup.lse, d2.lse) < 1e-12, 'duplicates = two keys');
   t.end();
 });
@@ -171,8 +170,8 @@ for (const c of cases) {
     const pageStride = (c.pageSize + extra) * FP8_ROW_BYTES;
     const bytes = c.fp8 ? quantizeFp8Cache(c64, { numPages: c.numPages, pageSize: c.pageSize, pageStride }) : undefined;
     const ref = bytes
-      ? sparseFp8Reference({ ...common, cache: bytes, numPages: c.numPages, pageSize: c.pageSize, pageStride })
-      : sparseReference({ ...common, cache: c64, dimLatent: DV });
+      ? reference.sparseFp8({ ...common, cache: bytes, numPages: c.numPages, pageSize: c.pageSize, pageStride })
+      : reference.sparse({ ...common, cache: c64, dimLatent: DV });
 
     const tiers = c.tiers && cuda.buildInfo().emulated ? EMULATED_TIERS.length : 1;
     for (let dev = 0; dev < tiers; dev++) {
@@ -211,7 +210,7 @@ t.test('sparse: a reused workspace, a long list split over parts, checkIndices o
   const r = rng(41);
   const indices = Int32Array.from({ length: topk }, () => Math.floor(r() * slots));
   const qF = randn(T * H * D, 42, 0.5), cF = randn(slots * D, 43, 1);
-  const ref = sparseReference({ q: roundTo(qF, 'bf16'), cache: roundTo(cF, 'bf16'), indices, topk, numHeads: H, dimLatent: DV, scale });
+  const ref = reference.sparse({ q: roundTo(qF, 'bf16'), cache: roundTo(cF, 'bf16'), indices, topk, numHeads: H, dimLatent: DV, scale });
   using ws = new DecodeWorkspace({ maxBatch: 4, maxHeads: H, maxParts: 8 });
   using q = DeviceTensor.fromArray(qF, [T, H, D], 'bf16');
   using cache = DeviceTensor.fromArray(cF, [numPages, pageSize, D], 'bf16');

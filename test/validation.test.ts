@@ -35,7 +35,7 @@ const rng = r.mulberry32(1);
 // Deliberately ill-typed arguments, as a JavaScript caller could pass them.
 const bad = <T>(v: unknown): T => v as T;
 
-const decodeArgs = (): Parameters<typeof r.decodeReference>[0] => ({
+const decodeArgs = (): Parameters<typeof r.decode>[0] => ({
   q: f64(2 * 8), cache: f64(4 * 8), pageSize: 4, blockTable: Int32Array.from([0]), seqLens: [4], qSeqLens: 1, numHeads: 2, dimLatent: 6, scale: 0.1, causal: true,
 });
 const table = r.ropeTable(V3, 8);
@@ -51,21 +51,21 @@ const CASES: [string, () => unknown, string, string][] = [
   ['linear x short', () => r.linear(f64(3), 1, 4, f64(4), 1), 'ERR_SHAPE', 'x'],
   ['linear output of 1e12 values', () => r.linear(f64(1e6), 1e6, 1, f64(1e6), 1e6), 'ERR_RANGE', 'rows'],
   // rmsnorm: a stride-0 input makes a huge `rows` cheap to pass; the output then cannot be allocated.
-  ['rmsnorm output of 4e12 values', () => r.rmsnorm(f64(4), 1e12, 4, f64(4), 1e-6, { inStride: 0 }), 'ERR_RANGE', 'rows'],
-  ['rmsnorm x missing', () => r.rmsnorm(bad(undefined), 1, 4, f64(4), 1e-6), 'ERR_ARGUMENT', 'x'],
-  ['rmsnorm eps NaN', () => r.rmsnorm(f64(4), 1, 4, f64(4), NaN), 'ERR_ARGUMENT', 'eps'],
-  ['rmsnorm strides null', () => r.rmsnorm(f64(4), 1, 4, f64(4), 1e-6, bad(null)), 'ERR_ARGUMENT', 'strides'],
+  ['rmsnorm output of 4e12 values', () => r.rmsNorm(f64(4), 1e12, 4, f64(4), 1e-6, { inStride: 0 }), 'ERR_RANGE', 'rows'],
+  ['rmsnorm x missing', () => r.rmsNorm(bad(undefined), 1, 4, f64(4), 1e-6), 'ERR_ARGUMENT', 'x'],
+  ['rmsnorm eps NaN', () => r.rmsNorm(f64(4), 1, 4, f64(4), NaN), 'ERR_ARGUMENT', 'eps'],
+  ['rmsnorm strides null', () => r.rmsNorm(f64(4), 1, 4, f64(4), 1e-6, bad(null)), 'ERR_ARGUMENT', 'strides'],
   // decode
-  ['decode args missing', () => r.decodeReference(bad(undefined)), 'ERR_ARGUMENT', 'args'],
-  ['decode seqLens not an array', () => r.decodeReference({ ...decodeArgs(), seqLens: bad(4) }), 'ERR_ARGUMENT', 'seqLens'],
-  ['decode seqLens negative', () => r.decodeReference({ ...decodeArgs(), seqLens: [-1] }), 'ERR_RANGE', 'seqLens[0]'],
-  ['decode dimLatent past the head dim', () => r.decodeReference({ ...decodeArgs(), dimLatent: 9 }), 'ERR_SHAPE', 'dimLatent'],
-  ['decode blockTable not Int32Array', () => r.decodeReference({ ...decodeArgs(), blockTable: bad([0]) }), 'ERR_ARGUMENT', 'blockTable'],
-  ['decode blockTable too short', () => r.decodeReference({ ...decodeArgs(), seqLens: [5] }), 'ERR_RANGE', 'blockTable'],
-  ['decode scale NaN', () => r.decodeReference({ ...decodeArgs(), scale: NaN }), 'ERR_ARGUMENT', 'scale'],
+  ['decode args missing', () => r.decode(bad(undefined)), 'ERR_ARGUMENT', 'args'],
+  ['decode seqLens not an array', () => r.decode({ ...decodeArgs(), seqLens: bad(4) }), 'ERR_ARGUMENT', 'seqLens'],
+  ['decode seqLens negative', () => r.decode({ ...decodeArgs(), seqLens: [-1] }), 'ERR_RANGE', 'seqLens[0]'],
+  ['decode dimLatent past the head dim', () => r.decode({ ...decodeArgs(), dimLatent: 9 }), 'ERR_SHAPE', 'dimLatent'],
+  ['decode blockTable not Int32Array', () => r.decode({ ...decodeArgs(), blockTable: bad([0]) }), 'ERR_ARGUMENT', 'blockTable'],
+  ['decode blockTable too short', () => r.decode({ ...decodeArgs(), seqLens: [5] }), 'ERR_RANGE', 'blockTable'],
+  ['decode scale NaN', () => r.decode({ ...decodeArgs(), scale: NaN }), 'ERR_ARGUMENT', 'scale'],
   // prefill / mha
-  ['prefill args null', () => r.prefillReference(bad(null)), 'ERR_ARGUMENT', 'args'],
-  ['mha numKvHeads not dividing numHeads', () => r.mhaVarlenReference({ q: f64(0), k: f64(0), v: f64(0), qSeqLens: [], kvSeqLens: [], numHeads: 4, numKvHeads: 3, headDimQk: 2, headDimV: 2, scale: 1, causal: true }), 'ERR_SHAPE', 'numKvHeads'],
+  ['prefill args null', () => r.prefill(bad(null)), 'ERR_ARGUMENT', 'args'],
+  ['mha numKvHeads not dividing numHeads', () => r.mhaVarlen({ q: f64(0), k: f64(0), v: f64(0), qSeqLens: [], kvSeqLens: [], numHeads: 4, numKvHeads: 3, headDimQk: 2, headDimV: 2, scale: 1, causal: true }), 'ERR_SHAPE', 'numKvHeads'],
   ['expandLatentKv dims missing', () => r.expandLatentKv(f64(0), 0, f64(0), bad(undefined)), 'ERR_ARGUMENT', 'dims'],
   // rope
   ['ropeInvFreq odd dim', () => r.ropeInvFreq(3, 10000, null), 'ERR_SHAPE', 'dim'],
@@ -80,7 +80,7 @@ const CASES: [string, () => unknown, string, string][] = [
   ['absorbQuery tokens negative', () => r.absorbQuery(f64(0), -1, absorbed), 'ERR_RANGE', 'tokens'],
   ['absorbOutput weights without wUV', () => r.absorbOutput(f64(0), 0, { ...absorbed, wUV: bad(undefined) }), 'ERR_ARGUMENT', 'w.wUV'],
   ['gatherPagedCache view null', () => r.gatherPagedCache(bad(null), [1]), 'ERR_ARGUMENT', 'view'],
-  ['appendLatentReference args missing', () => r.appendLatentReference(bad(undefined)), 'ERR_ARGUMENT', 'args'],
+  ['reference.appendLatent args missing', () => r.appendLatent(bad(undefined)), 'ERR_ARGUMENT', 'args'],
   // helpers and the reference layer
   ['relError lengths differ', () => r.relError([1], [1, 2]), 'ERR_SHAPE', 'b'],
   ['randnArray negative n', () => r.randnArray(-1, rng), 'ERR_RANGE', 'n'],

@@ -4,14 +4,13 @@
 import type { MlaConfig } from '../config.js';
 import type { CacheStep, LatentCache } from '../latent-cache.js';
 import { absorbOutput, absorbQuery, splitKvBProj, type AbsorbedWeights } from '../reference/absorb.js';
-import { appendLatentReference, gatherPagedCache, type PagedCacheView } from '../reference/cache.js';
+import { gatherPagedCache, type PagedCacheView } from '../reference/cache.js';
 import { dequantizeFp8Row, FP8_ROW_BYTES, quantizeFp8Row } from '../reference/fp8.js';
-import { decodeReference } from '../reference/decode.js';
 import { naiveAttention, projectQuery, type MlaLayerWeights } from '../reference/layer.js';
 import { linear } from '../reference/linear.js';
 import { applyRope, ropeLayoutOf, ropeTable, type RopeLayout, type RopeTable } from '../reference/rope.js';
-import { sparseReference } from '../reference/sparse.js';
 import { sparseSlots, tokenRows, type AttentionBackend, type AttentionPath, type SparseSelection } from './types.js';
+import * as reference from '../reference/index.js';
 
 function gatherRows(src: Float64Array, width: number, rows: Int32Array): Float64Array {
   const out = new Float64Array(rows.length * width);
@@ -67,7 +66,7 @@ export class ReferenceBackend implements AttentionBackend {
 
     const storage = this.#cache.hostLayer(this.#layer);
     const pageSize = this.#cache.pageSize;
-    appendLatentReference({
+    reference.appendLatent({
       kvDown: linear(hidden, T, hid, w.kvAProjWithMqa, D),
       normWeight: w.kvALayernorm,
       eps: cfg.rmsNormEps,
@@ -102,7 +101,7 @@ export class ReferenceBackend implements AttentionBackend {
     };
 
     if (sparse !== undefined) {
-      const att = sparseReference({
+      const att = reference.sparse({
         q: absorbed(Int32Array.from({ length: T }, (_, t) => t)),
         cache: storage,
         indices: sparseSlots(step, sparse, pageSize),
@@ -137,7 +136,7 @@ export class ReferenceBackend implements AttentionBackend {
       const rows = tokenRows(step, dec);
       const Td = rows.length;
       const v = view(dec);
-      const att = decodeReference({
+      const att = reference.decode({
         q: absorbed(rows),
         cache: storage,
         pageSize,

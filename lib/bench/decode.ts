@@ -8,8 +8,7 @@
 import { DTYPE_SIZE } from '../dtype.js';
 import { decode, DecodeWorkspace } from '../ops/decode.js';
 import { FP8_CACHE_ROW_BYTES } from '../ops/fp8-cache.js';
-import { decodeReference } from '../reference/decode.js';
-import { decodeFp8Reference, quantizeFp8Cache } from '../reference/fp8.js';
+import { quantizeFp8Cache } from '../reference/fp8.js';
 import { shuffledBlockTable } from '../reference/testing.js';
 import { mulberry32, randnArray } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
@@ -17,6 +16,7 @@ import { HALF_TOLERANCE, withScope } from './check.js';
 import { mlaDecodeBytes, mlaDecodeFlops, MLA_DK, MLA_DV } from './formulas.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
 import { type HalfDType, disposeAll, fillRandom, gridBooleans, gridChoices, gridDTypes, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
+import * as reference from '../reference/index.js';
 
 const PAGE_SIZE = 64;
 /** DeepSeek-V3's softmax scale (192^-0.5 · mscale²). */
@@ -49,7 +49,7 @@ export function decodeSeqLens(s: DecodeBenchShape): Int32Array {
 /**
  * The decode path of a case: 2 requests (70 and 130 keys over shuffled pages, s_q = 2, causal,
  * 16 heads) through the same decode() call, plan + split-KV main + combine, against
- * decodeReference; with `cache` fp8 the 656-byte cache and decodeFp8Reference.
+ * reference.decode; with `cache` fp8 the 656-byte cache and reference.decodeFp8.
  */
 export function decodeCheck(dtype: HalfDType, cache: 'model' | 'fp8' = 'model'): KernelCheck {
   const fp8 = cache === 'fp8';
@@ -66,11 +66,11 @@ export function decodeCheck(dtype: HalfDType, cache: 'model' | 'fp8' = 'model'):
       if (fp8) {
         const bytes = quantizeFp8Cache(randnArray(numPages * PAGE_SIZE * MLA_DK, mulberry32(22)), { numPages, pageSize: PAGE_SIZE });
         cacheT = sc.own(DeviceTensor.fromArray(bytes, [numPages, PAGE_SIZE, FP8_CACHE_ROW_BYTES], 'u8'));
-        want = decodeFp8Reference({ ...common, cache: bytes, numPages });
+        want = reference.decodeFp8({ ...common, cache: bytes, numPages });
       } else {
         const c = sc.random([numPages, PAGE_SIZE, MLA_DK], dtype, 22);
         cacheT = c.t;
-        want = decodeReference({ ...common, cache: c.host, dimLatent: MLA_DV, headDim: MLA_DK });
+        want = reference.decode({ ...common, cache: c.host, dimLatent: MLA_DV, headDim: MLA_DK });
       }
       const out = sc.own(DeviceTensor.empty([B * sQ, H, MLA_DV], dtype));
       const lse = sc.own(DeviceTensor.empty([B * sQ, H], 'f32'));

@@ -17,12 +17,12 @@
 import { DTYPE_SIZE } from '../dtype.js';
 import { linear } from '../ops/linear.js';
 import { prefill, prefillAttention, PREFILL_DEFAULT_CHUNK_TOKENS, PrefillWorkspace } from '../ops/prefill.js';
-import { mhaVarlenReference, prefillReference } from '../reference/prefill.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import { attentionFlops } from './formulas.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
 import { type HalfDType, disposeAll, fillRandom, gridDTypes, gridNumbers } from './suite-util.js';
+import * as reference from '../reference/index.js';
 
 const LENGTHS = [512, 1024, 2048, 4096, 8192, 16384, 32768];
 const QUICK_LENGTHS = [512, 4096];
@@ -41,7 +41,7 @@ const DIMS = { qkNopeHeadDim: NOPE, qkRopeHeadDim: ROPE, vHeadDim: V, kvLoraRank
 /**
  * The prefill paths of a case on 90 tokens of 16 heads: the whole prefill() call (gather from a
  * two-page cache, K/V recompute, chunks of 64 so the LSE merge runs too) against
- * prefillReference, and prefillAttention (runMain's kernel) against mhaVarlenReference.
+ * reference.prefill, and prefillAttention (runMain's kernel) against reference.mhaVarlen.
  */
 export function prefillCheck(dtype: HalfDType, path: 'prefill' | 'attention'): KernelCheck {
   return {
@@ -67,7 +67,7 @@ export function prefillCheck(dtype: HalfDType, path: 'prefill' | 'attention'): K
           q: q.t, cache: paged, blockTable: sc.own(DeviceTensor.fromArray(tableHost, [1, pages], 'i32')), blockTableHost: tableHost,
           seqLens: lens, qSeqLens: lens, weights: { kvBProj: kvBProj.t }, scale, out, lse, chunkTokens: 64,
         });
-        const want = prefillReference({ ...DIMS, numHeads: H, q: q.host, kv: rows.host, kvBProj: kvBProj.host, qSeqLens: lens, kvSeqLens: lens, scale });
+        const want = reference.prefill({ ...DIMS, numHeads: H, q: q.host, kv: rows.host, kvBProj: kvBProj.host, qSeqLens: lens, kvSeqLens: lens, scale });
         return [{ name: 'out', got: out.toFloat32Sync(), want: want.out }, { name: 'lse', got: lse.toFloat32Sync(), want: want.lse }];
       }
       const kNope = sc.random([n, H, NOPE], dtype, 64);
@@ -82,7 +82,7 @@ export function prefillCheck(dtype: HalfDType, path: 'prefill' | 'attention'): K
           k.set(rows.host.subarray(t * WIDTH + KV_LORA, (t + 1) * WIDTH), (t * H + h) * (NOPE + ROPE) + NOPE);
         }
       }
-      const want = mhaVarlenReference({ q: q.host, k, v: v.host, qSeqLens: lens, kvSeqLens: lens, numHeads: H, headDimQk: NOPE + ROPE, headDimV: V, scale, causal: true });
+      const want = reference.mhaVarlen({ q: q.host, k, v: v.host, qSeqLens: lens, kvSeqLens: lens, numHeads: H, headDimQk: NOPE + ROPE, headDimV: V, scale, causal: true });
       return [{ name: 'out', got: out.toFloat32Sync(), want: want.out }, { name: 'lse', got: lse.toFloat32Sync(), want: want.lse }];
     }),
   };

@@ -10,12 +10,12 @@
 import { MLA_PRESETS } from '../config.js';
 import { DTYPE_SIZE } from '../dtype.js';
 import { appendLatent, ropeConfigFrom, ropeQuery, RopeTable } from '../ops/rope.js';
-import { appendLatentReference } from '../reference/cache.js';
 import { applyRope, ropeLayoutOf, ropeTable } from '../reference/rope.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
 import { type HalfDType, disposeAll, fillRandom, gridDTypes, gridNumbers, shuffledPages } from './suite-util.js';
+import * as reference from '../reference/index.js';
 
 const TOKENS = [1, 16, 256, 4096, 65536];
 const QUICK_TOKENS = [16, 4096];
@@ -37,7 +37,7 @@ function shuffledSlots(tokens: number, numPages: number, seed: number): Int32Arr
 
 /**
  * The appendLatent path: 70 tokens at positions 0..69 (two shuffled pages, DeepSeek-V3's YaRN
- * table) into a cache of random rows, against appendLatentReference over the whole cache (so
+ * table) into a cache of random rows, against reference.appendLatent over the whole cache (so
  * a write to a wrong slot shows too). `weight` is the norm weight's dtype (the layer uses f32).
  */
 export function appendLatentCheck(dtype: HalfDType, weight: HalfDType | 'f32' = dtype): KernelCheck {
@@ -58,7 +58,7 @@ export function appendLatentCheck(dtype: HalfDType, weight: HalfDType | 'f32' = 
         slotMapping: sc.own(DeviceTensor.fromArray(slots, [T], 'i32')),
       });
       const want = Float64Array.from(cache.host);
-      appendLatentReference({
+      reference.appendLatent({
         kvDown: kvDown.host, normWeight: normWeight.host, eps: EPS, positions, slotMapping: slots, cache: want,
         pageSize: PAGE_SIZE, ropeTable: ropeTable(V3, T), layout: ropeLayoutOf(V3),
       });

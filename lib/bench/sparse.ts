@@ -10,13 +10,13 @@ import { DecodeWorkspace } from '../ops/decode.js';
 import { FP8_CACHE_ROW_BYTES } from '../ops/fp8-cache.js';
 import { sparse } from '../ops/sparse.js';
 import { quantizeFp8Cache } from '../reference/fp8.js';
-import { sparseFp8Reference, sparseReference } from '../reference/sparse.js';
 import { mulberry32, randnArray } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import { mlaSparseBytes, mlaSparseFlops, MLA_DK, MLA_DV } from './formulas.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
 import { disposeAll, fillRandom, gridChoices, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
+import * as reference from '../reference/index.js';
 
 const PAGE_SIZE = 64;
 const SCALE = 0.1352337788608801;
@@ -83,11 +83,11 @@ export function sparseCheck(cache: 'fp8' | 'model'): KernelCheck {
       if (fp8) {
         const bytes = quantizeFp8Cache(randnArray(slots * MLA_DK, mulberry32(33)), { numPages, pageSize: PAGE_SIZE });
         cacheT = sc.own(DeviceTensor.fromArray(bytes, [numPages, PAGE_SIZE, FP8_CACHE_ROW_BYTES], 'u8'));
-        want = sparseFp8Reference({ ...common, cache: bytes, numPages, pageSize: PAGE_SIZE });
+        want = reference.sparseFp8({ ...common, cache: bytes, numPages, pageSize: PAGE_SIZE });
       } else {
         const c = sc.random([numPages, PAGE_SIZE, MLA_DK], 'bf16', 33);
         cacheT = c.t;
-        want = sparseReference({ ...common, cache: c.host, dimLatent: MLA_DV, headDim: MLA_DK });
+        want = reference.sparse({ ...common, cache: c.host, dimLatent: MLA_DV, headDim: MLA_DK });
       }
       const out = sc.own(DeviceTensor.empty([T, H, MLA_DV], 'bf16'));
       const lse = sc.own(DeviceTensor.empty([T, H], 'f32'));

@@ -4,10 +4,10 @@
 // reads the cache as is.
 
 import { applyRope, type RopeLayout, type RopeTable } from './rope.js';
-import { rmsnorm } from './rmsnorm.js';
+import { rmsNorm } from './rmsnorm.js';
 import { allocHost, argError, checkArray, checkAtLeast, checkFiniteNumber, checkLength, checkNonNegInt, checkObject, checkPosInt, sizeProduct } from '../check.js';
 
-export interface AppendLatentArgs {
+export interface AppendLatentReferenceArgs {
   /** [T, kvLora + rope]: kv_a_proj output, latent not normalised, rope key not rotated. */
   kvDown: Float64Array;
   /** [kvLora]: kv_a_layernorm weight; its length fixes kvLora. */
@@ -26,7 +26,7 @@ export interface AppendLatentArgs {
 
 // cache[slot, :kvLora] = RMSNorm(kvDown[t, :kvLora]) · w
 // cache[slot, kvLora:] = RoPE(kvDown[t, kvLora:], positions[t])
-export function appendLatentReference(args: AppendLatentArgs): void {
+export function appendLatent(args: AppendLatentReferenceArgs): void {
   const fn = 'appendLatent';
   checkObject(fn, 'args', args);
   const { kvDown, normWeight, eps, positions, slotMapping, cache, pageSize, ropeTable, layout } = args;
@@ -54,7 +54,7 @@ export function appendLatentReference(args: AppendLatentArgs): void {
     }
     row.set(kvDown.subarray(t * D, (t + 1) * D));
     applyRope(row, 1, D, kvLora, rope, [positions[t]!], ropeTable, layout);
-    rmsnorm(row, 1, kvLora, normWeight, eps, { out: row });
+    rmsNorm(row, 1, kvLora, normWeight, eps, { out: row });
     cache.set(row, slot * D);
   }
 }

@@ -7,7 +7,7 @@ import { type PagedCacheView, pagedSlot } from './cache.js';
 import { allocHost, argError, checkArray, checkFiniteNumber, checkLength, checkObject, checkPosInt, sizeProduct } from '../check.js';
 import { perRequest } from './util.js';
 
-export interface DecodeArgs {
+export interface DecodeReferenceArgs {
   /** [tokens, H, D]: per head the absorbed latent query then the rotated rope query. */
   q: Float64Array;
   /** [numPages, pageSize, D] */
@@ -41,7 +41,7 @@ export interface AttentionResult {
 //   lse   = m + ln Σ_t exp(s_t − m),  m = max_t s_t
 //   out   = Σ_t exp(s_t − lse) · V_t
 // A query that sees no key gets out = 0 and lse = +∞ (FlashMLA's convention).
-export function decodeReference(args: DecodeArgs): AttentionResult {
+export function decode(args: DecodeReferenceArgs): AttentionResult {
   const fn = 'decode';
   checkObject(fn, 'args', args);
   const { q, cache, pageSize, blockTable, numHeads: H, dimLatent, scale, causal } = args;

@@ -12,8 +12,8 @@
 // part in their tile's amax; a NaN/Inf rope value is stored as the bf16 NaN/Inf it rounds to.
 // Reading such a row back gives NaN there, as a bf16 cache holding the NaN would.
 
-import { appendLatentReference, type AppendLatentArgs } from './cache.js';
-import { decodeReference, type AttentionResult, type DecodeArgs } from './decode.js';
+import { appendLatent, type AppendLatentReferenceArgs } from './cache.js';
+import { decode, type AttentionResult, type DecodeReferenceArgs } from './decode.js';
 import { allocHost, argError, checkArray, checkObject, checkPosInt, sizeProduct } from '../check.js';
 
 /** Latent values per token (kv_lora_rank of DeepSeek-V2/V3). */
@@ -182,7 +182,7 @@ export function dequantizeFp8Cache(bytes: Uint8Array, g: Fp8CacheGeometry): Floa
   return out;
 }
 
-export interface AppendLatentFp8Args extends Omit<AppendLatentArgs, 'cache'> {
+export interface AppendLatentFp8ReferenceArgs extends Omit<AppendLatentReferenceArgs, 'cache'> {
   /** The FP8 cache bytes, written in place (only the named slots' 656-byte rows). */
   cache: Uint8Array;
   numPages: number;
@@ -191,7 +191,7 @@ export interface AppendLatentFp8Args extends Omit<AppendLatentArgs, 'cache'> {
 
 // cache[slot] = quantizeFp8Row([RMSNorm(kvDown[t, :512]) · w ; RoPE(kvDown[t, 512:], pos)]),
 // every step in float64, rounded once to e4m3 / bf16.
-export function appendLatentFp8Reference(args: AppendLatentFp8Args): void {
+export function appendLatentFp8(args: AppendLatentFp8ReferenceArgs): void {
   const fn = 'appendLatent';
   checkObject(fn, 'args', args);
   const { numPages, pageSize, pageStride } = fp8Geometry(fn, args.cache, args);
@@ -201,7 +201,7 @@ export function appendLatentFp8Reference(args: AppendLatentFp8Args): void {
   const T = args.slotMapping.length;
   const staging = new Float64Array(T * D);
   // The bf16/f32 reference writer into a staging cache with one slot per token, then quantize.
-  appendLatentReference({ ...args, cache: staging, pageSize: 1, slotMapping: Array.from({ length: T }, (_, t) => (args.slotMapping[t] === -1 ? -1 : t)) });
+  appendLatent({ ...args, cache: staging, pageSize: 1, slotMapping: Array.from({ length: T }, (_, t) => (args.slotMapping[t] === -1 ? -1 : t)) });
   for (let t = 0; t < T; t++) {
     const slot = args.slotMapping[t]!;
     if (slot === -1) continue;
@@ -212,16 +212,16 @@ export function appendLatentFp8Reference(args: AppendLatentFp8Args): void {
   }
 }
 
-export interface DecodeFp8Args extends Omit<DecodeArgs, 'cache' | 'dimLatent' | 'headDim'> {
+export interface DecodeFp8ReferenceArgs extends Omit<DecodeReferenceArgs, 'cache' | 'dimLatent' | 'headDim'> {
   cache: Uint8Array;
   numPages: number;
   pageStride?: number;
 }
 
-/** decode over an FP8 cache = decodeReference on the dequantized cache. */
-export function decodeFp8Reference(args: DecodeFp8Args): AttentionResult {
+/** decode over an FP8 cache = decode on the dequantized cache. */
+export function decodeFp8(args: DecodeFp8ReferenceArgs): AttentionResult {
   const cache = dequantizeFp8Cache(args.cache, args);
-  return decodeReference({ ...args, cache, dimLatent: FP8_LATENT_DIM, headDim: FP8_LATENT_DIM + FP8_ROPE_DIM });
+  return decode({ ...args, cache, dimLatent: FP8_LATENT_DIM, headDim: FP8_LATENT_DIM + FP8_ROPE_DIM });
 }
 
 /** The dequantized rows [Σ seqLens, 576] of each request, in request order (what prefill gathers). */

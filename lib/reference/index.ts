@@ -1,7 +1,11 @@
 // Float64 reference implementation of every MLA op: the oracle the CUDA kernels
 // are checked against and the CPU fallback where there is no GPU.
+// Naming: a function named after a device op computes that op (decode, prefill, sparse, linear,
+// rmsNorm, appendLatent, mergeAttnStates; decodeFp8 / sparseFp8 / appendLatentFp8 are the same
+// ops on the FP8 cache), with no "Reference" suffix: callers reach them as reference.<op>. Their
+// argument types are <Op>ReferenceArgs, apart from the ops' <Op>ArgsMeta and Native<Op>Args.
 
-export { rmsnorm, type RmsnormStrides } from './rmsnorm.js';
+export { rmsNorm, type RmsNormStrides } from './rmsnorm.js';
 export { linear } from './linear.js';
 export {
   applyRope,
@@ -15,23 +19,23 @@ export {
   type RopeTable,
 } from './rope.js';
 export {
-  appendLatentReference,
+  appendLatent,
   gatherPagedCache,
   pagedSlot,
-  type AppendLatentArgs,
+  type AppendLatentReferenceArgs,
   type PagedCacheView,
 } from './cache.js';
-export { decodeReference, type AttentionResult, type DecodeArgs } from './decode.js';
-export { sparseFp8Reference, sparseReference, type SparseArgs, type SparseFp8Args } from './sparse.js';
+export { decode, type AttentionResult, type DecodeReferenceArgs } from './decode.js';
+export { sparseFp8, sparse, type SparseReferenceArgs, type SparseFp8ReferenceArgs } from './sparse.js';
 export {
   expandLatentKv,
-  mergeAttnStatesReference,
-  mhaVarlenReference,
-  prefillReference,
+  mergeAttnStates,
+  mhaVarlen,
+  prefill,
   type ExpandDims,
-  type MergeAttnStatesArgs,
-  type MhaVarlenArgs,
-  type PrefillArgs,
+  type MergeAttnStatesReferenceArgs,
+  type MhaVarlenReferenceArgs,
+  type PrefillReferenceArgs,
 } from './prefill.js';
 export { absorbOutput, absorbQuery, splitKvBProj, type AbsorbDims, type AbsorbedWeights } from './absorb.js';
 export {
@@ -46,10 +50,10 @@ export {
 export { denseAttendOne, makePagedCache, shuffledBlockTable, type PagedCache } from './testing.js';
 export { maxAbsDiff, mulberry32, randn, randnArray, relError } from './util.js';
 export {
-  appendLatentFp8Reference,
+  appendLatentFp8,
   bf16Decode,
   bf16Encode,
-  decodeFp8Reference,
+  decodeFp8,
   dequantizeFp8Cache,
   dequantizeFp8Row,
   e4m3Decode,
@@ -63,7 +67,7 @@ export {
   FP8_ROPE_DIM,
   FP8_ROW_BYTES,
   FP8_TILE,
-  type AppendLatentFp8Args,
-  type DecodeFp8Args,
+  type AppendLatentFp8ReferenceArgs,
+  type DecodeFp8ReferenceArgs,
   type Fp8CacheGeometry,
 } from './fp8.js';

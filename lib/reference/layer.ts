@@ -5,11 +5,11 @@
 import type { MlaConfig } from '../config.js';
 import type { SafetensorsFile } from '../safetensors.js';
 import { absorbOutput, absorbQuery, splitKvBProj, type AbsorbedWeights } from './absorb.js';
-import { appendLatentReference, gatherPagedCache, pagedSlot, type PagedCacheView } from './cache.js';
-import { decodeReference } from './decode.js';
+import { appendLatent, gatherPagedCache, pagedSlot, type PagedCacheView } from './cache.js';
+import { decode } from './decode.js';
 import { linear } from './linear.js';
-import { prefillReference } from './prefill.js';
-import { rmsnorm } from './rmsnorm.js';
+import { prefill } from './prefill.js';
+import { rmsNorm } from './rmsnorm.js';
 import { applyRope, ropeLayoutOf, ropeTable, type RopeTable } from './rope.js';
 import { allocHost, argError, checkArray, checkFinite, checkLength, checkNonNegInt, checkObject, checkPosInt, sizeProduct } from '../check.js';
 import { validateMlaConfig } from '../config.js';
@@ -42,7 +42,7 @@ export function projectQuery(cfg: MlaConfig, w: MlaLayerWeights, x: Float64Array
   const out = cfg.numHeads * (cfg.qkNopeHeadDim + cfg.qkRopeHeadDim);
   if (cfg.qLoraRank === null) return linear(x, T, cfg.hiddenSize, w.qProj!, out);
   const qa = linear(x, T, cfg.hiddenSize, w.qAProj!, cfg.qLoraRank);
-  rmsnorm(qa, T, cfg.qLoraRank, w.qALayernorm!, cfg.rmsNormEps, { out: qa });
+  rmsNorm(qa, T, cfg.qLoraRank, w.qALayernorm!, cfg.rmsNormEps, { out: qa });
   return linear(qa, T, cfg.qLoraRank, w.qBProj!, out);
 }
 
@@ -58,7 +58,7 @@ export function projectQuery(cfg: MlaConfig, w: MlaLayerWeights, x: Float64Array
  * q: [tokens, H, nope + rope] of the requests back to back; kv: their gathered cache rows.
  */
 export function naiveAttention(cfg: MlaConfig, kvBProj: Float64Array, q: Float64Array, kv: Float64Array, qSeqLens: Int32Array, kvSeqLens: Int32Array): { out: Float64Array; lse: Float64Array } {
-  return prefillReference({
+  return prefill({
     q,
     kv,
     kvBProj,
@@ -310,7 +310,7 @@ export class ReferenceMlaLayer {
         tokPos[b * S + s] = positions[s]!;
       }
     }
-    appendLatentReference({
+    appendLatent({
       kvDown,
       normWeight: w.kvALayernorm,
       eps: cfg.rmsNormEps,
@@ -337,7 +337,7 @@ export class ReferenceMlaLayer {
         qAbs.set(qLatent.subarray(r * C, (r + 1) * C), r * D);
         qAbs.set(qRope.subarray(r * R, (r + 1) * R), r * D + C);
       }
-      const att = decodeReference({
+      const att = decode({
         q: qAbs,
         cache: this.cache,
         pageSize: this.pageSize,

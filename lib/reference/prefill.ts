@@ -8,7 +8,7 @@ import type { AttentionResult } from './decode.js';
 import { allocHost, argError, checkArray, checkFiniteNumber, checkLength, checkNonNegInt, checkObject, checkPosInt, sizeProduct } from '../check.js';
 import { perRequest } from './util.js';
 
-export interface MhaVarlenArgs {
+export interface MhaVarlenReferenceArgs {
   /** [Σ qSeqLens, H, dQk] */
   q: Float64Array;
   /** [Σ kvSeqLens, Hkv, dQk] */
@@ -30,7 +30,7 @@ export interface MhaVarlenArgs {
 // Query i of a request with s_q queries and L keys sees keys 0 .. L − s_q + i when
 // causal (queries aligned to the end of the sequence, the cached prefix first).
 //   out = softmax(scale · q·Kᵀ) · V,  lse = ln Σ exp(scale · q·K)
-export function mhaVarlenReference(args: MhaVarlenArgs): AttentionResult {
+export function mhaVarlen(args: MhaVarlenReferenceArgs): AttentionResult {
   const fn = 'mha';
   checkObject(fn, 'args', args);
   const { q, k, v, numHeads: H, headDimQk: Dq, headDimV: Dv, scale, causal } = args;
@@ -150,7 +150,7 @@ export function expandLatentKv(
   return { k, v };
 }
 
-export interface PrefillArgs extends ExpandDims {
+export interface PrefillReferenceArgs extends ExpandDims {
   /** [Σ qSeqLens, H, nope + rope]: rope part already rotated. */
   q: Float64Array;
   /** [Σ kvSeqLens, kvLora + rope]: cache rows (normalised latent, rotated rope key), each request's cached prefix then its new tokens. */
@@ -165,9 +165,9 @@ export interface PrefillArgs extends ExpandDims {
   causal?: boolean;
 }
 
-// Naive MLA prefill over ragged requests: expandLatentKv then mhaVarlenReference.
+// Naive MLA prefill over ragged requests: expandLatentKv then mhaVarlen.
 // Output [Σ qSeqLens, H, v] and LSE [Σ qSeqLens, H].
-export function prefillReference(args: PrefillArgs): AttentionResult {
+export function prefill(args: PrefillReferenceArgs): AttentionResult {
   const fn = 'prefill';
   checkObject(fn, 'args', args);
   const kvLens = checkArray(fn, 'kvSeqLens', args.kvSeqLens);
@@ -175,7 +175,7 @@ export function prefillReference(args: PrefillArgs): AttentionResult {
   for (let b = 0; b < kvLens.length; b++) Tk += checkNonNegInt(fn, `kvSeqLens[${b}]`, kvLens[b]);
   if (args.causal !== undefined && typeof args.causal !== 'boolean') throw argError('ERR_ARGUMENT', fn, 'causal', `must be a boolean, got ${String(args.causal)}`);
   const { k, v } = expandLatentKv(args.kv, Tk, args.kvBProj, args);
-  return mhaVarlenReference({
+  return mhaVarlen({
     q: args.q,
     k,
     v,
@@ -189,7 +189,7 @@ export function prefillReference(args: PrefillArgs): AttentionResult {
   });
 }
 
-export interface MergeAttnStatesArgs {
+export interface MergeAttnStatesReferenceArgs {
   /** [R, H, D] running result, updated in place. */
   out: Float64Array;
   /** [R, H] its natural-log LSE, updated in place. */
@@ -206,7 +206,7 @@ export interface MergeAttnStatesArgs {
 // ±inf is empty (weight 0, its output never read). Prefill writes −inf for a query without keys,
 // decode and sparse +inf (output 0); both must merge as nothing. Both sides empty: out 0 and
 // lse −inf. A NaN LSE propagates.
-export function mergeAttnStatesReference(args: MergeAttnStatesArgs): void {
+export function mergeAttnStates(args: MergeAttnStatesReferenceArgs): void {
   const fn = 'mergeAttnStates';
   checkObject(fn, 'args', args);
   const { out, lse, part, partLse, dim: D } = args;

@@ -2,7 +2,7 @@
 
 import { allocHost, checkAtLeast, checkFiniteNumber, checkLength, checkNonNegInt, checkObject, checkPosInt, sizeProduct } from '../check.js';
 
-export interface RmsnormStrides {
+export interface RmsNormStrides {
   /** Elements between consecutive input rows (default dim). */
   inStride?: number;
   inOffset?: number;
@@ -14,13 +14,13 @@ export interface RmsnormStrides {
 }
 
 // y[r, i] = x[r, i] / sqrt(Σ_j x[r, j]² / dim + eps) · w[i]
-export function rmsnorm(
+export function rmsNorm(
   x: Float64Array,
   rows: number,
   dim: number,
   weight: Float64Array,
   eps: number,
-  strides: RmsnormStrides = {},
+  strides: RmsNormStrides = {},
 ): Float64Array {
   const fn = 'rmsnorm';
   checkNonNegInt(fn, 'rows', rows);

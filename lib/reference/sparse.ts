@@ -17,7 +17,7 @@ import type { AttentionResult } from './decode.js';
 import { allocHost, argError, checkArray, checkFiniteNumber, checkLength, checkObject, checkPosInt, sizeProduct } from '../check.js';
 import { dequantizeFp8Cache, FP8_LATENT_DIM, FP8_ROPE_DIM, type Fp8CacheGeometry } from './fp8.js';
 
-export interface SparseArgs {
+export interface SparseReferenceArgs {
   /** [tokens, H, D]: per head the absorbed latent query then the rotated rope query. */
   q: Float64Array;
   /** [numSlots, D]: the cache's rows in slot order (a paged cache [numPages, pageSize, D] flattened). */
@@ -37,7 +37,7 @@ export interface SparseArgs {
   scale: number;
 }
 
-export function sparseReference(args: SparseArgs): AttentionResult {
+export function sparse(args: SparseReferenceArgs): AttentionResult {
   const fn = 'sparse';
   checkObject(fn, 'args', args);
   const { q, cache, indices, numHeads: H, dimLatent, scale } = args;
@@ -106,13 +106,13 @@ export function sparseReference(args: SparseArgs): AttentionResult {
   return { out, lse };
 }
 
-export interface SparseFp8Args extends Omit<SparseArgs, 'cache' | 'dimLatent' | 'headDim'>, Fp8CacheGeometry {
+export interface SparseFp8ReferenceArgs extends Omit<SparseReferenceArgs, 'cache' | 'dimLatent' | 'headDim'>, Fp8CacheGeometry {
   /** The FP8 cache bytes (656-byte rows, lib/reference/fp8.ts). */
   cache: Uint8Array;
 }
 
-/** Sparse attention over an FP8 cache = sparseReference on the dequantized cache. */
-export function sparseFp8Reference(args: SparseFp8Args): AttentionResult {
+/** Sparse attention over an FP8 cache = sparse on the dequantized cache. */
+export function sparseFp8(args: SparseFp8ReferenceArgs): AttentionResult {
   const cache = dequantizeFp8Cache(args.cache, args);
-  return sparseReference({ ...args, cache, dimLatent: FP8_LATENT_DIM, headDim: FP8_LATENT_DIM + FP8_ROPE_DIM });
+  return sparse({ ...args, cache, dimLatent: FP8_LATENT_DIM, headDim: FP8_LATENT_DIM + FP8_ROPE_DIM });
 }

@@ -2,10 +2,10 @@
 // shuffled pages, the float64 reference, a poisoned run, and the comparison.
 import { DeviceTensor } from '../../lib/index.js';
 import { decode, DecodeWorkspace } from '../../lib/ops/decode.js';
-import { decodeReference } from '../../lib/reference/decode.js';
 import { shuffledBlockTable } from '../../lib/reference/testing.js';
 import { poison, randn, relError, rng, roundTo } from './gpu.js';
 import type { Asserts } from './validation.js';
+import * as reference from '../../lib/reference/index.js';
 
 export const D = 576;
 export const DV = 512;
@@ -44,7 +44,7 @@ export function build(spec: CaseSpec): Built {
   const qF = randn(tokens * H * D, spec.seed + 1, 0.5);
   const cF = randn(numPages * pageSize * D, spec.seed + 2, 1);
   const scale = spec.scale ?? 0.1352337788608801;
-  const ref = decodeReference({
+  const ref = reference.decode({
     q: roundTo(qF, dtype),
     cache: roundTo(cF, dtype),
     pageSize,

@@ -462,7 +462,7 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
       const q = up(randn(tokens * H * D, 6, 0.5), [tokens, H, D], 'bf16');
       const cache = up(randn(numPages * ps * D, 7), [numPages, ps, D], 'bf16');
       const scale = 0.1352337788608801;
-      const want = ref.decodeReference({ q: seen(q), cache: seen(cache), pageSize: ps, blockTable: table, seqLens, qSeqLens: sQ, numHeads: H, dimLatent: DV, headDim: D, scale, causal: true });
+      const want = ref.decode({ q: seen(q), cache: seen(cache), pageSize: ps, blockTable: table, seqLens, qSeqLens: sQ, numHeads: H, dimLatent: DV, headDim: D, scale, causal: true });
       const out = poisoned([tokens, H, DV], 'bf16');
       const lse = poisoned([tokens, H], 'f32');
       lib.decode({ q, cache, blockTable: up(table, [B, maxPages], 'i32'), seqLens: up(Int32Array.from(seqLens), [B], 'i32'), scale, causal: true, out, lse });
@@ -500,7 +500,7 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
         }
       }
       const scale = 0.08;
-      const want = ref.mhaVarlenReference({ q: seen(q), k, v: seen(v), qSeqLens: qLens, kvSeqLens: kLens, numHeads: Hh, headDimQk: 192, headDimV: 128, scale, causal: true });
+      const want = ref.mhaVarlen({ q: seen(q), k, v: seen(v), qSeqLens: qLens, kvSeqLens: kLens, numHeads: Hh, headDimQk: 192, headDimV: 128, scale, causal: true });
       const out = poisoned([Tq, Hh, 128], 'bf16');
       const lse = poisoned([Tq, Hh], 'f32');
       lib.prefillAttention({ q, kNope: kn, kRope: kr, v, qSeqLens: qLens, kvSeqLens: Int32Array.from(kLens), scale, out, lse });

@@ -1,14 +1,14 @@
-// Absorbed attention (decodeReference on the latent cache, W_UK folded into q,
+// Absorbed attention (reference.decode on the latent cache, W_UK folded into q,
 // W_UV into the output) must equal naive attention on expanded K/V
-// (prefillReference), for any geometry, s_q and cached prefix.
+// (reference.prefill), for any geometry, s_q and cached prefix.
 
 import t from 'tap';
 import { absorbOutput, absorbQuery, splitKvBProj } from '../../lib/reference/absorb.js';
 import { gatherPagedCache } from '../../lib/reference/cache.js';
-import { decodeReference } from '../../lib/reference/decode.js';
-import { expandLatentKv, prefillReference } from '../../lib/reference/prefill.js';
+import { expandLatentKv } from '../../lib/reference/prefill.js';
 import { mulberry32, randnArray, relError } from '../../lib/reference/util.js';
 import { makePagedCache } from '../../lib/reference/testing.js';
+import * as reference from '../../lib/reference/index.js';
 
 interface Geometry {
   H: number;
@@ -32,7 +32,7 @@ function compare(g: Geometry, kvLens: number[], qLens: number[], pageSize: numbe
   // Naive: keys/values expanded per head from the packed cache rows.
   const view = { cache: paged.cache, pageSize, dim: D, blockTable: paged.blockTable, maxPages: paged.maxPages };
   const packed = gatherPagedCache(view, kvLens);
-  const naive = prefillReference({
+  const naive = reference.prefill({
     q,
     kv: packed,
     kvBProj,
@@ -54,7 +54,7 @@ function compare(g: Geometry, kvLens: number[], qLens: number[], pageSize: numbe
     qAbs.set(qLat.subarray(r * C, (r + 1) * C), r * D);
     qAbs.set(q.subarray(r * (N + R) + N, (r + 1) * (N + R)), r * D + C);
   }
-  const abs = decodeReference({
+  const abs = reference.decode({
     q: qAbs,
     cache: paged.cache,
     pageSize,

@@ -1,7 +1,7 @@
 import t from 'tap';
-import { decodeReference } from '../../lib/reference/decode.js';
 import { mulberry32, randnArray, relError } from '../../lib/reference/util.js';
 import { denseAttendOne, makePagedCache } from '../../lib/reference/testing.js';
+import * as reference from '../../lib/reference/index.js';
 
 interface Case {
   lens: number[];
@@ -14,7 +14,7 @@ interface Case {
   scale: number;
 }
 
-// Runs decodeReference on a random paged cache and the dense oracle on the
+// Runs reference.decode on a random paged cache and the dense oracle on the
 // same rows; returns the worst relative errors and the visible-key counts.
 function runCase(c: Case, seed: number): { outErr: number; lseErr: number; infMatch: boolean; lse: Float64Array } {
   const rng = mulberry32(seed);
@@ -23,7 +23,7 @@ function runCase(c: Case, seed: number): { outErr: number; lseErr: number; infMa
   const paged = makePagedCache(rows, D, c.pageSize, rng);
   const tokens = c.qLens.reduce((a, b) => a + b, 0);
   const q = randnArray(tokens * c.H * D, rng);
-  const res = decodeReference({
+  const res = reference.decode({
     q,
     cache: paged.cache,
     pageSize: c.pageSize,
@@ -72,7 +72,7 @@ t.test('empty sequence: out 0, lse +inf', async (t) => {
   const C = 16;
   const D = 24;
   const paged = makePagedCache([randnArray(5 * D, rng), new Float64Array(0), randnArray(3 * D, rng)], D, 4, rng);
-  const res = decodeReference({
+  const res = reference.decode({
     q: randnArray(3 * 2 * D, rng),
     cache: paged.cache,
     pageSize: 4,
@@ -87,7 +87,7 @@ t.test('empty sequence: out 0, lse +inf', async (t) => {
   t.same([...res.out.subarray(2 * C, 4 * C)], new Array(2 * C).fill(0), 'request 1 output is all zeros');
   t.same([res.lse[2], res.lse[3]], [Infinity, Infinity], 'request 1 lse is +inf');
   t.ok(Number.isFinite(res.lse[0]!) && Number.isFinite(res.lse[5]!), 'neighbours are finite');
-  const none = decodeReference({
+  const none = reference.decode({
     q: new Float64Array(0),
     cache: paged.cache,
     pageSize: 4,
@@ -150,10 +150,10 @@ t.test('input validation', async (t) => {
     scale: 0.1,
     causal: true,
   };
-  t.doesNotThrow(() => decodeReference(base));
-  t.throws(() => decodeReference({ ...base, seqLens: [5] }), /logical page 1/, 'sequence longer than its block table');
-  t.throws(() => decodeReference({ ...base, dimLatent: 13 }), /dimLatent/);
-  t.throws(() => decodeReference({ ...base, q: randnArray(2 * D + 1, rng), headDim: D }), { code: 'ERR_SHAPE', message: /decode: `q`/ });
-  t.throws(() => decodeReference({ ...base, qSeqLens: [1, 1] }), /qSeqLens/);
-  t.throws(() => decodeReference({ ...base, blockTable: Int32Array.from([-1]) }), /invalid page -1/);
+  t.doesNotThrow(() => reference.decode(base));
+  t.throws(() => reference.decode({ ...base, seqLens: [5] }), /logical page 1/, 'sequence longer than its block table');
+  t.throws(() => reference.decode({ ...base, dimLatent: 13 }), /dimLatent/);
+  t.throws(() => reference.decode({ ...base, q: randnArray(2 * D + 1, rng), headDim: D }), { code: 'ERR_SHAPE', message: /decode: `q`/ });
+  t.throws(() => reference.decode({ ...base, qSeqLens: [1, 1] }), /qSeqLens/);
+  t.throws(() => reference.decode({ ...base, blockTable: Int32Array.from([-1]) }), /invalid page -1/);
 });

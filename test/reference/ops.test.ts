@@ -1,10 +1,10 @@
 import t from 'tap';
 import { MLA_PRESETS } from '../../lib/config.js';
-import { appendLatentReference, gatherPagedCache, pagedSlot } from '../../lib/reference/cache.js';
+import { gatherPagedCache, pagedSlot } from '../../lib/reference/cache.js';
 import { linear } from '../../lib/reference/linear.js';
-import { rmsnorm } from '../../lib/reference/rmsnorm.js';
 import { applyRope, ropeTable } from '../../lib/reference/rope.js';
 import { maxAbsDiff, mulberry32, randn, randnArray, relError } from '../../lib/reference/util.js';
+import * as reference from '../../lib/reference/index.js';
 
 t.test('rmsnorm', async (t) => {
   const rng = mulberry32(1);
@@ -12,7 +12,7 @@ t.test('rmsnorm', async (t) => {
   const dim = 7;
   const x = randnArray(rows * dim, rng);
   const w = randnArray(dim, rng);
-  const y = rmsnorm(x, rows, dim, w, 1e-6);
+  const y = reference.rmsNorm(x, rows, dim, w, 1e-6);
   for (let r = 0; r < rows; r++) {
     const row = x.subarray(r * dim, (r + 1) * dim);
     const rms = Math.sqrt(row.reduce((a, v) => a + v * v, 0) / dim + 1e-6);
@@ -22,13 +22,13 @@ t.test('rmsnorm', async (t) => {
   // Strided in and out: normalise the first 4 of 6 columns in place.
   const z = randnArray(2 * 6, rng);
   const orig = Float64Array.from(z);
-  rmsnorm(z, 2, 4, w.subarray(0, 4), 0.5, { inStride: 6, outStride: 6, out: z });
+  reference.rmsNorm(z, 2, 4, w.subarray(0, 4), 0.5, { inStride: 6, outStride: 6, out: z });
   t.same([...z.subarray(4, 6)], [...orig.subarray(4, 6)], 'columns past dim untouched');
   const first = orig.subarray(0, 4);
   const rms = Math.sqrt(first.reduce((a, v) => a + v * v, 0) / 4 + 0.5);
   t.ok(Math.abs(z[0]! - (orig[0]! / rms) * w[0]!) < 1e-15, 'eps enters inside the square root');
-  t.throws(() => rmsnorm(x, rows, dim, w.subarray(1), 1e-6), { code: 'ERR_SHAPE', message: /rmsnorm: `weight`/ });
-  t.throws(() => rmsnorm(x, rows + 1, dim, w, 1e-6), { code: 'ERR_SHAPE', message: /rmsnorm: `x`/ });
+  t.throws(() => reference.rmsNorm(x, rows, dim, w.subarray(1), 1e-6), { code: 'ERR_SHAPE', message: /rmsnorm: `weight`/ });
+  t.throws(() => reference.rmsNorm(x, rows + 1, dim, w, 1e-6), { code: 'ERR_SHAPE', message: /rmsnorm: `x`/ });
 });
 
 t.test('linear: y = x·Wᵀ with W stored [out, in]', async (t) => {
@@ -44,7 +44,7 @@ t.test('linear: y = x·Wᵀ with W stored [out, in]', async (t) => {
   t.throws(() => linear(new Float64Array(6), 2, 3, new Float64Array(5), 2), { code: 'ERR_SHAPE', message: /linear: `weight`/ });
 });
 
-t.test('appendLatentReference writes RMSNorm(latent) and RoPE(key) at each slot', async (t) => {
+t.test('reference.appendLatent writes RMSNorm(latent) and RoPE(key) at each slot', async (t) => {
   const rng = mulberry32(3);
   const cfg = MLA_PRESETS['deepseek-v3'];
   const C = 32;
@@ -60,11 +60,11 @@ t.test('appendLatentReference writes RMSNorm(latent) and RoPE(key) at each slot'
   const slots = [7, 0, -1, 11, 5];
   const cache = randnArray(numPages * pageSize * D, rng);
   const before = Float64Array.from(cache);
-  appendLatentReference({ kvDown, normWeight, eps: 1e-6, positions, slotMapping: slots, cache, pageSize, ropeTable: table, layout: 'interleaved' });
+  reference.appendLatent({ kvDown, normWeight, eps: 1e-6, positions, slotMapping: slots, cache, pageSize, ropeTable: table, layout: 'interleaved' });
   for (let i = 0; i < T; i++) {
     const s = slots[i]!;
     if (s < 0) continue;
-    const lat = rmsnorm(kvDown.subarray(i * D, i * D + C), 1, C, normWeight, 1e-6);
+    const lat = reference.rmsNorm(kvDown.subarray(i * D, i * D + C), 1, C, normWeight, 1e-6);
     const key = kvDown.slice(i * D + C, (i + 1) * D);
     applyRope(key, 1, R, 0, R, [positions[i]!], table, 'interleaved');
     t.same([...cache.subarray(s * D, s * D + C)], [...lat], `token ${i} latent at slot ${s}`);
@@ -77,11 +77,11 @@ t.test('appendLatentReference writes RMSNorm(latent) and RoPE(key) at each slot'
   }
   t.ok(othersKept, 'other slots (and the skipped −1 token) leave the cache alone');
   t.throws(
-    () => appendLatentReference({ kvDown, normWeight, eps: 1e-6, positions, slotMapping: [0, 0, 0, 12, 0], cache, pageSize, ropeTable: table, layout: 'neox' }),
+    () => reference.appendLatent({ kvDown, normWeight, eps: 1e-6, positions, slotMapping: [0, 0, 0, 12, 0], cache, pageSize, ropeTable: table, layout: 'neox' }),
     { code: 'ERR_RANGE', message: /`slotMapping\[3\]` = 12 is outside the cache's slots \[0, 12\)/ },
   );
   t.throws(
-    () => appendLatentReference({ kvDown, normWeight, eps: 1e-6, positions, slotMapping: slots, cache: cache.subarray(1), pageSize, ropeTable: table, layout: 'neox' }),
+    () => reference.appendLatent({ kvDown, normWeight, eps: 1e-6, positions, slotMapping: slots, cache: cache.subarray(1), pageSize, ropeTable: table, layout: 'neox' }),
     { code: 'ERR_SHAPE', message: /`cache` length .* multiple of pageSize/ },
   );
 });
