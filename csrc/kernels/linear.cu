@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/check.h"
 #include "kernels/common.cuh"
 #include "kernels/linear.h"
 #include "runtime/cuda_check.h"
@@ -512,58 +513,56 @@ Status runGemm(const GemmArgs& g, cudaStream_t s) {
   return runTiled<T, OutT, 64, 4>(g, dp, s);
 }
 
-Status fail(Code c, const char* arg, const std::string& what) {
-  return Status::Error(c, std::string("linear: `") + arg + "` " + what);
-}
-
 // Strides of size-1 dims are irrelevant (and may be anything in a view): treat them as 0.
 int64_t strideOf(const TensorRef& t, int d) { return t.shape[d] == 1 ? 0 : t.strides[d]; }
 
 Status checkOperand(const TensorRef& t, const char* name) {
-  if (t.data == nullptr && t.numel() > 0) return fail(Code::Argument, name, "has no data");
-  if (t.shape[t.ndim - 1] > 1 && t.strides[t.ndim - 1] != 1)
-    return fail(Code::Shape, name, "must have a contiguous last dimension (stride 1)");
+  MLA_CHECK(t.data != nullptr || t.numel() == 0, Argument, std::string("linear: `") + name + "` has no data");
+  MLA_CHECK(t.shape[t.ndim - 1] <= 1 || t.strides[t.ndim - 1] == 1, Shape,
+            std::string("linear: `") + name + "` must have a contiguous last dimension (stride 1)");
   for (int d = 0; d < t.ndim - 1; ++d) {
     const int64_t st = strideOf(t, d);
-    if (st < 0 || st % 8 != 0)
-      return fail(Code::Shape, name, "must have non-negative strides that are multiples of 8 elements (dim " +
-                                         std::to_string(d) + " has stride " + std::to_string(t.strides[d]) + ")");
+    MLA_CHECK(st >= 0 && st % 8 == 0, Shape,
+              std::string("linear: `") + name + "` must have non-negative strides that are multiples of 8 elements (dim " +
+                  std::to_string(d) + " has stride " + std::to_string(t.strides[d]) + ")");
   }
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
-    return fail(Code::Shape, name, "must start at a 16-byte aligned address (offset a multiple of 8 elements)");
+  MLA_CHECK(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, Shape,
+            std::string("linear: `") + name + "` must start at a 16-byte aligned address (offset a multiple of 8 elements)");
   return Status::Ok();
 }
 
 }  // namespace
 
 Status gpu::launchLinear(const LinearParams& p, StreamHandle stream) {
+  // Only what memory safety needs (core/check.h); lib/ops/linear.ts validates with names first.
   const TensorRef &x = p.x, &w = p.weight, &y = p.out;
-  if (x.dtype != DType::BF16 && x.dtype != DType::F16) return fail(Code::Dtype, "x", "must be bf16 or f16");
-  if (w.dtype != x.dtype) return fail(Code::Dtype, "weight", "must have the same dtype as `x`");
-  if (y.dtype != DType::BF16 && y.dtype != DType::F16 && y.dtype != DType::F32)
-    return fail(Code::Dtype, "out", "must be bf16, f16 or f32");
-  if (x.ndim != 2 && x.ndim != 3) return fail(Code::Shape, "x", "must be [M, K] or [M, B, K]");
-  if (w.ndim != x.ndim) return fail(Code::Shape, "weight", x.ndim == 2 ? "must be [N, K]" : "must be [B, N, K]");
-  if (y.ndim != x.ndim) return fail(Code::Shape, "out", x.ndim == 2 ? "must be [M, N]" : "must be [M, B, N]");
+  MLA_CHECK(x.dtype == DType::BF16 || x.dtype == DType::F16, Dtype, "linear: `x` must be bf16 or f16");
+  MLA_CHECK(w.dtype == x.dtype, Dtype, "linear: `weight` must have the same dtype as `x`");
+  MLA_CHECK(y.dtype == DType::BF16 || y.dtype == DType::F16 || y.dtype == DType::F32, Dtype, "linear: `out` must be bf16, f16 or f32");
+  MLA_CHECK(x.ndim == 2 || x.ndim == 3, Shape, "linear: `x` must be [M, K] or [M, B, K]");
+  MLA_CHECK(w.ndim == x.ndim, Shape, x.ndim == 2 ? "linear: `weight` must be [N, K]" : "linear: `weight` must be [B, N, K]");
+  MLA_CHECK(y.ndim == x.ndim, Shape, x.ndim == 2 ? "linear: `out` must be [M, N]" : "linear: `out` must be [M, B, N]");
   const bool batched = x.ndim == 3;
   const int64_t M = x.shape[0], K = x.shape[x.ndim - 1], B = batched ? x.shape[1] : 1;
   const int64_t N = w.shape[w.ndim - 2];
-  if (batched && w.shape[0] != B) return fail(Code::Shape, "weight", "must have as many batches (dim 0) as `x` dim 1");
-  if (w.shape[w.ndim - 1] != K) return fail(Code::Shape, "weight", "must have the same K (last dim) as `x`");
-  if (K <= 0 || K % 8 != 0) return fail(Code::Shape, "x", "must have K (last dim) a positive multiple of 8");
-  if (N <= 0 || N % 8 != 0) return fail(Code::Shape, "weight", "must have N a positive multiple of 8");
-  if (y.shape[0] != M || y.shape[y.ndim - 1] != N || (batched && y.shape[1] != B))
-    return fail(Code::Shape, "out", batched ? "must be [M, B, N]" : "must be [M, N]");
+  MLA_CHECK(!batched || w.shape[0] == B, Shape, "linear: `weight` must have as many batches (dim 0) as `x` dim 1");
+  MLA_CHECK(w.shape[w.ndim - 1] == K, Shape, "linear: `weight` must have the same K (last dim) as `x`");
+  // The tiles load 16 bytes (8 elements) at a time along K and N.
+  MLA_CHECK(K > 0 && K % 8 == 0, Shape, "linear: `x` must have K (last dim) a positive multiple of 8");
+  MLA_CHECK(N > 0 && N % 8 == 0, Shape, "linear: `weight` must have N a positive multiple of 8");
+  MLA_CHECK(y.shape[0] == M && y.shape[y.ndim - 1] == N && (!batched || y.shape[1] == B), Shape,
+            batched ? "linear: `out` must be [M, B, N]" : "linear: `out` must be [M, N]");
   // 2^30 leaves int headroom for tile-rounded indices (m0 + row, k rounded up to a tile).
-  if (M > (1 << 30) || N > (1 << 30) || K > (1 << 30) || B > 65535)
-    return fail(Code::Range, "x", "is too large (M, N, K <= 2^30; batch <= 65535)");
+  MLA_CHECK(M <= (1 << 30) && N <= (1 << 30) && K <= (1 << 30) && B <= 65535, Range,
+            "linear: `x` is too large (M, N, K <= 2^30; batch <= 65535)");
   MLA_RETURN_IF_ERROR(checkOperand(x, "x"));
   MLA_RETURN_IF_ERROR(checkOperand(w, "weight"));
   MLA_RETURN_IF_ERROR(checkOperand(y, "out"));
   if (M == 0 || B == 0) return Status::Ok();
   // Overlap of out with x or W is not checked in general, but out written in place over an
-  // operand (same start address) would let CTAs overwrite rows other CTAs still read.
-  if (y.data == x.data || y.data == w.data) return fail(Code::Argument, "out", "must not alias `x` or `weight`");
+  // operand (same start address) would let CTAs overwrite rows other CTAs still read; only the
+  // native side sees device addresses.
+  MLA_CHECK(y.data != x.data && y.data != w.data, Argument, "linear: `out` must not alias `x` or `weight`");
 
   GemmArgs g{};
   g.a = x.data;
