@@ -126,6 +126,7 @@ export class DecodeGraph implements Disposable {
     this.#graph = stream.capture(() => {
       backend.forward(this.#input, shape, paths, undefined, arena);
     });
+    backend.attachGraph();
   }
 
   get disposed(): boolean {
@@ -148,7 +149,10 @@ export class DecodeGraph implements Disposable {
   step(hidden: DeviceTensor, batch: readonly SequenceId[] | CacheStep): DeviceTensor {
     const graph = this.#graph;
     if (graph === null) throw new MlaError('ERR_DISPOSED', `${OP}.step: this graph was disposed`);
-    const { cache, config, dtype, stream } = this.#p;
+    const { cache, config, dtype, stream, backend } = this.#p;
+    // The graph replays the layer's weights: once they are freed a replay would fault.
+    if (backend.disposed) throw new MlaError('ERR_DISPOSED', `${OP}.step: its MlaAttention was disposed; dispose the graph first, or capture again on a live layer`);
+    if (cache.disposed) throw new MlaError('ERR_DISPOSED', `${OP}.step: its \`cache\` (LatentCache) was disposed`);
     const B = this.batch;
     if (!(hidden instanceof DeviceTensor)) throw new MlaError('ERR_ARGUMENT', `${OP}.step: \`hidden\` must be a DeviceTensor`);
     hidden.assertAlive(`${OP}.step: \`hidden\``);
@@ -215,6 +219,7 @@ export class DecodeGraph implements Disposable {
     if (this.#graph === null) return;
     this.#graph.dispose();
     this.#graph = null;
+    this.#p.backend.detachGraph();
     this.#output = null;
     this.#disposeBuffers();
     for (const t of Object.values(this.#dev)) t.dispose();

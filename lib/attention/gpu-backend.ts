@@ -154,6 +154,11 @@ export class GpuBackend implements AttentionBackend {
   // after its first step (each cudaFree would also wait for the GPU). Stream order makes the
   // reuse safe: a step's kernels run after the previous step's on the layer's stream.
   readonly #scratch = new Map<string, DeviceTensor>();
+  // A captured DecodeGraph keeps pointers to the RoPE table and the decode workspace: while one
+  // is alive, a table or workspace outgrown by an eager step is kept here instead of freed (a
+  // replay would read freed memory and fault, losing the context), until the last graph goes.
+  #graphs = 0;
+  readonly #retired: Disposable[] = [];
 
   private constructor(opts: GpuBackendOptions, w: DeviceWeights) {
     this.#cfg = opts.config;
@@ -174,7 +179,7 @@ export class GpuBackend implements AttentionBackend {
     if (this.#rope === null || this.#rope.maxPositions < maxPos) {
       const size = Math.min(ROPE_MAX_POSITIONS, Math.max(maxPos, 2 * (this.#rope?.maxPositions ?? 0), 4096));
       if (size < maxPos) throw new MlaError('ERR_RANGE', `MlaAttention: position ${maxPos - 1} exceeds the largest RoPE table (${ROPE_MAX_POSITIONS} positions)`);
-      this.#rope?.dispose();
+      if (this.#rope !== null) this.#retire(this.#rope);
       this.#rope = null;
       this.#rope = RopeTable.create(ropeConfigFrom(this.#cfg), size, { stream: this.#stream });
     }
@@ -186,9 +191,28 @@ export class GpuBackend implements AttentionBackend {
     const ws = this.#workspace;
     if (ws !== null && ws.fits(batch, H, maxQ)) return ws;
     const next = new DecodeWorkspace({ maxBatch: Math.max(batch, ws?.maxBatch ?? 0), maxHeads: H, maxQSeqLen: Math.max(maxQ, ws?.maxQSeqLen ?? 1) });
-    ws?.dispose();
+    if (ws !== null) this.#retire(ws);
     this.#workspace = next;
     return next;
+  }
+
+  #retire(x: Disposable): void {
+    if (this.#graphs > 0) this.#retired.push(x);
+    else x[Symbol.dispose]();
+  }
+
+  get disposed(): boolean {
+    return this.#w === null;
+  }
+
+  /** A DecodeGraph captured over this backend's table and workspace: they stay alive until detachGraph(). */
+  attachGraph(): void {
+    this.#graphs++;
+  }
+
+  detachGraph(): void {
+    this.#graphs = Math.max(0, this.#graphs - 1);
+    if (this.#graphs === 0) for (const x of this.#retired.splice(0)) x[Symbol.dispose]();
   }
 
   /** Sizes the RoPE table and the decode workspace up front: a captured step cannot grow them. */
@@ -340,5 +364,6 @@ export class GpuBackend implements AttentionBackend {
     this.#rope = null;
     this.#workspace?.dispose();
     this.#workspace = null;
+    for (const x of this.#retired.splice(0)) x[Symbol.dispose]();
   }
 }
