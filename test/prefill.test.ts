@@ -13,7 +13,7 @@ import {
   validateMergeAttnStatesArgs,
   validatePrefillArgs,
   validatePrefillAttentionArgs,
-  validatePrefillIndices,
+  checkPrefillIndices,
 } from '../lib/ops/prefill.js';
 import type { PrefillArgsMeta, PrefillDims } from '../lib/ops/prefill.js';
 import { gpuSkip, poison, randn, relError, roundTo } from './helpers/gpu.js';
@@ -93,21 +93,21 @@ function dimsOf(over: Partial<PrefillDims> = {}): PrefillDims {
 }
 const table = Int32Array.from([0, 1, 2, 3, 4, 5, 6, 7]);
 
-t.test('validatePrefillIndices checks lengths and pages (ERR_RANGE naming the argument)', async (t) => {
-  const pl = validatePrefillIndices(dimsOf(), { blockTable: table, seqLens: [12, 20], qSeqLens: [4, 6] });
+t.test('checkPrefillIndices checks lengths and pages (ERR_RANGE naming the argument)', async (t) => {
+  const pl = checkPrefillIndices(dimsOf(), { blockTable: table, seqLens: [12, 20], qSeqLens: [4, 6] });
   t.same(Array.from(pl.plan), [0, 4, 12, 0, 4, 6, 20, 12]);
   t.equal(pl.totalKv, 32);
-  expectMla(t, () => validatePrefillIndices(dimsOf(), { blockTable: table, seqLens: [3, 20], qSeqLens: [4, 6] }), 'ERR_RANGE', 'qSeqLens');
-  expectMla(t, () => validatePrefillIndices(dimsOf(), { blockTable: table, seqLens: [12, 65], qSeqLens: [4, 6] }), 'ERR_RANGE', 'seqLens');
-  expectMla(t, () => validatePrefillIndices(dimsOf(), { blockTable: table, seqLens: [-1, 20], qSeqLens: [0, 10] }), 'ERR_RANGE', 'seqLens');
-  expectMla(t, () => validatePrefillIndices(dimsOf(), { blockTable: table, seqLens: [12, 20], qSeqLens: [4, 5] }), 'ERR_SHAPE', 'q');
+  expectMla(t, () => checkPrefillIndices(dimsOf(), { blockTable: table, seqLens: [3, 20], qSeqLens: [4, 6] }), 'ERR_RANGE', 'qSeqLens');
+  expectMla(t, () => checkPrefillIndices(dimsOf(), { blockTable: table, seqLens: [12, 65], qSeqLens: [4, 6] }), 'ERR_RANGE', 'seqLens');
+  expectMla(t, () => checkPrefillIndices(dimsOf(), { blockTable: table, seqLens: [-1, 20], qSeqLens: [0, 10] }), 'ERR_RANGE', 'seqLens');
+  expectMla(t, () => checkPrefillIndices(dimsOf(), { blockTable: table, seqLens: [12, 20], qSeqLens: [4, 5] }), 'ERR_SHAPE', 'q');
   const bad = Int32Array.from([0, 1, 2, 3, 4, 8, 6, 7]); // request 1, logical page 1 -> page 8 of 8
-  expectMla(t, () => validatePrefillIndices(dimsOf(), { blockTable: bad, seqLens: [12, 20], qSeqLens: [4, 6] }), 'ERR_RANGE', 'blockTable');
+  expectMla(t, () => checkPrefillIndices(dimsOf(), { blockTable: bad, seqLens: [12, 20], qSeqLens: [4, 6] }), 'ERR_RANGE', 'blockTable');
   // Pages past a request's length are never read, so garbage there is fine.
   const tail = Int32Array.from([0, -1, -1, -1, 4, 5, 99, -7]);
-  t.doesNotThrow(() => validatePrefillIndices(dimsOf(), { blockTable: tail, seqLens: [12, 20], qSeqLens: [4, 6] }));
+  t.doesNotThrow(() => checkPrefillIndices(dimsOf(), { blockTable: tail, seqLens: [12, 20], qSeqLens: [4, 6] }));
   // A request without queries needs no keys (its pages are not checked or gathered).
-  const none = validatePrefillIndices(dimsOf({ tokens: 6 }), { blockTable: Int32Array.from([-5, -5, -5, -5, 4, 5, 6, 7]), seqLens: [12, 20], qSeqLens: [0, 6] });
+  const none = checkPrefillIndices(dimsOf({ tokens: 6 }), { blockTable: Int32Array.from([-5, -5, -5, -5, 4, 5, 6, 7]), seqLens: [12, 20], qSeqLens: [0, 6] });
   t.same(Array.from(none.plan), [0, 0, 0, 0, 0, 6, 20, 0]);
 });
 
@@ -116,7 +116,7 @@ t.test('chunk plan: every context row once, split requests flagged', async (t) =
   const qs = [4, 6, 0, 33, 1];
   const dims = dimsOf({ batch: 5, tokens: 44, maxPages: 4, chunkTokens: 16 });
   const bt = new Int32Array(20).fill(0);
-  const pl = validatePrefillIndices(dims, { blockTable: bt, seqLens: seq, qSeqLens: qs });
+  const pl = checkPrefillIndices(dims, { blockTable: bt, seqLens: seq, qSeqLens: qs });
   t.equal(pl.totalKv, 70);
   t.equal(pl.chunks.length, 5);
   t.equal(pl.maxChunkRows, 16);
@@ -151,7 +151,7 @@ t.test('chunked attention + LSE merge equals the one-shot reference (float64 emu
   const ref = reference.mhaVarlen({ q, k, v, qSeqLens: qs, kvSeqLens: seq, numHeads: Hh, headDimQk: D, headDimV: D, scale: 0.3, causal: true });
   for (const chunkTokens of [1, 7, 16, 64, 1000]) {
     const dims = dimsOf({ batch: 5, tokens: Tq, maxPages: 100, numPages: 1, pageSize: 1, chunkTokens });
-    const pl = validatePrefillIndices(dims, { blockTable: new Int32Array(500), seqLens: seq, qSeqLens: qs });
+    const pl = checkPrefillIndices(dims, { blockTable: new Int32Array(500), seqLens: seq, qSeqLens: qs });
     const out = new Float64Array(Tq * Hh * D).fill(Number.NaN);
     const lse = new Float64Array(Tq * Hh).fill(Number.NaN);
     for (const c of pl.chunks) {

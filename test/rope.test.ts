@@ -15,11 +15,11 @@ import {
   ropeQuery,
   RopeTable,
   validateAppendLatent,
-  validateRopePositions,
+  checkRopePositions,
   validateRope,
   validateRopeConfig,
   validateRopeQuery,
-  validateSlotMapping,
+  checkSlotMapping,
 } from '../lib/ops/rope.js';
 import type { AppendLatentMeta, RopeConfig, RopeLayout, RopeTableMeta } from '../lib/ops/rope.js';
 import { linear } from '../lib/reference/linear.js';
@@ -180,14 +180,14 @@ t.test('validateAppendLatent', async (t) => {
 });
 
 t.test('host index checks', async (t) => {
-  validateRopePositions('rope', [0, 5, 8191], 8192);
-  t.throws(() => validateRopePositions('rope', [0, 8192], 8192), wants('ERR_RANGE', '`positions`[1] = 8192'));
-  t.throws(() => validateRopePositions('rope', Int32Array.of(3, -1), 8192), wants('ERR_RANGE', '`positions`[1] = -1'));
-  validateRopePositions('appendLatent', [0, 99999], 8192, (i) => i === 0);
-  validateSlotMapping('appendLatent', Int32Array.of(-1, 0, 159, -1), 160);
-  t.throws(() => validateSlotMapping('appendLatent', Int32Array.of(0, 160), 160), wants('ERR_RANGE', '`slotMapping`[1] = 160'));
-  t.throws(() => validateSlotMapping('appendLatent', Int32Array.of(-2), 160), wants('ERR_RANGE', '`slotMapping`[0] = -2'));
-  t.throws(() => validateSlotMapping('appendLatent', Int32Array.of(4, 7, 4), 160), wants('ERR_ARGUMENT', '`slotMapping`'));
+  checkRopePositions('rope', [0, 5, 8191], 8192);
+  t.throws(() => checkRopePositions('rope', [0, 8192], 8192), wants('ERR_RANGE', '`positions`[1] = 8192'));
+  t.throws(() => checkRopePositions('rope', Int32Array.of(3, -1), 8192), wants('ERR_RANGE', '`positions`[1] = -1'));
+  checkRopePositions('appendLatent', [0, 99999], 8192, (i) => i === 0);
+  checkSlotMapping('appendLatent', Int32Array.of(-1, 0, 159, -1), 160);
+  t.throws(() => checkSlotMapping('appendLatent', Int32Array.of(0, 160), 160), wants('ERR_RANGE', '`slotMapping`[1] = 160'));
+  t.throws(() => checkSlotMapping('appendLatent', Int32Array.of(-2), 160), wants('ERR_RANGE', '`slotMapping`[0] = -2'));
+  t.throws(() => checkSlotMapping('appendLatent', Int32Array.of(4, 7, 4), 160), wants('ERR_ARGUMENT', '`slotMapping`'));
 });
 
 t.test('ops reject a non-RopeTable table before touching the device', async (t) => {
@@ -572,7 +572,7 @@ for (const name of ['mla-tiny', 'mla-v3slim']) {
 
 t.test('errors are MlaError instances', async (t) => {
   try {
-    validateRopePositions('rope', [-5], 10);
+    checkRopePositions('rope', [-5], 10);
     t.fail('did not throw');
   } catch (err) {
     t.ok(err instanceof MlaError);

@@ -159,7 +159,7 @@ function checkIndexInput(op: string, name: string, v: unknown, batch: number): v
 
 /**
  * Checks every tensor argument of prefill (metadata only, no GPU needed) and returns the
- * problem sizes. Index values (block table, lengths) are checked by validatePrefillIndices.
+ * problem sizes. Index values (block table, lengths) are checked by checkPrefillIndices.
  */
 export function validatePrefillArgs(args: PrefillArgsMeta, op = 'prefill'): PrefillDims {
   if (typeof args !== 'object' || args === null) throw new MlaError('ERR_ARGUMENT', `${op}: options must be an object`);
@@ -251,7 +251,7 @@ export interface PrefillPlan {
  * argument: qSeqLens[b] > seqLens[b], a sequence longer than the block table holds, a page
  * index outside the cache; ERR_SHAPE if Σ qSeqLens ≠ q rows.
  */
-export function validatePrefillIndices(
+export function checkPrefillIndices(
   dims: PrefillDims,
   host: { blockTable: Int32Array; seqLens: ArrayLike<number>; qSeqLens: ArrayLike<number> },
   op = 'prefill',
@@ -338,7 +338,7 @@ export function prefill(opts: PrefillOptions): PrefillResult {
     seqLens: hostIndex(opts.seqLens, opts),
     qSeqLens: hostIndex(opts.qSeqLens, opts),
   };
-  const pl = validatePrefillIndices(dims, host, op);
+  const pl = checkPrefillIndices(dims, host, op);
   const out = opts.out ?? DeviceTensor.empty([Tq, H, PREFILL_V_DIM], dtype);
   let lse: DeviceTensor | undefined;
   const temps: (DeviceTensor | undefined)[] = [];

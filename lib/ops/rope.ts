@@ -274,7 +274,7 @@ export function validateRopeQuery(q: TensorMeta, positions: TensorMeta, table: R
 }
 
 /** positions[i] must lie in [0, maxPositions) (only where `active(i)`, when given). */
-export function validateRopePositions(op: string, positions: ArrayLike<number>, maxPositions: number, active?: (i: number) => boolean): void {
+export function checkRopePositions(op: string, positions: ArrayLike<number>, maxPositions: number, active?: (i: number) => boolean): void {
   for (let i = 0; i < positions.length; i++) {
     const p = positions[i]!;
     if (active && !active(i)) continue;
@@ -285,7 +285,7 @@ export function validateRopePositions(op: string, positions: ArrayLike<number>, 
 }
 
 /** slotMapping[i] ∈ {−1} ∪ [0, numSlots), no slot written twice. */
-export function validateSlotMapping(op: string, slots: ArrayLike<number>, numSlots: number): void {
+export function checkSlotMapping(op: string, slots: ArrayLike<number>, numSlots: number): void {
   const seen = new Map<number, number>();
   for (let i = 0; i < slots.length; i++) {
     const s = slots[i]!;
@@ -395,7 +395,7 @@ export function rope(x: DeviceTensor, positions: DeviceTensor, table: RopeTable,
 
 function launchRope(op: string, x: DeviceTensor, positions: DeviceTensor, table: RopeTable, layout: RopeLayout, opts: RopeOptions): void {
   refuseIndexCheckDuringCapture(op, opts.checkIndices ?? true);
-  if (opts.checkIndices ?? true) validateRopePositions(op, (positions.toHostSync(opts) as Int32Array), table.maxPositions);
+  if (opts.checkIndices ?? true) checkRopePositions(op, (positions.toHostSync(opts) as Int32Array), table.maxPositions);
   nativeOp('rope')({
     x: x.nativeRef(`${op}: \`x\``),
     positions: positions.nativeRef(`${op}: \`positions\``),
@@ -459,8 +459,8 @@ export function appendLatent(args: AppendLatentOptions): void {
   refuseIndexCheckDuringCapture(op, args.checkIndices ?? true);
   if (args.checkIndices ?? true) {
     const slots = slotMapping.toHostSync(args) as Int32Array;
-    validateSlotMapping(op, slots, shape.numSlots);
-    validateRopePositions(op, (positions.toHostSync() as Int32Array), table.maxPositions, (i) => slots[i] !== -1);
+    checkSlotMapping(op, slots, shape.numSlots);
+    checkRopePositions(op, (positions.toHostSync() as Int32Array), table.maxPositions, (i) => slots[i] !== -1);
   }
   nativeOp('appendLatent')({
     kvDown: kvDown.nativeRef(`${op}: \`kvDown\``),

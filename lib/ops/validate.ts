@@ -1,5 +1,8 @@
 // Argument checks shared by every op wrapper. They run before any launch, on tensor
 // metadata only, so they work (and are tested) on machines without a GPU.
+// Verbs, so a reader knows what a name does: validate<Op>(...) checks a whole op's arguments and
+// returns its plan or geometry; check<Thing>(...) checks one value or one set of host indices
+// (checkTensor, checkInt, checkDecodeIndices, checkPrefillIndices, checkSlotMapping).
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import type { TensorMeta } from '../runtime/tensor.js';
