@@ -108,3 +108,24 @@ t.test('decode split over two key ranges (one may be empty: lse +inf) merges to 
   }
   t.equal(used(), start, 'no device memory left behind');
 });
+
+// Found by the issue-16 review: for a query that sees no key (causal, more queries than keys)
+// the float64 prefill reference wrote lse +inf while the prefill kernel's "no keys" is −inf (its
+// chunks merge through mergeAttnStates, whose "both sides empty" result is −inf; the kernel
+// itself refuses qSeqLens > kvSeqLens). The reference writes −inf now, out 0, like a merge of
+// two empty partials.
+t.test('prefill reference with a query that sees no key: lse −inf and out 0, as the kernel and the merge', { skip: gpuSkip }, async (t) => {
+  const H = 2, qLens = [3, 2], kLens = [1, 4]; // request 0: queries 0 and 1 see nothing
+  const Tq = 5, Tk = 5;
+  const q = roundTo(randn(Tq * H * 192, 1), 'bf16');
+  const k = roundTo(randn(Tk * H * 192, 2), 'bf16');
+  const v = roundTo(randn(Tk * H * 128, 4), 'bf16');
+  const ref = reference.mhaVarlen({ q, k, v, qSeqLens: qLens, kvSeqLens: kLens, numHeads: H, headDimQk: 192, headDimV: 128, scale: 0.1, causal: true });
+  t.same(Array.from(ref.lse.subarray(0, 2 * H)), Array(2 * H).fill(Number.NEGATIVE_INFINITY), 'lse −inf');
+  t.ok(ref.out.subarray(0, 2 * H * 128).every((x) => x === 0), 'out 0');
+  t.ok(ref.lse.subarray(2 * H).every(Number.isFinite), 'the rows with keys are finite');
+  const merged = { out: new Float64Array(128).fill(Number.NaN), lse: Float64Array.of(Number.NEGATIVE_INFINITY) };
+  reference.mergeAttnStates({ ...merged, part: new Float64Array(128), partLse: [Number.NEGATIVE_INFINITY], dim: 128 });
+  t.same(Array.from(merged.lse), [ref.lse[0]], 'the same marker as two merged empty partials');
+  await Promise.resolve();
+});

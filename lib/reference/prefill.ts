@@ -71,7 +71,9 @@ export function mhaVarlen(args: MhaVarlenReferenceArgs): AttentionResult {
       for (let h = 0; h < H; h++) {
         const hk = Math.floor(h / group);
         if (visible <= 0) {
-          lse[tq * H + h] = Infinity;
+          // −inf like the prefill kernel (out 0): its chunks merge through mergeAttnStates, whose
+          // "both sides empty" result is −inf, so −inf is what a chunked prefill ends with too.
+          lse[tq * H + h] = -Infinity;
           continue;
         }
         const qo = (tq * H + h) * Dq;
