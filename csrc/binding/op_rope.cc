@@ -6,10 +6,9 @@
 namespace mla::binding {
 namespace {
 
+// 1 is neox; anything else reads as interleaved (lib/ops/rope.ts checks the layout's name).
 gpu::RopeLayout layoutArg(const ArgReader& a) {
-  int64_t v = a.i64("layout", 0);
-  if (v != 0 && v != 1) a.fail(Code::Argument, "layout", "must be 0 (interleaved) or 1 (neox)");
-  return static_cast<gpu::RopeLayout>(v);
+  return a.i64("layout", 0) == 1 ? gpu::RopeLayout::Neox : gpu::RopeLayout::Interleaved;
 }
 
 // ropeTable({ table, invFreq, attentionFactor?, stream? })

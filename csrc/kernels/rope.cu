@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include "core/check.h"
 #include "kernels/common.cuh"
 #include "kernels/rope.h"
 #include "runtime/cuda_check.h"
@@ -167,24 +168,21 @@ int gridFor(int64_t items, int perBlock) {
   return static_cast<int>(blocks < (1 << 20) ? blocks : (1 << 20));  // grid-stride beyond this
 }
 
-Status shapeError(const char* op, const std::string& what) { return Status::Error(Code::Shape, std::string(op) + ": " + what); }
-Status dtypeError(const char* op, const std::string& what) { return Status::Error(Code::Dtype, std::string(op) + ": " + what); }
-
 bool isFloatType(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
 
 // positions / slotMapping: i32 [T]; any stride.
 Status checkIndexVector(const char* op, const char* name, const TensorRef& v, int64_t T) {
-  if (v.dtype != DType::I32) return dtypeError(op, std::string("`") + name + "` must be i32");
-  if (v.ndim != 1 || v.shape[0] != T) return shapeError(op, std::string("`") + name + "` must have shape [T] = [" + std::to_string(T) + "]");
+  MLA_CHECK(v.dtype == DType::I32, Dtype, std::string(op) + ": `" + name + "` must be i32");
+  MLA_CHECK(v.ndim == 1 && v.shape[0] == T, Shape, std::string(op) + ": `" + name + "` must have shape [T] = [" + std::to_string(T) + "]");
   return Status::Ok();
 }
 
 // table: f32 [maxPos, R/2, 2], contiguous.
 Status checkTable(const char* op, const TensorRef& table, int64_t R) {
-  if (table.dtype != DType::F32) return dtypeError(op, "`table` must be f32");
-  if (table.ndim != 3 || table.shape[1] * 2 != R || table.shape[2] != 2 || !table.isContiguous() || table.shape[0] < 1)
-    return shapeError(op, "`table` must be a contiguous [maxPos, " + std::to_string(R / 2) + ", 2] tensor");
-  if (!aligned16(table.data)) return shapeError(op, "`table` must be 16-byte aligned");
+  MLA_CHECK(table.dtype == DType::F32, Dtype, std::string(op) + ": `table` must be f32");
+  MLA_CHECK(table.ndim == 3 && table.shape[1] * 2 == R && table.shape[2] == 2 && table.isContiguous() && table.shape[0] >= 1, Shape,
+            std::string(op) + ": `table` must be a contiguous [maxPos, " + std::to_string(R / 2) + ", 2] tensor");
+  MLA_CHECK(aligned16(table.data), Shape, std::string(op) + ": `table` must be 16-byte aligned");
   return Status::Ok();
 }
 
@@ -419,7 +417,7 @@ Status launchAppendOut(const AppendArgs& a, DType out, StreamHandle stream) {
     case DType::BF16: return launchAppendTyped<TIn, __nv_bfloat16>(a, stream);
     case DType::F16: return launchAppendTyped<TIn, __half>(a, stream);
     case DType::F32: return launchAppendTyped<TIn, float>(a, stream);
-    default: return dtypeError("appendLatent", "`cache` must be bf16, f16 or f32");
+    default: return Status::Error(Code::Dtype, "appendLatent: `cache` must be bf16, f16 or f32");
   }
 }
 
@@ -428,17 +426,18 @@ Status launchAppendOut(const AppendArgs& a, DType out, StreamHandle stream) {
 static_assert(kAppendLatentMaxKvLora == 32 * kChunk * 4, "appendLatent register budget");
 
 // ---- launchers ------------------------------------------------------------------------------------
+// Each launcher checks only what memory safety needs (core/check.h); lib/ops/rope.ts validates
+// with names first, and alone owns the value rules (maxPositions <= 2^24, a finite positive
+// attentionFactor, eps >= 0, the layout name): a bad value gives wrong numbers, never a bad address.
 Status launchRopeTable(const RopeTableParams& p, StreamHandle stream) {
   const char* op = "ropeTable";
-  if (p.table.dtype != DType::F32 || p.invFreq.dtype != DType::F32) return dtypeError(op, "`table` and `invFreq` must be f32");
-  if (p.invFreq.ndim != 1 || !p.invFreq.isContiguous() || p.invFreq.shape[0] < 1)
-    return shapeError(op, "`invFreq` must be a contiguous [half] tensor");
+  MLA_CHECK(p.table.dtype == DType::F32 && p.invFreq.dtype == DType::F32, Dtype, "ropeTable: `table` and `invFreq` must be f32");
+  MLA_CHECK(p.invFreq.ndim == 1 && p.invFreq.isContiguous() && p.invFreq.shape[0] >= 1, Shape,
+            "ropeTable: `invFreq` must be a contiguous [half] tensor");
   const int64_t half = p.invFreq.shape[0];
-  if (half > (1 << 20)) return shapeError(op, "`invFreq` is too long");
+  MLA_CHECK(half <= (1 << 20), Shape, "ropeTable: `invFreq` is too long");
   MLA_RETURN_IF_ERROR(checkTable(op, p.table, 2 * half));
   const int64_t maxPos = p.table.shape[0];
-  if (maxPos > (int64_t{1} << 24)) return Status::Error(Code::Range, "ropeTable: maxPositions must be at most 2^24 (positions are exact in f32)");
-  if (!std::isfinite(p.attentionFactor)) return Status::Error(Code::Argument, "ropeTable: `attentionFactor` must be finite");
   MLA_LAUNCH_KERNEL(gridFor(maxPos * half, 256), 256, 0, static_cast<cudaStream_t>(stream), ropeTableKernel)(
       static_cast<float2*>(p.table.data), p.invFreq.ptr<float>(), maxPos, static_cast<int>(half), p.attentionFactor);
   MLA_CHECK_LAUNCH("ropeTable");
@@ -448,11 +447,11 @@ Status launchRopeTable(const RopeTableParams& p, StreamHandle stream) {
 Status launchRope(const RopeParams& p, StreamHandle stream) {
   const char* op = "rope";
   const TensorRef& x = p.x;
-  if (!isFloatType(x.dtype)) return dtypeError(op, "`x` must be bf16, f16 or f32");
-  if (x.ndim != 2 && x.ndim != 3) return shapeError(op, "`x` must be [T, H, rotaryDim] or [T, rotaryDim]");
+  MLA_CHECK(isFloatType(x.dtype), Dtype, "rope: `x` must be bf16, f16 or f32");
+  MLA_CHECK(x.ndim == 2 || x.ndim == 3, Shape, "rope: `x` must be [T, H, rotaryDim] or [T, rotaryDim]");
   const int64_t R = x.shape[x.ndim - 1];
-  if (R < 2 || R % 2 != 0 || R > (1 << 20)) return shapeError(op, "`x`'s last dim (rotaryDim) must be even");
-  if (x.strides[x.ndim - 1] != 1) return shapeError(op, "`x` must have a contiguous last dim");
+  MLA_CHECK(R >= 2 && R % 2 == 0 && R <= (1 << 20), Shape, "rope: `x`'s last dim (rotaryDim) must be even");
+  MLA_CHECK(x.strides[x.ndim - 1] == 1, Shape, "rope: `x` must have a contiguous last dim");
   const int64_t T = x.shape[0];
   const int64_t H = x.ndim == 3 ? x.shape[1] : 1;
   MLA_RETURN_IF_ERROR(checkIndexVector(op, "positions", p.positions, T));
@@ -481,32 +480,35 @@ Status launchRope(const RopeParams& p, StreamHandle stream) {
 Status launchAppendLatent(const AppendLatentParams& p, StreamHandle stream) {
   const char* op = "appendLatent";
   const TensorRef &kv = p.kvDown, &w = p.normWeight, &cache = p.cache;
-  if (!isFloatType(kv.dtype)) return dtypeError(op, "`kvDown` must be bf16, f16 or f32");
-  if (!isFloatType(w.dtype)) return dtypeError(op, "`normWeight` must be bf16, f16 or f32");
+  MLA_CHECK(isFloatType(kv.dtype), Dtype, "appendLatent: `kvDown` must be bf16, f16 or f32");
+  MLA_CHECK(isFloatType(w.dtype), Dtype, "appendLatent: `normWeight` must be bf16, f16 or f32");
   const bool fp8 = cache.dtype == DType::U8;
-  if (!isFloatType(cache.dtype) && !fp8) return dtypeError(op, "`cache` must be bf16, f16, f32 or u8 (the FP8 layout)");
-  if (w.ndim != 1 || !w.isContiguous()) return shapeError(op, "`normWeight` must be a contiguous [kvLoraRank] tensor");
+  MLA_CHECK(isFloatType(cache.dtype) || fp8, Dtype, "appendLatent: `cache` must be bf16, f16, f32 or u8 (the FP8 layout)");
+  MLA_CHECK(w.ndim == 1 && w.isContiguous(), Shape, "appendLatent: `normWeight` must be a contiguous [kvLoraRank] tensor");
   const int64_t C = w.shape[0];
-  if (C < kChunk || C % kChunk != 0 || C > kAppendLatentMaxKvLora)
-    return shapeError(op, "kvLoraRank (`normWeight` length) must be a multiple of 8 in [8, 1024]");
-  if (kv.ndim != 2 || kv.strides[1] != 1) return shapeError(op, "`kvDown` must be [T, kvLoraRank + rotaryDim] with a contiguous last dim");
+  // One warp holds a latent row in registers: C and R bound its per-lane chunks.
+  MLA_CHECK(C >= kChunk && C % kChunk == 0 && C <= kAppendLatentMaxKvLora, Shape,
+            "appendLatent: kvLoraRank (`normWeight` length) must be a multiple of 8 in [8, 1024]");
+  MLA_CHECK(kv.ndim == 2 && kv.strides[1] == 1, Shape, "appendLatent: `kvDown` must be [T, kvLoraRank + rotaryDim] with a contiguous last dim");
   const int64_t T = kv.shape[0];
   const int64_t R = kv.shape[1] - C;
-  if (R < 2 * kPairs || R % (2 * kPairs) != 0 || R > 2 * kPairs * 32)
-    return shapeError(op, "rotaryDim (`kvDown` width − kvLoraRank) must be a multiple of 8 in [8, 256]");
+  MLA_CHECK(R >= 2 * kPairs && R % (2 * kPairs) == 0 && R <= 2 * kPairs * 32, Shape,
+            "appendLatent: rotaryDim (`kvDown` width − kvLoraRank) must be a multiple of 8 in [8, 256]");
   if (fp8) {
-    if (C != 512 || R != 64) return shapeError(op, "the FP8 cache layout needs kvLoraRank 512 and rotaryDim 64");
-    if (cache.ndim != 3 || cache.shape[2] != kFp8RowBytes || cache.strides[2] != 1 || cache.strides[1] != kFp8RowBytes ||
-        (cache.shape[0] > 1 && (cache.strides[0] < cache.shape[1] * kFp8RowBytes || cache.strides[0] % 16 != 0)) || !aligned16(cache.data))
-      return shapeError(op, "an FP8 `cache` must be a 16-byte aligned u8 [numPages, pageSize, 656] with 656-byte rows and "
-                            "non-overlapping pages whose stride is a multiple of 16 bytes");
-  } else if (cache.ndim != 3 || cache.shape[2] != C + R || cache.strides[2] != 1) {
-    return shapeError(op, "`cache` must be [numPages, pageSize, " + std::to_string(C + R) + "] with a contiguous last dim");
+    MLA_CHECK(C == 512 && R == 64, Shape, "appendLatent: the FP8 cache layout needs kvLoraRank 512 and rotaryDim 64");
+    MLA_CHECK(cache.ndim == 3 && cache.shape[2] == kFp8RowBytes && cache.strides[2] == 1 && cache.strides[1] == kFp8RowBytes &&
+                  (cache.shape[0] <= 1 || (cache.strides[0] >= cache.shape[1] * kFp8RowBytes && cache.strides[0] % 16 == 0)) &&
+                  aligned16(cache.data),
+              Shape,
+              "appendLatent: an FP8 `cache` must be a 16-byte aligned u8 [numPages, pageSize, 656] with 656-byte rows and "
+              "non-overlapping pages whose stride is a multiple of 16 bytes");
+  } else {
+    MLA_CHECK(cache.ndim == 3 && cache.shape[2] == C + R && cache.strides[2] == 1, Shape,
+              "appendLatent: `cache` must be [numPages, pageSize, " + std::to_string(C + R) + "] with a contiguous last dim");
   }
   MLA_RETURN_IF_ERROR(checkIndexVector(op, "positions", p.positions, T));
   MLA_RETURN_IF_ERROR(checkIndexVector(op, "slotMapping", p.slotMapping, T));
   MLA_RETURN_IF_ERROR(checkTable(op, p.table, R));
-  if (!(p.eps >= 0.f) || !std::isfinite(p.eps)) return Status::Error(Code::Argument, "appendLatent: `eps` must be finite and >= 0");
   if (T == 0 || cache.shape[0] == 0 || cache.shape[1] == 0) return Status::Ok();
   AppendArgs a{};
   a.kvDown = kv.data;
