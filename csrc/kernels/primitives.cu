@@ -4,6 +4,7 @@
 // fold them: the hardware's own handling of the register operands is what gets compared.
 #include <string>
 
+#include "core/check.h"
 #include "kernels/common.cuh"
 #include "kernels/primitives.h"
 #include "runtime/cuda_check.h"
@@ -92,18 +93,14 @@ __global__ void __launch_bounds__(32) voteKernel(const int* preds, int m, int* v
   }
 }
 
-Status fail(Code c, const char* arg, const std::string& what) {
-  return Status::Error(c, std::string("primitives: `") + arg + "` " + what);
-}
-
-// Memory safety only: dtype, exact shape (-1 = any size), contiguous.
+// Memory safety only (core/check.h): dtype, exact shape (-1 = any size), contiguous.
 Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> shape, DType d0, DType d1) {
-  if (t.dtype != d0 && t.dtype != d1)
-    return fail(Code::Dtype, arg, std::string("must be ") + dtypeName(d0) + (d0 != d1 ? std::string(" or ") + dtypeName(d1) : ""));
+  MLA_CHECK(t.dtype == d0 || t.dtype == d1, Dtype,
+            std::string("primitives: `") + arg + "` must be " + dtypeName(d0) + (d0 != d1 ? std::string(" or ") + dtypeName(d1) : ""));
   bool ok = t.ndim == static_cast<int>(shape.size());
   for (int i = 0; ok && i < t.ndim; ++i) ok = shape.begin()[i] < 0 || t.shape[i] == shape.begin()[i];
-  if (!ok) return fail(Code::Shape, arg, "has the wrong shape");
-  if (!t.isContiguous()) return fail(Code::Shape, arg, "must be contiguous");
+  MLA_CHECK(ok, Shape, std::string("primitives: `") + arg + "` has the wrong shape");
+  MLA_CHECK(t.isContiguous(), Shape, std::string("primitives: `") + arg + "` must be contiguous");
   return Status::Ok();
 }
 Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> shape, DType d) {
@@ -111,6 +108,8 @@ Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> 
 }
 
 }  // namespace
+
+namespace gpu {
 
 Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -131,7 +130,8 @@ Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream) {
       MLA_RETURN_IF_ERROR(need(p.matrix, "matrix", {32, 8}, DType::BF16, DType::F16));
       MLA_RETURN_IF_ERROR(need(p.perm, "perm", {32}, DType::I32));
       MLA_RETURN_IF_ERROR(need(p.frag, "frag", {32, 4}, DType::I32));
-      if (p.num != 1 && p.num != 2 && p.num != 4) return fail(Code::Range, "num", "must be 1, 2 or 4");
+      // num is how many registers each lane writes back into its 4-wide frag row.
+      MLA_CHECK(p.num == 1 || p.num == 2 || p.num == 4, Range, "primitives: `num` must be 1, 2 or 4");
       MLA_LAUNCH_KERNEL(1, 32, 32 * 8 * sizeof(uint16_t), s, ldmatrixKernel)(
           p.matrix.ptr<const uint16_t>(), p.perm.ptr<const int>(), p.frag.ptr<uint32_t>(), p.num, p.trans);
       MLA_CHECK_LAUNCH("primitives(ldmatrix)");
@@ -142,7 +142,7 @@ Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream) {
       MLA_RETURN_IF_ERROR(need(p.pred, "pred", {64}, DType::I32));
       MLA_RETURN_IF_ERROR(need(p.early, "early", {32, 4}, DType::I32));
       MLA_RETURN_IF_ERROR(need(p.out, "out", {64, 4}, DType::I32));
-      if (reinterpret_cast<uintptr_t>(p.src.data) % 16 != 0) return fail(Code::Shape, "src", "must be 16-byte aligned");
+      MLA_CHECK(reinterpret_cast<uintptr_t>(p.src.data) % 16 == 0, Shape, "primitives: `src` must be 16-byte aligned");
       MLA_LAUNCH_KERNEL(1, 32, 64 * sizeof(uint4), s, cpAsyncKernel)(
           p.src.ptr<const uint4>(), p.pred.ptr<const int>(), p.early.ptr<uint32_t>(), p.out.ptr<uint32_t>());
       MLA_CHECK_LAUNCH("primitives(cpAsync)");
@@ -152,7 +152,7 @@ Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream) {
       MLA_RETURN_IF_ERROR(need(p.values, "values", {32}, DType::I32));
       MLA_RETURN_IF_ERROR(need(p.cases, "cases", {-1, 3}, DType::I32));
       const int64_t n = p.cases.shape[0];
-      if (n > kMaxCases) return fail(Code::Range, "cases", "has too many rows");
+      MLA_CHECK(n <= kMaxCases, Range, "primitives: `cases` has too many rows");
       MLA_RETURN_IF_ERROR(need(p.shfl, "shfl", {n, 32}, DType::I32));
       if (n == 0) return Status::Ok();
       MLA_LAUNCH_KERNEL(1, 32, 0, s, shuffleKernel)(p.values.ptr<const int>(), p.cases.ptr<const int>(),
@@ -163,7 +163,7 @@ Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream) {
     case Primitive::Vote: {
       MLA_RETURN_IF_ERROR(need(p.preds, "preds", {-1, 32}, DType::I32));
       const int64_t m = p.preds.shape[0];
-      if (m > kMaxCases) return fail(Code::Range, "preds", "has too many rows");
+      MLA_CHECK(m <= kMaxCases, Range, "primitives: `preds` has too many rows");
       MLA_RETURN_IF_ERROR(need(p.votes, "votes", {m, 3, 32}, DType::I32));
       if (m == 0) return Status::Ok();
       MLA_LAUNCH_KERNEL(1, 32, 0, s, voteKernel)(p.preds.ptr<const int>(), static_cast<int>(m), p.votes.ptr<int>());
@@ -171,7 +171,9 @@ Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream) {
       return Status::Ok();
     }
   }
-  return fail(Code::Argument, "which", "is not a primitive");
+  // The binding passes any `which` through (lib/ops/primitives.ts only sends known ones).
+  return Status::Error(Code::Argument, "primitives: `which` is not a primitive");
 }
 
+}  // namespace gpu
 }  // namespace mla

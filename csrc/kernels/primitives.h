@@ -36,6 +36,8 @@ struct PrimitivesParams {
   TensorRef preds, votes;
 };
 
+namespace gpu {
 Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream);
+}  // namespace gpu
 
 }  // namespace mla
