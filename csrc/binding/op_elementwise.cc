@@ -14,17 +14,11 @@ Napi::Value Fill(const Napi::CallbackInfo& info) {
   return a.env().Undefined();
 }
 
-// copy({ dst, src, stream? }): same shape; dtypes may differ between float types.
+// copy({ dst, src, stream? }): same shape (the launcher checks it); float dtypes convert, integer
+// dtypes must match (DeviceTensor.copyFrom checks it).
 Napi::Value Copy(const Napi::CallbackInfo& info) {
   ArgReader a(info, "copy");
   TensorRef dst = a.tensor("dst"), src = a.tensor("src");
-  if (dst.ndim != src.ndim) a.fail(Code::Shape, "src", "has a different rank than dst");
-  for (int i = 0; i < dst.ndim; ++i)
-    if (dst.shape[i] != src.shape[i]) a.fail(Code::Shape, "src", "has a different shape than dst");
-  bool intDst = dst.dtype == DType::I32 || dst.dtype == DType::U8;
-  bool intSrc = src.dtype == DType::I32 || src.dtype == DType::U8;
-  if ((intDst || intSrc) && dst.dtype != src.dtype)
-    a.fail(Code::Dtype, "src", std::string("cannot be converted from ") + dtypeName(src.dtype) + " to " + dtypeName(dst.dtype));
   MLA_LAUNCH(a.env(), gpu::copyTensor(dst, src, a.stream()));
   return a.env().Undefined();
 }

@@ -1,4 +1,5 @@
 // fill and strided copy (with float dtype conversion) behind DeviceTensor.fill / copyFrom / to().
+#include "core/check.h"
 #include "kernels/common.cuh"
 #include "runtime/cuda_check.h"
 #include "kernels/elementwise.h"
@@ -99,6 +100,11 @@ Status fillTensor(const TensorRef& t, double value, StreamHandle stream) {
 }
 
 Status copyTensor(const TensorRef& dst, const TensorRef& src, StreamHandle stream) {
+  // Memory safety (core/check.h): the kernel reads src at dst's indices. Which dtypes may convert
+  // is DeviceTensor.copyFrom's rule; every pair is in bounds here.
+  bool same = dst.ndim == src.ndim;
+  for (int i = 0; same && i < dst.ndim; ++i) same = dst.shape[i] == src.shape[i];
+  MLA_CHECK(same, Shape, "copy: `src` has a different shape than `dst`");
   int64_t n = dst.numel();
   if (n == 0) return Status::Ok();
   if (dst.dtype == src.dtype && dst.isContiguous() && src.isContiguous())

@@ -245,7 +245,14 @@ export class DeviceTensor implements TensorMeta {
   /** Device-to-device copy from a tensor of the same shape (float dtypes convert). */
   copyFrom(src: DeviceTensor, opts: StreamOption = {}): this {
     if (!(src instanceof DeviceTensor)) throw new MlaError('ERR_ARGUMENT', 'copyFrom: `src` must be a DeviceTensor');
-    nativeOp('copy')({ dst: this.nativeRef('copyFrom: `this`'), src: src.nativeRef('copyFrom: `src`'), stream: opts.stream?.nativeHandle() });
+    const dst = this.nativeRef('copyFrom: `this`');
+    const from = src.nativeRef('copyFrom: `src`');
+    if (src.ndim !== this.ndim || src.shape.some((d, i) => d !== this.shape[i]))
+      throw new MlaError('ERR_SHAPE', `copyFrom: \`src\` [${src.shape.join(', ')}] has a different shape than \`this\` [${this.shape.join(', ')}]`);
+    // Integers copy bit-exactly or not at all: a float → int conversion would silently truncate.
+    if ((!isFloatDType(src.dtype) || !isFloatDType(this.dtype)) && src.dtype !== this.dtype)
+      throw new MlaError('ERR_DTYPE', `copyFrom: \`src\` cannot be converted from ${src.dtype} to ${this.dtype}`);
+    nativeOp('copy')({ dst, src: from, stream: opts.stream?.nativeHandle() });
     return this;
   }
 
