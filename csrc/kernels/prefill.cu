@@ -4,6 +4,7 @@
 // See prefill.h for the plan layout and docs/prefill-kernel.md for the design.
 #include <cmath>
 #include <string>
+#include "core/check.h"
 #include "kernels/common.cuh"
 #include "kernels/prefill.h"
 #include "runtime/cuda_check.h"
@@ -399,13 +400,11 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 bool aligned4(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 3) == 0; }
 bool isHalf(DType t) { return t == DType::BF16 || t == DType::F16; }
 
-Status shapeError(const std::string& what) { return Status::Error(Code::Shape, what); }
-
 // Plan checks every launcher shares: [B, 4] i32, rows readable with stride(0).
 Status checkPlan(const TensorRef& plan, const char* op) {
-  if (plan.dtype != DType::I32) return Status::Error(Code::Dtype, std::string(op) + ": plan must be i32");
-  if (plan.ndim != 2 || plan.shape[1] != kPrefillPlanCols || plan.strides[1] != 1)
-    return shapeError(std::string(op) + ": plan must be [B, 4] with a contiguous last dim");
+  MLA_CHECK(plan.dtype == DType::I32, Dtype, std::string(op) + ": `plan` must be i32");
+  MLA_CHECK(plan.ndim == 2 && plan.shape[1] == kPrefillPlanCols && plan.strides[1] == 1, Shape,
+            std::string(op) + ": `plan` must be [B, 4] with a contiguous last dim");
   return Status::Ok();
 }
 
@@ -414,24 +413,24 @@ Status checkPlan(const TensorRef& plan, const char* op) {
 int64_t prefillAttentionSmemBytes() { return kSmemBytes; }
 
 Status launchPrefillGather(const PrefillGatherParams& p, StreamHandle stream) {
+  // Only what memory safety needs (core/check.h); lib/ops/prefill.ts validates with names first.
   MLA_RETURN_IF_ERROR(checkPlan(p.plan, "prefillGather"));
   const TensorRef &c = p.cache, &d = p.dst, &bt = p.blockTable;
   const bool fp8 = c.dtype == DType::U8;  // the FP8 layout, expanded to a bf16 dst
-  if (fp8 ? d.dtype != DType::BF16 : (!isHalf(c.dtype) || d.dtype != c.dtype))
-    return Status::Error(Code::Dtype, "prefillGather: cache and dst must be the same bf16/f16 (or an FP8 u8 cache and a bf16 dst)");
-  if (bt.dtype != DType::I32 || bt.ndim != 2 || bt.shape[0] != p.plan.shape[0])
-    return shapeError("prefillGather: blockTable must be i32 [B, maxPages] with B = plan rows");
-  if (fp8 && (c.ndim != 3 || c.shape[2] != kFp8RowBytes || c.strides[2] != 1 || c.strides[1] != kFp8RowBytes || c.strides[0] % 16))
-    return shapeError("prefillGather: an FP8 cache must be u8 [numPages, pageSize, 656] with 656-byte rows and 16-byte page strides");
-  if (!fp8 && (c.ndim != 3 || c.shape[2] != kPrefillCacheDim || c.strides[2] != 1))
-    return shapeError("prefillGather: cache must be [numPages, pageSize, 576] with a contiguous last dim");
-  if (d.ndim != 2 || d.shape[1] != kPrefillCacheDim || d.strides[1] != 1)
-    return shapeError("prefillGather: dst must be [rows, 576] with a contiguous last dim");
-  if (p.g0 < 0 || p.g1 < p.g0 || p.g1 - p.g0 > d.shape[0])
-    return Status::Error(Code::Range, "prefillGather: chunk [g0, g1) must fit dst's rows");
-  if (c.shape[1] < 1) return shapeError("prefillGather: pageSize must be >= 1");
-  if (!aligned16(c.data) || !aligned16(d.data) || c.strides[0] % 8 || c.strides[1] % 8 || d.strides[0] % 8)
-    return shapeError("prefillGather: cache and dst rows must be 16-byte aligned");
+  MLA_CHECK(fp8 ? d.dtype == DType::BF16 : (isHalf(c.dtype) && d.dtype == c.dtype), Dtype,
+            "prefillGather: `cache` and `dst` must be the same bf16/f16 (or an FP8 u8 `cache` and a bf16 `dst`)");
+  MLA_CHECK(bt.dtype == DType::I32 && bt.ndim == 2 && bt.shape[0] == p.plan.shape[0], Shape,
+            "prefillGather: `blockTable` must be i32 [B, maxPages] with B = plan rows");
+  MLA_CHECK(!fp8 || (c.ndim == 3 && c.shape[2] == kFp8RowBytes && c.strides[2] == 1 && c.strides[1] == kFp8RowBytes && c.strides[0] % 16 == 0),
+            Shape, "prefillGather: an FP8 `cache` must be u8 [numPages, pageSize, 656] with 656-byte rows and 16-byte page strides");
+  MLA_CHECK(fp8 || (c.ndim == 3 && c.shape[2] == kPrefillCacheDim && c.strides[2] == 1), Shape,
+            "prefillGather: `cache` must be [numPages, pageSize, 576] with a contiguous last dim");
+  MLA_CHECK(d.ndim == 2 && d.shape[1] == kPrefillCacheDim && d.strides[1] == 1, Shape,
+            "prefillGather: `dst` must be [rows, 576] with a contiguous last dim");
+  MLA_CHECK(p.g0 >= 0 && p.g1 >= p.g0 && p.g1 - p.g0 <= d.shape[0], Range, "prefillGather: chunk [g0, g1) must fit `dst`'s rows");
+  MLA_CHECK(c.shape[1] >= 1, Shape, "prefillGather: `cache` pageSize must be >= 1");
+  MLA_CHECK(aligned16(c.data) && aligned16(d.data) && c.strides[0] % 8 == 0 && c.strides[1] % 8 == 0 && d.strides[0] % 8 == 0, Shape,
+            "prefillGather: `cache` and `dst` rows must be 16-byte aligned");
   const int64_t rows = p.g1 - p.g0;
   if (rows == 0 || p.plan.shape[0] == 0) return Status::Ok();
   GatherArgs a{};
@@ -452,7 +451,7 @@ Status launchPrefillGather(const PrefillGatherParams& p, StreamHandle stream) {
   a.g0 = p.g0;
   a.rows = rows;
   const int64_t blocks = (rows + 3) / 4;
-  if (blocks > 0x7fffffffLL) return Status::Error(Code::Range, "prefillGather: too many rows");
+  MLA_CHECK(blocks <= 0x7fffffffLL, Range, "prefillGather: too many rows");
   if (fp8) MLA_LAUNCH_KERNEL(static_cast<unsigned>(blocks), 128, 0, static_cast<cudaStream_t>(stream), prefillGatherKernel<true>)(a);
   else MLA_LAUNCH_KERNEL(static_cast<unsigned>(blocks), 128, 0, static_cast<cudaStream_t>(stream), prefillGatherKernel<false>)(a);
   MLA_CHECK_LAUNCH("prefillGather");
@@ -460,51 +459,47 @@ Status launchPrefillGather(const PrefillGatherParams& p, StreamHandle stream) {
 }
 
 Status launchPrefillAttention(const PrefillAttentionParams& p, StreamHandle stream) {
+  // Only what memory safety needs (core/check.h); lib/ops/prefill.ts validates with names first
+  // (scale among them: a bad scale gives wrong numbers, never a bad address).
   const char* op = "prefillAttention";
   MLA_RETURN_IF_ERROR(checkPlan(p.plan, op));
   const TensorRef &q = p.q, &kn = p.kNope, &kr = p.kRope, &v = p.v, &o = p.out, &l = p.lse;
-  if (!isHalf(q.dtype)) return Status::Error(Code::Dtype, "prefillAttention: q must be bf16 or f16");
-  if (kn.dtype != q.dtype || kr.dtype != q.dtype || v.dtype != q.dtype || o.dtype != q.dtype)
-    return Status::Error(Code::Dtype, "prefillAttention: kNope, kRope, v and out must have q's dtype");
-  if (l.dtype != DType::F32) return Status::Error(Code::Dtype, "prefillAttention: lse must be f32");
-  if (q.ndim != 3 || q.shape[2] != kQK) return shapeError("prefillAttention: q must be [Tq, H, 192]");
+  MLA_CHECK(isHalf(q.dtype), Dtype, "prefillAttention: `q` must be bf16 or f16");
+  MLA_CHECK(kn.dtype == q.dtype && kr.dtype == q.dtype && v.dtype == q.dtype && o.dtype == q.dtype, Dtype,
+            "prefillAttention: `kNope`, `kRope`, `v` and `out` must have q's dtype");
+  MLA_CHECK(l.dtype == DType::F32, Dtype, "prefillAttention: `lse` must be f32");
+  MLA_CHECK(q.ndim == 3 && q.shape[2] == kQK, Shape, "prefillAttention: `q` must be [Tq, H, 192]");
   const int64_t H = q.shape[1];
-  if (H < 1 || H > 65535) return shapeError("prefillAttention: H must be in [1, 65535]");
+  MLA_CHECK(H >= 1 && H <= 65535, Shape, "prefillAttention: H must be in [1, 65535]");
   const int64_t Tk = kn.ndim == 3 ? kn.shape[0] : -1;
-  if (kn.ndim != 3 || kn.shape[1] != H || kn.shape[2] != kPrefillNopeDim)
-    return shapeError("prefillAttention: kNope must be [Tk, H, 128]");
-  if (v.ndim != 3 || v.shape[0] != Tk || v.shape[1] != H || v.shape[2] != kDV)
-    return shapeError("prefillAttention: v must be [Tk, H, 128]");
-  if (kr.ndim != 2 || kr.shape[0] != Tk || kr.shape[1] != kPrefillRopeDim)
-    return shapeError("prefillAttention: kRope must be [Tk, 64]");
-  if (o.ndim != 3 || o.shape[1] != H || o.shape[2] != kDV) return shapeError("prefillAttention: out must be [R, H, 128]");
-  if (l.ndim != 2 || l.shape[0] != o.shape[0] || l.shape[1] != H) return shapeError("prefillAttention: lse must be [R, H]");
-  if (q.strides[2] != 1 || kn.strides[2] != 1 || kr.strides[1] != 1 || v.strides[2] != 1 || o.strides[2] != 1)
-    return shapeError("prefillAttention: the last dim of q, kNope, kRope, v and out must be contiguous");
+  MLA_CHECK(kn.ndim == 3 && kn.shape[1] == H && kn.shape[2] == kPrefillNopeDim, Shape, "prefillAttention: `kNope` must be [Tk, H, 128]");
+  MLA_CHECK(v.ndim == 3 && v.shape[0] == Tk && v.shape[1] == H && v.shape[2] == kDV, Shape, "prefillAttention: `v` must be [Tk, H, 128]");
+  MLA_CHECK(kr.ndim == 2 && kr.shape[0] == Tk && kr.shape[1] == kPrefillRopeDim, Shape, "prefillAttention: `kRope` must be [Tk, 64]");
+  MLA_CHECK(o.ndim == 3 && o.shape[1] == H && o.shape[2] == kDV, Shape, "prefillAttention: `out` must be [R, H, 128]");
+  MLA_CHECK(l.ndim == 2 && l.shape[0] == o.shape[0] && l.shape[1] == H, Shape, "prefillAttention: `lse` must be [R, H]");
+  MLA_CHECK(q.strides[2] == 1 && kn.strides[2] == 1 && kr.strides[1] == 1 && v.strides[2] == 1 && o.strides[2] == 1, Shape,
+            "prefillAttention: the last dim of `q`, `kNope`, `kRope`, `v` and `out` must be contiguous");
   // cp.async moves 16-byte units; the output is stored as element pairs.
-  if (!aligned16(q.data) || !aligned16(kn.data) || !aligned16(kr.data) || !aligned16(v.data) || q.strides[0] % 8 ||
-      q.strides[1] % 8 || kn.strides[0] % 8 || kn.strides[1] % 8 || kr.strides[0] % 8 || v.strides[0] % 8 ||
-      v.strides[1] % 8)
-    return shapeError("prefillAttention: q, kNope, kRope and v rows must be 16-byte aligned (strides multiples of 8)");
-  if (!aligned4(o.data) || o.strides[0] % 2 || o.strides[1] % 2)
-    return shapeError("prefillAttention: out rows must be 4-byte aligned");
+  MLA_CHECK(aligned16(q.data) && aligned16(kn.data) && aligned16(kr.data) && aligned16(v.data) && q.strides[0] % 8 == 0 &&
+                q.strides[1] % 8 == 0 && kn.strides[0] % 8 == 0 && kn.strides[1] % 8 == 0 && kr.strides[0] % 8 == 0 &&
+                v.strides[0] % 8 == 0 && v.strides[1] % 8 == 0,
+            Shape, "prefillAttention: `q`, `kNope`, `kRope` and `v` rows must be 16-byte aligned (strides multiples of 8)");
+  MLA_CHECK(aligned4(o.data) && o.strides[0] % 2 == 0 && o.strides[1] % 2 == 0, Shape, "prefillAttention: `out` rows must be 4-byte aligned");
   const int64_t B = p.plan.shape[0];
-  if (p.reqBegin < 0 || p.reqCount < 0 || p.reqBegin + p.reqCount > B)
-    return Status::Error(Code::Range, "prefillAttention: request range outside the plan");
-  if (p.g0 < 0 || p.g1 < p.g0 || p.g1 - p.g0 > Tk)
-    return Status::Error(Code::Range, "prefillAttention: chunk [g0, g1) must fit the key rows");
-  if (p.maxQLen < 0) return Status::Error(Code::Range, "prefillAttention: maxQLen must be >= 0");
-  if (!(p.scale > 0) || !std::isfinite(p.scale)) return Status::Error(Code::Argument, "prefillAttention: scale must be positive");
+  MLA_CHECK(p.reqBegin >= 0 && p.reqCount >= 0 && p.reqBegin + p.reqCount <= B, Range, "prefillAttention: request range outside the plan");
+  MLA_CHECK(p.g0 >= 0 && p.g1 >= p.g0 && p.g1 - p.g0 <= Tk, Range, "prefillAttention: chunk [g0, g1) must fit the key rows");
+  // maxQLen sizes the grid (a negative one would wrap to a huge unsigned grid dimension).
+  MLA_CHECK(p.maxQLen >= 0, Range, "prefillAttention: `maxQLen` must be >= 0");
   const int64_t tiles = (p.maxQLen + kBM - 1) / kBM;
   if (tiles == 0 || p.reqCount == 0 || o.shape[0] == 0) return Status::Ok();
-  if (tiles > 0x7fffffffLL || p.reqCount > 65535) return Status::Error(Code::Range, "prefillAttention: grid too large");
+  MLA_CHECK(tiles <= 0x7fffffffLL && p.reqCount <= 65535, Range, "prefillAttention: grid too large");
 
   int dev = 0, optin = 0;
   MLA_CUDA_TRY(cudaGetDevice(&dev), "prefillAttention: cudaGetDevice");
   MLA_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "prefillAttention: smem limit");
-  if (optin < kSmemBytes)
-    return Status::Error(Code::Argument, "prefillAttention: the device allows " + std::to_string(optin) +
-                                             " bytes of shared memory per block, the kernel needs " + std::to_string(kSmemBytes));
+  MLA_CHECK(optin >= kSmemBytes, Argument,
+            "prefillAttention: the device allows " + std::to_string(optin) + " bytes of shared memory per block, the kernel needs " +
+                std::to_string(kSmemBytes));
 
   AttnArgs a{};
   a.q = q.data; a.sQt = q.strides[0]; a.sQh = q.strides[1]; a.Tq = q.shape[0];
@@ -529,19 +524,21 @@ Status launchPrefillAttention(const PrefillAttentionParams& p, StreamHandle stre
 }
 
 Status launchMergeAttnStates(const MergeAttnStatesParams& p, StreamHandle stream) {
+  // Only what memory safety needs (core/check.h); lib/ops/prefill.ts validates with names first.
   const TensorRef &o = p.out, &l = p.lse, &q = p.part, &ql = p.partLse;
-  if (!isHalf(o.dtype) || q.dtype != o.dtype) return Status::Error(Code::Dtype, "mergeAttnStates: out and part must be the same bf16/f16");
-  if (l.dtype != DType::F32 || ql.dtype != DType::F32) return Status::Error(Code::Dtype, "mergeAttnStates: lse and partLse must be f32");
-  if (o.ndim != 3 || q.ndim != 3 || l.ndim != 2 || ql.ndim != 2) return shapeError("mergeAttnStates: out/part must be [R, H, D], lse/partLse [R, H]");
-  for (int i = 0; i < 3; ++i)
-    if (o.shape[i] != q.shape[i]) return shapeError("mergeAttnStates: part must have out's shape");
-  for (int i = 0; i < 2; ++i)
-    if (l.shape[i] != o.shape[i] || ql.shape[i] != o.shape[i]) return shapeError("mergeAttnStates: lse and partLse must be [R, H]");
-  if (o.strides[2] != 1 || q.strides[2] != 1) return shapeError("mergeAttnStates: the last dim of out and part must be contiguous");
+  MLA_CHECK(isHalf(o.dtype) && q.dtype == o.dtype, Dtype, "mergeAttnStates: `out` and `part` must be the same bf16/f16");
+  MLA_CHECK(l.dtype == DType::F32 && ql.dtype == DType::F32, Dtype, "mergeAttnStates: `lse` and `partLse` must be f32");
+  MLA_CHECK(o.ndim == 3 && q.ndim == 3 && l.ndim == 2 && ql.ndim == 2, Shape,
+            "mergeAttnStates: `out`/`part` must be [R, H, D], `lse`/`partLse` [R, H]");
+  MLA_CHECK(o.shape[0] == q.shape[0] && o.shape[1] == q.shape[1] && o.shape[2] == q.shape[2], Shape,
+            "mergeAttnStates: `part` must have out's shape");
+  MLA_CHECK(l.shape[0] == o.shape[0] && l.shape[1] == o.shape[1] && ql.shape[0] == o.shape[0] && ql.shape[1] == o.shape[1], Shape,
+            "mergeAttnStates: `lse` and `partLse` must be [R, H]");
+  MLA_CHECK(o.strides[2] == 1 && q.strides[2] == 1, Shape, "mergeAttnStates: the last dim of `out` and `part` must be contiguous");
   const int64_t n = o.shape[0] * o.shape[1];
   if (n == 0) return Status::Ok();
   const int64_t blocks = (n + 3) / 4;
-  if (blocks > 0x7fffffffLL) return Status::Error(Code::Range, "mergeAttnStates: too many rows");
+  MLA_CHECK(blocks <= 0x7fffffffLL, Range, "mergeAttnStates: too many rows");
   MergeArgs a{};
   a.out = o.data; a.sOr = o.strides[0]; a.sOh = o.strides[1];
   a.lse = l.ptr<float>(); a.sLr = l.strides[0]; a.sLh = l.strides[1];
