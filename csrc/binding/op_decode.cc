@@ -38,11 +38,8 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
 // decodeWorkspaceBytes({ maxBatch, partialRows, maxParts }) -> layout (no device needed).
 Napi::Value DecodeWorkspaceBytes(const Napi::CallbackInfo& info) {
   ArgReader a(info, "decodeWorkspaceBytes");
-  const int64_t maxBatch = a.i64("maxBatch"), rows = a.i64("partialRows"), maxParts = a.i64("maxParts");
-  if (maxBatch < 0 || maxBatch > (int64_t(1) << 31)) a.fail(Code::Range, "maxBatch", "is out of range");
-  if (rows < 0 || rows > (int64_t(1) << 31)) a.fail(Code::Range, "partialRows", "is out of range");
-  if (maxParts < 1 || maxParts > 65535) a.fail(Code::Range, "maxParts", "is out of range");
-  const DecodeWorkspaceLayout l = decodeWorkspaceLayout(maxBatch, rows, maxParts);
+  DecodeWorkspaceLayout l;
+  MLA_LAUNCH(a.env(), gpu::checkedDecodeWorkspaceLayout(a.i64("maxBatch"), a.i64("partialRows"), a.i64("maxParts"), &l));
   Napi::Object o = Napi::Object::New(a.env());
   o.Set("totalBytes", Napi::Number::New(a.env(), static_cast<double>(l.totalBytes)));
   o.Set("partMetaOffset", Napi::Number::New(a.env(), static_cast<double>(l.partMetaOff)));
@@ -55,12 +52,8 @@ Napi::Value DecodeWorkspaceBytes(const Napi::CallbackInfo& info) {
 // decodeConfig({ numHeads, maxQSeqLen, maxParts }) -> the tile config a call would use here.
 Napi::Value DecodeConfig(const Napi::CallbackInfo& info) {
   ArgReader a(info, "decodeConfig");
-  const int64_t h = a.i64("numHeads"), q = a.i64("maxQSeqLen"), parts = a.i64("maxParts");
-  if (h < 1 || h > 128) a.fail(Code::Range, "numHeads", "must be in [1, 128]");
-  if (q < 1 || q > (int64_t(1) << 20)) a.fail(Code::Range, "maxQSeqLen", "is out of range");
-  if (parts < 1 || parts > 65535) a.fail(Code::Range, "maxParts", "is out of range");
   gpu::DecodeConfigInfo c;
-  MLA_LAUNCH(a.env(), gpu::decodeConfigFor(h, q, parts, &c));
+  MLA_LAUNCH(a.env(), gpu::decodeConfigFor(a.i64("numHeads"), a.i64("maxQSeqLen"), a.i64("maxParts"), &c));
   Napi::Object o = Napi::Object::New(a.env());
   o.Set("blockM", c.blockM);
   o.Set("blockN", c.blockN);

@@ -41,17 +41,29 @@ struct Launcher {
 };
 
 Status checkAligned16(const TensorRef& t, const char* name, int dims) {
-  if (reinterpret_cast<uintptr_t>(t.data) % 16 != 0)
-    return Status::Error(Code::Shape, std::string("decode: `") + name + "` must start at a 16-byte aligned address");
+  MLA_CHECK(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, Shape, std::string("decode: `") + name + "` must start at a 16-byte aligned address");
   for (int d = 0; d < dims; ++d)
-    if (t.strides[d] % 8 != 0)
-      return Status::Error(Code::Shape, std::string("decode: `") + name + "` strides must be multiples of 8 elements");
+    MLA_CHECK(t.strides[d] % 8 == 0, Shape, std::string("decode: `") + name + "` strides must be multiples of 8 elements");
   return Status::Ok();
 }
 
 }  // namespace
 
+Status checkedDecodeWorkspaceLayout(int64_t maxBatch, int64_t partialRows, int64_t maxParts, DecodeWorkspaceLayout* out) {
+  // The bounds decode.cu's launcher puts on a workspace's declared sizes (lib/ops/decode.ts's
+  // DecodeWorkspace stays well inside them).
+  MLA_CHECK(maxBatch >= 0 && maxBatch <= (int64_t(1) << 31), Range, "decodeWorkspaceBytes: `maxBatch` is out of range");
+  MLA_CHECK(partialRows >= 0 && partialRows <= (int64_t(1) << 31), Range, "decodeWorkspaceBytes: `partialRows` is out of range");
+  MLA_CHECK(maxParts >= 1 && maxParts <= kDecodeMaxParts, Range, "decodeWorkspaceBytes: `maxParts` is out of range");
+  *out = decodeWorkspaceLayout(maxBatch, partialRows, maxParts);
+  return Status::Ok();
+}
+
 Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts, DecodeConfigInfo* info) {
+  // The row bound numHeads * maxQSeqLen sizes the plan's tiles; lib/ops/decode.ts checks first.
+  MLA_CHECK(numHeads >= 1 && numHeads <= kDecodeMaxHeads, Range, "decodeConfig: `numHeads` must be in [1, 128]");
+  MLA_CHECK(maxQSeqLen >= 1 && maxQSeqLen <= (int64_t(1) << 20), Range, "decodeConfig: `maxQSeqLen` is out of range");
+  MLA_CHECK(wsMaxParts >= 1 && wsMaxParts <= kDecodeMaxParts, Range, "decodeConfig: `maxParts` is out of range");
   DeviceProps dp;
   MLA_RETURN_IF_ERROR(devicePropsFor(&dp));
   const int tier = tierFor(dp.smemOptin);

@@ -81,6 +81,8 @@ struct DecodeConfigInfo {
   int blockM = 0, blockN = 0, stages = 0, smemBytes = 0, numParts = 0, rowTiles = 0, ctasPerSm = 0;
 };
 Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts, DecodeConfigInfo* info);
+// decodeWorkspaceLayout after the range checks that keep its arithmetic from overflowing.
+Status checkedDecodeWorkspaceLayout(int64_t maxBatch, int64_t partialRows, int64_t maxParts, DecodeWorkspaceLayout* out);
 }  // namespace gpu
 
 }  // namespace mla

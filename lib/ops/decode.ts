@@ -402,8 +402,14 @@ export function decode(opts: DecodeOptions): DecodeResult {
 export type DecodeConfig = NativeDecodeConfig;
 
 export function decodeConfig(numHeads: number, maxQSeqLen = 1, maxParts?: number): DecodeConfig {
+  const where = 'decodeConfig';
+  const lim = nativeLimits().decode;
   const addon = native();
   const parts = maxParts ?? addon.deviceInfo(addon.currentDevice()).smCount;
-  return nativeOp('decodeConfig')({ numHeads, maxQSeqLen, maxParts: parts });
+  return nativeOp('decodeConfig')({
+    numHeads: checkInt(where, 'numHeads', numHeads, 1, lim.maxHeads),
+    maxQSeqLen: checkInt(where, 'maxQSeqLen', maxQSeqLen, 1, 1 << 20),
+    maxParts: checkInt(where, 'maxParts', parts, 1, lim.maxParts),
+  });
 }
 
