@@ -4,18 +4,13 @@ import t from 'tap';
 import { fileURLToPath } from 'node:url';
 import { DeviceTensor } from '../lib/index.js';
 import type { TensorMeta } from '../lib/index.js';
-import type { DType } from '../lib/dtype.js';
 import { checkDecodeIndices, decode, DecodeWorkspace, validateDecodeArgs } from '../lib/ops/decode.js';
 import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { build, checkOutputs, D, disposeBuilt, DV, runBuilt, type CaseSpec } from './helpers/decode-cases.js';
 import { gpuSkip, poison, relError, rng } from './helpers/gpu.js';
-import { throwsNaming as expectError } from './helpers/validation.js';
+import { meta, throwsNaming as expectError } from './helpers/validation.js';
 
-function meta(shape: number[], dtype: DType, extra: Partial<{ strides: number[]; disposed: boolean }> = {}): TensorMeta {
-  const strides = extra.strides ?? shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
-  return { shape, strides, dtype, disposed: extra.disposed ?? false };
-}
 
 function baseArgs(over: Partial<DecodeArgsMeta> = {}): DecodeArgsMeta {
   return {
@@ -49,8 +44,8 @@ t.test('validateDecodeArgs rejects bad arguments with a typed error naming them'
     ['q rank 4', { q: meta([4, 1, 16, D], 'bf16') }, 'ERR_SHAPE', 'q'],
     ['0 heads', { q: meta([4, 0, D], 'bf16') }, 'ERR_RANGE', 'q'],
     ['129 heads', { q: meta([4, 129, D], 'bf16') }, 'ERR_RANGE', 'q'],
-    ['q strided last dim', { q: meta([4, 16, D], 'bf16', { strides: [16 * D * 2, D * 2, 2] }) }, 'ERR_SHAPE', 'q'],
-    ['q rows misaligned', { q: meta([4, 16, D], 'bf16', { strides: [16 * 580, 580, 1] }) }, 'ERR_SHAPE', 'q'],
+    ['q strided last dim', { q: meta([4, 16, D], 'bf16', [16 * D * 2, D * 2, 2]) }, 'ERR_SHAPE', 'q'],
+    ['q rows misaligned', { q: meta([4, 16, D], 'bf16', [16 * 580, 580, 1]) }, 'ERR_SHAPE', 'q'],
     ['tokens not B·s_q', { q: meta([5, 16, D], 'bf16') }, 'ERR_SHAPE', 'q'],
     ['q/cache dtype mismatch', { cache: meta([10, 64, D], 'f16') }, 'ERR_DTYPE', 'cache'],
     ['page size 48', { cache: meta([10, 48, D], 'bf16') }, 'ERR_RANGE', 'cache'],
@@ -58,17 +53,17 @@ t.test('validateDecodeArgs rejects bad arguments with a typed error naming them'
     ['page size 512', { cache: meta([10, 512, D], 'bf16') }, 'ERR_RANGE', 'cache'],
     ['no pages', { cache: meta([0, 64, D], 'bf16') }, 'ERR_SHAPE', 'cache'],
     ['cache width 512', { cache: meta([10, 64, 512], 'bf16') }, 'ERR_SHAPE', 'cache'],
-    ['disposed cache', { cache: meta([10, 64, D], 'bf16', { disposed: true }) }, 'ERR_DISPOSED', 'cache'],
+    ['disposed cache', { cache: meta([10, 64, D], 'bf16', undefined, { disposed: true }) }, 'ERR_DISPOSED', 'cache'],
     ['blockTable f32', { blockTable: meta([4, 8], 'f32') }, 'ERR_DTYPE', 'blockTable'],
     ['blockTable rank 1', { blockTable: meta([32], 'i32') }, 'ERR_SHAPE', 'blockTable'],
     ['seqLens i64-ish f32', { seqLens: meta([4], 'f32') }, 'ERR_DTYPE', 'seqLens'],
     ['seqLens wrong batch', { seqLens: meta([3], 'i32') }, 'ERR_SHAPE', 'seqLens'],
-    ['disposed seqLens', { seqLens: meta([4], 'i32', { disposed: true }) }, 'ERR_DISPOSED', 'seqLens'],
+    ['disposed seqLens', { seqLens: meta([4], 'i32', undefined, { disposed: true }) }, 'ERR_DISPOSED', 'seqLens'],
     ['qSeqLens wrong batch', { qSeqLens: meta([5], 'i32') }, 'ERR_SHAPE', 'qSeqLens'],
     ['qSeqLens f32', { qSeqLens: meta([4], 'f32') }, 'ERR_DTYPE', 'qSeqLens'],
     ['out wrong width', { out: meta([4, 16, 576], 'bf16') }, 'ERR_SHAPE', 'out'],
     ['out wrong dtype', { out: meta([4, 16, DV], 'f32') }, 'ERR_DTYPE', 'out'],
-    ['out disposed', { out: meta([4, 16, DV], 'bf16', { disposed: true }) }, 'ERR_DISPOSED', 'out'],
+    ['out disposed', { out: meta([4, 16, DV], 'bf16', undefined, { disposed: true }) }, 'ERR_DISPOSED', 'out'],
     ['lse bf16', { lse: meta([4, 16], 'bf16') }, 'ERR_DTYPE', 'lse'],
     ['lse transposed', { lse: meta([16, 4], 'f32') }, 'ERR_SHAPE', 'lse'],
     ['scale 0', { scale: 0 }, 'ERR_RANGE', 'scale'],

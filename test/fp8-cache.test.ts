@@ -24,14 +24,13 @@ import { SafetensorsFile } from '../lib/safetensors.js';
 import { loadMlaConfig, loadMlaWeights, type MlaWeights } from '../lib/weights.js';
 import { cuda, DeviceTensor } from '../lib/index.js';
 import { appendLatent, ropeConfigFrom, RopeTable, validateAppendLatent } from '../lib/ops/rope.js';
-import type { DType } from '../lib/dtype.js';
 import { decode, validateDecodeArgs } from '../lib/ops/decode.js';
 import { prefill, validatePrefillArgs } from '../lib/ops/prefill.js';
-import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { gatherFp8Cache } from '../lib/reference/fp8.js';
 import { shuffledBlockTable } from '../lib/reference/testing.js';
 import { ropeTable } from '../lib/reference/rope.js';
 import { gpuSkip, poison, randn, relError, rng, roundTo } from './helpers/gpu.js';
+import { meta } from './helpers/validation.js';
 import * as reference from '../lib/reference/index.js';
 
 const V3_ROPE = ropeConfigFrom(MLA_PRESETS['deepseek-v3']);
@@ -446,9 +445,6 @@ t.test('bench: FP8 decode cases count 656 bytes per cached token', async (t) => 
 });
 
 t.test('FP8 cache arguments are checked before launch, naming the argument', async (t) => {
-  const meta = (shape: number[], dtype: DType, strides?: number[]): TensorMeta => ({
-    shape, dtype, disposed: false, strides: strides ?? shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1)),
-  });
   const base = { q: meta([2, 16, 576], 'bf16'), blockTable: meta([2, 4], 'i32'), seqLens: meta([2], 'i32'), scale: 0.1, causal: false };
   t.equal(validateDecodeArgs({ ...base, cache: meta([8, 64, 656], 'u8') }).pageSize, 64);
   t.equal(validateDecodeArgs({ ...base, cache: meta([8, 64, 656], 'u8', [65 * 656, 656, 1]) }).numPages, 8, 'page stride above pageSize·656');

@@ -18,22 +18,14 @@ import type { AbsorbDims, AbsorbWeights, AbsorbWeightsMeta, MatmulOutputDType } 
 import { rmsNorm } from '../lib/ops/rmsnorm.js';
 import { absorbOutput as refAbsorbOutput, absorbQuery as refAbsorbQuery, splitKvBProj } from '../lib/reference/absorb.js';
 import { linear as refLinear } from '../lib/reference/linear.js';
-import { DeviceTensor, contiguousStrides } from '../lib/runtime/tensor.js';
+import { DeviceTensor } from '../lib/runtime/tensor.js';
 import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { emulated, gpuSkip, poison, randn, relError, roundTo } from './helpers/gpu.js';
-import { throwsNaming } from './helpers/validation.js';
+import { meta, throwsNaming } from './helpers/validation.js';
 import * as reference from '../lib/reference/index.js';
 
 // ---- validation (no GPU) -----------------------------------------------------------------
-
-interface Meta extends TensorMeta {
-  offset?: number;
-}
-
-function meta(shape: number[], dtype: DType = 'bf16', strides: number[] = contiguousStrides(shape), extra: { disposed?: boolean; offset?: number } = {}): Meta {
-  return { shape, strides, dtype, disposed: extra.disposed ?? false, ...(extra.offset === undefined ? {} : { offset: extra.offset }) };
-}
 
 const asTensor = (m: TensorMeta): DeviceTensor => m as unknown as DeviceTensor;
 

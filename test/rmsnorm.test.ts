@@ -2,17 +2,13 @@
 // reference (GPU only).
 import t from 'tap';
 import type { Test } from 'tap';
-import type { DType } from '../lib/dtype.js';
 import { rmsNorm, validateRmsNorm } from '../lib/ops/rmsnorm.js';
-import { DeviceTensor, contiguousStrides } from '../lib/runtime/tensor.js';
+import { DeviceTensor } from '../lib/runtime/tensor.js';
 import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { gpuSkip, poison, randn, relError, roundTo } from './helpers/gpu.js';
-import { throwsNaming } from './helpers/validation.js';
+import { meta, throwsNaming } from './helpers/validation.js';
 import * as reference from '../lib/reference/index.js';
 
-function meta(shape: number[], dtype: DType = 'bf16', strides: number[] = contiguousStrides(shape), disposed = false): TensorMeta {
-  return { shape, strides, dtype, disposed };
-}
 
 t.test('validateRmsNorm', async (t) => {
   const x = meta([4, 1536]);
@@ -27,13 +23,13 @@ t.test('validateRmsNorm', async (t) => {
   throwsNaming(t, () => validateRmsNorm(meta([4, 1536], 'i32'), meta([1536], 'f32'), 1e-6), 'ERR_DTYPE', 'x', 'int x');
   throwsNaming(t, () => validateRmsNorm(meta([4, 1536], 'bf16', [1, 4]), meta([1536]), 1e-6), 'ERR_SHAPE', 'x', 'column-major x');
   throwsNaming(t, () => validateRmsNorm(meta([1536]), meta([1536]), 1e-6), 'ERR_SHAPE', 'x', 'rank 1');
-  throwsNaming(t, () => validateRmsNorm(meta([4, 1536], 'bf16', undefined, true), meta([1536]), 1e-6), 'ERR_DISPOSED', 'x', 'disposed x');
-  throwsNaming(t, () => validateRmsNorm(x, meta([1536], 'bf16', undefined, true), 1e-6), 'ERR_DISPOSED', 'weight', 'disposed weight');
+  throwsNaming(t, () => validateRmsNorm(meta([4, 1536], 'bf16', undefined, { disposed: true }), meta([1536]), 1e-6), 'ERR_DISPOSED', 'x', 'disposed x');
+  throwsNaming(t, () => validateRmsNorm(x, meta([1536], 'bf16', undefined, { disposed: true }), 1e-6), 'ERR_DISPOSED', 'weight', 'disposed weight');
   throwsNaming(t, () => validateRmsNorm(x, meta([1536]), -1), 'ERR_RANGE', 'eps', 'negative eps');
   throwsNaming(t, () => validateRmsNorm(x, meta([1536]), Number.NaN), 'ERR_ARGUMENT', 'eps', 'NaN eps');
   throwsNaming(t, () => validateRmsNorm(x, meta([1536]), 1e-6, { out: meta([4, 1535]) }), 'ERR_SHAPE', 'out', 'out shape');
   throwsNaming(t, () => validateRmsNorm(x, meta([1536]), 1e-6, { out: meta([4, 1536], 'u8') }), 'ERR_DTYPE', 'out', 'out dtype');
-  throwsNaming(t, () => validateRmsNorm(x, meta([1536]), 1e-6, { out: meta([4, 1536], 'bf16', undefined, true) }), 'ERR_DISPOSED', 'out', 'disposed out');
+  throwsNaming(t, () => validateRmsNorm(x, meta([1536]), 1e-6, { out: meta([4, 1536], 'bf16', undefined, { disposed: true }) }), 'ERR_DISPOSED', 'out', 'disposed out');
   // The public function validates before it touches the addon.
   throwsNaming(t, () => rmsNorm(x as unknown as DeviceTensor, meta([1024]) as unknown as DeviceTensor, 1e-6), 'ERR_SHAPE', 'weight', 'rmsNorm(): weight length');
 });

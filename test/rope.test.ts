@@ -5,7 +5,6 @@ import t from 'tap';
 import { fileURLToPath } from 'node:url';
 import { MLA_PRESETS, mlaConfigFromHuggingFace } from '../lib/config.js';
 import type { MlaConfig, YarnScaling } from '../lib/config.js';
-import type { DType } from '../lib/dtype.js';
 import { DeviceTensor, MlaError } from '../lib/index.js';
 import {
   appendLatent,
@@ -29,6 +28,7 @@ import type { TensorMeta } from '../lib/runtime/tensor.js';
 import { suite as ropeBench } from '../lib/bench/rope.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { gpuSkip, poison, randn, relError, rng } from './helpers/gpu.js';
+import { meta } from './helpers/validation.js';
 import * as reference from '../lib/reference/index.js';
 
 const V3 = MLA_PRESETS['deepseek-v3'];
@@ -36,19 +36,7 @@ const V3_ROPE = ropeConfigFrom(V3);
 const PLAIN_ROPE: RopeConfig = { ...V3_ROPE, scaling: null };
 const LAYOUTS: RopeLayout[] = ['interleaved', 'neox'];
 
-function contiguous(shape: number[]): number[] {
-  const s: number[] = [];
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i]!;
-  }
-  return s;
-}
 
-function meta(shape: number[], dtype: DType = 'bf16', strides: number[] = contiguous(shape), disposed = false): TensorMeta {
-  return { shape, strides, dtype, disposed };
-}
 
 const TABLE64: RopeTableMeta = { rotaryDim: 64, maxPositions: 8192, layout: 'interleaved', disposed: false };
 
@@ -115,7 +103,7 @@ t.test('validateRope', async (t) => {
   t.throws(() => validateRope(meta([T, H, 64], 'bf16', [H * 128, 128, 2]), pos, TABLE64), wants('ERR_SHAPE', '`x`'));
   t.throws(() => validateRope(meta([T, H, 64], 'bf16', [64, 0, 1]), pos, TABLE64), wants('ERR_SHAPE', 'overlapping'));
   t.throws(() => validateRope(meta([T, H, 64], 'bf16', [H * 64, 32, 1]), pos, TABLE64), wants('ERR_SHAPE', 'overlapping'));
-  t.throws(() => validateRope(meta([T, H, 64], 'bf16', contiguous([T, H, 64]), true), pos, TABLE64), wants('ERR_DISPOSED', '`x`'));
+  t.throws(() => validateRope(meta([T, H, 64], 'bf16', undefined, { disposed: true }), pos, TABLE64), wants('ERR_DISPOSED', '`x`'));
   t.throws(() => validateRope(qRope, meta([T], 'f32'), TABLE64), wants('ERR_DTYPE', '`positions`'));
   t.throws(() => validateRope(qRope, meta([T + 1], 'i32'), TABLE64), wants('ERR_SHAPE', '`positions`'));
   t.throws(() => validateRope(qRope, meta([T, 1], 'i32'), TABLE64), wants('ERR_SHAPE', '`positions`'));
@@ -167,7 +155,7 @@ t.test('validateAppendLatent', async (t) => {
   t.throws(() => validateAppendLatent(appendMeta({ cache: meta([10, 16, 576], 'fp8e4m3') })), wants('ERR_DTYPE', '`cache`'));
   t.throws(() => validateAppendLatent(appendMeta({ cache: meta([10, 16, 576], 'f16') })), wants('ERR_DTYPE', '`cache`'));
   t.throws(() => validateAppendLatent(appendMeta({ cache: meta([10, 16, 576], 'bf16', [576, 576, 1]) })), wants('ERR_SHAPE', 'overlapping'));
-  t.throws(() => validateAppendLatent(appendMeta({ cache: meta([10, 16, 576], 'bf16', [16 * 576, 576, 1], true) })), wants('ERR_DISPOSED', '`cache`'));
+  t.throws(() => validateAppendLatent(appendMeta({ cache: meta([10, 16, 576], 'bf16', [16 * 576, 576, 1], { disposed: true }) })), wants('ERR_DISPOSED', '`cache`'));
   t.throws(() => validateAppendLatent(appendMeta({ positions: meta([6], 'f32') })), wants('ERR_DTYPE', '`positions`'));
   t.throws(() => validateAppendLatent(appendMeta({ positions: meta([5], 'i32') })), wants('ERR_SHAPE', '`positions`'));
   t.throws(() => validateAppendLatent(appendMeta({ slotMapping: meta([6], 'u8') })), wants('ERR_DTYPE', '`slotMapping`'));

@@ -9,7 +9,7 @@ import type { NativeCopyArgs, NativeFillArgs, NativeOpName } from '../lib/native
 import { checkInt, checkNumber, checkTensor } from '../lib/ops/validate.js';
 import { encodeHost } from '../lib/runtime/tensor.js';
 import { emulated, gpuSkip, randn, relError, roundTo } from './helpers/gpu.js';
-import { rejects } from './helpers/validation.js';
+import { meta, rejects } from './helpers/validation.js';
 
 
 /** Host-memory stand-in for a device allocation, so view and lifetime logic run in CI. */
@@ -162,7 +162,6 @@ t.test('native ops reject malformed descriptors with typed errors', async (t) =>
 });
 
 t.test('argument checks name the op and the argument', async (t) => {
-  const meta = (shape: number[], dtype: DType = 'bf16', strides?: number[]) => ({ shape, dtype, disposed: false, strides: strides ?? shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1)) });
   t.equal(checkTensor('op', 'x', meta([2, 3]), { dtype: ['bf16', 'f16'], shape: [2, null] }).shape[1], 3);
   await rejects(t, () => checkTensor('op', 'x', 5), 'ERR_ARGUMENT', /op: `x` must be a DeviceTensor/);
   await rejects(t, () => checkTensor('op', 'x', meta([2, 3], 'f32'), { dtype: ['bf16', 'f16'] }), 'ERR_DTYPE', /op: `x` must be bf16 or f16, got f32/);

@@ -1,5 +1,25 @@
 // Shared by the validation tests: the one check every bad-input case makes.
 import { MlaError } from '../../lib/index.js';
+import type { DType } from '../../lib/dtype.js';
+import { contiguousStrides, type TensorMeta } from '../../lib/runtime/tensor.js';
+
+/** A TensorMeta with an element offset (checkRowAlignment reads it where a view starts mid-row). */
+export interface MetaWithOffset extends TensorMeta {
+  offset?: number;
+}
+
+/**
+ * A tensor stand-in for the validation tests: the ops validate metadata only, so no device is
+ * needed. Strides default to contiguous; `offset` is set only when given (absent = at element 0).
+ */
+export function meta(
+  shape: number[],
+  dtype: DType = 'bf16',
+  strides: number[] = contiguousStrides(shape),
+  extra: { disposed?: boolean; offset?: number } = {},
+): MetaWithOffset {
+  return { shape, strides, dtype, disposed: extra.disposed ?? false, ...(extra.offset === undefined ? {} : { offset: extra.offset }) };
+}
 
 /** The assertions used here (structural, so any tap Test fits). */
 export interface Asserts {
