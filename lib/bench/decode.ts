@@ -15,7 +15,8 @@ import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import { mlaDecodeBytes, mlaDecodeFlops, MLA_DK, MLA_DV } from './formulas.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
-import { type HalfDType, disposeAll, fillRandom, gridBooleans, gridChoices, gridDTypes, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
+import { type HalfDType, fillRandom, gridBooleans, gridChoices, gridDTypes, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
+import { disposeAll } from '../runtime/dispose.js';
 import * as reference from '../reference/index.js';
 
 const PAGE_SIZE = 64;

@@ -20,7 +20,8 @@ import { gemmBytes, gemmFlops, mlaDecodeBytes, mlaDecodeFlops } from './formulas
 import { absorbCheck, linearCheck } from './linear.js';
 import { appendLatentCheck, ropeQueryCheck } from './rope.js';
 import type { BenchCase, BenchInstance, BenchSuite, KernelCheck } from './types.js';
-import { disposeAll, fillRandom, gridNumbers, shuffledPages } from './suite-util.js';
+import { fillRandom, gridNumbers, shuffledPages } from './suite-util.js';
+import { disposeAll } from '../runtime/dispose.js';
 import * as reference from '../reference/index.js';
 
 const CFG = MLA_PRESETS['deepseek-v3'];

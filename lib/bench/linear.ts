@@ -12,7 +12,8 @@ import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import { gemmFlops } from './formulas.js';
 import type { BenchCase, BenchInstance, BenchSuite, KernelCheck } from './types.js';
-import { type HalfDType, disposeAll, gridChoices, gridDTypes, gridNumbers, randomTensor } from './suite-util.js';
+import { type HalfDType, gridChoices, gridDTypes, gridNumbers, randomTensor } from './suite-util.js';
+import { disposeAll } from '../runtime/dispose.js';
 
 const V3 = { hidden: 7168, qLora: 1536, kvLora: 512, rope: 64, nope: 128, v: 128, heads: 128 };
 

@@ -21,7 +21,8 @@ import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import { attentionFlops } from './formulas.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
-import { type HalfDType, disposeAll, fillRandom, gridDTypes, gridNumbers } from './suite-util.js';
+import { type HalfDType, fillRandom, gridDTypes, gridNumbers } from './suite-util.js';
+import { disposeAll } from '../runtime/dispose.js';
 import * as reference from '../reference/index.js';
 
 const LENGTHS = [512, 1024, 2048, 4096, 8192, 16384, 32768];

@@ -14,7 +14,8 @@ import { applyRope, ropeLayoutOf, ropeTable } from '../reference/rope.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
-import { type HalfDType, disposeAll, fillRandom, gridDTypes, gridNumbers, shuffledPages } from './suite-util.js';
+import { type HalfDType, fillRandom, gridDTypes, gridNumbers, shuffledPages } from './suite-util.js';
+import { disposeAll } from '../runtime/dispose.js';
 import * as reference from '../reference/index.js';
 
 const TOKENS = [1, 16, 256, 4096, 65536];

@@ -15,7 +15,8 @@ import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import { mlaSparseBytes, mlaSparseFlops, MLA_DK, MLA_DV } from './formulas.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
-import { disposeAll, fillRandom, gridChoices, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
+import { fillRandom, gridChoices, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
+import { disposeAll } from '../runtime/dispose.js';
 import * as reference from '../reference/index.js';
 
 const PAGE_SIZE = 64;

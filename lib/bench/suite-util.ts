@@ -1,5 +1,5 @@
 // Helpers every benchmark suite shares: random device data without giant host arrays,
-// grid parsing, and disposal of a case's buffers.
+// grid parsing (a case's buffers are freed by runtime/dispose.ts's disposeAll).
 import type { DType } from '../dtype.js';
 import { mulberry32, randnArray } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
@@ -34,11 +34,6 @@ export function randomTensor(shape: readonly number[], dtype: DType, seed: numbe
     throw err;
   }
   return t;
-}
-
-/** Frees a case's buffers, newest first. */
-export function disposeAll(list: ReadonlyArray<{ dispose(): void } | undefined>): void {
-  for (let i = list.length - 1; i >= 0; i--) list[i]?.dispose();
 }
 
 /** Positive integers of grid key `key` (or the fallback). */

@@ -6,6 +6,7 @@ import { native, nativeLimits, nativeOp } from '../native.js';
 import { FALLBACK_LIMITS } from '../native-contract.js';
 import type { NativeDecodeConfig, NativeDecodeWorkspaceArgs } from '../native-contract.js';
 import type { Stream } from '../runtime/stream.js';
+import { disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
 import { checkInt, checkNumber, checkRowAlignment, checkSameDType, checkTensor, isPowerOfTwo, refuseIndexCheckDuringCapture } from './validate.js';
@@ -389,8 +390,7 @@ export function decode(opts: DecodeOptions): DecodeResult {
     });
     return { out, lse };
   } catch (err) {
-    if (!opts.out) out.dispose();
-    if (!opts.lse) lse?.dispose();
+    disposeUnlessGiven({ out, lse }, opts);
     throw err;
   } finally {
     // cudaFree waits for the device, so freeing the temporary right away is safe.

@@ -3,6 +3,7 @@
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
+import { disposeAll, disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
 import { checkInt, checkRowAlignment, checkSameDType, checkTensor } from './validate.js';
@@ -102,7 +103,7 @@ function runMatmul(x: DeviceTensor, weight: DeviceTensor, plan: MatmulPlan, out:
       stream: opts.stream?.nativeHandle(),
     });
   } catch (err) {
-    if (y !== out) y.dispose();
+    disposeUnlessGiven({ out: y }, { out });
     throw err;
   }
   return y;
@@ -188,8 +189,7 @@ export function prepareAbsorbWeights(kvBProj: DeviceTensor, dims: AbsorbDims, op
     wUV = DeviceTensor.empty([H, v, C], kvBProj.dtype);
     wUV.copyFrom(perHead.slice(1, nope, nope + v), opts);
   } catch (err) {
-    wUK.dispose();
-    wUV?.dispose();
+    disposeAll([wUK, wUV]);
     throw err;
   }
   const uv = wUV;

@@ -7,6 +7,7 @@
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
+import { disposeAll, disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
 import { linear } from './linear.js';
@@ -314,10 +315,6 @@ function hostIndex(v: PrefillIndexInput, opts: StreamOption): ArrayLike<number> 
   return v instanceof DeviceTensor ? (v.toHostSync(opts) as Int32Array) : v;
 }
 
-function disposeAll(ts: readonly (DeviceTensor | undefined)[]): void {
-  for (const t of ts) t?.dispose();
-}
-
 /**
  * Causal MLA prefill over a batch of requests with cached prefixes (chunked prefill / prefix
  * caching). Returns out [Tq, H, 128] (q's dtype) and lse [Tq, H] f32 (natural log).
@@ -425,8 +422,7 @@ export function prefill(opts: PrefillOptions): PrefillResult {
     }
     return { out, lse };
   } catch (err) {
-    if (opts.out === undefined) out.dispose();
-    if (opts.lse === undefined) lse?.dispose();
+    disposeUnlessGiven({ out, lse }, opts);
     throw err;
   } finally {
     disposeAll(temps);
@@ -451,8 +447,7 @@ export function preparePrefillWeights(kvBProj: DeviceTensor, dims: { numHeads: n
     wUV.reshape([H, PREFILL_V_DIM, PREFILL_KV_LORA]).copyFrom(w3.slice(1, PREFILL_NOPE_DIM, PREFILL_NOPE_DIM + PREFILL_V_DIM), opts);
     return { wUK, wUV };
   } catch (err) {
-    wUK.dispose();
-    wUV?.dispose();
+    disposeAll([wUK, wUV]);
     throw err;
   }
 }
@@ -559,8 +554,7 @@ export function prefillAttention(opts: PrefillAttentionOptions): PrefillResult {
     for (let r0 = 0; r0 < B && maxQ > 0; r0 += MAX_GRID_Z) nativeOp('prefillAttention')({ ...args, reqBegin: r0, reqCount: Math.min(B, r0 + MAX_GRID_Z) - r0 });
     return { out, lse };
   } catch (err) {
-    if (opts.out === undefined) out.dispose();
-    if (opts.lse === undefined) lse?.dispose();
+    disposeUnlessGiven({ out, lse }, opts);
     throw err;
   } finally {
     planT?.dispose();

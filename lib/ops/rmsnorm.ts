@@ -3,6 +3,7 @@
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
+import { disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
 import { checkNumber, checkTensor } from './validate.js';
@@ -59,7 +60,7 @@ export function rmsNorm(x: DeviceTensor, weight: DeviceTensor, eps: number, opts
       stream: opts.stream?.nativeHandle(),
     });
   } catch (err) {
-    if (out !== opts.out) out.dispose();
+    disposeUnlessGiven({ out }, opts);
     throw err;
   }
   return out;

@@ -4,6 +4,7 @@
 // lib/reference/sparse.ts.
 import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
+import { disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
 import { checkInt, checkNumber, checkRowAlignment, checkSameDType, checkTensor, isPowerOfTwo, refuseIndexCheckDuringCapture } from './validate.js';
@@ -194,8 +195,7 @@ export function sparse(opts: SparseOptions): SparseResult {
     });
     return { out, lse };
   } catch (err) {
-    if (!opts.out) out.dispose();
-    if (!opts.lse) lse?.dispose();
+    disposeUnlessGiven({ out, lse }, opts);
     throw err;
   } finally {
     // cudaFree waits for the device, so freeing the temporary right away is safe.
