@@ -65,16 +65,24 @@ export interface NativeBuildInfo {
   ops: string[];
 }
 
+/** The addon's deviceStatus(); the public DeviceStatus (runtime/cuda.ts) is this type. */
 export interface NativeDeviceStatus {
+  /** A usable device exists. */
   ok: boolean;
+  /** 'OK', 'ERR_NO_ADDON', 'ERR_NO_CUDA' or 'ERR_NO_DEVICE' (no driver / no GPU), 'ERR_CUDA'. */
   code: string;
+  /** CUDA's error name when the runtime reported one (e.g. cudaErrorInsufficientDriver). */
   cudaError: string;
+  /** Every GPU call throws this when `ok` is false: the situation, its fix, CUDA's error, and a pointer to `npx mla-cuda doctor`. */
   message: string;
-  /** Why there is no usable device, and what fixes it (runtime/no_device.h); '' when ok. */
+  /** The situation alone (e.g. "no NVIDIA driver found (...)"), from runtime/no_device.h; '' when ok. `doctor` prints it. */
   reason: string;
+  /** What fixes it, with `reason`. */
   fix: string;
   deviceCount: number;
+  /** Driver's CUDA version (e.g. 13000), 0 when no driver is installed. */
   driverVersion: number;
+  /** CUDA runtime linked into the addon, e.g. 13000 for 13.0. */
   runtimeVersion: number;
 }
 

@@ -61,7 +61,7 @@ static int64_t integerOf(const ArgReader& r, Napi::Value v, const std::string& n
   return static_cast<int64_t>(d);
 }
 
-// A tensor descriptor is {buffer, offset, dtype, shape, strides} (lib/tensor.ts nativeRef()).
+// A tensor descriptor is {buffer, offset, dtype, shape, strides} (lib/runtime/tensor.ts nativeRef()).
 // Every element it can address must lie inside the allocation: checked here so no launch can
 // be handed a window past the end of its buffer.
 bool ArgReader::optionalTensor(const char* name, TensorRef* out) const {

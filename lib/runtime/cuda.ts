@@ -1,6 +1,6 @@
 import { MlaError } from '../errors.js';
 import { addonLoadError, tryNative } from '../native.js';
-import type { NativeDeviceInfo } from '../native.js';
+import type { NativeDeviceInfo, NativeDeviceStatus } from '../native.js';
 import { refuseDuringCapture } from './stream.js';
 
 export interface BuildInfo {
@@ -25,24 +25,12 @@ export interface BuildInfo {
   ops: string[];
 }
 
-export interface DeviceStatus {
-  /** A usable device exists. */
-  ok: boolean;
-  /** 'OK', 'ERR_NO_ADDON', 'ERR_NO_CUDA' or 'ERR_NO_DEVICE' (no driver / no GPU), 'ERR_CUDA'. */
-  code: string;
-  /** CUDA's error name when the runtime reported one (e.g. cudaErrorInsufficientDriver). */
-  cudaError: string;
-  /** Every GPU call throws this when `ok` is false: the situation, its fix, CUDA's error, and a pointer to `npx mla-cuda doctor`. */
-  message: string;
-  /** The situation alone (e.g. "no NVIDIA driver found (...)"), when the addon could tell; `doctor` prints it. */
-  reason?: string | undefined;
-  /** What fixes it, with `reason`. */
-  fix?: string | undefined;
-  deviceCount: number;
-  /** Driver's CUDA version (e.g. 13000), 0 when no driver is installed. */
-  driverVersion: number;
-  runtimeVersion: number;
-}
+/**
+ * Whether a GPU can be used, and if not, why: the addon's answer (fields documented on
+ * NativeDeviceStatus). Without an addon nobody can say why, so `reason` and `fix` are absent
+ * then, and `doctor` falls back to its own advice.
+ */
+export type DeviceStatus = Omit<NativeDeviceStatus, 'reason' | 'fix'> & Partial<Pick<NativeDeviceStatus, 'reason' | 'fix'>>;
 
 export interface DeviceInfo extends NativeDeviceInfo {
   /** "9.0" for an H100. */
