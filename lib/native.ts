@@ -56,12 +56,18 @@ export interface NativeBuildInfo {
   compiledWithCuda: boolean;
   /** CPU-only because MLA_CUDA_DISABLE was set at build time (not for want of nvcc). */
   cudaDisabled: boolean;
-  /** The emulated-device build (kernels run on the CPU; csrc/emu). */
+  /**
+   * The emulated-device addon is loaded (MLA_CUDA_DEVICE=emulator or auto without a GPU; csrc/emu):
+   * the kernels run on the CPU, correct but slow, and nothing it times means anything.
+   */
   emulated: boolean;
+  /** CUDA architectures compiled in, e.g. "80-real 86-real 89-real 90-real 100-real 120". */
   cudaArchitectures: string;
   nvccVersion: string;
+  /** CUDA runtime linked into the addon, e.g. 13000 for 13.0. */
   runtimeVersion: number;
   napiVersion: number;
+  /** Native ops available. */
   ops: string[];
 }
 

@@ -15,8 +15,7 @@ import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import { mlaDecodeBytes, mlaDecodeFlops, MLA_DK, MLA_DV } from './formulas.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
-import { type HalfDType, fillRandom, gridBooleans, gridChoices, gridDTypes, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
-import { disposeAll } from '../runtime/dispose.js';
+import { type HalfDType, fillRandom, gridBooleans, gridChoices, gridDTypes, gridNumbers, shuffledPages, splitKvWorkspaceBytes, withOwned } from './suite-util.js';
 import * as reference from '../reference/index.js';
 
 const PAGE_SIZE = 64;
@@ -106,45 +105,38 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
     bytes: mlaDecodeBytes(shape),
     footprintBytes: numPages * PAGE_SIZE * rowBytes + tokens * s.h * (MLA_DK + MLA_DV) * e + tokens * s.h * 4 + s.b * (maxPages + 1) * 4 + wsEstimate,
     checks: [decodeCheck(s.dtype, fp8 ? 'fp8' : 'model')],
-    setup() {
-      const owned: Array<{ dispose(): void }> = [];
-      try {
-        const q = DeviceTensor.empty([tokens, s.h, MLA_DK], s.dtype);
-        owned.push(q);
-        fillRandom(q, 11, 0.5);
-        const cache = DeviceTensor.empty([numPages, PAGE_SIZE, fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK], fp8 ? 'u8' : s.dtype);
-        owned.push(cache);
-        // FP8: every byte 0x38 is a valid row (e4m3 1.0, scales and rope ≈ 4.4e-5); the kernel's
-        // work does not depend on the values.
-        if (fp8) cache.fill(0x38);
-        else fillRandom(cache, 12);
-        const perm = shuffledPages(numPages, 13);
-        const table = new Int32Array(s.b * maxPages);
-        let next = 0;
-        for (let b = 0; b < s.b; b++) for (let i = 0; i < pagesOf[b]!; i++) table[b * maxPages + i] = perm[next++]!;
-        const blockTable = DeviceTensor.fromArray(table, [s.b, maxPages], 'i32');
-        owned.push(blockTable);
-        const lens = DeviceTensor.fromArray(seqLens, [s.b], 'i32');
-        owned.push(lens);
-        const out = DeviceTensor.empty([tokens, s.h, MLA_DV], s.dtype);
-        owned.push(out);
-        const lse = DeviceTensor.empty([tokens, s.h], 'f32');
-        owned.push(lse);
-        const workspace = new DecodeWorkspace({ maxBatch: s.b, maxHeads: s.h, maxQSeqLen: s.sQ });
-        owned.push(workspace);
-        const args = { q, cache, blockTable, seqLens: lens, scale: SCALE, causal: s.causal, out, lse, workspace, checkIndices: false };
-        // One full call so the plan runMain relies on is in the workspace.
-        decode(args);
-        return {
-          run: (stream) => decode({ ...args, stream }),
-          runMain: (stream) => decode({ ...args, stream, phases: 'main' }),
-          dispose: () => disposeAll(owned),
-        };
-      } catch (err) {
-        disposeAll(owned);
-        throw err;
-      }
-    },
+    setup: () => withOwned((owned) => {
+      const q = DeviceTensor.empty([tokens, s.h, MLA_DK], s.dtype);
+      owned.push(q);
+      fillRandom(q, 11, 0.5);
+      const cache = DeviceTensor.empty([numPages, PAGE_SIZE, fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK], fp8 ? 'u8' : s.dtype);
+      owned.push(cache);
+      // FP8: every byte 0x38 is a valid row (e4m3 1.0, scales and rope ≈ 4.4e-5); the kernel's
+      // work does not depend on the values.
+      if (fp8) cache.fill(0x38);
+      else fillRandom(cache, 12);
+      const perm = shuffledPages(numPages, 13);
+      const table = new Int32Array(s.b * maxPages);
+      let next = 0;
+      for (let b = 0; b < s.b; b++) for (let i = 0; i < pagesOf[b]!; i++) table[b * maxPages + i] = perm[next++]!;
+      const blockTable = DeviceTensor.fromArray(table, [s.b, maxPages], 'i32');
+      owned.push(blockTable);
+      const lens = DeviceTensor.fromArray(seqLens, [s.b], 'i32');
+      owned.push(lens);
+      const out = DeviceTensor.empty([tokens, s.h, MLA_DV], s.dtype);
+      owned.push(out);
+      const lse = DeviceTensor.empty([tokens, s.h], 'f32');
+      owned.push(lse);
+      const workspace = new DecodeWorkspace({ maxBatch: s.b, maxHeads: s.h, maxQSeqLen: s.sQ });
+      owned.push(workspace);
+      const args = { q, cache, blockTable, seqLens: lens, scale: SCALE, causal: s.causal, out, lse, workspace, checkIndices: false };
+      // One full call so the plan runMain relies on is in the workspace.
+      decode(args);
+      return {
+        run: (stream) => decode({ ...args, stream }),
+        runMain: (stream) => decode({ ...args, stream, phases: 'main' }),
+      };
+    }),
   };
 }
 

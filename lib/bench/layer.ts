@@ -19,8 +19,8 @@ import { decodeCheck } from './decode.js';
 import { gemmBytes, gemmFlops, mlaDecodeBytes, mlaDecodeFlops } from './formulas.js';
 import { absorbCheck, linearCheck } from './linear.js';
 import { appendLatentCheck, ropeQueryCheck } from './rope.js';
-import type { BenchCase, BenchInstance, BenchSuite, KernelCheck } from './types.js';
-import { fillRandom, gridNumbers, shuffledPages } from './suite-util.js';
+import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
+import { fillRandom, gridNumbers, shuffledPages, withOwned } from './suite-util.js';
 import { disposeAll } from '../runtime/dispose.js';
 import * as reference from '../reference/index.js';
 
@@ -241,29 +241,22 @@ export function layerCase(stage: LayerStage, d: Dims): BenchCase {
     bytes,
     footprintBytes: weightBytes() + cacheBytes(d) + act,
     checks: stageChecks(stage),
-    setup(): BenchInstance {
-      const owned: Array<{ dispose(): void }> = [];
-      try {
-        const s = new LayerStep(d, owned);
-        // One full step first: the plan decode's runMain relies on, real data for every stage.
-        s.run.step();
-        if (stage === 'graph') {
-          const captureStream = new Stream();
-          owned.push(captureStream);
-          const graph = captureStream.capture(() => s.run.step(captureStream));
-          owned.push(graph);
-          return { run: (stream) => graph.launch(stream), dispose: () => s.dispose() };
-        }
-        return {
-          run: (stream) => s.run[stage](stream),
-          ...(stage === 'step' ? { runMain: (stream: Stream) => s.run.decode(stream) } : {}),
-          dispose: () => s.dispose(),
-        };
-      } catch (e) {
-        disposeAll(owned);
-        throw e;
+    setup: () => withOwned((owned) => {
+      const s = new LayerStep(d, owned);
+      // One full step first: the plan decode's runMain relies on, real data for every stage.
+      s.run.step();
+      if (stage === 'graph') {
+        const captureStream = new Stream();
+        owned.push(captureStream);
+        const graph = captureStream.capture(() => s.run.step(captureStream));
+        owned.push(graph);
+        return { run: (stream) => graph.launch(stream) };
       }
-    },
+      return {
+        run: (stream) => s.run[stage](stream),
+        ...(stage === 'step' ? { runMain: (stream: Stream) => s.run.decode(stream) } : {}),
+      };
+    }),
   };
 }
 

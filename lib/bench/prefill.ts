@@ -21,8 +21,7 @@ import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import { attentionFlops } from './formulas.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
-import { type HalfDType, fillRandom, gridDTypes, gridNumbers } from './suite-util.js';
-import { disposeAll } from '../runtime/dispose.js';
+import { type HalfDType, fillRandom, gridDTypes, gridNumbers, withOwned } from './suite-util.js';
 import * as reference from '../reference/index.js';
 
 const LENGTHS = [512, 1024, 2048, 4096, 8192, 16384, 32768];
@@ -113,51 +112,44 @@ export function prefillCase(n: number, heads: number, dtype: HalfDType = 'bf16',
     bytes: qBytes + outBytes + n * WIDTH * e + wBytes,
     footprintBytes: qBytes + outBytes + cacheBytes + n * WIDTH * e + wBytes + upBytes + scratchBytes,
     checks: [prefillCheck(dtype, 'prefill'), prefillCheck(dtype, 'attention')],
-    setup() {
-      const owned: Array<{ dispose(): void }> = [];
+    setup: () => withOwned((owned) => {
       const own = <T extends { dispose(): void }>(x: T): T => {
         owned.push(x);
         return x;
       };
-      try {
-        const q = own(DeviceTensor.empty([n, heads, NOPE + ROPE], dtype));
-        fillRandom(q, 1);
-        // Context rows contiguous (for runMain) and the same rows in the paged cache, in order.
-        const rows = own(DeviceTensor.empty([n, WIDTH], dtype));
-        fillRandom(rows, 2);
-        const cache = own(DeviceTensor.zeros([pages, PAGE_SIZE, WIDTH], dtype));
-        cache.reshape([pages * PAGE_SIZE, WIDTH]).slice(0, 0, n).copyFrom(rows);
-        const tableHost = Int32Array.from({ length: pages }, (_, i) => i);
-        const blockTable = own(DeviceTensor.fromArray(tableHost, [1, pages], 'i32'));
-        const kvBProj = own(DeviceTensor.empty([heads * (NOPE + V), KV_LORA], dtype));
-        fillRandom(kvBProj, 3, 1 / Math.sqrt(KV_LORA));
-        const up = own(linear(rows.slice(1, 0, KV_LORA), kvBProj)).reshape([n, heads, NOPE + V]);
-        const kNope = up.slice(2, 0, NOPE);
-        const v = up.slice(2, NOPE, NOPE + V);
-        const kRope = rows.slice(1, KV_LORA, WIDTH);
-        const out = own(DeviceTensor.empty([n, heads, V], dtype));
-        const lse = own(DeviceTensor.empty([n, heads], 'f32'));
-        const lens = Int32Array.of(n);
-        // Scratch reused across runs, as a serving engine would (no cudaMalloc in the timing).
-        const workspace = own(new PrefillWorkspace());
-        const scale = 1 / Math.sqrt(NOPE + ROPE);
-        return {
-          run: (stream) => {
-            prefill({
-              q, cache, blockTable, blockTableHost: tableHost, seqLens: lens, qSeqLens: lens,
-              weights: { kvBProj }, scale, out, lse, chunkTokens, workspace, stream,
-            });
-          },
-          runMain: (stream) => {
-            prefillAttention({ q, kNope, kRope, v, qSeqLens: lens, kvSeqLens: lens, scale, out, lse, stream });
-          },
-          dispose: () => disposeAll(owned),
-        };
-      } catch (err) {
-        disposeAll(owned);
-        throw err;
-      }
-    },
+      const q = own(DeviceTensor.empty([n, heads, NOPE + ROPE], dtype));
+      fillRandom(q, 1);
+      // Context rows contiguous (for runMain) and the same rows in the paged cache, in order.
+      const rows = own(DeviceTensor.empty([n, WIDTH], dtype));
+      fillRandom(rows, 2);
+      const cache = own(DeviceTensor.zeros([pages, PAGE_SIZE, WIDTH], dtype));
+      cache.reshape([pages * PAGE_SIZE, WIDTH]).slice(0, 0, n).copyFrom(rows);
+      const tableHost = Int32Array.from({ length: pages }, (_, i) => i);
+      const blockTable = own(DeviceTensor.fromArray(tableHost, [1, pages], 'i32'));
+      const kvBProj = own(DeviceTensor.empty([heads * (NOPE + V), KV_LORA], dtype));
+      fillRandom(kvBProj, 3, 1 / Math.sqrt(KV_LORA));
+      const up = own(linear(rows.slice(1, 0, KV_LORA), kvBProj)).reshape([n, heads, NOPE + V]);
+      const kNope = up.slice(2, 0, NOPE);
+      const v = up.slice(2, NOPE, NOPE + V);
+      const kRope = rows.slice(1, KV_LORA, WIDTH);
+      const out = own(DeviceTensor.empty([n, heads, V], dtype));
+      const lse = own(DeviceTensor.empty([n, heads], 'f32'));
+      const lens = Int32Array.of(n);
+      // Scratch reused across runs, as a serving engine would (no cudaMalloc in the timing).
+      const workspace = own(new PrefillWorkspace());
+      const scale = 1 / Math.sqrt(NOPE + ROPE);
+      return {
+        run: (stream) => {
+          prefill({
+            q, cache, blockTable, blockTableHost: tableHost, seqLens: lens, qSeqLens: lens,
+            weights: { kvBProj }, scale, out, lse, chunkTokens, workspace, stream,
+          });
+        },
+        runMain: (stream) => {
+          prefillAttention({ q, kNope, kRope, v, qSeqLens: lens, kvSeqLens: lens, scale, out, lse, stream });
+        },
+      };
+    }),
   };
 }
 

@@ -14,8 +14,7 @@ import { applyRope, ropeLayoutOf, ropeTable } from '../reference/rope.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
-import { type HalfDType, fillRandom, gridDTypes, gridNumbers, shuffledPages } from './suite-util.js';
-import { disposeAll } from '../runtime/dispose.js';
+import { type HalfDType, fillRandom, gridDTypes, gridNumbers, shuffledPages, withOwned } from './suite-util.js';
 import * as reference from '../reference/index.js';
 
 const TOKENS = [1, 16, 256, 4096, 65536];
@@ -99,34 +98,27 @@ export function appendLatentCase(tokens: number, dtype: HalfDType = 'bf16'): Ben
     bytes,
     footprintBytes: tokens * WIDTH * e + numPages * PAGE_SIZE * WIDTH * e + KV_LORA * e + 8 * tokens + tableBytes,
     checks: [appendLatentCheck(dtype)],
-    setup() {
-      const owned: Array<{ dispose(): void }> = [];
-      try {
-        // Positions 0..T−1 (a prefill): every token reads its own table row.
-        const table = RopeTable.create(ropeConfigFrom(V3), tokens);
-        owned.push(table);
-        const kvDown = DeviceTensor.empty([tokens, WIDTH], dtype);
-        owned.push(kvDown);
-        fillRandom(kvDown, 1);
-        const normWeight = DeviceTensor.empty([KV_LORA], dtype);
-        owned.push(normWeight);
-        fillRandom(normWeight, 2);
-        const cache = DeviceTensor.full([numPages, PAGE_SIZE, WIDTH], dtype, 0.5);
-        owned.push(cache);
-        const positions = DeviceTensor.fromArray(Int32Array.from({ length: tokens }, (_, i) => i), [tokens], 'i32');
-        owned.push(positions);
-        const slotMapping = DeviceTensor.fromArray(shuffledSlots(tokens, numPages, 3), [tokens], 'i32');
-        owned.push(slotMapping);
-        return {
-          // checkIndices: false — the host round trip is not what is being measured.
-          run: (stream) => appendLatent({ kvDown, normWeight, eps: 1e-6, positions, slotMapping, cache, table, stream, checkIndices: false }),
-          dispose: () => disposeAll(owned),
-        };
-      } catch (err) {
-        disposeAll(owned);
-        throw err;
-      }
-    },
+    setup: () => withOwned((owned) => {
+      // Positions 0..T−1 (a prefill): every token reads its own table row.
+      const table = RopeTable.create(ropeConfigFrom(V3), tokens);
+      owned.push(table);
+      const kvDown = DeviceTensor.empty([tokens, WIDTH], dtype);
+      owned.push(kvDown);
+      fillRandom(kvDown, 1);
+      const normWeight = DeviceTensor.empty([KV_LORA], dtype);
+      owned.push(normWeight);
+      fillRandom(normWeight, 2);
+      const cache = DeviceTensor.full([numPages, PAGE_SIZE, WIDTH], dtype, 0.5);
+      owned.push(cache);
+      const positions = DeviceTensor.fromArray(Int32Array.from({ length: tokens }, (_, i) => i), [tokens], 'i32');
+      owned.push(positions);
+      const slotMapping = DeviceTensor.fromArray(shuffledSlots(tokens, numPages, 3), [tokens], 'i32');
+      owned.push(slotMapping);
+      return {
+        // checkIndices: false — the host round trip is not what is being measured.
+        run: (stream) => appendLatent({ kvDown, normWeight, eps: 1e-6, positions, slotMapping, cache, table, stream, checkIndices: false }),
+      };
+    }),
   };
 }
 
@@ -141,26 +133,19 @@ export function ropeQueryCase(tokens: number, heads: number, dtype: HalfDType = 
     bytes: 2 * tokens * heads * ROPE * e + 4 * tokens + tableBytes,
     footprintBytes: tokens * heads * qk * e + 4 * tokens + tableBytes,
     checks: [ropeQueryCheck(dtype)],
-    setup() {
-      const owned: Array<{ dispose(): void }> = [];
-      try {
-        const table = RopeTable.create(ropeConfigFrom(V3), tokens);
-        owned.push(table);
-        const q = DeviceTensor.empty([tokens, heads, qk], dtype);
-        owned.push(q);
-        fillRandom(q, 4);
-        const positions = DeviceTensor.fromArray(Int32Array.from({ length: tokens }, (_, i) => i), [tokens], 'i32');
-        owned.push(positions);
-        // Rotating repeatedly is fine: the values stay bounded (|cos|, |sin| ≤ 1 rotations).
-        return {
-          run: (stream) => ropeQuery(q, positions, table, { stream, checkIndices: false }),
-          dispose: () => disposeAll(owned),
-        };
-      } catch (err) {
-        disposeAll(owned);
-        throw err;
-      }
-    },
+    setup: () => withOwned((owned) => {
+      const table = RopeTable.create(ropeConfigFrom(V3), tokens);
+      owned.push(table);
+      const q = DeviceTensor.empty([tokens, heads, qk], dtype);
+      owned.push(q);
+      fillRandom(q, 4);
+      const positions = DeviceTensor.fromArray(Int32Array.from({ length: tokens }, (_, i) => i), [tokens], 'i32');
+      owned.push(positions);
+      // Rotating repeatedly is fine: the values stay bounded (|cos|, |sin| ≤ 1 rotations).
+      return {
+        run: (stream) => ropeQuery(q, positions, table, { stream, checkIndices: false }),
+      };
+    }),
   };
 }
 

@@ -15,8 +15,7 @@ import { DeviceTensor } from '../runtime/tensor.js';
 import { HALF_TOLERANCE, withScope } from './check.js';
 import { mlaSparseBytes, mlaSparseFlops, MLA_DK, MLA_DV } from './formulas.js';
 import type { BenchCase, BenchSuite, KernelCheck } from './types.js';
-import { fillRandom, gridChoices, gridNumbers, shuffledPages, splitKvWorkspaceBytes } from './suite-util.js';
-import { disposeAll } from '../runtime/dispose.js';
+import { fillRandom, gridChoices, gridNumbers, shuffledPages, splitKvWorkspaceBytes, withOwned } from './suite-util.js';
 import * as reference from '../reference/index.js';
 
 const PAGE_SIZE = 64;
@@ -120,37 +119,30 @@ export function sparseCase(s: SparseBenchShape, smCount?: number): BenchCase {
     bytes: mlaSparseBytes({ uniqueTokens: unique, cacheRowBytes: rowBytes }),
     footprintBytes: numPages * PAGE_SIZE * rowBytes + tokens * s.h * (MLA_DK + MLA_DV) * 2 + tokens * s.h * 4 + indices.length * 4 + wsEstimate,
     checks: [sparseCheck(s.cache)],
-    setup() {
-      const owned: Array<{ dispose(): void }> = [];
-      try {
-        const q = DeviceTensor.empty([tokens, s.h, MLA_DK], 'bf16');
-        owned.push(q);
-        fillRandom(q, 11, 0.5);
-        const cache = DeviceTensor.empty([numPages, PAGE_SIZE, fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK], fp8 ? 'u8' : 'bf16');
-        owned.push(cache);
-        // FP8: every byte 0x38 is a valid row (e4m3 1.0, small scales and rope); the work does not depend on values.
-        if (fp8) cache.fill(0x38);
-        else fillRandom(cache, 12);
-        const idx = DeviceTensor.fromArray(indices, [tokens, s.topk], 'i32');
-        owned.push(idx);
-        const out = DeviceTensor.empty([tokens, s.h, MLA_DV], 'bf16');
-        owned.push(out);
-        const lse = DeviceTensor.empty([tokens, s.h], 'f32');
-        owned.push(lse);
-        const workspace = new DecodeWorkspace({ maxBatch: tokens, maxHeads: s.h });
-        owned.push(workspace);
-        const args = { q, cache, indices: idx, scale: SCALE, out, lse, workspace, checkIndices: false };
-        sparse(args); // the plan runMain relies on
-        return {
-          run: (stream) => sparse({ ...args, stream }),
-          runMain: (stream) => sparse({ ...args, stream, phases: 'main' }),
-          dispose: () => disposeAll(owned),
-        };
-      } catch (err) {
-        disposeAll(owned);
-        throw err;
-      }
-    },
+    setup: () => withOwned((owned) => {
+      const q = DeviceTensor.empty([tokens, s.h, MLA_DK], 'bf16');
+      owned.push(q);
+      fillRandom(q, 11, 0.5);
+      const cache = DeviceTensor.empty([numPages, PAGE_SIZE, fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK], fp8 ? 'u8' : 'bf16');
+      owned.push(cache);
+      // FP8: every byte 0x38 is a valid row (e4m3 1.0, small scales and rope); the work does not depend on values.
+      if (fp8) cache.fill(0x38);
+      else fillRandom(cache, 12);
+      const idx = DeviceTensor.fromArray(indices, [tokens, s.topk], 'i32');
+      owned.push(idx);
+      const out = DeviceTensor.empty([tokens, s.h, MLA_DV], 'bf16');
+      owned.push(out);
+      const lse = DeviceTensor.empty([tokens, s.h], 'f32');
+      owned.push(lse);
+      const workspace = new DecodeWorkspace({ maxBatch: tokens, maxHeads: s.h });
+      owned.push(workspace);
+      const args = { q, cache, indices: idx, scale: SCALE, out, lse, workspace, checkIndices: false };
+      sparse(args); // the plan runMain relies on
+      return {
+        run: (stream) => sparse({ ...args, stream }),
+        runMain: (stream) => sparse({ ...args, stream, phases: 'main' }),
+      };
+    }),
   };
 }
 

@@ -3,7 +3,8 @@
 import type { DType } from '../dtype.js';
 import { mulberry32, randnArray } from '../reference/util.js';
 import { DeviceTensor } from '../runtime/tensor.js';
-import type { BenchSuiteOptions } from './types.js';
+import { disposeAll, type Disposable } from '../runtime/dispose.js';
+import type { BenchInstance, BenchSuiteOptions } from './types.js';
 
 export type HalfDType = 'bf16' | 'f16';
 
@@ -87,4 +88,18 @@ export function shuffledPages(numPages: number, seed: number): Int32Array {
     [perm[i], perm[j]] = [perm[j]!, perm[i]!];
   }
   return perm;
+}
+
+/**
+ * A case's setup: `build` allocates into `owned` and returns the instance's functions; what it
+ * allocated is freed by the instance's dispose(), or at once if `build` throws halfway.
+ */
+export function withOwned(build: (owned: Disposable[]) => Omit<BenchInstance, 'dispose'>): BenchInstance {
+  const owned: Disposable[] = [];
+  try {
+    return { ...build(owned), dispose: () => disposeAll(owned) };
+  } catch (err) {
+    disposeAll(owned);
+    throw err;
+  }
 }

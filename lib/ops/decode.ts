@@ -324,17 +324,26 @@ export interface DecodeResult {
  * paged cache rows (K = the 576-wide row, V = its first 512 columns), lse natural log.
  * A query that sees no key gets out 0 and lse +inf.
  */
+/**
+ * The options decode and sparse share (both run the split-KV kernels): checkIndices (refused
+ * during a graph capture), phases and the workspace, checked and with their defaults.
+ */
+export function splitKvCallOptions(op: string, opts: { checkIndices?: unknown; phases?: unknown; workspace?: unknown }): { checkIndices: boolean; phases: 'all' | 'main'; ws: DecodeWorkspace | undefined } {
+  const checkIndices = opts.checkIndices ?? true;
+  if (typeof checkIndices !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${op}: \`checkIndices\` must be a boolean`);
+  refuseIndexCheckDuringCapture(op, checkIndices);
+  const phases = opts.phases ?? 'all';
+  if (phases !== 'all' && phases !== 'main') throw new MlaError('ERR_ARGUMENT', `${op}: \`phases\` must be 'all' or 'main'`);
+  const ws = opts.workspace;
+  if (ws !== undefined && !(ws instanceof DecodeWorkspace)) throw new MlaError('ERR_ARGUMENT', `${op}: \`workspace\` must be a DecodeWorkspace`);
+  if (ws?.disposed) throw new MlaError('ERR_DISPOSED', `${op}: \`workspace\` was disposed`);
+  return { checkIndices, phases, ws };
+}
+
 export function decode(opts: DecodeOptions): DecodeResult {
   if (typeof opts !== 'object' || opts === null) throw new MlaError('ERR_ARGUMENT', `${OP}: expected an options object`);
   const geo = validateDecodeArgs(opts);
-  const checkIndices = opts.checkIndices ?? true;
-  if (typeof checkIndices !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${OP}: \`checkIndices\` must be a boolean`);
-  refuseIndexCheckDuringCapture(OP, checkIndices);
-  const phases = opts.phases ?? 'all';
-  if (phases !== 'all' && phases !== 'main') throw new MlaError('ERR_ARGUMENT', `${OP}: \`phases\` must be 'all' or 'main'`);
-  const ws = opts.workspace;
-  if (ws !== undefined && !(ws instanceof DecodeWorkspace)) throw new MlaError('ERR_ARGUMENT', `${OP}: \`workspace\` must be a DecodeWorkspace`);
-  if (ws?.disposed) throw new MlaError('ERR_DISPOSED', `${OP}: \`workspace\` was disposed`);
+  const { checkIndices, phases, ws } = splitKvCallOptions(OP, opts);
 
   let maxQ: number;
   if (checkIndices) {

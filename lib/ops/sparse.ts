@@ -7,9 +7,9 @@ import { nativeOp } from '../native.js';
 import { disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
-import { checkInt, checkNumber, checkRowAlignment, checkSameDType, checkTensor, isPowerOfTwo, refuseIndexCheckDuringCapture } from './validate.js';
+import { checkInt, checkNumber, checkRowAlignment, checkSameDType, checkTensor, isPowerOfTwo } from './validate.js';
 import { checkFp8Cache } from './fp8-cache.js';
-import { DECODE_DIM_QK, DECODE_DIM_V, DECODE_MAX_HEADS, DecodeWorkspace } from './decode.js';
+import { DECODE_DIM_QK, DECODE_DIM_V, DECODE_MAX_HEADS, DecodeWorkspace, splitKvCallOptions } from './decode.js';
 
 const OP = 'sparse';
 
@@ -155,14 +155,7 @@ export interface SparseResult {
 export function sparse(opts: SparseOptions): SparseResult {
   if (typeof opts !== 'object' || opts === null) throw new MlaError('ERR_ARGUMENT', `${OP}: expected an options object`);
   const geo = validateSparseArgs(opts);
-  const checkIndices = opts.checkIndices ?? true;
-  if (typeof checkIndices !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${OP}: \`checkIndices\` must be a boolean`);
-  refuseIndexCheckDuringCapture(OP, checkIndices);
-  const phases = opts.phases ?? 'all';
-  if (phases !== 'all' && phases !== 'main') throw new MlaError('ERR_ARGUMENT', `${OP}: \`phases\` must be 'all' or 'main'`);
-  const ws = opts.workspace;
-  if (ws !== undefined && !(ws instanceof DecodeWorkspace)) throw new MlaError('ERR_ARGUMENT', `${OP}: \`workspace\` must be a DecodeWorkspace`);
-  if (ws?.disposed) throw new MlaError('ERR_DISPOSED', `${OP}: \`workspace\` was disposed`);
+  const { checkIndices, phases, ws } = splitKvCallOptions(OP, opts);
   if (ws && !ws.fits(geo.tokens, geo.numHeads, 1)) {
     throw new MlaError('ERR_RANGE', `${OP}: \`workspace\` (maxBatch ${ws.maxBatch}, ${ws.maxRows} rows) is too small for ${geo.tokens} tokens × ${geo.numHeads} heads`);
   }

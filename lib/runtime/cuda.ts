@@ -1,28 +1,14 @@
 import { MlaError } from '../errors.js';
 import { addonLoadError, tryNative } from '../native.js';
-import type { NativeDeviceInfo, NativeDeviceStatus } from '../native.js';
+import type { NativeBuildInfo, NativeDeviceInfo, NativeDeviceStatus } from '../native.js';
 import { refuseDuringCapture } from './stream.js';
 
-export interface BuildInfo {
+/** The addon's build (fields documented on NativeBuildInfo), and whether it loaded at all. */
+export interface BuildInfo extends Omit<NativeBuildInfo, 'napiVersion'> {
   /** The addon loaded. */
   addonLoaded: boolean;
   /** Why it did not (undefined when it did). */
   addonError?: string | undefined;
-  compiledWithCuda: boolean;
-  /** Built CPU-only because MLA_CUDA_DISABLE was set (not because nvcc was missing). */
-  cudaDisabled: boolean;
-  /**
-   * The emulated-device addon is loaded (MLA_CUDA_DEVICE=emulator or auto without a GPU): the
-   * kernels run on the CPU, correct but slow, and nothing it times means anything.
-   */
-  emulated: boolean;
-  /** CUDA architectures compiled in, e.g. "80-real 86-real 89-real 90-real 100-real 120". */
-  cudaArchitectures: string;
-  nvccVersion: string;
-  /** CUDA runtime linked into the addon, e.g. 13000 for 13.0. */
-  runtimeVersion: number;
-  /** Native ops available. */
-  ops: string[];
 }
 
 /**
