@@ -15,6 +15,7 @@ import { SafetensorsFile } from '../lib/safetensors.js';
 import { loadMlaConfig, loadMlaWeights, type MlaWeights } from '../lib/weights.js';
 import { gpuSkip, roundTo } from './helpers/gpu.js';
 import { checkGpuGeometry } from '../lib/attention/gpu-backend.js';
+import { randomLayerWeights } from '../lib/reference/testing.js';
 
 const TOL = 1e-5;
 
@@ -160,7 +161,7 @@ t.test('gpu backend reproduces the v3slim fixture within bf16 tolerance', { skip
 for (const qLora of [96, null]) t.test(`gpu backend: mixed batch against the reference backend (q_lora_rank ${String(qLora)})`, { skip: gpuSkip }, async (t) => {
   // DeepSeek head geometry, small hidden size and head count, random weights rounded to bf16.
   const cfg: MlaConfig = mlaConfigFromHuggingFace({ hidden_size: 256, num_attention_heads: 4, q_lora_rank: qLora, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 });
-  const w = randomWeights(cfg, 5);
+  const w = randomLayerWeights(cfg, 5);
   const bf = (a: Float64Array | null): Float64Array | null => (a === null ? null : roundTo(Float32Array.from(a), 'bf16'));
   const wb: MlaLayerWeights = {
     qAProj: bf(w.qAProj), qALayernorm: w.qALayernorm, qBProj: bf(w.qBProj), qProj: bf(w.qProj),
@@ -210,26 +211,9 @@ const LITE: MlaConfig = mlaConfigFromHuggingFace({
   rope_scaling: { type: 'yarn', factor: 40, original_max_position_embeddings: 4096, mscale: 0.707, mscale_all_dim: 0.707 },
 });
 
-function randomWeights(cfg: MlaConfig, seed: number): MlaLayerWeights {
-  const rng = mulberry32(seed);
-  const { hiddenSize: hid, numHeads: H, kvLoraRank: C, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V, qLoraRank: q } = cfg;
-  const mat = (rows: number, cols: number): Float64Array => randnArray(rows * cols, rng, 1 / Math.sqrt(cols));
-  const norm = (n: number): Float64Array => Float64Array.from(randnArray(n, rng, 0.1), (v) => 1 + v);
-  return {
-    qAProj: q === null ? null : mat(q, hid),
-    qALayernorm: q === null ? null : norm(q),
-    qBProj: q === null ? null : mat(H * (N + R), q),
-    qProj: q === null ? mat(H * (N + R), hid) : null,
-    kvAProjWithMqa: mat(C + R, hid),
-    kvALayernorm: norm(C),
-    kvBProj: mat(H * (N + V), C),
-    oProj: mat(hid, H * V),
-  };
-}
-
-const W_LITE = randomWeights(LITE, 7);
+const W_LITE = randomLayerWeights(LITE, 7);
 const TINY: MlaConfig = { ...LITE, hiddenSize: 48, numHeads: 3, qLoraRank: 20 };
-const W_TINY = randomWeights(TINY, 11);
+const W_TINY = randomLayerWeights(TINY, 11);
 
 function tokens(cfg: MlaConfig, n: number, seed: number): Float64Array {
   return randnArray(n * cfg.hiddenSize, mulberry32(seed));
@@ -455,7 +439,7 @@ t.test('forward({ checkFinite: true }) rejects NaN / Infinity in hidden before r
 t.test('forward({ checkFinite: true }) on the gpu backend checks the downloaded bf16 bits', { skip: gpuSkip }, async (t) => {
   const cfg: MlaConfig = mlaConfigFromHuggingFace({ hidden_size: 256, num_attention_heads: 4, q_lora_rank: 96, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 });
   const gc = new LatentCache({ config: cfg, numLayers: 1, numPages: 4, pageSize: 16, backend: 'gpu' });
-  const gl = MlaAttention.create({ config: cfg, weights: randomWeights(cfg, 5), cache: gc, layer: 0, backend: 'gpu' });
+  const gl = MlaAttention.create({ config: cfg, weights: randomLayerWeights(cfg, 5), cache: gc, layer: 0, backend: 'gpu' });
   gc.addSequence('a');
   for (const [bad, shown] of [[Infinity, 'Infinity'], [Number.NaN, 'NaN'], [-Infinity, '-Infinity']] as const) {
     const x = Float32Array.from(tokens(cfg, 2, 90));
@@ -474,7 +458,7 @@ t.test('forward({ checkFinite: true }) on the gpu backend checks the downloaded 
 
 t.test('layers of one model share a planned step', async (t) => {
   const cache = new LatentCache({ config: TINY, numLayers: 2, numPages: 16, pageSize: 4, backend: 'reference' });
-  const w1 = randomWeights(TINY, 99);
+  const w1 = randomLayerWeights(TINY, 99);
   const l0 = MlaAttention.create({ config: TINY, weights: W_TINY, cache, layer: 0, backend: 'reference' });
   const l1 = MlaAttention.create({ config: TINY, weights: w1, cache, layer: 1, backend: 'reference' });
   cache.addSequence(0);

@@ -19,6 +19,7 @@ import {
 } from '../lib/index.js';
 import type { DType } from '../lib/index.js';
 import { gpuSkip, randn, roundTo } from './helpers/gpu.js';
+import { relErr } from './helpers/fuzz.js';
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? 16);
 const RUNS = Number(process.env['FUZZ_RUNS'] ?? 60);
@@ -45,16 +46,6 @@ function expectTyped(err: unknown, ops: readonly string[], ctx: string, names?: 
 function contextAlive(): void {
   cuda.synchronize(); // throws once a fault poisoned the context
   DeviceTensor.zeros([1]).dispose();
-}
-
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  if (got.length !== want.length) return Number.POSITIVE_INFINITY;
-  let num = 0, den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i]! - want[i]!) ** 2;
-    den += want[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
 }
 
 function sameBits(a: ArrayLike<number>, b: ArrayLike<number>): boolean {

@@ -23,6 +23,7 @@ import type { CacheStep, DecodeGraph, SequenceId } from '../lib/index.js';
 import { mulberry32, randnArray } from '../lib/reference/util.js';
 import { loadMlaConfig, loadMlaWeights } from '../lib/weights.js';
 import { gpuSkip } from './helpers/gpu.js';
+import { relErr } from './helpers/fuzz.js';
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? 16);
 const RUNS = Number(process.env['FUZZ_RUNS'] ?? 60);
@@ -34,16 +35,6 @@ const PAGE = 16;
 const NUM_PAGES = 10;
 
 const tally = { cases: 0, forward: 0, sparse: 0, graphStep: 0, refused: 0, other: 0 };
-
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  if (got.length !== want.length) return Number.POSITIVE_INFINITY;
-  let num = 0, den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i]! - want[i]!) ** 2;
-    den += want[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}
 
 function sameBits(a: DeviceTensor, b: DeviceTensor): boolean {
   const x = new Uint8Array(a.toHostSync().buffer), y = new Uint8Array(b.toHostSync().buffer);

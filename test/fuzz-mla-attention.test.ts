@@ -16,11 +16,12 @@ import fc from 'fast-check';
 import { fileURLToPath } from 'node:url';
 import { DeviceTensor, LatentCache, MlaAttention, MlaError, Stream, cuda } from '../lib/index.js';
 import type { CacheStep, MlaConfig, SequenceId } from '../lib/index.js';
-import type { MlaLayerWeights } from '../lib/reference/index.js';
 import type { AttentionPath, PathRule } from '../lib/attention.js';
 import { mulberry32, randnArray } from '../lib/reference/util.js';
 import { loadMlaConfig, loadMlaWeights } from '../lib/weights.js';
 import { gpuSkip } from './helpers/gpu.js';
+import { relErr } from './helpers/fuzz.js';
+import { randomLayerWeights } from '../lib/reference/testing.js';
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? 16);
 const RUNS = Number(process.env['FUZZ_RUNS'] ?? 60);
@@ -49,37 +50,10 @@ function expectTyped(err: unknown, ctx: string): MlaError {
   return err;
 }
 
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  if (got.length !== want.length) return Number.POSITIVE_INFINITY;
-  let num = 0, den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i]! - want[i]!) ** 2;
-    den += want[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}
-
-function randomWeights(cfg: MlaConfig, seed: number): MlaLayerWeights {
-  const rng = mulberry32(seed);
-  const { hiddenSize: hid, numHeads: H, kvLoraRank: C, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V, qLoraRank: q } = cfg;
-  const mat = (rows: number, cols: number): Float64Array => randnArray(rows * cols, rng, 1 / Math.sqrt(cols));
-  const norm = (n: number): Float64Array => Float64Array.from(randnArray(n, rng, 0.1), (v) => 1 + v);
-  return {
-    qAProj: q === null ? null : mat(q, hid),
-    qALayernorm: q === null ? null : norm(q),
-    qBProj: q === null ? null : mat(H * (N + R), q),
-    qProj: q === null ? mat(H * (N + R), hid) : null,
-    kvAProjWithMqa: mat(C + R, hid),
-    kvALayernorm: norm(C),
-    kvBProj: mat(H * (N + V), C),
-    oProj: mat(hid, H * V),
-  };
-}
-
 const TINY: MlaConfig = {
   ...loadMlaConfig(fileURLToPath(new URL('./fixtures/mla-tiny.safetensors', import.meta.url))),
 };
-const W_TINY = randomWeights(TINY, 11);
+const W_TINY = randomLayerWeights(TINY, 11);
 
 // ---- the calls -------------------------------------------------------------------------------
 const ID = fc.oneof({ weight: 10, arbitrary: fc.constantFrom<unknown>(0, 1, 2, 'a') }, { weight: 1, arbitrary: fc.constantFrom<unknown>(-1, 1.5, '', null, undefined, Number.NaN, {}, 99) });

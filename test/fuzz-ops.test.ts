@@ -14,6 +14,7 @@ import fc from 'fast-check';
 import { DeviceTensor, MlaError, RopeTable, cuda, linear, rmsNorm, rope, reference } from '../lib/index.js';
 import type { DType, MatmulOutputDType } from '../lib/index.js';
 import { gpuSkip, roundTo } from './helpers/gpu.js';
+import { relErr } from './helpers/fuzz.js';
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? 16);
 const RUNS = Number(process.env['FUZZ_RUNS'] ?? 60);
@@ -296,12 +297,3 @@ t.test('fuzz cases run', async (t) => {
   t.pass(`${cases} cases, 0 crashes`);
 });
 
-function relErr(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  if (got.length !== want.length) return Number.POSITIVE_INFINITY;
-  let num = 0, den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i]! - want[i]!) ** 2;
-    den += want[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}

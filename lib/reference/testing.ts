@@ -3,7 +3,9 @@
 // (full score row, −∞ mask, then softmax) to cross-check them.
 
 import { allocHost, argError, checkArray, checkAtLeast, checkFiniteNumber, checkInteger, checkNonNegInt, checkPosInt, sizeProduct } from '../check.js';
-import { randnArray } from './util.js';
+import { mulberry32, randnArray } from './util.js';
+import type { MlaConfig } from '../config.js';
+import type { MlaLayerWeights } from './layer.js';
 
 function checkRng(fn: string, rng: unknown): void {
   if (typeof rng !== 'function') throw argError('ERR_ARGUMENT', fn, 'rng', 'must be a function returning numbers in [0, 1)');
@@ -117,4 +119,22 @@ export function denseAttendOne(
     for (let d = 0; d < dV; d++) out[d]! += (e[t]! / z) * values[t * dV + d]!;
   }
   return { out, lse: m + Math.log(z) };
+}
+
+/** Random float64 weights of one layer for `cfg` (unit-variance rows; norm weights near 1). */
+export function randomLayerWeights(cfg: MlaConfig, seed: number): MlaLayerWeights {
+  const rng = mulberry32(seed);
+  const { hiddenSize: hid, numHeads: H, kvLoraRank: C, qkNopeHeadDim: N, qkRopeHeadDim: R, vHeadDim: V, qLoraRank: q } = cfg;
+  const mat = (rows: number, cols: number): Float64Array => randnArray(rows * cols, rng, 1 / Math.sqrt(cols));
+  const norm = (n: number): Float64Array => Float64Array.from(randnArray(n, rng, 0.1), (v) => 1 + v);
+  return {
+    qAProj: q === null ? null : mat(q, hid),
+    qALayernorm: q === null ? null : norm(q),
+    qBProj: q === null ? null : mat(H * (N + R), q),
+    qProj: q === null ? mat(H * (N + R), hid) : null,
+    kvAProjWithMqa: mat(C + R, hid),
+    kvALayernorm: norm(C),
+    kvBProj: mat(H * (N + V), C),
+    oProj: mat(hid, H * V),
+  };
 }
