@@ -118,14 +118,8 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
   const int64_t maxQ = p.hasQSeqLens ? p.maxQSeqLen : p.uniformQSeqLen;
   MLA_CHECK(maxQ >= 0 && maxQ <= INT32_MAX / 128, Range, "decode: `maxQSeqLen` is out of range");
   MLA_CHECK(tokens * H <= INT32_MAX / kDV && B <= INT32_MAX / 8, Range, "decode: too many tokens or requests");
-  // Workspace: its declared sizes bound the layout arithmetic, then the buffer must hold it.
-  MLA_CHECK(p.wsMaxBatch >= 0 && p.wsMaxBatch <= (int64_t(1) << 31) && p.wsPartialRows >= 0 && p.wsPartialRows <= (int64_t(1) << 31) &&
-                p.wsMaxParts >= 1 && p.wsMaxParts <= kDecodeMaxParts,
-            Range, "decode: `workspace` has an invalid layout");
-  const DecodeWorkspaceLayout lay = decodeWorkspaceLayout(p.wsMaxBatch, p.wsPartialRows, p.wsMaxParts);
-  MLA_CHECK(p.workspace.dtype == DType::U8 && p.workspace.ndim == 1 && p.workspace.isContiguous() &&
-                p.workspace.shape[0] >= lay.totalBytes && reinterpret_cast<uintptr_t>(p.workspace.data) % 256 == 0,
-            Argument, "decode: `workspace` is not a decode workspace buffer of the declared size");
+  DecodeKernelArgs a{};
+  MLA_RETURN_IF_ERROR(bindSplitKv("decode", q, cache, out, lse, p.scale, p.workspace, p.wsMaxBatch, p.wsPartialRows, p.wsMaxParts, &a));
   MLA_CHECK(B <= p.wsMaxBatch, Range, "decode: batch exceeds the workspace's maxBatch");
   MLA_CHECK(2 * std::max<int64_t>(1, H * maxQ) <= p.wsPartialRows, Range, "decode: H * maxQSeqLen exceeds the workspace's partial rows");
   if (B == 0 || tokens == 0 || H * maxQ == 0) {
@@ -138,27 +132,12 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
   MLA_CHECK(tier != 0, Argument, "decode: the device has too little shared memory per block (needs ~96 KB opt-in)");
   const int64_t rowsBound = std::max<int64_t>(1, H * maxQ);
 
-  DecodeKernelArgs a{};
-  a.q = q.data; a.qTok = q.strides[0]; a.qHead = q.strides[1];
-  a.cache = cache.data; a.cPage = cache.strides[0]; a.cRow = cache.strides[1];
-  a.numPages = int(numPages); a.pageSize = int(pageSize);
-  a.pageShift = 0;
-  while ((int64_t(1) << a.pageShift) < pageSize) ++a.pageShift;
   a.bt = bt.ptr<int32_t>(); a.btStride = bt.strides[0]; a.maxPages = int(std::min<int64_t>(maxPages, INT32_MAX / 256));
   a.seqLens = sl.ptr<int32_t>(); a.seqStride = sl.strides[0];
   a.qSeqLens = p.hasQSeqLens ? p.qSeqLens.ptr<int32_t>() : nullptr;
   a.qsStride = p.hasQSeqLens ? p.qSeqLens.strides[0] : 0;
   a.hasQ = p.hasQSeqLens ? 1 : 0; a.uniformQ = int(p.uniformQSeqLen); a.maxQ = int(maxQ);
-  a.out = out.data; a.oTok = out.strides[0]; a.oHead = out.strides[1];
-  a.lse = lse.ptr<float>(); a.lTok = lse.strides[0]; a.lHead = lse.strides[1];
-  a.B = int(B); a.H = int(H); a.tokens = int(tokens); a.causal = p.causal ? 1 : 0;
-  a.scaleLog2 = p.scale * kLog2e;
-  unsigned char* ws = static_cast<unsigned char*>(p.workspace.data);
-  a.err = reinterpret_cast<int32_t*>(ws);
-  a.partMeta = reinterpret_cast<int32_t*>(ws + lay.partMetaOff);
-  a.reqInfo = reinterpret_cast<int32_t*>(ws + lay.reqInfoOff);
-  a.lsePart = reinterpret_cast<float*>(ws + lay.lseOff);
-  a.oPart = reinterpret_cast<float*>(ws + lay.oOff);
+  a.B = int(B); a.causal = p.causal ? 1 : 0;
   a.maxRows = rowsBound;
 
   Launcher launcher{a, &p, &dp, rowsBound, static_cast<cudaStream_t>(stream)};

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdint>
 #include <mutex>
+#include <string>
+#include "core/check.h"
 #include "kernels/common.cuh"
 #include "kernels/decode.h"
 #include "runtime/cuda_check.h"
@@ -696,6 +698,39 @@ Status withConfig(int bm, int tier, F& fn) {
     case 316: return fn.template run<C16_T3>();
   }
   return Status::Error(Code::Argument, "decode: no tile config for this device");
+}
+
+// What launchDecode and launchSparse bind alike, after their own checks: the q / cache / out /
+// lse pointers and strides, the page geometry, the scale, and the workspace's parts. The
+// workspace's declared sizes bound the layout arithmetic, then the buffer must hold that layout
+// (memory safety: the kernels write every part). `op` prefixes the messages.
+Status bindSplitKv(const char* op, const TensorRef& q, const TensorRef& cache, const TensorRef& out, const TensorRef& lse,
+                   float scale, const TensorRef& workspace, int64_t wsMaxBatch, int64_t wsPartialRows, int64_t wsMaxParts,
+                   DecodeKernelArgs* a) {
+  const std::string name(op);
+  MLA_CHECK(wsMaxBatch >= 0 && wsMaxBatch <= (int64_t(1) << 31) && wsPartialRows >= 0 && wsPartialRows <= (int64_t(1) << 31) &&
+                wsMaxParts >= 1 && wsMaxParts <= kDecodeMaxParts,
+            Range, name + ": `workspace` has an invalid layout");
+  const DecodeWorkspaceLayout lay = decodeWorkspaceLayout(wsMaxBatch, wsPartialRows, wsMaxParts);
+  MLA_CHECK(workspace.dtype == DType::U8 && workspace.ndim == 1 && workspace.isContiguous() &&
+                workspace.shape[0] >= lay.totalBytes && reinterpret_cast<uintptr_t>(workspace.data) % 256 == 0,
+            Argument, name + ": `workspace` is not a decode workspace buffer of the declared size");
+  a->q = q.data; a->qTok = q.strides[0]; a->qHead = q.strides[1];
+  a->cache = cache.data; a->cPage = cache.strides[0]; a->cRow = cache.strides[1];
+  a->numPages = int(cache.shape[0]); a->pageSize = int(cache.shape[1]);
+  a->pageShift = 0;
+  while ((int64_t(1) << a->pageShift) < cache.shape[1]) ++a->pageShift;
+  a->out = out.data; a->oTok = out.strides[0]; a->oHead = out.strides[1];
+  a->lse = lse.ptr<float>(); a->lTok = lse.strides[0]; a->lHead = lse.strides[1];
+  a->H = int(q.shape[1]); a->tokens = int(q.shape[0]);
+  a->scaleLog2 = scale * kLog2e;
+  unsigned char* ws = static_cast<unsigned char*>(workspace.data);
+  a->err = reinterpret_cast<int32_t*>(ws);
+  a->partMeta = reinterpret_cast<int32_t*>(ws + lay.partMetaOff);
+  a->reqInfo = reinterpret_cast<int32_t*>(ws + lay.reqInfoOff);
+  a->lsePart = reinterpret_cast<float*>(ws + lay.lseOff);
+  a->oPart = reinterpret_cast<float*>(ws + lay.oOff);
+  return Status::Ok();
 }
 
 

@@ -78,14 +78,8 @@ Status launchSparse(const SparseParams& p, StreamHandle stream) {
   MLA_CHECK(reinterpret_cast<uintptr_t>(out.data) % 4 == 0 && out.strides[0] % 2 == 0 && out.strides[1] % 2 == 0, Shape,
             "sparse: `out` must be 4-byte aligned with even strides");
   MLA_CHECK(tokens * H <= INT32_MAX / kDV && tokens <= INT32_MAX / 8, Range, "sparse: too many tokens");
-  // The declared workspace sizes bound the layout arithmetic, then the buffer must hold it (as in decode.cu).
-  MLA_CHECK(p.wsMaxBatch >= 0 && p.wsMaxBatch <= (int64_t(1) << 31) && p.wsPartialRows >= 0 && p.wsPartialRows <= (int64_t(1) << 31) &&
-                p.wsMaxParts >= 1 && p.wsMaxParts <= kDecodeMaxParts,
-            Range, "sparse: `workspace` has an invalid layout");
-  const DecodeWorkspaceLayout lay = decodeWorkspaceLayout(p.wsMaxBatch, p.wsPartialRows, p.wsMaxParts);
-  MLA_CHECK(p.workspace.dtype == DType::U8 && p.workspace.ndim == 1 && p.workspace.isContiguous() &&
-                p.workspace.shape[0] >= lay.totalBytes && reinterpret_cast<uintptr_t>(p.workspace.data) % 256 == 0,
-            Argument, "sparse: `workspace` is not a decode workspace buffer of the declared size");
+  DecodeKernelArgs a{};
+  MLA_RETURN_IF_ERROR(bindSplitKv("sparse", q, cache, out, lse, p.scale, p.workspace, p.wsMaxBatch, p.wsPartialRows, p.wsMaxParts, &a));
   MLA_CHECK(tokens <= p.wsMaxBatch, Range, "sparse: tokens exceed the workspace's maxBatch");
   MLA_CHECK(2 * H <= p.wsPartialRows, Range, "sparse: H exceeds the workspace's partial rows");
   if (tokens == 0) return Status::Ok();
@@ -95,17 +89,8 @@ Status launchSparse(const SparseParams& p, StreamHandle stream) {
   const int tier = tierFor(dp.smemOptin, true);
   MLA_CHECK(tier != 0, Argument, "sparse: the device has too little shared memory per block (needs ~96 KB opt-in)");
 
-  DecodeKernelArgs a{};
-  a.q = q.data; a.qTok = q.strides[0]; a.qHead = q.strides[1];
-  a.cache = cache.data; a.cPage = cache.strides[0]; a.cRow = cache.strides[1];
-  a.numPages = int(numPages); a.pageSize = int(pageSize);
-  a.pageShift = 0;
-  while ((int64_t(1) << a.pageShift) < pageSize) ++a.pageShift;
   a.hasQ = 0; a.uniformQ = 1; a.maxQ = 1;
-  a.out = out.data; a.oTok = out.strides[0]; a.oHead = out.strides[1];
-  a.lse = lse.ptr<float>(); a.lTok = lse.strides[0]; a.lHead = lse.strides[1];
-  a.B = int(tokens); a.H = int(H); a.tokens = int(tokens); a.causal = 0;
-  a.scaleLog2 = p.scale * kLog2e;
+  a.B = int(tokens); a.causal = 0;
   a.sparse = 1;
   a.idx = ix.ptr<int32_t>(); a.idxTok = ix.strides[0]; a.topk = int(topk);
   a.topkLen = p.hasTopkLength ? p.topkLength.ptr<int32_t>() : nullptr;
@@ -113,12 +98,6 @@ Status launchSparse(const SparseParams& p, StreamHandle stream) {
   a.sink = p.hasAttnSink ? p.attnSink.ptr<float>() : nullptr;
   a.sinkStride = p.hasAttnSink ? p.attnSink.strides[0] : 0;
   a.numSlots = numPages * pageSize;
-  unsigned char* ws = static_cast<unsigned char*>(p.workspace.data);
-  a.err = reinterpret_cast<int32_t*>(ws);
-  a.partMeta = reinterpret_cast<int32_t*>(ws + lay.partMetaOff);
-  a.reqInfo = reinterpret_cast<int32_t*>(ws + lay.reqInfoOff);
-  a.lsePart = reinterpret_cast<float*>(ws + lay.lseOff);
-  a.oPart = reinterpret_cast<float*>(ws + lay.oOff);
   a.maxRows = H;
 
   SparseLauncher launcher{a, &p, &dp, H, static_cast<cudaStream_t>(stream)};

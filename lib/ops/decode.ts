@@ -61,32 +61,63 @@ export interface DecodeGeometry {
  * the argument. Device-resident indices (blockTable entries, seqLens, qSeqLens values) are
  * checked by `checkDecodeIndices` (host copies) and always by the kernels.
  */
-export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
-  const q = checkTensor(OP, 'q', args.q, { dtype: ['bf16', 'f16'], shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
+/** What checkSplitKvQueryCache derives from `q` and `cache`. */
+export interface SplitKvQueryCache {
+  dtype: 'bf16' | 'f16';
+  tokens: number;
+  numHeads: number;
+  numPages: number;
+  pageSize: number;
+  fp8: boolean;
+}
+
+/**
+ * The `q` and `cache` checks decode and sparse share (both run the split-KV kernels): q
+ * [tokens, H, 576] bf16/f16 with 1..maxHeads heads, the cache as q's dtype [pages, pageSize, 576]
+ * or the FP8 layout (656-byte rows, lib/ops/fp8-cache.ts; bf16 q), a power-of-two page size in
+ * [minPageSize, maxPageSize], 1 .. 2^31 − 1 pages, rows 16-byte aligned.
+ */
+export function checkSplitKvQueryCache(op: string, args: { q: unknown; cache: unknown }, minPageSize: number, maxPageSize: number): SplitKvQueryCache {
+  const q = checkTensor(op, 'q', args.q, { dtype: ['bf16', 'f16'], shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
   const dtype = q.dtype as 'bf16' | 'f16';
   const [tokens, numHeads] = q.shape as [number, number, number];
-  const lim = nativeLimits().decode;
-  if (numHeads < 1 || numHeads > lim.maxHeads) {
-    throw new MlaError('ERR_RANGE', `${OP}: \`q\` has ${numHeads} heads; the head count must be in [1, ${lim.maxHeads}]`);
+  const maxHeads = nativeLimits().decode.maxHeads;
+  if (numHeads < 1 || numHeads > maxHeads) {
+    throw new MlaError('ERR_RANGE', `${op}: \`q\` has ${numHeads} heads; the head count must be in [1, ${maxHeads}]`);
   }
-  checkRowAlignment(OP, 'q', q, 8, 'rows are gathered 16 bytes at a time');
-  const fp8 = checkTensor(OP, 'cache', args.cache).dtype === 'u8';
+  checkRowAlignment(op, 'q', q, 8, 'rows are loaded 16 bytes at a time');
+  const fp8 = checkTensor(op, 'cache', args.cache).dtype === 'u8';
   let numPages: number, pageSize: number;
   if (fp8) {
-    // The FP8 layout (656-byte rows, lib/ops/fp8-cache.ts), expanded to bf16 tiles in the kernel.
-    if (dtype !== 'bf16') throw new MlaError('ERR_DTYPE', `${OP}: an FP8 \`cache\` (u8, 656-byte rows) is read with a bf16 \`q\`, got ${dtype}`);
-    ({ numPages, pageSize } = checkFp8Cache(OP, 'cache', args.cache));
+    if (dtype !== 'bf16') throw new MlaError('ERR_DTYPE', `${op}: an FP8 \`cache\` (u8, 656-byte rows) is read with a bf16 \`q\`, got ${dtype}`);
+    ({ numPages, pageSize } = checkFp8Cache(op, 'cache', args.cache));
   } else {
-    const cache = checkTensor(OP, 'cache', args.cache, { shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
-    checkSameDType(OP, 'cache', cache, 'q', dtype);
+    const cache = checkTensor(op, 'cache', args.cache, { shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
+    checkSameDType(op, 'cache', cache, 'q', dtype);
     [numPages, pageSize] = cache.shape as [number, number, number];
-    checkRowAlignment(OP, 'cache', cache, 8, 'rows are gathered 16 bytes at a time');
+    checkRowAlignment(op, 'cache', cache, 8, 'rows are gathered 16 bytes at a time');
   }
-  if (!isPowerOfTwo(pageSize) || pageSize < lim.minPageSize || pageSize > lim.maxPageSize) {
-    throw new MlaError('ERR_RANGE', `${OP}: \`cache\` page size ${pageSize} must be a power of two in [${lim.minPageSize}, ${lim.maxPageSize}]`);
+  if (!isPowerOfTwo(pageSize) || pageSize < minPageSize || pageSize > maxPageSize) {
+    throw new MlaError('ERR_RANGE', `${op}: \`cache\` page size ${pageSize} must be a power of two in [${minPageSize}, ${maxPageSize}]`);
   }
-  if (numPages < 1) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` must hold at least one page`);
-  if (numPages > 0x7fffffff) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` has more than 2^31 − 1 pages`);
+  if (numPages < 1) throw new MlaError('ERR_SHAPE', `${op}: \`cache\` must hold at least one page`);
+  if (numPages > 0x7fffffff) throw new MlaError('ERR_SHAPE', `${op}: \`cache\` has more than 2^31 − 1 pages`);
+  return { dtype, tokens, numHeads, numPages, pageSize, fp8 };
+}
+
+/** The optional `out` [tokens, H, 512] (q's dtype, stored in pairs) and `lse` [tokens, H] f32. */
+export function checkSplitKvOutputs(op: string, args: { out?: unknown; lse?: unknown }, tokens: number, numHeads: number, dtype: 'bf16' | 'f16'): void {
+  if (args.out !== undefined && args.out !== null) {
+    const out = checkTensor(op, 'out', args.out, { shape: [tokens, numHeads, DECODE_DIM_V], innerContiguous: true });
+    checkSameDType(op, 'out', out, 'q', dtype);
+    checkRowAlignment(op, 'out', out, 2, 'outputs are stored in pairs');
+  }
+  if (args.lse !== undefined && args.lse !== null) checkTensor(op, 'lse', args.lse, { dtype: 'f32', shape: [tokens, numHeads] });
+}
+
+export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
+  const lim = nativeLimits().decode;
+  const { dtype, tokens, numHeads, numPages, pageSize } = checkSplitKvQueryCache(OP, args, lim.minPageSize, lim.maxPageSize);
 
   const blockTable = checkTensor(OP, 'blockTable', args.blockTable, { dtype: 'i32', shape: [null, null], innerContiguous: true });
   const [batch, maxPages] = blockTable.shape as [number, number];
@@ -104,12 +135,7 @@ export function validateDecodeArgs(args: DecodeArgsMeta): DecodeGeometry {
     }
     sQ = tokens / batch;
   }
-  if (args.out !== undefined && args.out !== null) {
-    const out = checkTensor(OP, 'out', args.out, { shape: [tokens, numHeads, DECODE_DIM_V], innerContiguous: true });
-    checkSameDType(OP, 'out', out, 'q', dtype);
-    checkRowAlignment(OP, 'out', out, 2, 'outputs are stored in pairs');
-  }
-  if (args.lse !== undefined && args.lse !== null) checkTensor(OP, 'lse', args.lse, { dtype: 'f32', shape: [tokens, numHeads] });
+  checkSplitKvOutputs(OP, args, tokens, numHeads, dtype);
   const scale = checkNumber(OP, 'scale', args.scale, { positive: true });
   if (typeof args.causal !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${OP}: \`causal\` must be a boolean, got ${String(args.causal)}`);
   return { dtype, tokens, numHeads, numPages, pageSize, batch, maxPages, sQ, scale, causal: args.causal };

@@ -7,9 +7,8 @@ import { nativeOp } from '../native.js';
 import { disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
-import { checkInt, checkNumber, checkRowAlignment, checkSameDType, checkTensor, isPowerOfTwo } from './validate.js';
-import { checkFp8Cache } from './fp8-cache.js';
-import { DECODE_DIM_QK, DECODE_DIM_V, DECODE_MAX_HEADS, DecodeWorkspace, splitKvCallOptions } from './decode.js';
+import { checkInt, checkNumber, checkTensor } from './validate.js';
+import { checkSplitKvOutputs, checkSplitKvQueryCache, DECODE_DIM_QK, DECODE_DIM_V, DECODE_MAX_HEADS, DecodeWorkspace, splitKvCallOptions } from './decode.js';
 
 const OP = 'sparse';
 
@@ -49,41 +48,14 @@ export interface SparseGeometry {
  * kernel guards every slot anyway.
  */
 export function validateSparseArgs(args: SparseArgsMeta): SparseGeometry {
-  const q = checkTensor(OP, 'q', args.q, { dtype: ['bf16', 'f16'], shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
-  const dtype = q.dtype as 'bf16' | 'f16';
-  const [tokens, numHeads] = q.shape as [number, number, number];
-  if (numHeads < 1 || numHeads > DECODE_MAX_HEADS) {
-    throw new MlaError('ERR_RANGE', `${OP}: \`q\` has ${numHeads} heads; the head count must be in [1, ${DECODE_MAX_HEADS}]`);
-  }
-  checkRowAlignment(OP, 'q', q, 8, 'rows are loaded 16 bytes at a time');
-  const fp8 = checkTensor(OP, 'cache', args.cache).dtype === 'u8';
-  let numPages: number, pageSize: number;
-  if (fp8) {
-    if (dtype !== 'bf16') throw new MlaError('ERR_DTYPE', `${OP}: an FP8 \`cache\` (u8, 656-byte rows) is read with a bf16 \`q\`, got ${dtype}`);
-    ({ numPages, pageSize } = checkFp8Cache(OP, 'cache', args.cache));
-  } else {
-    const cache = checkTensor(OP, 'cache', args.cache, { shape: [null, null, DECODE_DIM_QK], innerContiguous: true });
-    checkSameDType(OP, 'cache', cache, 'q', dtype);
-    [numPages, pageSize] = cache.shape as [number, number, number];
-    checkRowAlignment(OP, 'cache', cache, 8, 'rows are gathered 16 bytes at a time');
-  }
-  if (!isPowerOfTwo(pageSize) || pageSize > SPARSE_MAX_PAGE_SIZE) {
-    throw new MlaError('ERR_RANGE', `${OP}: \`cache\` page size ${pageSize} must be a power of two in [1, ${SPARSE_MAX_PAGE_SIZE}]`);
-  }
-  if (numPages < 1) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` must hold at least one page`);
-  if (numPages > 0x7fffffff) throw new MlaError('ERR_SHAPE', `${OP}: \`cache\` has more than 2^31 − 1 pages`);
+  const { dtype, tokens, numHeads, numPages, pageSize, fp8 } = checkSplitKvQueryCache(OP, args, 1, SPARSE_MAX_PAGE_SIZE);
 
   const indices = checkTensor(OP, 'indices', args.indices, { dtype: 'i32', shape: [tokens, null], innerContiguous: true });
   const topk = indices.shape[1]!;
   if (topk > SPARSE_MAX_TOPK) throw new MlaError('ERR_RANGE', `${OP}: \`indices\` has topk = ${topk}; at most ${SPARSE_MAX_TOPK}`);
   if (args.topkLength !== undefined && args.topkLength !== null) checkTensor(OP, 'topkLength', args.topkLength, { dtype: 'i32', shape: [tokens] });
   if (args.attnSink !== undefined && args.attnSink !== null) checkTensor(OP, 'attnSink', args.attnSink, { dtype: 'f32', shape: [numHeads] });
-  if (args.out !== undefined && args.out !== null) {
-    const out = checkTensor(OP, 'out', args.out, { shape: [tokens, numHeads, DECODE_DIM_V], innerContiguous: true });
-    checkSameDType(OP, 'out', out, 'q', dtype);
-    checkRowAlignment(OP, 'out', out, 2, 'outputs are stored in pairs');
-  }
-  if (args.lse !== undefined && args.lse !== null) checkTensor(OP, 'lse', args.lse, { dtype: 'f32', shape: [tokens, numHeads] });
+  checkSplitKvOutputs(OP, args, tokens, numHeads, dtype);
   const scale = checkNumber(OP, 'scale', args.scale, { positive: true });
   return { dtype, tokens, numHeads, numPages, pageSize, numSlots: numPages * pageSize, topk, fp8, scale };
 }
