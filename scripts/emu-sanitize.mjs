@@ -57,6 +57,7 @@ const runs = [
   { files: ['test/rope.test.ts', 'test/attention.test.ts'], grep: 'appendLatent|table|gpu backend reproduces' },
   { files: ['test/graph.test.ts'] },
   { files: ['test/fp8-cache.test.ts'], grep: 'appendLatent writes|decode over an FP8|prefill over an FP8' },
+  { files: ['test/sparse.test.ts'] },
 ];
 if (mode === 'thread') runs.push({ files: ['test/emulator-mutation.test.ts'], env: ['MLA_MUTANT_SANITIZER=thread'], plain: true });
 
