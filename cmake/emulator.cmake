@@ -68,7 +68,7 @@ endif()
 # csrc/emu/include first: its cuda_runtime.h stands in for the toolkit's.
 target_include_directories(${MLA_EMU_TARGET} PRIVATE "${CMAKE_SOURCE_DIR}/csrc/emu/include" "${CMAKE_SOURCE_DIR}/csrc"
   ${CMAKE_JS_INC} "${MLA_CUDA_INCLUDE_DIR}")
-target_compile_definitions(${MLA_EMU_TARGET} PRIVATE MLA_EMULATE=1 MLA_WITH_CUDA=1
+target_compile_definitions(${MLA_EMU_TARGET} PRIVATE MLA_EMULATE=1 MLA_WITH_CUDA=1 MLA_HAS_SM90A=1
   MLA_CUDA_ARCHS="emulated" MLA_CUDA_COMPILER_VERSION="${CMAKE_CXX_COMPILER_ID} ${CMAKE_CXX_COMPILER_VERSION}"
   NAPI_VERSION=8 NODE_ADDON_API_CPP_EXCEPTIONS NODE_API_NO_EXTERNAL_BUFFERS_ALLOWED)
 # nvcc's qualifiers reach g++ as unknown attributes; #pragma unroll as an unknown pragma.

@@ -51,6 +51,8 @@ export interface NativeDecodeArgs extends NativeStreamArg, NativeDecodeWorkspace
   uniformQSeqLen?: number | undefined;
   /** Bound on every qSeqLens[b]: sizes the grid. */
   maxQSeqLen?: number | undefined;
+  /** csrc/kernels/decode.h DecodeKernel: 0 auto, 1 portable, 2 hopper. */
+  kernel?: number | undefined;
 }
 
 export interface NativeDecodeWorkspaceBytesArgs {
@@ -72,6 +74,8 @@ export interface NativeDecodeConfigArgs {
   numHeads: number;
   maxQSeqLen: number;
   maxParts: number;
+  kernel?: number | undefined;
+  fp8Cache?: boolean | undefined;
 }
 
 /** The tile config a decode call would use on the current device. */
@@ -83,6 +87,8 @@ export interface NativeDecodeConfig {
   numParts: number;
   rowTiles: number;
   ctasPerSm: number;
+  /** The main kernel: the sm_90a wgmma + TMA path or the portable mma.sync one. */
+  kernel: 'hopper' | 'portable';
 }
 
 export interface NativeSparseArgs extends NativeStreamArg, NativeDecodeWorkspaceArgs, NativePhaseArgs {

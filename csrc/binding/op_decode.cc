@@ -7,7 +7,7 @@ namespace {
 
 // decode({ q, cache, blockTable, seqLens, qSeqLens?, out, lse, workspace, scale, causal,
 //          uniformQSeqLen (ignored with qSeqLens), maxQSeqLen, wsMaxBatch, wsPartialRows,
-//          wsMaxParts, runPlan?, runMain?, runCombine?, stream? })
+//          wsMaxParts, runPlan?, runMain?, runCombine?, kernel? (DecodeKernel), stream? })
 // Converts only (core/check.h has the rule): the TS wrapper has validated everything it can
 // see; the launcher re-checks what memory safety depends on, so a direct call cannot fault the GPU.
 Napi::Value Decode(const Napi::CallbackInfo& info) {
@@ -31,6 +31,7 @@ Napi::Value Decode(const Napi::CallbackInfo& info) {
   p.runPlan = a.boolean("runPlan", true);
   p.runMain = a.boolean("runMain", true);
   p.runCombine = a.boolean("runCombine", true);
+  p.kernel = static_cast<DecodeKernel>(a.i64("kernel", 0));
   MLA_LAUNCH(a.env(), gpu::launchDecode(p, a.stream()));
   return a.env().Undefined();
 }
@@ -49,11 +50,13 @@ Napi::Value DecodeWorkspaceBytes(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// decodeConfig({ numHeads, maxQSeqLen, maxParts }) -> the tile config a call would use here.
+// decodeConfig({ numHeads, maxQSeqLen, maxParts, kernel?, fp8Cache? }) -> the tile config a call
+// would use here.
 Napi::Value DecodeConfig(const Napi::CallbackInfo& info) {
   ArgReader a(info, "decodeConfig");
   gpu::DecodeConfigInfo c;
-  MLA_LAUNCH(a.env(), gpu::decodeConfigFor(a.i64("numHeads"), a.i64("maxQSeqLen"), a.i64("maxParts"), &c));
+  MLA_LAUNCH(a.env(), gpu::decodeConfigFor(a.i64("numHeads"), a.i64("maxQSeqLen"), a.i64("maxParts"),
+                                           static_cast<DecodeKernel>(a.i64("kernel", 0)), a.boolean("fp8Cache", false), &c));
   Napi::Object o = Napi::Object::New(a.env());
   o.Set("blockM", c.blockM);
   o.Set("blockN", c.blockN);
@@ -62,6 +65,7 @@ Napi::Value DecodeConfig(const Napi::CallbackInfo& info) {
   o.Set("numParts", c.numParts);
   o.Set("rowTiles", c.rowTiles);
   o.Set("ctasPerSm", c.ctasPerSm);
+  o.Set("kernel", c.hopper ? "hopper" : "portable");
   return o;
 }
 

@@ -40,6 +40,24 @@ struct Launcher {
   }
 };
 
+// Whether this call takes the sm_90a path; forcing it where it cannot run is an error that says why.
+Status pickKernel(DecodeKernel want, bool fp8, const DeviceProps& dp, bool* hopper) {
+  const char* why = nullptr;
+#if MLA_HAS_SM90A
+  if (dp.major != 9 || dp.minor != 0) why = "needs a compute capability 9.0 GPU (H100, H200)";
+  else if (fp8) why = "reads 16-bit caches only (an FP8 cache takes the portable kernel)";
+  else if (dp.smemOptin < kSm90SmemBytes) why = "needs 226 KB of shared memory per block";
+#else
+  (void)fp8;
+  (void)dp;
+  why = "is not in this build (the addon was not compiled for sm_90)";
+#endif
+  *hopper = want != DecodeKernel::Portable && why == nullptr;
+  if (want == DecodeKernel::Hopper && why != nullptr)
+    return Status::Error(Code::Argument, std::string("decode: `kernel: 'hopper'` ") + why);
+  return Status::Ok();
+}
+
 Status checkAligned16(const TensorRef& t, const char* name, int dims) {
   MLA_CHECK(reinterpret_cast<uintptr_t>(t.data) % 16 == 0, Shape, std::string("decode: `") + name + "` must start at a 16-byte aligned address");
   for (int d = 0; d < dims; ++d)
@@ -59,7 +77,8 @@ Status checkedDecodeWorkspaceLayout(int64_t maxBatch, int64_t partialRows, int64
   return Status::Ok();
 }
 
-Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts, DecodeConfigInfo* info) {
+Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts, DecodeKernel kernel, bool fp8Cache,
+                       DecodeConfigInfo* info) {
   // The row bound numHeads * maxQSeqLen sizes the plan's tiles; lib/ops/decode.ts checks first.
   MLA_CHECK(numHeads >= 1 && numHeads <= kDecodeMaxHeads, Range, "decodeConfig: `numHeads` must be in [1, 128]");
   MLA_CHECK(maxQSeqLen >= 1 && maxQSeqLen <= (int64_t(1) << 20), Range, "decodeConfig: `maxQSeqLen` is out of range");
@@ -69,6 +88,15 @@ Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts,
   const int tier = tierFor(dp.smemOptin);
   if (tier == 0) return Status::Error(Code::Argument, "decode: the device has too little shared memory per block");
   const int64_t rowsBound = numHeads * maxQSeqLen;
+  bool hopper = false;
+  MLA_RETURN_IF_ERROR(pickKernel(kernel, fp8Cache, dp, &hopper));
+#if MLA_HAS_SM90A
+  if (hopper) {
+    MLA_RETURN_IF_ERROR(runDecodeSm90(DecodeKernelArgs{}, DType::BF16, rowsBound, wsMaxParts, int64_t(1) << 31, dp, Phases{}, nullptr, info));
+    info->hopper = true;
+    return Status::Ok();
+  }
+#endif
   Plan plan;
   ConfigProbe probe{rowsBound, wsMaxParts, &dp, &plan};
   MLA_RETURN_IF_ERROR(withConfig(pickBlockM(rowsBound), tier, probe));
@@ -131,6 +159,8 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
   const int tier = tierFor(dp.smemOptin);
   MLA_CHECK(tier != 0, Argument, "decode: the device has too little shared memory per block (needs ~96 KB opt-in)");
   const int64_t rowsBound = std::max<int64_t>(1, H * maxQ);
+  bool hopper = false;
+  MLA_RETURN_IF_ERROR(pickKernel(p.kernel, fp8, dp, &hopper));
 
   a.bt = bt.ptr<int32_t>(); a.btStride = bt.strides[0]; a.maxPages = int(std::min<int64_t>(maxPages, INT32_MAX / 256));
   a.seqLens = sl.ptr<int32_t>(); a.seqStride = sl.strides[0];
@@ -140,6 +170,11 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
   a.B = int(B); a.causal = p.causal ? 1 : 0;
   a.maxRows = rowsBound;
 
+#if MLA_HAS_SM90A
+  if (hopper)
+    return runDecodeSm90(a, q.dtype, rowsBound, p.wsMaxParts, p.wsPartialRows, dp, Phases{p.runPlan, p.runMain, p.runCombine},
+                         static_cast<cudaStream_t>(stream), nullptr);
+#endif
   Launcher launcher{a, &p, &dp, rowsBound, static_cast<cudaStream_t>(stream)};
   return withConfig(pickBlockM(rowsBound), tier, launcher);
 }

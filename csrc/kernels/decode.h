@@ -52,6 +52,11 @@ inline DecodeWorkspaceLayout decodeWorkspaceLayout(int64_t maxBatch, int64_t par
   return l;
 }
 
+// Which main kernel runs: Auto takes the Hopper path (decode_sm90.cu: wgmma + TMA) where it
+// applies (compute capability 9.0, a 16-bit cache, a build with sm_90a code) and the portable
+// mma.sync path elsewhere; the other two force one (Hopper where it cannot run is an error).
+enum class DecodeKernel : int32_t { Auto = 0, Portable = 1, Hopper = 2 };
+
 struct DecodeParams {
   TensorRef q;           // [tokens, H, 576] bf16/f16, last dim contiguous
   TensorRef cache;       // [numPages, pageSize, 576], same dtype
@@ -71,6 +76,7 @@ struct DecodeParams {
 
   // Which launches to issue (all by default); the benchmark times the main kernel alone.
   bool runPlan = true, runMain = true, runCombine = true;
+  DecodeKernel kernel = DecodeKernel::Auto;
 };
 
 namespace gpu {
@@ -79,8 +85,10 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream);
 // The tile config launchDecode would pick on the current device (for docs/benchmarks).
 struct DecodeConfigInfo {
   int blockM = 0, blockN = 0, stages = 0, smemBytes = 0, numParts = 0, rowTiles = 0, ctasPerSm = 0;
+  bool hopper = false;  // the sm_90a kernel
 };
-Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts, DecodeConfigInfo* info);
+Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts, DecodeKernel kernel, bool fp8Cache,
+                       DecodeConfigInfo* info);
 // decodeWorkspaceLayout after the range checks that keep its arithmetic from overflowing.
 Status checkedDecodeWorkspaceLayout(int64_t maxBatch, int64_t partialRows, int64_t maxParts, DecodeWorkspaceLayout* out);
 }  // namespace gpu

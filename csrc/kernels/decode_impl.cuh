@@ -17,17 +17,8 @@
 namespace mla::gpu {
 using namespace mla::kernels;
 
-namespace {
-
-constexpr int kD = kDecodeDimQK;   // 576
-constexpr int kDV = kDecodeDimV;   // 512
-constexpr int kChunks = kD / 8;    // 16-byte chunks per cache / query row
-constexpr int kFp8Units = 32 + 8;  // 16-byte loads per FP8 row: 32 of e4m3 (512 values), 8 of bf16 rope
-constexpr int kThreads = 256;      // 8 warps in every main-kernel config
-constexpr int kPlanThreads = 512;
-constexpr float kLn2 = 0.69314718055994530942f;
-constexpr float kLog2e = 1.44269504088896340736f;
-
+// Shared by the translation units that include this header (decode.cu, sparse.cu and the sm_90a
+// decode_sm90.cu), so they live outside the anonymous namespace below.
 // Everything the three kernels read; by value, so no device-side metadata allocation.
 struct DecodeKernelArgs {
   const void* q; int64_t qTok, qHead;
@@ -50,6 +41,35 @@ struct DecodeKernelArgs {
   const float* sink; int64_t sinkStride;     // null: no attention sink
   int64_t numSlots;
 };
+
+struct DeviceProps {
+  int smCount = 0, smemOptin = 0, major = 0, minor = 0;
+};
+
+// Which of the three launches to issue (all by default; benchmarks time the main kernel alone).
+struct Phases {
+  bool plan = true, main = true, combine = true;
+};
+
+#if MLA_HAS_SM90A
+// decode_sm90.cu: the Hopper path's plan, main kernel (wgmma + TMA) and combine; `info` (may be
+// null) receives the config it used. Call only on a compute capability 9.0 device.
+constexpr int kSm90SmemBytes = 230928;
+Status runDecodeSm90(DecodeKernelArgs a, DType dtype, int64_t rowsBound, int64_t wsMaxParts, int64_t wsPartialRows,
+                     const DeviceProps& dp, Phases phases, cudaStream_t s, DecodeConfigInfo* info);
+#endif
+
+namespace {
+
+constexpr int kD = kDecodeDimQK;   // 576
+constexpr int kDV = kDecodeDimV;   // 512
+constexpr int kChunks = kD / 8;    // 16-byte chunks per cache / query row
+constexpr int kFp8Units = 32 + 8;  // 16-byte loads per FP8 row: 32 of e4m3 (512 values), 8 of bf16 rope
+constexpr int kThreads = 256;      // 8 warps in every main-kernel config
+constexpr int kPlanThreads = 512;
+constexpr float kLn2 = 0.69314718055994530942f;
+constexpr float kLog2e = 1.44269504088896340736f;
+
 
 // reqInfo fields (int32 [B][8]).
 enum { kRiBlocks = 0, kRiSplits = 1, kRiSplitStart = 2, kRiQStart = 3, kRiQLen = 4, kRiSeqLen = 5, kRiBad = 6 };
@@ -566,9 +586,6 @@ __global__ void __launch_bounds__(256, 1) decodeCombineKernel(DecodeKernelArgs a
 }
 
 // ---- host side -----------------------------------------------------------------------------
-struct DeviceProps {
-  int smCount = 0, smemOptin = 0;
-};
 
 Status devicePropsFor(DeviceProps* out) {
   static std::mutex mu;
@@ -583,6 +600,8 @@ Status devicePropsFor(DeviceProps* out) {
   DeviceProps p;
   MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.smCount, cudaDevAttrMultiProcessorCount, dev), "decode: SM count");
   MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.smemOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "decode: smem opt-in");
+  MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.major, cudaDevAttrComputeCapabilityMajor, dev), "decode: compute capability");
+  MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.minor, cudaDevAttrComputeCapabilityMinor, dev), "decode: compute capability");
   if (dev >= 0 && dev < 64) cache[dev] = p;
   *out = p;
   return Status::Ok();
@@ -659,10 +678,6 @@ Status planFor(int64_t rowsBound, int64_t wsMaxParts, const DeviceProps& dp, Pla
   return Status::Ok();
 }
 
-// Which of the three launches to issue (all by default; benchmarks time the main kernel alone).
-struct Phases {
-  bool plan = true, main = true, combine = true;
-};
 
 template <typename T, class C, bool KV8, bool SP = false>
 Status runDecode(DecodeKernelArgs a, const Plan& plan, Phases p, cudaStream_t s) {

@@ -338,6 +338,27 @@ export interface DecodeOptions extends StreamOption {
   checkIndices?: boolean | undefined;
   /** @internal Benchmarks: launch only the main kernel (the plan must be current). */
   phases?: 'all' | 'main' | undefined;
+  /**
+   * The main kernel: 'hopper' (sm_90a: wgmma + TMA; compute capability 9.0, 16-bit cache),
+   * 'portable' (mma.sync, every GPU), or 'auto' (default; MLA_CUDA_DECODE_KERNEL overrides):
+   * Hopper wherever it applies. Forcing 'hopper' where it cannot run throws ERR_ARGUMENT.
+   */
+  kernel?: DecodeKernelChoice | undefined;
+}
+
+export type DecodeKernelChoice = 'auto' | 'portable' | 'hopper';
+// csrc/kernels/decode.h DecodeKernel.
+const KERNEL_CODE: Readonly<Record<DecodeKernelChoice, number>> = { auto: 0, portable: 1, hopper: 2 };
+
+/** The `kernel` option checked, with its default (MLA_CUDA_DECODE_KERNEL, else 'auto'). */
+export function checkDecodeKernel(op: string, kernel: unknown): DecodeKernelChoice {
+  const fromEnv = kernel === undefined;
+  const v = kernel ?? process.env['MLA_CUDA_DECODE_KERNEL'] ?? 'auto';
+  if (typeof v !== 'string' || !Object.hasOwn(KERNEL_CODE, v)) {
+    const name = fromEnv ? 'MLA_CUDA_DECODE_KERNEL' : '`kernel`';
+    throw new MlaError('ERR_ARGUMENT', `${op}: ${name} must be 'auto', 'portable' or 'hopper', got ${JSON.stringify(v)}`);
+  }
+  return v as DecodeKernelChoice;
 }
 
 export interface DecodeResult {
@@ -370,6 +391,7 @@ export function decode(opts: DecodeOptions): DecodeResult {
   if (typeof opts !== 'object' || opts === null) throw new MlaError('ERR_ARGUMENT', `${OP}: expected an options object`);
   const geo = validateDecodeArgs(opts);
   const { checkIndices, phases, ws } = splitKvCallOptions(OP, opts);
+  const kernel = checkDecodeKernel(OP, opts.kernel);
 
   let maxQ: number;
   if (checkIndices) {
@@ -421,6 +443,7 @@ export function decode(opts: DecodeOptions): DecodeResult {
       maxQSeqLen: rowsQ,
       runPlan: phases === 'all',
       runCombine: phases === 'all',
+      kernel: KERNEL_CODE[kernel],
       stream: stream?.nativeHandle(),
     });
     return { out, lse };
@@ -436,15 +459,26 @@ export function decode(opts: DecodeOptions): DecodeResult {
 /** Tile config a call with this geometry would use on the current device (for reports). */
 export type DecodeConfig = NativeDecodeConfig;
 
-export function decodeConfig(numHeads: number, maxQSeqLen = 1, maxParts?: number): DecodeConfig {
+export interface DecodeConfigOptions {
+  /** As decode's `kernel` option. */
+  kernel?: DecodeKernelChoice | undefined;
+  /** The cache is the FP8 layout (which only the portable kernel reads). */
+  fp8Cache?: boolean | undefined;
+}
+
+export function decodeConfig(numHeads: number, maxQSeqLen = 1, maxParts?: number, opts: DecodeConfigOptions = {}): DecodeConfig {
   const where = 'decodeConfig';
   const lim = nativeLimits().decode;
   const addon = native();
   const parts = maxParts ?? addon.deviceInfo(addon.currentDevice()).smCount;
+  const fp8Cache = opts.fp8Cache ?? false;
+  if (typeof fp8Cache !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${where}: \`fp8Cache\` must be a boolean`);
   return nativeOp('decodeConfig')({
     numHeads: checkInt(where, 'numHeads', numHeads, 1, lim.maxHeads),
     maxQSeqLen: checkInt(where, 'maxQSeqLen', maxQSeqLen, 1, 1 << 20),
     maxParts: checkInt(where, 'maxParts', parts, 1, lim.maxParts),
+    kernel: KERNEL_CODE[checkDecodeKernel(where, opts.kernel)],
+    fp8Cache,
   });
 }
 
