@@ -8,7 +8,7 @@
 #   export GPU_CHECK_T0=$(date +%s); source .gpu/setup.sh && bash scripts/gpu-check.sh all
 #
 # usage: bash scripts/gpu-check.sh [all | PHASE...]     (default all; `summary` reprints the table)
-# Phases, each under its own `timeout`, budgets in seconds (sum 440 < 8 min):
+# Phases, each under its own `timeout`, budgets in seconds (sum 445 < 8 min):
 #   env         20  nvidia-smi, the carried addon (build/gpu, sm_90) loads and sees the GPU, doctor;
 #                   rebuilds on the device only when the carried addon cannot run there (+150)
 #   tests      110  kernel tests on the GPU (MLA_CUDA_DEVICE=cuda: never the emulator): runtime,
@@ -17,13 +17,14 @@
 #   demo        20  mla-cuda demo --backend gpu
 #   primitives  30  PTX conformance (test/primitives.test.ts) on the GPU, and the emulated device
 #                   compared with it bit for bit
-#   memcheck    35  compute-sanitizer --tool memcheck over a short kernel subset (tap --grep)
-#   racecheck   35  compute-sanitizer --tool racecheck, same subset (`sanitize` = both)
+#   memcheck    25  compute-sanitizer --tool memcheck over a short kernel subset (tap --grep)
+#   racecheck   25  compute-sanitizer --tool racecheck, same subset (`sanitize` = both)
 #   ceilings    35  bench/torch_ceilings.py (copy bandwidth, bf16 matmul rate)
 #   flashmla    45  FlashMLA's own decode (.gpu/anchors/flashmla) at its grid: b128, s_q 1,2,
 #                   h_q 16..128, s_k 4k..32k
-#   decode      55  our decode at the same 32 shapes (mla-cuda bench decode)
-#   bench       55  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy; layer includes
+#   decode      85  our decode at the same 32 shapes, portable and Hopper kernels (mla-cuda bench
+#                   decode --grid decode.kernel=portable,hopper)
+#   bench       50  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy; layer includes
 #                   the step as a CUDA graph), then scripts/host-overhead.mjs (host µs per op)
 # A global deadline (GPU_CHECK_DEADLINE, default 450 s after GPU_CHECK_T0, else after this
 # script's start) shortens or skips what would run past it. The table comes last on stdout and
@@ -49,14 +50,14 @@ NCPU=$(nproc 2>/dev/null || echo 4)
 FLASHMLA=$ROOT/.gpu/anchors/flashmla/bench_flashmla.sh
 
 ALL_PHASES=(env tests demo primitives memcheck racecheck ceilings flashmla decode bench)
-declare -A BUDGET=([env]=20 [tests]=110 [demo]=20 [primitives]=30 [memcheck]=35 [racecheck]=35
-  [ceilings]=35 [flashmla]=45 [decode]=55 [bench]=55 [rebuild]=150)
+declare -A BUDGET=([env]=20 [tests]=110 [demo]=20 [primitives]=30 [memcheck]=25 [racecheck]=25
+  [ceilings]=35 [flashmla]=45 [decode]=85 [bench]=50 [rebuild]=150)
 KERNEL_TESTS="test/runtime.test.ts test/rope.test.ts test/rmsnorm.test.ts test/linear.test.ts test/decode.test.ts test/prefill.test.ts test/attention.test.ts test/demo.test.ts test/graph.test.ts test/fp8-cache.test.ts"
 # The sanitizer subset: one small subtest per kernel family (tap --grep on top-level subtests).
 SAN_FILES="test/decode.test.ts test/prefill.test.ts test/linear.test.ts test/rmsnorm.test.ts test/rope.test.ts"
 SAN_GREP='variable query lengths|reused workspace|odd sizes, tails|rmsNorm vs reference|appendLatent vs reference.appendLatent'
 # FlashMLA's grid (bench_flashmla.sh's default); our decode runs the same shapes.
-DECODE_GRID="--b 128 --h 16,32,64,128 --sq 1,2 --sk 4096,8192,16384,32768"
+DECODE_GRID="--b 128 --h 16,32,64,128 --sq 1,2 --sk 4096,8192,16384,32768 --grid decode.kernel=portable,hopper"
 
 # ---- bookkeeping ---------------------------------------------------------------------------------
 now() { date +%s; }
@@ -342,32 +343,33 @@ const theirs = new Map();
 for (const line of fs.readFileSync(fm, 'utf8').split('\n')) {
   try { const r = JSON.parse(line); if (r.us !== undefined) theirs.set(key(r.b, r.s_q, r.h_q, r.s_k), r); } catch {}
 }
-const mine = new Map();
+// Ours per kernel (portable, hopper; 'auto' when the grid did not name one).
+const mine = { portable: new Map(), hopper: new Map(), auto: new Map() };
 try {
   for (const r of JSON.parse(fs.readFileSync(ours, 'utf8')).results) {
-    if (r.run) mine.set(key(r.params.b, r.params.sq, r.params.h, r.params.sk), { us: r.run.us.median, main: r.main?.us.median, tbps: r.run.tbps });
+    if (r.run) mine[r.params.kernel ?? 'auto']?.set(key(r.params.b, r.params.sq, r.params.h, r.params.sk), { us: r.run.us.median, main: r.main?.us.median, tbps: r.run.tbps });
   }
 } catch {
-  // no report (timed out?): the progress lines "[i/n] decode b128 h16 sq1 sk4096 bf16: 123 µs"
+  // no report (timed out?): the progress lines "[i/n] decode b128 h16 sq1 sk4096 bf16 hopper: 123 µs"
   try {
-    for (const m of fs.readFileSync(oursLog, 'utf8').matchAll(/decode b(\d+) h(\d+) sq(\d+) sk(\d+) bf16: ([\d.]+) µs/g)) {
-      mine.set(key(m[1], m[3], m[2], m[4]), { us: Number(m[5]) });
+    for (const m of fs.readFileSync(oursLog, 'utf8').matchAll(/decode b(\d+) h(\d+) sq(\d+) sk(\d+) bf16( portable| hopper)?: ([\d.]+) µs/g)) {
+      mine[(m[5] ?? ' auto').trim()].set(key(m[1], m[3], m[2], m[4]), { us: Number(m[6]) });
     }
   } catch {}
 }
 const f = (x, d = 1) => (x === undefined || x === null ? '-' : x.toFixed(d));
 const rows = [];
 for (const [k, t] of theirs) {
-  const o = mine.get(k);
-  if (!o) continue;
-  rows.push({ k, t, o, r: o.us / t.us, rm: o.main !== undefined ? o.main / t.us_splitkv : undefined });
+  const p = mine.portable.get(k) ?? mine.auto.get(k), h = mine.hopper.get(k);
+  if (!p && !h) continue;
+  rows.push({ k, t, p, h, rp: p ? p.us / t.us : undefined, rh: h ? h.us / t.us : undefined });
 }
-if (rows.length === 0) { console.log(`decode vs FlashMLA: no shape timed by both (FlashMLA ${theirs.size}, ours ${mine.size})`); process.exit(0); }
-const head = 'shape                     ours us  FlashMLA us  ratio | ours main  FM splitkv  ratio | ours TB/s  FM TB/s';
-const line = (x) => `${x.k.padEnd(24)} ${f(x.o.us).padStart(8)} ${f(x.t.us).padStart(12)} ${f(x.r, 2).padStart(6)} | ${f(x.o.main).padStart(9)} ${f(x.t.us_splitkv).padStart(11)} ${f(x.rm, 2).padStart(6)} | ${f(x.o.tbps, 2).padStart(9)} ${f(x.t.gbps / 1000, 2).padStart(8)}`;
+if (rows.length === 0) { console.log(`decode vs FlashMLA: no shape timed by both (FlashMLA ${theirs.size}, ours ${mine.portable.size + mine.hopper.size + mine.auto.size})`); process.exit(0); }
+const head = 'shape                    portable us  hopper us  FlashMLA us  port/FM  hop/FM | hopper TB/s  FM TB/s';
+const line = (x) => `${x.k.padEnd(24)} ${f(x.p?.us).padStart(11)} ${f(x.h?.us).padStart(10)} ${f(x.t.us).padStart(12)} ${f(x.rp, 2).padStart(8)} ${f(x.rh, 2).padStart(7)} | ${f(x.h?.tbps, 2).padStart(11)} ${f(x.t.gbps / 1000, 2).padStart(8)}`;
 const gm = (xs) => Math.exp(xs.reduce((a, b) => a + Math.log(b), 0) / xs.length);
-const ratios = rows.map((x) => x.r);
-const summary = `all ${rows.length} shapes: ours/FlashMLA geomean ${gm(ratios).toFixed(2)} (best ${Math.min(...ratios).toFixed(2)}, worst ${Math.max(...ratios).toFixed(2)}); ratio > 1 = ours slower`;
+const sum = (name, xs) => xs.length ? `${name}/FlashMLA geomean ${gm(xs).toFixed(2)} (best ${Math.min(...xs).toFixed(2)}, worst ${Math.max(...xs).toFixed(2)})` : `${name}: none timed`;
+const summary = `all ${rows.length} shapes: ${sum('portable', rows.flatMap((x) => x.rp ?? []))}; ${sum('hopper', rows.flatMap((x) => x.rh ?? []))}; ratio > 1 = ours slower`;
 fs.writeFileSync(full, [head, ...rows.map(line), summary].join('\n') + '\n');
 const headline = rows.filter((x) => /h(16|128) /.test(x.k) && /sk(4096|32768)$/.test(x.k));
 console.log(`decode vs FlashMLA (same GPU, same call; b128, page 64, bf16, causal; us = whole call incl. combine):`);

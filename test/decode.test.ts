@@ -1,13 +1,13 @@
 // decode: argument validation (runs everywhere, on TensorMeta stand-ins) and GPU checks
 // against the float64 reference (lib/reference/decode.ts) on the same bf16/f16-rounded inputs.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { fileURLToPath } from 'node:url';
 import { DeviceTensor } from '../lib/index.js';
 import type { TensorMeta } from '../lib/index.js';
-import { checkDecodeIndices, decode, DecodeWorkspace, validateDecodeArgs } from '../lib/ops/decode.js';
+import { checkDecodeIndices, decode, decodeConfig, DecodeWorkspace, validateDecodeArgs } from '../lib/ops/decode.js';
 import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
-import { build, checkOutputs, D, disposeBuilt, DV, runBuilt, type CaseSpec } from './helpers/decode-cases.js';
+import { build, checkOutputs, D, decodeKernels, disposeBuilt, DV, runBuilt, type CaseSpec } from './helpers/decode-cases.js';
 import { gpuSkip, poison, relError, rng } from './helpers/gpu.js';
 import { meta, throwsNaming as expectError } from './helpers/validation.js';
 
@@ -133,7 +133,32 @@ t.test('the tiny fixture (kv_lora 32, rope 16) is rejected: only 512 + 64 is sup
 
 // ---- GPU ---------------------------------------------------------------------------------
 
+// Every GPU test below runs each main kernel this device has (decodeKernels: the portable one,
+// and the sm_90a one on compute capability 9.0), forced through decode's `kernel` option.
+const kernels = gpuSkip ? [] : decodeKernels();
+
+t.test('decode picks the Hopper kernel where it applies, and refuses to force it elsewhere', { skip: gpuSkip }, (tt) => {
+  const hopper = kernels.includes('hopper');
+  tt.equal(decodeConfig(16).kernel, hopper ? 'hopper' : 'portable', 'auto');
+  tt.equal(decodeConfig(16, 1, undefined, { kernel: 'portable' }).kernel, 'portable', 'forced portable');
+  tt.equal(decodeConfig(16, 1, undefined, { fp8Cache: true }).kernel, 'portable', 'an FP8 cache takes the portable kernel');
+  if (hopper) {
+    const cfg = decodeConfig(128, 1, undefined, { kernel: 'hopper' });
+    tt.same([cfg.blockM, cfg.blockN, cfg.rowTiles], [64, 64, 2], 'hopper: 64-row x 64-key tiles, H=128 in two row tiles');
+    expectError(tt, () => decodeConfig(16, 1, undefined, { kernel: 'hopper', fp8Cache: true }), 'ERR_ARGUMENT', 'kernel', 'FP8 cache forced onto the Hopper kernel');
+  } else {
+    expectError(tt, () => decodeConfig(16, 1, undefined, { kernel: 'hopper' }), 'ERR_ARGUMENT', 'kernel', 'no Hopper kernel here');
+  }
+  expectError(tt, () => decodeConfig(16, 1, undefined, { kernel: 'fast' as 'auto' }), 'ERR_ARGUMENT', 'kernel', 'unknown kernel name');
+  tt.end();
+});
+
 t.test('decode matches the float64 reference on a randomized grid', { skip: gpuSkip }, (tt) => {
+  for (const kernel of kernels) gridCases(tt, kernel);
+  tt.end();
+});
+
+function gridCases(tt: Test, kernel: 'portable' | 'hopper'): void {
   const r = rng(1234);
   const heads = [1, 3, 16, 64, 128];
   const pages = [16, 64, 256];
@@ -148,8 +173,8 @@ t.test('decode matches the float64 reference on a randomized grid', { skip: gpuS
       // 0, 1, a page multiple, a non-multiple, and longer ones (split over several parts).
       const pool = [0, 1, pageSize, pageSize + 3, 37, 700 + Math.floor(r() * 900)];
       const seqLens = Array.from({ length: B }, (_, i) => (i === 0 ? pool[(caseNo + 5) % pool.length]! : pick(pool)));
-      const spec: CaseSpec = { B, H, pageSize, seqLens, sQ: H >= 64 && sQ > 2 ? 2 : sQ, causal, dtype, seed: 100 + caseNo };
-      const label = `#${caseNo} H${H} ${dtype} ps${pageSize} B${B} sq${spec.sQ as number} ${causal ? 'causal' : 'full'} L[${seqLens.join(',')}]`;
+      const spec: CaseSpec = { B, H, pageSize, seqLens, sQ: H >= 64 && sQ > 2 ? 2 : sQ, causal, dtype, seed: 100 + caseNo, kernel };
+      const label = `${kernel} #${caseNo} H${H} ${dtype} ps${pageSize} B${B} sq${spec.sQ as number} ${causal ? 'causal' : 'full'} L[${seqLens.join(',')}]`;
       const b = build(spec);
       try {
         checkOutputs(tt, label, runBuilt(b, spec), b.ref);
@@ -159,17 +184,16 @@ t.test('decode matches the float64 reference on a randomized grid', { skip: gpuS
       caseNo++;
     }
   }
-  tt.end();
-});
+}
 
 t.test('decode: variable query lengths (qSeqLens), causal, one shared workspace', { skip: gpuSkip }, (tt) => {
   const ws = new DecodeWorkspace({ maxBatch: 8, maxHeads: 16, maxQSeqLen: 4 });
   try {
-    for (const [i, causal] of [true, false].entries()) {
-      const spec: CaseSpec = { B: 5, H: 16, pageSize: 64, seqLens: [3, 0, 130, 1000, 2], sQ: [1, 2, 4, 3, 4], causal, dtype: 'bf16', seed: 900 + i };
+    for (const [i, [causal, kernel]] of kernels.flatMap((k) => [[true, k], [false, k]] as const).entries()) {
+      const spec: CaseSpec = { B: 5, H: 16, pageSize: 64, seqLens: [3, 0, 130, 1000, 2], sQ: [1, 2, 4, 3, 4], causal, dtype: 'bf16', seed: 900 + i, kernel };
       const b = build(spec);
       try {
-        checkOutputs(tt, `varlen ${causal ? 'causal' : 'full'}`, runBuilt(b, spec, ws), b.ref);
+        checkOutputs(tt, `${kernel} varlen ${causal ? 'causal' : 'full'}`, runBuilt(b, spec, ws), b.ref);
       } finally {
         disposeBuilt(b);
       }
@@ -185,8 +209,32 @@ t.test('decode: a long sequence split over every part, next to short ones', { sk
   const spec: CaseSpec = { B: 3, H: 8, pageSize: 256, seqLens: [40000, 5, 0], sQ: 1, causal: true, dtype: 'bf16', seed: 77 };
   const b = build(spec);
   try {
-    checkOutputs(tt, 'long', runBuilt(b, spec), b.ref);
+    for (const kernel of kernels) checkOutputs(tt, `${kernel} long`, runBuilt(b, { ...spec, kernel }), b.ref);
   } finally {
+    disposeBuilt(b);
+  }
+  tt.end();
+});
+
+// A page's rows past the request's length, and pages no request uses, hold whatever the cache
+// allocator left there; NaN there must not reach P·V (0 · NaN is NaN).
+t.test('decode: cache rows past each length hold NaN, and the outputs do not see it', { skip: gpuSkip }, (tt) => {
+  const spec: CaseSpec = { B: 3, H: 16, pageSize: 64, seqLens: [70, 5, 130], sQ: 2, causal: true, dtype: 'bf16', seed: 4242 };
+  const b = build(spec);
+  let nanCache: DeviceTensor | undefined;
+  try {
+    const table = b.blockTable.toHostSync() as Int32Array;
+    const maxPages = b.blockTable.shape[1]!;
+    const cache = b.cache.toFloat32Sync();
+    const used = new Set<number>();
+    spec.seqLens.forEach((L, r) => {
+      for (let k = 0; k < L; k++) used.add(table[r * maxPages + Math.floor(k / spec.pageSize)]! * spec.pageSize + (k % spec.pageSize));
+    });
+    for (let row = 0; row < cache.length / D; row++) if (!used.has(row)) cache.fill(NaN, row * D, (row + 1) * D);
+    nanCache = DeviceTensor.fromArray(cache, [...b.cache.shape], 'bf16');
+    for (const kernel of kernels) checkOutputs(tt, `${kernel} NaN past the lengths`, runBuilt({ ...b, cache: nanCache }, { ...spec, kernel }), b.ref);
+  } finally {
+    nanCache?.dispose();
     disposeBuilt(b);
   }
   tt.end();
@@ -196,9 +244,11 @@ t.test('decode: empty sequences give out 0 and lse +inf', { skip: gpuSkip }, (tt
   const spec: CaseSpec = { B: 2, H: 4, pageSize: 16, seqLens: [0, 0], sQ: 2, causal: true, dtype: 'f16', seed: 5 };
   const b = build(spec);
   try {
-    const got = runBuilt(b, spec);
-    tt.ok(got.lse.every((v) => v === Infinity), 'lse +inf');
-    tt.ok(got.out.every((v) => v === 0), 'out 0');
+    for (const kernel of kernels) {
+      const got = runBuilt(b, { ...spec, kernel });
+      tt.ok(got.lse.every((v) => v === Infinity), `${kernel}: lse +inf`);
+      tt.ok(got.out.every((v) => v === 0), `${kernel}: out 0`);
+    }
   } finally {
     disposeBuilt(b);
   }
@@ -221,14 +271,14 @@ t.test('decode: bad device indices are caught on the host, or guarded on the dev
       expectError(tt, () => decode({ ...base, blockTable: badBt, seqLens: b.seqLens }), 'ERR_RANGE', 'blockTable', 'host check: page');
       expectError(tt, () => decode({ ...base, blockTable: b.blockTable, seqLens: badLens }), 'ERR_RANGE', 'seqLens', 'host check: length');
 
-      for (const [name, bt, lens, bit, badReq] of [
-        ['page', badBt, b.seqLens, 2, 1],
-        ['seqLen', b.blockTable, badLens, 1, 2],
-      ] as const) {
+      for (const [name, bt, lens, bit, badReq, kernel] of kernels.flatMap((k) => [
+        [`${k} page`, badBt, b.seqLens, 2, 1, k],
+        [`${k} seqLen`, b.blockTable, badLens, 1, 2, k],
+      ] as const)) {
         const out = poison(DeviceTensor.empty([3, 16, DV], 'bf16'));
         const lse = poison(DeviceTensor.empty([3, 16], 'f32'));
         try {
-          decode({ ...base, blockTable: bt, seqLens: lens, out, lse, checkIndices: false });
+          decode({ ...base, blockTable: bt, seqLens: lens, out, lse, checkIndices: false, kernel });
           const o = out.toFloat32Sync();
           const l = lse.toFloat32Sync();
           const rep = ws.checkErrors();
@@ -284,7 +334,7 @@ t.test('decode reproduces the DeepSeek-V3 fixture decode steps (v3slim, paged)',
         for (let c = 0; c < 64; c++) cacheF[row + 512 + c] = rope.data[(b * S + s) * 64 + c]!;
       }
     }
-    for (const dtype of ['bf16', 'f16'] as const) {
+    for (const [dtype, kernel] of kernels.flatMap((k) => [['bf16', k], ['f16', k]] as const)) {
       const cache = DeviceTensor.fromArray(cacheF, [numPages, pageSize, D], dtype);
       const bt = DeviceTensor.fromArray(table, [B, maxPages], 'i32');
       try {
@@ -300,15 +350,15 @@ t.test('decode reproduces the DeepSeek-V3 fixture decode steps (v3slim, paged)',
           const q = DeviceTensor.fromArray(qF, [B, H, D], dtype);
           const lens = DeviceTensor.fromArray(Int32Array.from({ length: B }, () => P + k + 1), [B], 'i32');
           try {
-            const res = decode({ q, cache, blockTable: bt, seqLens: lens, scale: cfg.softmax_scale, causal: true });
+            const res = decode({ q, cache, blockTable: bt, seqLens: lens, scale: cfg.softmax_scale, causal: true, kernel });
             try {
               const o = res.out.toFloat32Sync();
               const l = res.lse.toFloat32Sync();
               const e = relError(o, f.readFloat64(`o_latent.decode.${k}`).data);
-              tt.ok(e < 1e-2, `${dtype} step ${k}: o_latent rel err ${e.toExponential(2)}`);
+              tt.ok(e < 1e-2, `${kernel} ${dtype} step ${k}: o_latent rel err ${e.toExponential(2)}`);
               const lref = f.readFloat64(`lse.decode.${k}`).data;
               const el = relError(l, lref);
-              tt.ok(el < 1e-2, `${dtype} step ${k}: lse rel err ${el.toExponential(2)}`);
+              tt.ok(el < 1e-2, `${kernel} ${dtype} step ${k}: lse rel err ${el.toExponential(2)}`);
             } finally {
               res.out.dispose();
               res.lse.dispose();

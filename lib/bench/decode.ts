@@ -6,7 +6,7 @@
 // combine, checkIndices false); `runMain` is the main kernel alone, as FlashMLA's current
 // test reports it.
 import { DTYPE_SIZE } from '../dtype.js';
-import { decode, DecodeWorkspace } from '../ops/decode.js';
+import { decode, DecodeWorkspace, type DecodeKernelChoice } from '../ops/decode.js';
 import { FP8_CACHE_ROW_BYTES } from '../ops/fp8-cache.js';
 import { quantizeFp8Cache } from '../reference/fp8.js';
 import { shuffledBlockTable } from '../reference/testing.js';
@@ -34,6 +34,8 @@ export interface DecodeBenchShape {
   dtype: HalfDType;
   /** 'model': the cache in `dtype`; 'fp8': the 656-byte FP8 layout (bf16 q), bytes counted at 656 per token. */
   cache?: 'model' | 'fp8';
+  /** The main kernel (decode's `kernel` option): 'auto' lets decode choose. */
+  kernel?: DecodeKernelChoice;
   seed?: number;
 }
 
@@ -51,10 +53,10 @@ export function decodeSeqLens(s: DecodeBenchShape): Int32Array {
  * 16 heads) through the same decode() call, plan + split-KV main + combine, against
  * reference.decode; with `cache` fp8 the 656-byte cache and reference.decodeFp8.
  */
-export function decodeCheck(dtype: HalfDType, cache: 'model' | 'fp8' = 'model'): KernelCheck {
+export function decodeCheck(dtype: HalfDType, cache: 'model' | 'fp8' = 'model', kernel: DecodeKernelChoice = 'auto'): KernelCheck {
   const fp8 = cache === 'fp8';
   return {
-    name: `decode ${dtype}${fp8 ? ' fp8-cache' : ''} (b2 h16 sq2 sk70,130 page ${PAGE_SIZE})`,
+    name: `decode ${dtype}${fp8 ? ' fp8-cache' : ''}${kernel === 'auto' ? '' : ` ${kernel}`} (b2 h16 sq2 sk70,130 page ${PAGE_SIZE})`,
     tolerance: HALF_TOLERANCE,
     run: () => withScope((sc) => {
       const H = 16, sQ = 2, seqLens = [70, 130], B = seqLens.length;
@@ -79,6 +81,7 @@ export function decodeCheck(dtype: HalfDType, cache: 'model' | 'fp8' = 'model'):
         blockTable: sc.own(DeviceTensor.fromArray(table, [B, maxPages], 'i32')),
         seqLens: sc.own(DeviceTensor.fromArray(Int32Array.from(seqLens), [B], 'i32')),
         workspace: sc.own(new DecodeWorkspace({ maxBatch: B, maxHeads: H, maxQSeqLen: sQ })),
+        kernel,
       });
       return [{ name: 'out', got: out.toFloat32Sync(), want: want.out }, { name: 'lse', got: lse.toFloat32Sync(), want: want.lse }];
     }),
@@ -91,6 +94,7 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
   const e = DTYPE_SIZE[s.dtype];
   const fp8 = s.cache === 'fp8';
   if (fp8 && s.dtype !== 'bf16') throw new RangeError('decode: the fp8 cache is read with bf16 queries (dtype bf16)');
+  const kernel = s.kernel ?? 'auto';
   const rowBytes = fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK * e;
   const pagesOf = Array.from(seqLens, (L) => Math.ceil(L / PAGE_SIZE));
   const numPages = pagesOf.reduce((a, b) => a + b, 0);
@@ -99,12 +103,12 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
   const shape = { b: s.b, sQ: s.sQ, hQ: s.h, sumSeqlen: sum, elemBytes: e, cacheRowBytes: rowBytes };
   const wsEstimate = splitKvWorkspaceBytes(smCount, s.h * s.sQ, MLA_DV);
   return {
-    name: `b${s.b} h${s.h} sq${s.sQ} sk${s.sK}${s.varlen ? ' varlen' : ''}${s.causal ? '' : ' full'} ${s.dtype}${fp8 ? ' fp8-cache' : ''}`,
-    params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, varlen: s.varlen, causal: s.causal, dtype: s.dtype, cache: fp8 ? 'fp8' : 'model', pageSize: PAGE_SIZE, sumSeqlen: sum },
+    name: `b${s.b} h${s.h} sq${s.sQ} sk${s.sK}${s.varlen ? ' varlen' : ''}${s.causal ? '' : ' full'} ${s.dtype}${fp8 ? ' fp8-cache' : ''}${kernel === 'auto' ? '' : ` ${kernel}`}`,
+    params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, varlen: s.varlen, causal: s.causal, dtype: s.dtype, cache: fp8 ? 'fp8' : 'model', kernel, pageSize: PAGE_SIZE, sumSeqlen: sum },
     flops: mlaDecodeFlops(shape),
     bytes: mlaDecodeBytes(shape),
     footprintBytes: numPages * PAGE_SIZE * rowBytes + tokens * s.h * (MLA_DK + MLA_DV) * e + tokens * s.h * 4 + s.b * (maxPages + 1) * 4 + wsEstimate,
-    checks: [decodeCheck(s.dtype, fp8 ? 'fp8' : 'model')],
+    checks: [decodeCheck(s.dtype, fp8 ? 'fp8' : 'model', kernel)],
     setup: () => withOwned((owned) => {
       const q = DeviceTensor.empty([tokens, s.h, MLA_DK], s.dtype);
       owned.push(q);
@@ -129,7 +133,7 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
       owned.push(lse);
       const workspace = new DecodeWorkspace({ maxBatch: s.b, maxHeads: s.h, maxQSeqLen: s.sQ });
       owned.push(workspace);
-      const args = { q, cache, blockTable, seqLens: lens, scale: SCALE, causal: s.causal, out, lse, workspace, checkIndices: false };
+      const args = { q, cache, blockTable, seqLens: lens, scale: SCALE, causal: s.causal, out, lse, workspace, checkIndices: false, kernel };
       // One full call so the plan runMain relies on is in the workspace.
       decode(args);
       return {
@@ -142,7 +146,7 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
 
 export const suite: BenchSuite = {
   name: 'decode',
-  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8)",
+  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8, kernel = auto | portable | hopper)",
   cases(opts) {
     const quick = opts.quick;
     const bs = gridNumbers('decode', opts, 'b', quick ? [16] : [128]);
@@ -153,6 +157,7 @@ export const suite: BenchSuite = {
     const causals = gridBooleans('decode', opts, 'causal', [true]);
     const dtypes = gridDTypes('decode', opts);
     const caches = gridChoices('decode', opts, 'cache', ['model', 'fp8'], ['model']);
+    const kernels = gridChoices('decode', opts, 'kernel', ['auto', 'portable', 'hopper'], ['auto']);
     const out: BenchCase[] = [];
     for (const cache of caches)
     for (const dtype of dtypes)
@@ -161,7 +166,10 @@ export const suite: BenchSuite = {
           for (const b of bs)
             for (const sQ of sqs)
               for (const h of hs)
-                for (const sK of sks) if (cache === 'model' || dtype === 'bf16') out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache }, opts.smCount));
+                for (const sK of sks)
+                  for (const kernel of kernels)
+                    // The FP8 cache: bf16 queries, portable kernel only.
+                    if (cache === 'model' || (dtype === 'bf16' && kernel !== 'hopper')) out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache, kernel }, opts.smCount));
     return out;
   },
 };

@@ -98,6 +98,11 @@ export function devices(): DeviceInfo[] {
   return Array.from({ length: n }, (_, i) => deviceInfo(i));
 }
 
+/** The device later calls run on (setDevice's, 0 by default). */
+export function currentDevice(): number {
+  return requireGpu('currentDevice').currentDevice();
+}
+
 export function setDevice(device: number): void {
   requireGpu('setDevice').setDevice(device);
 }

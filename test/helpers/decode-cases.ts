@@ -1,7 +1,7 @@
 // Decode cases shared by test/decode.test.ts and test/emulator.test.ts: random inputs over
 // shuffled pages, the float64 reference, a poisoned run, and the comparison.
-import { DeviceTensor } from '../../lib/index.js';
-import { decode, DecodeWorkspace } from '../../lib/ops/decode.js';
+import { cuda, DeviceTensor } from '../../lib/index.js';
+import { decode, DecodeWorkspace, type DecodeKernelChoice } from '../../lib/ops/decode.js';
 import { shuffledBlockTable } from '../../lib/reference/testing.js';
 import { poison, randn, relError, rng, roundTo } from './gpu.js';
 import type { Asserts } from './validation.js';
@@ -21,6 +21,17 @@ export interface CaseSpec {
   dtype: 'bf16' | 'f16';
   seed: number;
   scale?: number;
+  /** The main kernel to force (default: decode's own choice). */
+  kernel?: DecodeKernelChoice;
+}
+
+/**
+ * The decode main kernels to test on the current device: both on compute capability 9.0 (a real
+ * H100/H200 or the emulated sm_90; the Hopper path must exist there), the portable one elsewhere.
+ */
+export function decodeKernels(): Array<'portable' | 'hopper'> {
+  const d = cuda.deviceInfo(cuda.currentDevice());
+  return d.computeCapability === '9.0' ? ['portable', 'hopper'] : ['portable'];
 }
 
 export interface Built {
@@ -110,6 +121,7 @@ export function runBuilt(b: Built, spec: CaseSpec, ws?: DecodeWorkspace): { out:
       out,
       lse,
       workspace: ws,
+      kernel: spec.kernel,
     });
     return { out: res.out.toFloat32Sync(), lse: res.lse.toFloat32Sync() };
   } finally {
