@@ -151,7 +151,8 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
       float s[16];
       const uint32_t kAddr = sharedAddr(sKs) + wg * 32 * 128;
       wgmmaFence();
-#pragma unroll 1
+      // Fully unrolled: an accumulator carried around a loop makes ptxas serialise the wgmmas.
+#pragma unroll
       for (int c = 0; c < kNChunks; ++c) {
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
