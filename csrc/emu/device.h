@@ -75,6 +75,28 @@ void cpAsync(void* dst, const void* src, int srcBytes, const char* file, int lin
 void cpAsyncCommit();
 void cpAsyncWait(int pending, const char* file, int line);
 
+// PTX of sm_90a (csrc/emu/hopper.cc), behind the wrappers of csrc/kernels/hopper.cuh.
+// Shared addresses are offsets into the block's dynamic shared memory (its shared window).
+uint32_t sharedAddr(const void* p, const char* file, int line);
+enum WgmmaType { kWgmmaBF16 = 0, kWgmmaF16 = 1 };
+void wgmmaFence(const char* file, int line);
+void wgmmaCommit(const char* file, int line);
+void wgmmaWait(int pending, const char* file, int line);
+// wgmma.mma_async m64nNk16, f32 accumulators d (N/2 per thread); a: 4 registers of A, or null for
+// A from shared memory through descA; scaleA/scaleB: +1 or -1; tnspA/tnspB: 1 = MN-major.
+void wgmma(WgmmaType type, int n, float* d, const uint32_t* a, uint64_t descA, uint64_t descB, bool scaleD, int scaleA,
+           int scaleB, int tnspA, int tnspB, const char* file, int line);
+void mbarrierInit(uint64_t* bar, uint32_t count, const char* file, int line);
+// mbarrier.arrive; with txBytes > 0, mbarrier.arrive.expect_tx (the expectation first).
+void mbarrierArrive(uint64_t* bar, uint32_t txBytes, const char* file, int line);
+bool mbarrierTryWait(uint64_t* bar, uint32_t parity, const char* file, int line);
+void mbarrierWait(uint64_t* bar, uint32_t parity, const char* file, int line);  // blocks; a never-completing phase is a deadlock
+// cp.async.bulk.tensor.{rank}d.shared::cluster.global.mbarrier::complete_tx::bytes
+void tmaLoad(void* dst, const void* tensorMap, int rank, const int32_t* coords, uint64_t* bar, const char* file, int line);
+void fenceProxyAsync(const char* file, int line);
+void fenceMbarrierInit(const char* file, int line);
+void setmaxnreg(int count, bool increase, const char* file, int line);
+
 // Stops the current CUDA thread with a fault (a sticky launch failure, as on a GPU).
 [[noreturn]] void fault(const char* file, int line, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -35,4 +35,8 @@ bool isDeviceRange(const void* p, size_t bytes);
 int maxDynamicSmem(const void* kernel);  // cudaFuncSetAttribute limit, default 48 KB
 bool isLiveStream(cudaStream_t stream);   // null (the default stream) or created and not destroyed
 
+// The emulated cuTensorMapEncodeTiled (hopper.cc), a PFN_cuTensorMapEncodeTiled_v12000, which
+// cudaGetDriverEntryPointByVersion hands out: the emulated TMA reads the maps it writes.
+void* tensorMapEncodeTiledEntry();
+
 }  // namespace mla::emu

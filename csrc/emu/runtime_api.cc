@@ -720,6 +720,26 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
   return cudaSuccess;
 }
 
+// The driver entry points the package asks for: only cuTensorMapEncodeTiled (hopper.cuh's
+// encodeTensorMapTiled), answered by the emulator's own encoder, whose maps its TMA reads.
+cudaError_t cudaGetDriverEntryPointByVersion(const char* symbol, void** fn, unsigned int cudaVersion,
+                                             unsigned long long flags, cudaDriverEntryPointQueryResult* status) {
+  if (!symbol || !fn) return fail(cudaErrorInvalidValue);
+  *fn = nullptr;
+  if (flags & ~(unsigned long long)(cudaEnableLegacyStream | cudaEnablePerThreadDefaultStream))
+    return fail(cudaErrorInvalidValue);
+  // The v12000 signature is the one CUDA 12.0 introduced; older versions did not have the symbol.
+  if (std::strcmp(symbol, "cuTensorMapEncodeTiled") == 0 && cudaVersion >= 12000) {
+    *fn = tensorMapEncodeTiledEntry();
+    if (status) *status = cudaDriverEntryPointSuccess;
+    return cudaSuccess;
+  }
+  if (status) *status = cudaVersion >= 12000 || std::strcmp(symbol, "cuTensorMapEncodeTiled") != 0
+                            ? cudaDriverEntryPointSymbolNotFound
+                            : cudaDriverEntryPointVersionNotSufficent;
+  return cudaSuccess;
+}
+
 // Blocks per SM from shared memory and threads (1 KB per block is reserved by the hardware);
 // registers are not modelled, which only matters for how plans split work, never for results.
 cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void*, int blockSize, size_t smem) {

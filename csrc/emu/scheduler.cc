@@ -19,6 +19,7 @@
 #include <vector>
 #include "emu/device.h"
 #include "emu/emu.h"
+#include "emu/sm.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #define MLA_EMU_ASAN 1
@@ -77,76 +78,15 @@ mla_emu_swap:
 #error "the emulated device needs x86-64 (CMake skips it elsewhere)"
 #endif
 
-namespace {
-
-enum State { kRunnable, kAtBarrier, kInWarpOp, kExited };
-
-struct CpCopy {
-  unsigned char* dst;
-  const unsigned char* src;
-  int srcBytes, group;
-};
-
-struct Fiber {
-  void* sp = nullptr;
-  char* stack = nullptr;
-  uint3 tid{};
-  int linear = 0, lane = 0, warp = 0;
-  State state = kRunnable;
-  uint64_t waitGen = 0;
-  std::vector<CpCopy> copies;
-  int committed = 0;  // committed cp.async groups; open copies carry group == committed
-#ifdef MLA_EMU_ASAN
-  void* asanFake = nullptr;
-#endif
-};
-
-// A warp collective in progress: each lane deposits its operand and where its result goes; the
-// last to arrive computes for all and delivers every result before any lane runs again (a lane
-// may reach its next collective before the others have resumed).
-struct Slot {
-  alignas(16) unsigned char b[64];
-};
-using WarpCompute = void (*)(const Slot* in, Slot* out, unsigned mask, uintptr_t arg);
-struct Warp {
-  unsigned arrived = 0, mask = 0;
-  uint64_t gen = 0;
-  const char* op = nullptr;
-  uintptr_t arg = 0;
-  const char* file = nullptr;
-  int line = 0;
-  Slot in[32], out[32];
-  void* dest[32];
-};
-
-// Shadow of one 16-byte chunk of dynamic shared memory.
-struct Chunk {
-  int32_t pendingBy = -1;    // thread with a cp.async in flight into it
-  int32_t writer = -1;       // thread whose cp.async last completed here
-  uint64_t writeEpoch = 0;   // barrier generation of that completion
-  int32_t readerWarp = -1;   // warp that read it with ldmatrix in readEpoch (-2: several)
-  uint64_t readEpoch = ~0ull;
-};
-
-struct Block {
-  int threads = 0, alive = 0, atBarrier = 0;
-  uint64_t barrierGen = 0;
-  const char* barrierFile = nullptr;
-  int barrierLine = 0;
-  unsigned char* smem = nullptr;
-  size_t smemBytes = 0;
-  std::vector<Chunk> shadow;
-  Warp warps[32];
-  void* schedulerSp = nullptr;
-  KernelBody body = nullptr;
-  const void* params = nullptr;
-  const void* kernel = nullptr;
-  bool faulted = false;
-  std::string faultMessage;
-};
-
+// The block, fiber and shadow structures are in sm.h (hopper.cc extends them).
+namespace sm {
 thread_local Fiber* tlFiber = nullptr;
 thread_local Block* tlBlock = nullptr;
+}  // namespace sm
+using namespace sm;
+
+namespace {
+
 #ifdef MLA_EMU_ASAN
 thread_local const void* tlHostStackBottom = nullptr;
 thread_local size_t tlHostStackSize = 0;
@@ -181,6 +121,9 @@ struct TsanFrame {  // puts the kernel line that called ldmatrix / cp.async on t
 #define TSAN_FRAME() ((void)0)
 #endif
 
+}  // namespace
+
+namespace sm {
 void toScheduler() {
   Fiber& f = *tlFiber;
 #ifdef MLA_EMU_ASAN
@@ -224,7 +167,6 @@ std::string vformat(const char* fmt, va_list ap) {
   return buf;
 }
 
-std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 std::string format(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -232,6 +174,10 @@ std::string format(const char* fmt, ...) {
   va_end(ap);
   return s;
 }
+
+}  // namespace sm
+
+namespace {
 
 void releaseBarrier(Block& B) {
   B.atBarrier = 0;
@@ -250,6 +196,7 @@ void fiberMain() {
   if (!f.copies.empty())
     faultHere(format("%s exited with %zu cp.async copies it never waited for (cp.async.wait_group missing)",
                      where().c_str(), f.copies.size()));
+  if (std::string m = hopperExitCheck(f); !m.empty()) faultHere(m);
   f.state = kExited;
   B.alive--;
   TSAN_REL(&tlSync->blockEnd);
@@ -317,6 +264,9 @@ bool initFiber(Fiber& f, size_t i) {
   return true;
 }
 
+}  // namespace
+
+namespace sm {
 Chunk* chunkOf(const void* p, const char* op, const char* file, int line) {
   Block& B = *tlBlock;
   const unsigned char* c = static_cast<const unsigned char*>(p);
@@ -327,6 +277,10 @@ Chunk* chunkOf(const void* p, const char* op, const char* file, int line) {
     faultHere(format("%s at %s:%d: %s shared address %p is not 16-byte aligned", where().c_str(), file, line, op, p));
   return &B.shadow[size_t(c - B.smem) / 16];
 }
+
+}  // namespace sm
+
+namespace {
 
 void runBlock(Block& B, std::vector<Fiber>& fibers, std::mt19937* shuffle) {
   std::vector<int> order(fibers.size());
@@ -339,6 +293,8 @@ void runBlock(Block& B, std::vector<Fiber>& fibers, std::mt19937* shuffle) {
       if (f.state == kExited) continue;
       if (f.state == kAtBarrier && f.waitGen == B.barrierGen) continue;
       if (f.state == kInWarpOp && f.waitGen == B.warps[f.warp].gen) continue;
+      if (f.state == kInGroupOp && f.waitGen == B.groups[f.warp >> 2].gen) continue;
+      if (f.state == kAtMbarrier && !mbarrierReady(B, f)) continue;
       f.state = kRunnable;
       tlFiber = &f;
       tlThreadIdx = &f.tid;
@@ -357,7 +313,13 @@ void runBlock(Block& B, std::vector<Fiber>& fibers, std::mt19937* shuffle) {
       if (B.faulted) return;
       progressed = true;
     }
-    if (B.alive == 0) return;
+    if (B.alive == 0) {
+      if (std::string m = hopperBlockEndCheck(B); !m.empty()) {
+        B.faulted = true;
+        B.faultMessage = format("block (%u,%u,%u): %s", tlBlockIdx.x, tlBlockIdx.y, tlBlockIdx.z, m.c_str());
+      }
+      return;
+    }
     if (!progressed) {
       std::string m = format("deadlock in block (%u,%u,%u): %d of %d threads can never continue", tlBlockIdx.x,
                              tlBlockIdx.y, tlBlockIdx.z, B.alive, B.threads);
@@ -374,6 +336,7 @@ void runBlock(Block& B, std::vector<Fiber>& fibers, std::mt19937* shuffle) {
                     B.warps[w].op ? B.warps[w].op : "a warp op", inOp);
         if (B.warps[w].op) m += format(" (mask 0x%08x at %s:%d)", B.warps[w].mask, B.warps[w].file, B.warps[w].line);
       }
+      m += hopperDeadlockReport(B, fibers);
       B.faulted = true;
       B.faultMessage = m;
       return;
@@ -491,6 +454,10 @@ void ldmatrixCompute(const Slot* in, Slot* out, unsigned, uintptr_t arg) {
       faultHere(format("ldmatrix at %s:%d (warp %d, row of lane %d) reads shared memory with a cp.async of thread %d "
                        "still in flight (no cp.async.wait_group covers it)",
                        w.file, w.line, rows[i].warp, i, c->pendingBy));
+    if (c->tmaBar >= 0)
+      faultHere(format("ldmatrix at %s:%d (warp %d, row of lane %d) reads shared memory that a TMA load is still "
+                       "writing (wait on its mbarrier, at shared offset %d, first)",
+                       w.file, w.line, rows[i].warp, i, c->tmaBar));
     if (c->writer >= 0 && c->writer / 32 != rows[i].warp && c->writeEpoch == B.barrierGen)
       faultHere(format("ldmatrix at %s:%d (warp %d) reads shared memory that thread %d filled by cp.async without a "
                        "__syncthreads in between",
@@ -744,6 +711,7 @@ void cpAsync(void* dst, const void* src, int srcBytes, const char* file, int lin
   Chunk* c = chunkOf(dst, "cp.async", file, line);
   if (c->pendingBy >= 0)
     fault(file, line, "cp.async into shared memory that already has a copy of thread %d in flight", c->pendingBy);
+  if (c->tmaBar >= 0) fault(file, line, "cp.async into shared memory that a TMA load still in flight writes");
   if (c->readEpoch == B.barrierGen && c->readerWarp != f.warp) {
     char reader[32] = "several warps";
     if (c->readerWarp >= 0) snprintf(reader, sizeof reader, "warp %d", c->readerWarp);
@@ -865,12 +833,16 @@ void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
       B.warps[w].op = nullptr;
       B.warps[w].gen = 0;
     }
+    hopperResetBlock(B);
     for (int t = 0; t < B.threads; ++t) {
       Fiber& f = fibers[size_t(t)];
       f.state = kRunnable;
       f.waitGen = 0;
       f.copies.clear();
       f.committed = 0;
+      f.wgmma.clear();
+      f.wgmmaCommitted = 0;
+      f.wgmmaFenced = false;
       f.linear = t;
       f.tid = make_uint3(unsigned(t) % cfg.block.x, unsigned(t) / cfg.block.x % cfg.block.y,
                          unsigned(t) / (cfg.block.x * cfg.block.y));
