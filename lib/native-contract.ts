@@ -183,6 +183,8 @@ export const NATIVE_PRIMITIVE_TENSORS = [
   'src', 'pred', 'early', 'out', // cp.async
   'values', 'cases', 'shfl', // shuffle
   'preds', 'votes', // vote
+  'coords', // TMA (with src, out); wgmma uses a, b, c, d
+  'tile', 'waits', // mbarrier (with src)
 ] as const;
 export type NativePrimitiveTensor = (typeof NATIVE_PRIMITIVE_TENSORS)[number];
 
@@ -191,10 +193,26 @@ export function isNativePrimitiveTensor(name: string): name is NativePrimitiveTe
 }
 
 export interface NativePrimitivesArgs extends NativeStreamArg, Partial<Record<NativePrimitiveTensor, NativeTensorRef>> {
-  /** 0 mma, 1 ldmatrix, 2 cp.async, 3 shuffle, 4 vote. */
+  /** 0 mma, 1 ldmatrix, 2 cp.async, 3 shuffle, 4 vote, 5 wgmma, 6 TMA, 7 mbarrier. */
   which: number;
   num?: number | undefined;
   trans?: boolean | undefined;
+  // wgmma
+  n?: number | undefined;
+  k?: number | undefined;
+  swizzleA?: number | undefined;
+  swizzleB?: number | undefined;
+  tnspB?: number | undefined;
+  lboRows?: number | undefined;
+  rs?: boolean | undefined;
+  scaleD?: boolean | undefined;
+  // TMA
+  box0?: number | undefined;
+  box1?: number | undefined;
+  box2?: number | undefined;
+  swizzle?: number | undefined;
+  /** Fault variants of the sm_90a kernels for emulator tests (primitives.h); 0 = none. */
+  mode?: number | undefined;
 }
 
 /** Every op of the addon (`ops` of csrc/binding/module.cc; each registers itself). */

@@ -6,10 +6,11 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
-import { cpAsyncConformance, ldmatrixConformance, mmaConformance, shuffleConformance, voteConformance } from '../lib/ops/primitives.js';
-import type { ShflOpName, ShuffleCase } from '../lib/ops/primitives.js';
-import { cpAsyncReference, halfBitsToNumber, ldmatrixReference, mmaReference, shuffleReference, voteReference } from '../lib/reference/primitives.js';
+import t, { type Test } from 'tap';
+import { cpAsyncConformance, ldmatrixConformance, mbarrierConformance, mmaConformance, shuffleConformance, tmaConformance, voteConformance, wgmmaConformance } from '../lib/ops/primitives.js';
+import type { ShflOpName, ShuffleCase, SwizzleSpan, WgmmaCase } from '../lib/ops/primitives.js';
+import { cpAsyncReference, halfBitsToNumber, ldmatrixReference, mbarrierReference, mmaReference, shuffleReference, swizzleAddress, tmaReference, voteReference, wgmmaReference } from '../lib/reference/primitives.js';
+import { cuda } from '../lib/index.js';
 import { deviceLabel, emulated, gpuSkip, rng } from './helpers/gpu.js';
 import { throwsNaming } from './helpers/validation.js';
 
@@ -240,6 +241,115 @@ t.test(`__ballot_sync / __any_sync / __all_sync (${deviceLabel})`, { skip: gpuSk
   warps.forEach(([name], i) => {
     t.same(record(`vote/${name}`, got.slice(i * 96, i * 96 + 96)), want.slice(i * 96, i * 96 + 96), `${name}: ballot, any, all on every lane`);
   });
+});
+
+// ---- sm_90a: wgmma, TMA, mbarrier (primitives_sm90.cu) ---------------------------------------------
+// Compute capability 9.0 only: elsewhere (a GPU of another kind, the emulator's sm_80/86 tiers) the
+// launcher refuses before launching, with a typed error.
+const cc = gpuSkip ? '' : cuda.deviceInfo(0).computeCapability;
+const sm90 = cc === '9.0';
+const sm90Label = `${deviceLabel}, compute capability ${cc || 'none'}`;
+
+t.test('sm_90a validation (no GPU needed)', async (t) => {
+  const spec: WgmmaCase = { dtype: 'bf16', n: 16, k: 16, swizzleA: 0, swizzleB: 0, tnspB: 0, rs: false, scaleD: true };
+  const a = new Uint16Array(64 * 16), b = new Uint16Array(16 * 16), c = new Float32Array(64 * 16);
+  throwsNaming(t, () => wgmmaConformance(a, b, c, { ...spec, n: 24 as 16 }), 'ERR_RANGE', 'n');
+  throwsNaming(t, () => wgmmaConformance(a, b, c, { ...spec, swizzleB: 16 as SwizzleSpan }), 'ERR_RANGE', 'swizzleB');
+  throwsNaming(t, () => wgmmaConformance(a, new Uint16Array(10), c, spec), 'ERR_SHAPE', 'b');
+  throwsNaming(t, () => tmaConformance(new Uint16Array(64), [8, 8], [8], 0, [[0, 0]]), 'ERR_SHAPE', 'box');
+  throwsNaming(t, () => tmaConformance(new Uint16Array(64), [8, 8], [8, 8], 0, [[0]]), 'ERR_SHAPE', 'coords[0]');
+  throwsNaming(t, () => mbarrierConformance(new Uint16Array(10)), 'ERR_SHAPE', 'src');
+  // The ISA's swizzle at a glance: 128B moves chunk 0 of 128-byte row 3 to chunk 3, 32B only by row parity.
+  t.equal(swizzleAddress(3 * 128, 128), 3 * 128 + 3 * 16);
+  t.equal(swizzleAddress(3 * 128 + 16, 32), 3 * 128);
+  t.equal(swizzleAddress(5 * 128 + 32, 64), 5 * 128 + 48);
+});
+
+t.test(`sm_90a primitives refuse a device that is not compute capability 9.0 (${sm90Label})`, { skip: gpuSkip || (sm90 ? 'the device is sm_90' : false) }, async (t) => {
+  const spec: WgmmaCase = { dtype: 'bf16', n: 16, k: 16, swizzleA: 0, swizzleB: 0, tnspB: 0, rs: false, scaleD: true };
+  throwsNaming(t, () => wgmmaConformance(new Uint16Array(1024), new Uint16Array(256), new Float32Array(1024), spec), 'ERR_ARGUMENT', 'compute capability 9.0');
+  throwsNaming(t, () => mbarrierConformance(new Uint16Array(512)), 'ERR_ARGUMENT', 'compute capability 9.0');
+});
+
+function smallInts(n: number, seed: number, lo: number, hi: number): number[] {
+  const r = rng(seed);
+  return Array.from({ length: n }, () => lo + Math.floor(r() * (hi - lo + 1)));
+}
+
+function wgmmaCase(t: Test, name: string, spec: WgmmaCase, seed: number): void {
+  const { n, k, dtype } = spec;
+  // |A|, |B| <= 4, |C| <= 64, k <= 64: every partial sum is an integer below 2^11, exact in fp32.
+  const a = Uint16Array.from(smallInts(64 * k, seed, -4, 4), (v) => halfBits(v, dtype));
+  const b = Uint16Array.from(smallInts(k * n, seed + 1, -4, 4), (v) => halfBits(v, dtype));
+  const c = Float32Array.from(smallInts(64 * n, seed + 2, -64, 64));
+  const got = record(`wgmma/${name}`, bitsOf(wgmmaConformance(a, b, c, spec)));
+  const want = bitsOf(wgmmaReference(a, b, c, spec));
+  // Zeros compared as 0 (their sign is not fixed by the ISA; the dump keeps the raw bits).
+  const canon = (u: Uint32Array): Uint32Array => u.map((v) => ((v & 0x7fffffff) === 0 ? 0 : v));
+  const g = canon(got), w = canon(want);
+  const bad = Array.from(g.keys()).filter((i) => g[i] !== w[i]);
+  t.equal(bad.length, 0, `${name}: D bit for bit${bad.length ? `; first differences (row, col): ${bad.slice(0, 6).map((i) => `(${Math.floor(i / n)}, ${i % n})`).join(' ')}` : ''}`);
+}
+
+t.test(`wgmma m64nNk16 vs PTX ISA (${sm90Label})`, { skip: gpuSkip || (sm90 ? false : 'needs compute capability 9.0') }, async (t) => {
+  let seed = 100;
+  // 1. every swizzle for A and B, B K-major and MN-major, bf16 and f16, m64n16k16.
+  for (const dtype of ['bf16', 'f16'] as const) {
+    for (const sw of [0, 32, 64, 128] as const) {
+      for (const tnspB of [0, 1] as const) {
+        wgmmaCase(t, `ss ${dtype} n16 k16 swizzle ${sw} B ${tnspB ? 'MN' : 'K'}-major`, { dtype, n: 16, k: 16, swizzleA: sw, swizzleB: sw, tnspB, rs: false, scaleD: true }, seed += 3);
+      }
+    }
+  }
+  for (const tnspB of [0, 1] as const) {
+    wgmmaCase(t, `ss bf16 n16 scale-d 0 B ${tnspB ? 'MN' : 'K'}-major`, { dtype: 'bf16', n: 16, k: 16, swizzleA: 128, swizzleB: 128, tnspB, rs: false, scaleD: false }, seed += 3);
+  }
+  // 2. The decode kernel's patterns: P·V, m64n256k16 with B MN-major 128B in 64-column groups of
+  // 64 key rows (LBO 8192 bytes); Q·K^T, m64n32 over k64 as 4 k16 steps, the descriptor start
+  // advancing 32 bytes inside a 128-byte swizzled row.
+  for (const dtype of ['bf16', 'f16'] as const) {
+    wgmmaCase(t, `ss ${dtype} n256 B MN-major 128B LBO 8192`, { dtype, n: 256, k: 16, swizzleA: 128, swizzleB: 128, tnspB: 1, lboRows: 64, rs: false, scaleD: true }, seed += 3);
+    wgmmaCase(t, `ss ${dtype} n32 k64 (4 steps) A, B K-major 128B`, { dtype, n: 32, k: 64, swizzleA: 128, swizzleB: 128, tnspB: 0, rs: false, scaleD: true }, seed += 3);
+  }
+  wgmmaCase(t, 'ss bf16 n32 k64 (4 steps) no swizzle', { dtype: 'bf16', n: 32, k: 64, swizzleA: 0, swizzleB: 0, tnspB: 0, rs: false, scaleD: false }, seed += 3);
+  // 3. A from registers.
+  for (const [swizzleB, tnspB] of [[128, 0], [0, 0], [128, 1], [32, 1]] as const) {
+    wgmmaCase(t, `rs bf16 n32 k16 B ${tnspB ? 'MN' : 'K'}-major swizzle ${swizzleB}`, { dtype: 'bf16', n: 32, k: 16, swizzleA: 0, swizzleB, tnspB, rs: true, scaleD: true }, seed += 3);
+  }
+  wgmmaCase(t, 'rs f16 n32 k64 B K-major 128B', { dtype: 'f16', n: 32, k: 64, swizzleA: 0, swizzleB: 128, tnspB: 0, rs: true, scaleD: true }, seed += 3);
+});
+
+t.test(`TMA tensor loads vs PTX ISA (${sm90Label})`, { skip: gpuSkip || (sm90 ? false : 'needs compute capability 9.0') }, async (t) => {
+  // Distinct 16-bit patterns (raw bits: TMA copies bytes), so a misplaced element names itself.
+  const tensor = (n: number): Uint16Array => Uint16Array.from({ length: n }, (_, i) => (i * 7 + 1) & 0xffff);
+  const cases: [string, number[], number[], SwizzleSpan, number[][]][] = [
+    // 2D [40 rows, 72 cols]: 144-byte rows (a multiple of 16).
+    ['2d 128B', [40, 72], [64, 8], 128, [[0, 0], [8, 16], [-8, -3], [40, 36], [-64, 0], [0, 40]]],
+    ['2d none', [40, 72], [16, 8], 0, [[0, 0], [64, 37], [-5, -7], [3, 1]]],
+    ['2d 64B', [40, 72], [32, 8], 64, [[0, 0], [48, 36]]],
+    ['2d 32B', [40, 72], [16, 16], 32, [[8, 8], [-8, 30]]],
+    // 3D [3, 20, 64]: a box of 64 x 8 x 2 with 128B swizzle, and unswizzled 8 x 4 x 3.
+    ['3d 128B', [3, 20, 64], [64, 8, 2], 128, [[0, 0, 0], [0, 16, 2], [-16, -4, -1], [8, 2, 1]]],
+    ['3d none', [3, 20, 64], [8, 4, 3], 0, [[60, 18, 0], [-4, -2, -2], [16, 4, 0]]],
+  ];
+  for (const [name, shape, box, swizzle, coords] of cases) {
+    const src = tensor(shape.reduce((x, y) => x * y, 1));
+    const got = tmaConformance(src, shape, box, swizzle, coords);
+    const want = tmaReference(src, shape, box, swizzle, coords);
+    const elems = box.reduce((x, y) => x * y, 1);
+    coords.forEach((c, i) => {
+      const g = got.slice(i * elems, (i + 1) * elems), w = want.slice(i * elems, (i + 1) * elems);
+      record(`tma/${name}/${c.join(',')}`, new Uint32Array(g.buffer.slice(0, g.byteLength - (g.byteLength % 4))));
+      t.same(g, w, `${name} at (${c.join(', ')}): shared bytes`);
+    });
+  }
+});
+
+t.test(`mbarrier phases, parity and expect_tx (${sm90Label})`, { skip: gpuSkip || (sm90 ? false : 'needs compute capability 9.0') }, async (t) => {
+  const src = Uint16Array.from({ length: 512 }, (_, i) => (i * 13 + 5) & 0xffff);
+  const got = mbarrierConformance(src), want = mbarrierReference(src);
+  t.same(record('mbarrier/waits', got.waits), want.waits, `try_wait sequence ${Array.from(want.waits.subarray(0, 10)).join('')} on both threads`);
+  t.same(got.tile, want.tile, 'the TMA box that completed the expect_tx phase');
 });
 
 // Last: everything above has recorded its outputs by now (tap runs a file's subtests in order).

@@ -6,7 +6,8 @@
 namespace mla::binding {
 namespace {
 
-// primitives({ which, ...the tensors of that primitive (see primitives.h), num?, trans?, stream? })
+// primitives({ which, ...the tensors of that primitive (see primitives.h), num?, trans?, the sm_90a
+// integers (n, k, swizzleA, swizzleB, tnspB, lboRows, rs, scaleD, box0-2, swizzle, mode), stream? })
 Napi::Value PrimitivesOp(const Napi::CallbackInfo& info) {
   ArgReader a(info, "primitives");
   PrimitivesParams p;
@@ -39,6 +40,37 @@ Napi::Value PrimitivesOp(const Napi::CallbackInfo& info) {
     case static_cast<int64_t>(Primitive::Vote):
       p.preds = a.tensor("preds");
       p.votes = a.tensor("votes");
+      break;
+    case static_cast<int64_t>(Primitive::Wgmma):
+      p.a = a.tensor("a");
+      p.b = a.tensor("b");
+      p.c = a.tensor("c");
+      p.d = a.tensor("d");
+      p.n = static_cast<int>(a.i64("n"));
+      p.k = static_cast<int>(a.i64("k"));
+      p.swizzleA = static_cast<int>(a.i64("swizzleA", 0));
+      p.swizzleB = static_cast<int>(a.i64("swizzleB", 0));
+      p.tnspB = static_cast<int>(a.i64("tnspB", 0));
+      p.lboRows = static_cast<int>(a.i64("lboRows", p.k));
+      p.rs = a.boolean("rs", false);
+      p.scaleD = a.boolean("scaleD", true);
+      p.mode = static_cast<int>(a.i64("mode", 0));
+      break;
+    case static_cast<int64_t>(Primitive::Tma):
+      p.src = a.tensor("src");
+      p.coords = a.tensor("coords");
+      p.out = a.tensor("out");
+      p.box[0] = static_cast<int>(a.i64("box0"));
+      p.box[1] = static_cast<int>(a.i64("box1", 1));
+      p.box[2] = static_cast<int>(a.i64("box2", 1));
+      p.swizzle = static_cast<int>(a.i64("swizzle", 0));
+      p.mode = static_cast<int>(a.i64("mode", 0));
+      break;
+    case static_cast<int64_t>(Primitive::Mbarrier):
+      p.src = a.tensor("src");
+      p.tile = a.tensor("tile");
+      p.waits = a.tensor("waits");
+      p.mode = static_cast<int>(a.i64("mode", 0));
       break;
     default: break;  // an unknown `which` reads nothing; the launcher refuses it
   }

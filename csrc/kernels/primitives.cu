@@ -170,6 +170,23 @@ Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream) {
       MLA_CHECK_LAUNCH("primitives(vote)");
       return Status::Ok();
     }
+    case Primitive::Wgmma:
+    case Primitive::Tma:
+    case Primitive::Mbarrier: {
+#if MLA_HAS_SM90A
+      int dev = 0, major = 0, minor = 0;
+      MLA_CUDA_TRY(cudaGetDevice(&dev), "primitives");
+      MLA_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev), "primitives");
+      MLA_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev), "primitives");
+      // sm_90a code runs on compute capability 9.0 only; anywhere else the launch would fail.
+      MLA_CHECK(major == 9 && minor == 0, Argument,
+                "primitives: wgmma, TMA and mbarrier need a compute capability 9.0 GPU (H100, H200); this device is " +
+                    std::to_string(major) + "." + std::to_string(minor));
+      return launchPrimitiveSm90(p, stream);
+#else
+      return Status::Error(Code::Argument, "primitives: wgmma, TMA and mbarrier are not in this build (built without sm_90a)");
+#endif
+    }
   }
   // The binding passes any `which` through (lib/ops/primitives.ts only sends known ones).
   return Status::Error(Code::Argument, "primitives: `which` is not a primitive");

@@ -9,7 +9,11 @@
 
 namespace mla {
 
-enum class Primitive : int32_t { Mma = 0, Ldmatrix = 1, CpAsync = 2, Shuffle = 3, Vote = 4 };
+enum class Primitive : int32_t {
+  Mma = 0, Ldmatrix = 1, CpAsync = 2, Shuffle = 3, Vote = 4,
+  // sm_90a (primitives_sm90.cu; compute capability 9.0 only): wgmma, TMA, mbarrier.
+  Wgmma = 5, Tma = 6, Mbarrier = 7,
+};
 // Shuffle case modes (cases[i][0]); the numbers are shared with lib/ops/primitives.ts.
 enum class ShflOp : int32_t { Idx = 0, Xor = 1, Down = 2, Up = 3 };
 
@@ -34,10 +38,33 @@ struct PrimitivesParams {
   // Vote: preds [m,32] i32 (nonzero = true), votes [m,3,32] i32: __ballot_sync, __any_sync != 0,
   // __all_sync != 0 per lane, full mask.
   TensorRef preds, votes;
+
+  // Wgmma: d = A·B (+ c when scaleD) by wgmma.mma_async m64nNk16 f32.{bf16,f16} in k/16 steps
+  // (a, b, c, d as for Mma but a [64,k], b [k,n], c/d [64,n]; n 16, 32 or 256; k 16 or 64).
+  // A is K-major (from shared memory with swizzleA, or from registers when rs); B is K-major
+  // (tnspB 0) or MN-major (tnspB 1) with swizzleB. Swizzles are spans in bytes: 0 (none), 32,
+  // 64, 128. lboRows: k-rows per 64-column group of a swizzled MN-major B (its LBO = lboRows·span).
+  int n = 16, k = 16, swizzleA = 0, swizzleB = 0, tnspB = 0, lboRows = 16;
+  bool rs = false, scaleD = true;
+  // Tma: src, a bf16 tensor of rank 2 or 3 (shape outermost first); coords [m, rank] i32, box
+  // corners innermost first; box[0..rank) innermost first; swizzle (a span, as above); out [m, box
+  // elements] bf16: each load's shared bytes, raw, in shared-address order.
+  // Mbarrier: src [8, 64] bf16; tile [8, 64] bf16 (a TMA box of all of it completing on the
+  // barrier); waits [2, 10] i32: the scripted try_wait results of threads 0 and 32.
+  TensorRef coords, tile, waits;
+  int box[3] = {1, 1, 1};
+  int swizzle = 0;
+  // Fault variants for emulator tests (0: none). Wgmma 1: no wgmma.fence. Tma 1: ldmatrix of the
+  // destination before the mbarrier wait. Mbarrier 1: a wait for a phase that never completes.
+  int mode = 0;
 };
 
 namespace gpu {
 Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream);
+#if MLA_HAS_SM90A
+// primitives_sm90.cu: Wgmma, Tma, Mbarrier (the caller checked the device is sm_90).
+Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream);
+#endif
 }  // namespace gpu
 
 }  // namespace mla

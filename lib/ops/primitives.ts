@@ -5,19 +5,19 @@
 import type { DType, HostArray } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
-import { isNativePrimitiveTensor, type NativePrimitivesArgs } from '../native-contract.js';
+import { isNativePrimitiveTensor, type NativePrimitivesArgs, type NativePrimitiveTensor } from '../native-contract.js';
 import { FILL_U32 } from '../reference/primitives.js';
-import type { ShflOpName, ShuffleCase } from '../reference/primitives.js';
+import type { ShflOpName, ShuffleCase, SwizzleSpan, WgmmaCase } from '../reference/primitives.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption } from '../runtime/tensor.js';
 import { checkInt, isPowerOfTwo } from './validate.js';
 
-export type { ShflOpName, ShuffleCase } from '../reference/primitives.js';
+export type { ShflOpName, ShuffleCase, SwizzleSpan, WgmmaCase } from '../reference/primitives.js';
 export type MmaDType = 'bf16' | 'f16';
 
 const OP = 'primitives';
 // csrc/kernels/primitives.h: Primitive and ShflOp.
-const WHICH = { mma: 0, ldmatrix: 1, cpAsync: 2, shuffle: 3, vote: 4 } as const;
+const WHICH = { mma: 0, ldmatrix: 1, cpAsync: 2, shuffle: 3, vote: 4, wgmma: 5, tma: 6, mbarrier: 7 } as const;
 const SHFL_CODE: Readonly<Record<ShflOpName, number>> = { idx: 0, xor: 1, down: 2, up: 3 };
 const MAX_ROWS = 1 << 16;
 
@@ -43,7 +43,8 @@ interface Upload {
 
 // Uploads, fills every output with a known bit pattern (0xFFFFFFFF, or NaN 0x7FC00000 for f32,
 // converted on the host so GPU and emulator start from the same bits), launches, downloads.
-function run(which: number, ins: Record<string, Upload>, outs: Record<string, Upload>, extra: Pick<NativePrimitivesArgs, 'num' | 'trans'>, opts: StreamOption): HostArray[] {
+type Extra = Omit<NativePrimitivesArgs, 'which' | 'stream' | NativePrimitiveTensor>;
+function run(which: number, ins: Record<string, Upload>, outs: Record<string, Upload>, extra: Extra, opts: StreamOption): HostArray[] {
   const owned: DeviceTensor[] = [];
   const up = (u: Upload): DeviceTensor => {
     const t = DeviceTensor.fromArray(u.data, u.shape, u.dtype);
@@ -169,4 +170,89 @@ export function voteConformance(preds: Int32Array, opts: StreamOption = {}): Uin
   const [out] = run(WHICH.vote, { preds: { data: preds, shape: [m, 32], dtype: 'i32' } },
     { votes: { data: filledI32(m * 96), shape: [m, 3, 32], dtype: 'i32' } }, {}, opts);
   return asU32(out!);
+}
+
+// ---- sm_90a (csrc/kernels/primitives_sm90.cu): compute capability 9.0 only -----------------------
+const SPANS: readonly number[] = [0, 32, 64, 128];
+function checkSpan(fn: string, name: string, v: unknown): SwizzleSpan {
+  if (typeof v !== 'number' || !SPANS.includes(v)) throw new MlaError('ERR_RANGE', `${fn}: \`${name}\` must be 0, 32, 64 or 128 (bytes), got ${String(v)}`);
+  return v as SwizzleSpan;
+}
+function checkMode(fn: string, mode: unknown): 0 | 1 {
+  if (mode !== 0 && mode !== 1) throw new MlaError('ERR_RANGE', `${fn}: \`mode\` must be 0 or 1`);
+  return mode;
+}
+
+/**
+ * wgmma.mma_async m64nNk16 f32.{bf16,f16} in k/16 steps: D [64,n] = A [64,k]·B [k,n] (+ C when
+ * scaleD), A and B as row-major 16-bit float bits placed by the kernel in the canonical shared
+ * memory layouts `c` describes (see WgmmaCase). Returns D, f32.
+ */
+export function wgmmaConformance(a: Uint16Array, b: Uint16Array, c: Float32Array, spec: WgmmaCase, opts: StreamOption = {}): Float32Array {
+  const fn = 'wgmmaConformance';
+  if (typeof spec !== 'object' || spec === null) throw new MlaError('ERR_ARGUMENT', `${fn}: \`spec\` must be an object`);
+  const { n, k, dtype } = spec;
+  if (n !== 16 && n !== 32 && n !== 256) throw new MlaError('ERR_RANGE', `${fn}: \`n\` must be 16, 32 or 256, got ${String(n)}`);
+  if (k !== 16 && k !== 64) throw new MlaError('ERR_RANGE', `${fn}: \`k\` must be 16 or 64, got ${String(k)}`);
+  if (dtype !== 'bf16' && dtype !== 'f16') throw new MlaError('ERR_DTYPE', `${fn}: \`dtype\` must be bf16 or f16, got ${String(dtype)}`);
+  const swizzleA = checkSpan(fn, 'swizzleA', spec.swizzleA), swizzleB = checkSpan(fn, 'swizzleB', spec.swizzleB);
+  if (spec.tnspB !== 0 && spec.tnspB !== 1) throw new MlaError('ERR_RANGE', `${fn}: \`tnspB\` must be 0 or 1`);
+  const lboRows = spec.lboRows ?? k;
+  checkInt(fn, 'lboRows', lboRows, k, 256);
+  if (typeof spec.rs !== 'boolean' || typeof spec.scaleD !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${fn}: \`rs\` and \`scaleD\` must be booleans`);
+  checkArray(fn, 'a', a, Uint16Array, 64 * k);
+  checkArray(fn, 'b', b, Uint16Array, k * n);
+  checkArray(fn, 'c', c, Float32Array, 64 * n);
+  const [d] = run(WHICH.wgmma, {
+    a: { data: a, shape: [64, k], dtype },
+    b: { data: b, shape: [k, n], dtype },
+    c: { data: c, shape: [64, n], dtype: 'f32' },
+  }, { d: { data: new Float32Array(64 * n).fill(Number.NaN), shape: [64, n], dtype: 'f32' } },
+  { n, k, swizzleA, swizzleB, tnspB: spec.tnspB, lboRows, rs: spec.rs, scaleD: spec.scaleD, mode: checkMode(fn, spec.mode ?? 0) }, opts);
+  return d as Float32Array;
+}
+
+/**
+ * cp.async.bulk.tensor (TMA) box loads from a bf16 tensor `src` of `shape` (rank 2 or 3, outermost
+ * first) through a tensor map with `box` (innermost first) and `swizzle`; `coords` are the boxes'
+ * corners (innermost first, may lie outside the tensor). Returns [loads][box elements]: the raw
+ * shared-memory bytes of each load (from a 1024-byte aligned destination) as u16.
+ */
+export function tmaConformance(src: Uint16Array, shape: readonly number[], box: readonly number[], swizzle: SwizzleSpan, coords: readonly (readonly number[])[], opts: StreamOption & { mode?: 0 | 1 } = {}): Uint16Array {
+  const fn = 'tmaConformance';
+  if (!Array.isArray(shape) || (shape.length !== 2 && shape.length !== 3)) throw new MlaError('ERR_SHAPE', `${fn}: \`shape\` must have 2 or 3 dims`);
+  const rank = shape.length;
+  shape.forEach((v, i) => checkInt(fn, `shape[${i}]`, v, 1, 1 << 20));
+  checkArray(fn, 'src', src, Uint16Array, shape.reduce((x, y) => x * y, 1));
+  if (!Array.isArray(box) || box.length !== rank) throw new MlaError('ERR_SHAPE', `${fn}: \`box\` must have ${rank} dims`);
+  box.forEach((v, i) => checkInt(fn, `box[${i}]`, v, 1, 256));
+  checkSpan(fn, 'swizzle', swizzle);
+  if (!Array.isArray(coords) || coords.length < 1 || coords.length > 64) throw new MlaError('ERR_SHAPE', `${fn}: \`coords\` must have 1 to 64 entries`);
+  const enc = new Int32Array(coords.length * rank);
+  coords.forEach((c, i) => {
+    if (!Array.isArray(c) || c.length !== rank) throw new MlaError('ERR_SHAPE', `${fn}: \`coords[${i}]\` must have ${rank} entries`);
+    c.forEach((v, j) => { enc[i * rank + j] = checkInt(fn, `coords[${i}][${j}]`, v, -(2 ** 31), 2 ** 31 - 1); });
+  });
+  const elems = box.reduce((x, y) => x * y, 1);
+  const [out] = run(WHICH.tma, {
+    src: { data: src, shape: [...shape], dtype: 'bf16' },
+    coords: { data: enc, shape: [coords.length, rank], dtype: 'i32' },
+  }, { out: { data: new Uint16Array(coords.length * elems).fill(0xffff), shape: [coords.length, elems], dtype: 'bf16' } },
+  { box0: box[0], box1: box[1] ?? 1, box2: box[2] ?? 1, swizzle, mode: checkMode(fn, opts.mode ?? 0) }, opts);
+  return out as Uint16Array;
+}
+
+/**
+ * The scripted mbarrier phases of primitives_sm90.cu (count 2, arrivals by threads 0 and 32, a
+ * phase that also waits for a TMA box of `src` [8,64] bf16): `waits` [2 threads][10 steps] are the
+ * try_wait.parity results, `tile` the box the TMA delivered.
+ */
+export function mbarrierConformance(src: Uint16Array, opts: StreamOption & { mode?: 0 | 1 } = {}): { waits: Uint32Array; tile: Uint16Array } {
+  const fn = 'mbarrierConformance';
+  checkArray(fn, 'src', src, Uint16Array, 512);
+  const [tile, waits] = run(WHICH.mbarrier, { src: { data: src, shape: [8, 64], dtype: 'bf16' } }, {
+    tile: { data: new Uint16Array(512).fill(0xffff), shape: [8, 64], dtype: 'bf16' },
+    waits: { data: filledI32(20), shape: [2, 10], dtype: 'i32' },
+  }, { mode: checkMode(fn, opts.mode ?? 0) }, opts);
+  return { waits: asU32(waits!), tile: tile as Uint16Array };
 }

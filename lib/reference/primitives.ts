@@ -113,3 +113,152 @@ export function voteReference(preds: Int32Array): Uint32Array {
   }
   return out;
 }
+
+// ---- sm_90a ---------------------------------------------------------------------------------------
+
+/** A swizzle mode by its span in bytes (0: none; PTX ISA "Shared Memory Matrix Layout" / TMA). */
+export type SwizzleSpan = 0 | 32 | 64 | 128;
+
+/** One wgmma conformance case (csrc/kernels/primitives_sm90.cu lays A and B out accordingly). */
+export interface WgmmaCase {
+  dtype: 'bf16' | 'f16';
+  /** N of m64nNk16: 16, 32 or 256. */
+  n: 16 | 32 | 256;
+  /** K, in k16 steps that accumulate: 16 or 64. */
+  k: 16 | 64;
+  /** A is K-major; its swizzle (ignored with rs). */
+  swizzleA: SwizzleSpan;
+  swizzleB: SwizzleSpan;
+  /** B K-major (0) or MN-major (1). */
+  tnspB: 0 | 1;
+  /** k-rows per 64-column group of a swizzled MN-major B: its LBO is lboRows·span (default k). */
+  lboRows?: number;
+  /** A from registers (wgmma RS) instead of shared memory. */
+  rs: boolean;
+  /** scale-d: false computes D = A·B and ignores the accumulators' input. */
+  scaleD: boolean;
+  /** Fault variant for emulator tests (1: no wgmma.fence). */
+  mode?: 0 | 1;
+}
+
+/**
+ * wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}, chained over k/16 steps on the same
+ * accumulators: D = A·B + (scale-d ? C : 0) for A [64,k], B [k,n] (row-major bits), C [64,n]. The
+ * ISA fixes neither summation order nor intermediate rounding; formed exactly and rounded once,
+ * which is the only right answer when every partial sum is exact in fp32 (integer inputs).
+ */
+export function wgmmaReference(a: Uint16Array, b: Uint16Array, c: Float32Array, spec: Pick<WgmmaCase, 'dtype' | 'n' | 'k' | 'scaleD'>): Float32Array {
+  const { n, k, dtype } = spec;
+  const d = new Float32Array(64 * n);
+  for (let i = 0; i < 64; i++) {
+    for (let j = 0; j < n; j++) {
+      let s = spec.scaleD ? c[i * n + j]! : 0;
+      for (let x = 0; x < k; x++) s += halfBitsToNumber(a[i * k + x]!, dtype) * halfBitsToNumber(b[x * n + j]!, dtype);
+      d[i * n + j] = s;
+    }
+  }
+  return d;
+}
+
+/**
+ * Where a swizzle moves the 16-byte chunk at shared address `addr` (PTX ISA "Tensor Copy" /
+ * matrix descriptor swizzling modes): the chunk index within a 128-byte row, address bits [4,7),
+ * is XOR-ed with the row index bits [7,10), as many as the mode has: 128B 3, 64B 2, 32B 1.
+ */
+export function swizzleAddress(addr: number, span: SwizzleSpan): number {
+  const bits = span === 128 ? 7 : span === 64 ? 3 : span === 32 ? 1 : 0;
+  return addr ^ (((addr >> 7) & bits) << 4);
+}
+
+/**
+ * cp.async.bulk.tensor tile mode (PTX ISA "Tensor Copy"): the box at `coords` (innermost first) of
+ * a tensor `shape` (outermost first) lands in shared memory as rows of box[0] elements, packed in
+ * order of the outer box coordinates; an element with any coordinate outside the tensor is zero
+ * (OOB fill none); then the swizzle moves each 16-byte chunk (destination 1024-byte aligned, so the
+ * shared address is the offset). Per load: box elements as u16, in shared-address order.
+ */
+export function tmaReference(src: Uint16Array, shape: readonly number[], box: readonly number[], swizzle: SwizzleSpan, coords: readonly (readonly number[])[]): Uint16Array {
+  const rank = shape.length;
+  const dims = [...shape].reverse();  // innermost first, as the tensor map has them
+  const elems = box.reduce((x, y) => x * y, 1);
+  const out = new Uint16Array(coords.length * elems);
+  coords.forEach((c, l) => {
+    const dense = new Uint16Array(elems);
+    for (let e = 0; e < elems; e++) {
+      let rest = e, offset = 0, stride = 1, inside = true;
+      for (let i = 0; i < rank; i++) {
+        const x = c[i]! + (rest % box[i]!);
+        rest = Math.floor(rest / box[i]!);
+        if (x < 0 || x >= dims[i]!) inside = false;
+        offset += x * stride;
+        stride *= dims[i]!;
+      }
+      dense[e] = inside ? src[offset]! : 0;
+    }
+    for (let chunk = 0; chunk < (elems * 2) / 16; chunk++) {
+      const to = swizzleAddress(chunk * 16, swizzle) / 2;
+      out.set(dense.subarray(chunk * 8, chunk * 8 + 8), l * elems + to);
+    }
+  });
+  return out;
+}
+
+/**
+ * An mbarrier as the PTX ISA describes it: a phase completes when its pending arrival count and
+ * its transaction count (expect-tx adds, complete-tx subtracts) are both zero; then the phase
+ * number advances and the arrival count reloads. try_wait.parity(p) holds once the phase of
+ * parity p has completed, i.e. while the current phase's parity differs from p.
+ */
+export class MbarrierModel {
+  private pending: number;
+  private tx = 0;
+  private phase = 0;
+  constructor(private readonly count: number) {
+    this.pending = count;
+  }
+  arrive(expectTx = 0): void {
+    this.tx += expectTx;
+    if (this.pending === 0) throw new Error('mbarrier: more arrivals than its count');
+    this.pending--;
+    this.complete();
+  }
+  completeTx(bytes: number): void {
+    this.tx -= bytes;
+    this.complete();
+  }
+  tryWait(parity: number): boolean {
+    return (this.phase & 1) !== (parity & 1);
+  }
+  private complete(): void {
+    if (this.pending === 0 && this.tx === 0) {
+      this.phase++;
+      this.pending = this.count;
+    }
+  }
+}
+
+/**
+ * The script of primitives_sm90.cu's mbarrier kernel run on MbarrierModel: count 2; try_wait
+ * results after each step, the same for both recording threads. `tile`: the box (all of src).
+ */
+export function mbarrierReference(src: Uint16Array): { waits: Uint32Array; tile: Uint16Array } {
+  const m = new MbarrierModel(2), seq: boolean[] = [];
+  seq.push(m.tryWait(0), m.tryWait(1));
+  m.arrive();  // thread 0
+  seq.push(m.tryWait(0));
+  m.arrive();  // thread 32
+  seq.push(m.tryWait(0), m.tryWait(1));
+  m.arrive(1024);  // thread 0: expect_tx(1024 bytes) and arrive
+  m.arrive();  // thread 32
+  seq.push(m.tryWait(1));
+  m.completeTx(1024);  // the TMA box of 8 x 64 bf16
+  seq.push(m.tryWait(1), m.tryWait(0));
+  m.arrive();
+  m.arrive();
+  seq.push(m.tryWait(0), m.tryWait(1));
+  const row = Uint32Array.from(seq, (v) => (v ? 1 : 0));
+  const waits = new Uint32Array(20);
+  waits.set(row, 0);
+  waits.set(row, 10);
+  return { waits, tile: src.slice() };
+}
