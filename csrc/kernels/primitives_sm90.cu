@@ -221,10 +221,10 @@ template <typename T, int N, int TB, bool RS>
 Status launchWgmma(const PrimitivesParams& p, cudaStream_t s) {
   const Layout la = layoutOf(p.swizzleA, 0, 64, p.k, 0), lb = layoutOf(p.swizzleB, TB, N, p.k, p.lboRows);
   const size_t smem = 1024 + (la.bytes + 1023) / 1024 * 1024 + lb.bytes;
-  auto kernel = wgmmaKernel<T, N, TB, RS>;
-  MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+  MLA_CUDA_TRY(cudaFuncSetAttribute(wgmmaKernel<T, N, TB, RS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)),
                "primitives(wgmma)");
-  MLA_LAUNCH_KERNEL(1, 128, smem, s, kernel)(p.a.ptr<const uint16_t>(), p.b.ptr<const uint16_t>(), p.c.ptr<const float>(),
+  MLA_LAUNCH_KERNEL(1, 128, smem, s, wgmmaKernel<T, N, TB, RS>)(p.a.ptr<const uint16_t>(), p.b.ptr<const uint16_t>(), p.c.ptr<const float>(),
                                              p.d.ptr<float>(),
                                              WgmmaArgs{p.k, p.swizzleA, p.swizzleB, p.lboRows, p.scaleD ? 1 : 0, p.mode});
   MLA_CHECK_LAUNCH("primitives(wgmma)");
