@@ -54,7 +54,7 @@ Status pickKernel(DecodeKernel want, bool fp8, const DeviceProps& dp, bool* hopp
 #endif
   *hopper = want != DecodeKernel::Portable && why == nullptr;
   if (want == DecodeKernel::Hopper && why != nullptr)
-    return Status::Error(Code::Argument, std::string("decode: `kernel: 'hopper'` ") + why);
+    return Status::Error(Code::Argument, std::string("decode: `kernel`: 'hopper' ") + why);
   return Status::Ok();
 }
 

@@ -136,7 +136,8 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
       mbarrierWait(&bar[stage], phase[stage] & 1u);
       phase[stage]++;
       unsigned char* sKs = sK + stage * kTileBytes;
-      if (key0 + kBN > L) {
+      const bool partial = key0 + kBN > L;
+      if (partial) {
         // Rows of the last page past L: whatever the cache holds (NaN included) must not reach P·V.
         const int first = max(L - key0, 0);
         for (int u = tid; u < (kBN - first) * kChunks; u += kThreadsSm90) {
@@ -145,7 +146,9 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         }
         fenceProxyAsync();
       }
-      __syncthreads();  // Q (first tile) and the cleared rows are visible to both warpgroups
+      // Q (first tile) and the cleared rows must be visible to both warpgroups; otherwise the
+      // mbarrier wait alone orders the TMA data before this thread's wgmma.
+      if (it == 0 || partial) __syncthreads();
 
       // S_w: 36 k-steps (9 chunks x 4 steps of 16 columns = 32 bytes inside the 128-byte row).
       float s[16];
