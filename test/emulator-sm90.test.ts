@@ -40,6 +40,12 @@ t.test('wgmma.mma_async without wgmma.fence is a fault naming the line', { skip:
   t.match(r.message, /wgmmaKernel.*faulted on the emulated device: .*primitives_sm90\.cu:\d+: wgmma\.mma_async without wgmma\.fence/);
 });
 
+t.test('a cp.async into a wgmma operand before its wait_group is a fault (write after read)', { skip: emuSkip }, async (t) => {
+  const r = inChild(wgmmaArgs(2));
+  t.equal(r.code, 'ERR_CUDA');
+  t.match(r.message, /primitives_sm90\.cu:\d+: cp\.async into shared memory while the wgmma\.mma_async at \S+primitives_sm90\.cu:\d+ still reads it/);
+});
+
 t.test('reading a TMA destination before its mbarrier wait is a fault', { skip: emuSkip }, async (t) => {
   const load = (mode: number): string => `p.tmaConformance(new Uint16Array(40 * 72), [40, 72], [64, 8], 128, [[0, 0]], { mode: ${mode} })`;
   t.same(inChild(load(0)), { ok: true }, 'the control (wait first) runs');

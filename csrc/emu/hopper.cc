@@ -8,6 +8,7 @@
 // docs/emulator.md lists what is and is not checked.
 #include <cuda.h>
 #include <cudaTypedefs.h>
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -200,7 +201,7 @@ struct WgmmaIn {
 
 // Reads one 16-bit element of an operand; a read of bytes a copy (cp.async, TMA) is still writing
 // is a fault, as ldmatrix's is.
-float readOperand(const WgmmaCall& c, const char* what, uint32_t addr) {
+float readOperand(const WgmmaCall& c, const char* what, uint32_t addr, std::vector<uint32_t>& chunks) {
   Block& B = *tlBlock;
   if (addr + 2 > B.smemBytes)
     faultAt(c.file, c.line, format("wgmma operand %s reads shared offset %u, past the block's %zu bytes of dynamic "
@@ -212,6 +213,7 @@ float readOperand(const WgmmaCall& c, const char* what, uint32_t addr) {
   if (ch.pendingBy >= 0)
     faultAt(c.file, c.line, format("wgmma operand %s reads shared offset %u while a cp.async of thread %d into it is "
                                    "in flight", what, addr, ch.pendingBy));
+  if (chunks.empty() || chunks.back() != addr / 16) chunks.push_back(addr / 16);
   uint16_t h;
   std::memcpy(&h, B.smem + addr, 2);
 #ifdef MLA_EMU_TSAN
@@ -228,6 +230,8 @@ void wgmmaCompute(Group& g, uintptr_t ctx) {
   const WgmmaCall& c = *reinterpret_cast<const WgmmaCall*>(ctx);
   const int N = c.n;
   static thread_local double A[64][16], Bm[16][256];
+  Block& B = *tlBlock;
+  std::vector<uint32_t> chunks;
   if (c.rs) {
     for (int t = 0; t < 128; ++t) {
       const WgmmaIn& in = *static_cast<const WgmmaIn*>(g.in[t]);
@@ -244,11 +248,20 @@ void wgmmaCompute(Group& g, uintptr_t ctx) {
   } else {
     const Desc da = decodeDesc(c.descA, "A", c.file, c.line);
     for (int m = 0; m < 64; ++m)
-      for (int k = 0; k < 16; ++k) A[m][k] = readOperand(c, "A", elementAddr(da, c.tnspA != 0, m, k));
+      for (int k = 0; k < 16; ++k) A[m][k] = readOperand(c, "A", elementAddr(da, c.tnspA != 0, m, k), chunks);
   }
   const Desc db = decodeDesc(c.descB, "B", c.file, c.line);
   for (int k = 0; k < 16; ++k)
-    for (int n = 0; n < N; ++n) Bm[k][n] = readOperand(c, "B", elementAddr(db, c.tnspB != 0, n, k));
+    for (int n = 0; n < N; ++n) Bm[k][n] = readOperand(c, "B", elementAddr(db, c.tnspB != 0, n, k), chunks);
+  // The operands stay "being read" until every thread has waited for this wgmma's results.
+  std::sort(chunks.begin(), chunks.end());
+  chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
+  const int readIdx = int(B.wgmmaReads.size());
+  for (uint32_t ch : chunks) {
+    B.shadow[ch].wgmmaReaders++;
+    B.shadow[ch].wgmmaRead = readIdx;
+  }
+  B.wgmmaReads.push_back(WgmmaRead{std::move(chunks), 128, c.file, c.line});
   const double sA = c.scaleA, sB = c.scaleB;
   for (int t = 0; t < 128; ++t) {
     Fiber& f = *g.member[t];
@@ -268,9 +281,10 @@ void wgmmaCompute(Group& g, uintptr_t ctx) {
       out[i] = float(s);
     }
     if (!pending) {
-      f.wgmma.push_back(WgmmaResult{in.d, N, 0, {}});
+      f.wgmma.push_back(WgmmaResult{in.d, N, 0, {}, {}});
       pending = &f.wgmma.back();
     }
+    pending->reads.push_back(readIdx);
     std::memcpy(pending->v, out, sizeof(float) * size_t(N / 2));
     pending->group = f.wgmmaCommitted;  // the open group: delivered by the wait that covers it
   }
@@ -465,8 +479,16 @@ void wgmmaWait(int pending, const char* file, int line) {
   size_t keep = 0;
   for (size_t i = 0; i < f.wgmma.size(); ++i) {
     WgmmaResult& r = f.wgmma[i];
-    if (r.group < complete) std::memcpy(r.d, r.v, sizeof(float) * size_t(r.n / 2));
-    else f.wgmma[keep++] = r;
+    if (r.group < complete) {
+      std::memcpy(r.d, r.v, sizeof(float) * size_t(r.n / 2));
+      for (int idx : r.reads) {
+        WgmmaRead& rd = tlBlock->wgmmaReads[size_t(idx)];
+        if (--rd.remaining == 0)
+          for (uint32_t ch : rd.chunks) tlBlock->shadow[ch].wgmmaReaders--;
+      }
+    } else {
+      f.wgmma[keep++] = std::move(r);
+    }
   }
   f.wgmma.resize(keep);
   // Registers read or written after this need a new wgmma.fence before the next wgmma.
@@ -642,6 +664,10 @@ void tmaLoad(void* dst, const void* tensorMap, int rank, const int32_t* coords, 
     if (ch.tmaBar >= 0)
       faultAt(file, line, format("cp.async.bulk.tensor into shared offset %u, which another TMA load (mbarrier at "
                                  "%d) still writes", addr, ch.tmaBar));
+    if (ch.wgmmaReaders > 0)
+      faultAt(file, line, format("cp.async.bulk.tensor into shared offset %u, which the wgmma.mma_async at %s:%d still "
+                                 "reads (its wgmma.wait_group has not been reached by every thread of the warpgroup)",
+                                 addr, B.wgmmaReads[size_t(ch.wgmmaRead)].file, B.wgmmaReads[size_t(ch.wgmmaRead)].line));
     ch.tmaBar = int32_t(barOff);
 #ifdef MLA_EMU_TSAN
     __tsan_write_range(B.smem + addr, 16);
@@ -659,6 +685,13 @@ void tmaLoad(void* dst, const void* tensorMap, int rank, const int32_t* coords, 
 
 // ---- the scheduler's hooks ----------------------------------------------------------------------
 namespace sm {
+
+std::string wgmmaReadConflict(const Chunk& c) {
+  if (c.wgmmaReaders <= 0) return {};
+  const WgmmaRead& r = tlBlock->wgmmaReads[size_t(c.wgmmaRead)];
+  return format("the wgmma.mma_async at %s:%d still reads it (its wgmma.wait_group has not been reached by every "
+                "thread of the warpgroup)", r.file, r.line);
+}
 
 bool mbarrierReady(Block& B, const Fiber& f) {
   auto it = B.mbarriers.find(f.waitBar);
@@ -712,6 +745,7 @@ std::string hopperDeadlockReport(const Block& B, const std::vector<Fiber>& fiber
 
 void hopperResetBlock(Block& B) {
   B.mbarriers.clear();
+  B.wgmmaReads.clear();
   for (Group& g : B.groups) {
     g.arrived = 0;
     g.op = nullptr;

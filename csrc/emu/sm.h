@@ -29,6 +29,17 @@ struct WgmmaResult {
   float* d;
   int n, group;
   float v[128];
+  std::vector<int> reads;  // indices into Block::wgmmaReads of the wgmmas that produced it
+};
+
+// The shared-memory chunks one wgmma.mma_async read. On a GPU the operands may be read any time
+// until the wait_group, so the chunks stay "being read" (Chunk::wgmmaReaders) until all 128
+// threads of the warpgroup have waited for the result.
+struct WgmmaRead {
+  std::vector<uint32_t> chunks;
+  int remaining = 0;  // threads yet to wait
+  const char* file = nullptr;
+  int line = 0;
 };
 
 struct Fiber {
@@ -92,6 +103,8 @@ struct Chunk {
   int32_t readerWarp = -1;   // warp that read it with ldmatrix in readEpoch (-2: several)
   uint64_t readEpoch = ~0ull;
   int32_t tmaBar = -1;       // shared offset of the mbarrier of a TMA load in flight into it
+  int32_t wgmmaReaders = 0;  // wgmma.mma_async operand reads not yet covered by a wait_group
+  int32_t wgmmaRead = -1;    // the latest of them (index into Block::wgmmaReads)
 };
 
 // A TMA load in flight: its bytes, read from global memory at issue, land when the barrier's phase
@@ -128,6 +141,7 @@ struct Block {
   Warp warps[32];
   Group groups[8];
   std::map<uint32_t, MBarrier> mbarriers;  // by shared offset
+  std::vector<WgmmaRead> wgmmaReads;
   void* schedulerSp = nullptr;
   KernelBody body = nullptr;
   const void* params = nullptr;
@@ -153,5 +167,6 @@ std::string hopperExitCheck(const Fiber& f);   // non-empty: why this exiting th
 std::string hopperBlockEndCheck(Block& B);     // non-empty: why the finished block faults
 std::string hopperDeadlockReport(const Block& B, const std::vector<Fiber>& fibers);
 void hopperResetBlock(Block& B);
+std::string wgmmaReadConflict(const Chunk& c);  // non-empty: a wgmma in flight reads this chunk
 
 }  // namespace mla::emu::sm

@@ -54,7 +54,8 @@ struct PrimitivesParams {
   TensorRef coords, tile, waits;
   int box[3] = {1, 1, 1};
   int swizzle = 0;
-  // Fault variants for emulator tests (0: none). Wgmma 1: no wgmma.fence. Tma 1: ldmatrix of the
+  // Fault variants for emulator tests (0: none). Wgmma 1: no wgmma.fence; 2: a cp.async into B
+  // between the wgmma and its wait_group (write after read). Tma 1: ldmatrix of the
   // destination before the mbarrier wait. Mbarrier 1: a wait for a phase that never completes.
   int mode = 0;
 };

@@ -114,6 +114,11 @@ __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint
       wgmmaSS<T, N, 0, TB>(acc, descA, descB, scaleD);
     }
   }
+  if (args.mode == 2 && tid == 0) {  // overwrites B while the wgmma may still read it
+    cpAsync16(tileB, b);
+    cpAsyncCommit();
+    cpAsyncWait<0>();
+  }
   wgmmaCommit();
   wgmmaWait<0>();
   wgmmaFenceOperands<N / 2>(acc);
@@ -270,7 +275,7 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
     return true;
   }();
   MLA_CHECK(spanOk, Range, "primitives: swizzles are 0, 32, 64 or 128 (bytes)");
-  MLA_CHECK(p.mode == 0 || p.mode == 1, Range, "primitives: `mode` must be 0 or 1");
+  MLA_CHECK(p.mode >= 0 && p.mode <= (p.which == Primitive::Wgmma ? 2 : 1), Range, "primitives: `mode` is out of range");
   switch (p.which) {
     case Primitive::Wgmma: {
       MLA_CHECK(p.n == 16 || p.n == 32 || p.n == 256, Range, "primitives: wgmma `n` must be 16, 32 or 256");

@@ -178,8 +178,8 @@ function checkSpan(fn: string, name: string, v: unknown): SwizzleSpan {
   if (typeof v !== 'number' || !SPANS.includes(v)) throw new MlaError('ERR_RANGE', `${fn}: \`${name}\` must be 0, 32, 64 or 128 (bytes), got ${String(v)}`);
   return v as SwizzleSpan;
 }
-function checkMode(fn: string, mode: unknown): 0 | 1 {
-  if (mode !== 0 && mode !== 1) throw new MlaError('ERR_RANGE', `${fn}: \`mode\` must be 0 or 1`);
+function checkMode(fn: string, mode: unknown, max: 1 | 2 = 1): 0 | 1 | 2 {
+  if (mode !== 0 && mode !== 1 && !(mode === 2 && max === 2)) throw new MlaError('ERR_RANGE', `${fn}: \`mode\` must be 0 to ${max}`);
   return mode;
 }
 
@@ -208,7 +208,7 @@ export function wgmmaConformance(a: Uint16Array, b: Uint16Array, c: Float32Array
     b: { data: b, shape: [k, n], dtype },
     c: { data: c, shape: [64, n], dtype: 'f32' },
   }, { d: { data: new Float32Array(64 * n).fill(Number.NaN), shape: [64, n], dtype: 'f32' } },
-  { n, k, swizzleA, swizzleB, tnspB: spec.tnspB, lboRows, rs: spec.rs, scaleD: spec.scaleD, mode: checkMode(fn, spec.mode ?? 0) }, opts);
+  { n, k, swizzleA, swizzleB, tnspB: spec.tnspB, lboRows, rs: spec.rs, scaleD: spec.scaleD, mode: checkMode(fn, spec.mode ?? 0, 2) }, opts);
   return d as Float32Array;
 }
 

@@ -137,8 +137,8 @@ export interface WgmmaCase {
   rs: boolean;
   /** scale-d: false computes D = A·B and ignores the accumulators' input. */
   scaleD: boolean;
-  /** Fault variant for emulator tests (1: no wgmma.fence). */
-  mode?: 0 | 1;
+  /** Fault variant for emulator tests (1: no wgmma.fence; 2: a cp.async into B before the wait). */
+  mode?: 0 | 1 | 2;
 }
 
 /**
