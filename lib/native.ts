@@ -63,6 +63,8 @@ export interface NativeBuildInfo {
   emulated: boolean;
   /** CUDA architectures compiled in, e.g. "80-real 86-real 89-real 90-real 100-real 120". */
   cudaArchitectures: string;
+  /** The sm_90a decode kernel (wgmma + TMA) is in the build (it targets sm_90, or is emulated). */
+  hopperDecode: boolean;
   nvccVersion: string;
   /** CUDA runtime linked into the addon, e.g. 13000 for 13.0. */
   runtimeVersion: number;

@@ -50,8 +50,9 @@ const sanitizerEnv = mode === 'address'
 
 // Reduced to the cases that reach every kernel and tile path; the full shapes run unsanitized.
 const runs = [
-  { files: ['test/runtime.test.ts', 'test/rmsnorm.test.ts', 'test/emulator.test.ts', 'test/primitives.test.ts'] },
-  { files: ['test/decode.test.ts'], grep: 'randomized grid|variable query lengths|empty sequences' },
+  { files: ['test/runtime.test.ts', 'test/rmsnorm.test.ts', 'test/emulator.test.ts', 'test/emulator-sm90.test.ts', 'test/primitives.test.ts'] },
+  // Both decode kernels (the portable and the sm_90a one) on the emulated sm_90.
+  { files: ['test/decode.test.ts'], grep: 'randomized grid|variable query lengths|empty sequences|rows past each length' },
   { files: ['test/linear.test.ts'], grep: 'odd sizes|prepareAbsorbWeights layout' },
   { files: ['test/prefill.test.ts'], grep: 'kernel alone|mergeAttnStates|reused workspace' },
   { files: ['test/rope.test.ts', 'test/attention.test.ts'], grep: 'appendLatent|table|gpu backend reproduces' },

@@ -568,7 +568,7 @@ function deps(over: Partial<BenchDeps> = {}): BenchDeps & { out: string; err: st
     stderr: (s: string) => void (d.err += s),
     interactive: false,
     status: () => GPU,
-    build: () => ({ addonLoaded: true, compiledWithCuda: true, cudaDisabled: false, emulated: false, cudaArchitectures: '90-real', nvccVersion: '13.0.88', runtimeVersion: 13000, ops: [] }),
+    build: () => ({ addonLoaded: true, compiledWithCuda: true, cudaDisabled: false, emulated: false, cudaArchitectures: '90-real', hopperDecode: true, nvccVersion: '13.0.88', runtimeVersion: 13000, ops: [] }),
     openDevice: () => {
       d.opened++;
       return { info: H100, env: fakeEnv(0.05), dispose: () => {} };
@@ -596,7 +596,7 @@ t.test('bench without a GPU: clear message, exit code 2, device untouched', asyn
 });
 
 t.test('bench refuses the emulated device: not a timing tool', async (t) => {
-  const d = deps({ build: () => ({ addonLoaded: true, compiledWithCuda: true, cudaDisabled: false, emulated: true, cudaArchitectures: 'emulated', nvccVersion: 'GNU 12.2.0', runtimeVersion: 13000, ops: [] }) });
+  const d = deps({ build: () => ({ addonLoaded: true, compiledWithCuda: true, cudaDisabled: false, emulated: true, cudaArchitectures: 'emulated', hopperDecode: true, nvccVersion: 'GNU 12.2.0', runtimeVersion: 13000, ops: [] }) });
   t.equal(await runBench(['decode', '--quick'], d), 2);
   t.match(d.err, /emulated device is in use .* times mean nothing/);
   t.equal(d.opened, 0);

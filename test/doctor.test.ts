@@ -18,7 +18,7 @@ function healthy(): DoctorFacts {
   return {
     node: 'v22.11.0',
     package: { name: 'mla-cuda', version: '0.1.0', nodeEngines: '^20.17.0 || >=22.9.0' },
-    build: { addonLoaded: true, compiledWithCuda: true, cudaDisabled: false, emulated: false, cudaArchitectures: '80-real 86-real 89-real 90-real 100-real 120', nvccVersion: '13.0.88', runtimeVersion: 13000, ops: ['fill', 'copy'] },
+    build: { addonLoaded: true, compiledWithCuda: true, cudaDisabled: false, emulated: false, cudaArchitectures: '80-real 86-real 89-real 90-real 100-real 120', hopperDecode: true, nvccVersion: '13.0.88', runtimeVersion: 13000, ops: ['fill', 'copy'] },
     napiVersion: 8,
     status: { ok: true, code: 'OK', cudaError: '', message: 'ok', deviceCount: 1, driverVersion: 13000, runtimeVersion: 13000 },
     devices: [H100],
@@ -78,7 +78,7 @@ t.test('old Node: the engines range and how to fix it', async (t) => {
 
 t.test('addon not built: npm rebuild mla-cuda', async (t) => {
   const f = healthy();
-  f.build = { addonLoaded: false, addonError: 'No native build was found', compiledWithCuda: false, cudaDisabled: false, emulated: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
+  f.build = { addonLoaded: false, addonError: 'No native build was found', compiledWithCuda: false, cudaDisabled: false, emulated: false, cudaArchitectures: '', hopperDecode: false, nvccVersion: '', runtimeVersion: 0, ops: [] };
   f.status = { ...NO_DRIVER, code: 'ERR_NO_ADDON', message: 'native addon not loaded' };
   f.env = { MLA_CUDA_ADDON: '/tmp/x.node' };
   const checks = diagnose(f);
@@ -167,6 +167,16 @@ t.test('GPU architecture missing from the build: CUDAARCHS=<cc> npm rebuild', as
   t.same(errors(f), []);
   f.devices = [{ ...H100, name: 'Tesla T4', major: 7, minor: 5, computeCapability: '7.5' }];
   t.match(errors(f)[0]?.detail, /need compute capability 8\.0 or newer/);
+});
+
+t.test('an H100 on a build without sm_90 (PTX JIT): a warning that decode runs the portable kernel', async (t) => {
+  const f = healthy();
+  f.build = { ...f.build, cudaArchitectures: '80', hopperDecode: false };
+  t.same(errors(f), [], 'the PTX still runs there');
+  const w = diagnose(f).find((c) => c.severity === 'warning' && /sm_90a decode kernel/.test(c.detail));
+  t.ok(w, 'the warning');
+  t.match(w?.fix, /CUDAARCHS=90 npm rebuild mla-cuda/);
+  t.notOk(diagnose(healthy()).some((c) => /sm_90a decode kernel/.test(c.detail)), 'none when the build has it');
 });
 
 function deps(facts: DoctorFacts): DoctorDeps & { out: string; err: string } {

@@ -33,6 +33,11 @@ Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
   o.Set("cudaDisabled", MLA_CUDA_DISABLED != 0);
   o.Set("emulated", gpu::emulated());
   o.Set("cudaArchitectures", std::string(gpu::compiledArchs()));
+#if MLA_HAS_SM90A
+  o.Set("hopperDecode", true);
+#else
+  o.Set("hopperDecode", false);
+#endif
   o.Set("nvccVersion", std::string(gpu::compilerVersion()));
   o.Set("runtimeVersion", gpu::runtimeVersion());
   o.Set("napiVersion", NAPI_VERSION);

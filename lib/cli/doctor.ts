@@ -177,6 +177,9 @@ export function diagnose(f: DoctorFacts): Check[] {
       checks.push({ name: `gpu ${d.index}`, severity: 'error', detail: `${what}: architecture sm_${cc} is not in this build (${b.cudaArchitectures})`, fix: `\`CUDAARCHS=${cc} npm rebuild mla-cuda\`` });
     } else {
       checks.push({ name: `gpu ${d.index}`, severity: 'ok', detail: `${what}; sm_${cc} is in the build` });
+      if (cc === '90' && !b.hopperDecode) {
+        checks.push({ name: `gpu ${d.index}`, severity: 'warning', detail: 'this build has no sm_90a decode kernel (wgmma + TMA): decode runs the portable kernel', fix: '`CUDAARCHS=90 npm rebuild mla-cuda` (any architecture list with 90 builds it)' });
+      }
     }
   }
   return checks;

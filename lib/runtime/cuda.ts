@@ -48,10 +48,10 @@ export function buildInfo(): BuildInfo {
   const addon = tryNative();
   /* c8 ignore next 3 */
   if (!addon) {
-    return { addonLoaded: false, addonError: addonLoadError(), compiledWithCuda: false, cudaDisabled: false, emulated: false, cudaArchitectures: '', nvccVersion: '', runtimeVersion: 0, ops: [] };
+    return { addonLoaded: false, addonError: addonLoadError(), compiledWithCuda: false, cudaDisabled: false, emulated: false, cudaArchitectures: '', hopperDecode: false, nvccVersion: '', runtimeVersion: 0, ops: [] };
   }
   const b = addon.buildInfo();
-  return { addonLoaded: true, compiledWithCuda: b.compiledWithCuda, cudaDisabled: b.cudaDisabled, emulated: b.emulated, cudaArchitectures: b.cudaArchitectures, nvccVersion: b.nvccVersion, runtimeVersion: b.runtimeVersion, ops: b.ops };
+  return { addonLoaded: true, compiledWithCuda: b.compiledWithCuda, cudaDisabled: b.cudaDisabled, emulated: b.emulated, cudaArchitectures: b.cudaArchitectures, hopperDecode: b.hopperDecode, nvccVersion: b.nvccVersion, runtimeVersion: b.runtimeVersion, ops: b.ops };
 }
 
 /** Whether a GPU can be used, and if not, why; never throws. */
