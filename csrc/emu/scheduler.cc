@@ -865,6 +865,17 @@ void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
     }
     TSAN_REL(&tlSync->launch);
     runBlock(B, fibers, shuffleSeed ? &rng : nullptr);
+#ifdef MLA_EMU_TSAN
+    // A block that faulted or deadlocked leaves fibers that never reach fiberMain's release;
+    // join each to the host by a synchronising switch, or TSan pairs their last reads (their
+    // copies of the kernel parameters on the host's stack) with the host's later writes there.
+    if (B.faulted)
+      for (size_t i = 0; i < fibers.size(); ++i)
+        if (fibers[i].state != kExited) {
+          __tsan_switch_to_fiber(tsanFiber(i), 0);
+          __tsan_switch_to_fiber(tlHostFiber, 0);
+        }
+#endif
     TSAN_ACQ(&tlSync->blockEnd);
   }
   tlBlock = outer;
