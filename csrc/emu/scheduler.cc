@@ -302,7 +302,12 @@ void runBlock(Block& B, std::vector<Fiber>& fibers, std::mt19937* shuffle) {
       void* fake = nullptr;
       __sanitizer_start_switch_fiber(&fake, f.stack, stackBytes());
       mla_emu_swap(&B.schedulerSp, f.sp);
-      __sanitizer_finish_switch_fiber(fake, &tlHostStackBottom, &tlHostStackSize);
+      // The "previous stack" reported here is the fiber's: the host's own bounds stay as
+      // fiberMain recorded them (overwriting them made ASan take a fiber stack for the host's,
+      // and report false stack overflows at the host's next C++ throw, after a kernel fault).
+      const void* fiberBottom = nullptr;
+      size_t fiberSize = 0;
+      __sanitizer_finish_switch_fiber(fake, &fiberBottom, &fiberSize);
 #elif defined(MLA_EMU_TSAN)
       __tsan_switch_to_fiber(tsanFiber(size_t(idx)), __tsan_switch_to_fiber_no_sync);
       mla_emu_swap(&B.schedulerSp, f.sp);
