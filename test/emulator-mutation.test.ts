@@ -57,6 +57,9 @@ const IN_FLIGHT = /reads shared memory with a cp\.async of thread \d+ still in f
 // warp's landed copy, or the copy that overwrites what another warp (or several: "warp -2") read.
 const NO_BARRIER = /filled by cp\.async without a __syncthreads in between|overwrites shared memory that (?:warp \d+|several warps) read \(ldmatrix\) since the last __syncthreads/;
 
+// wgmma reading a K stage whose TMA load has not landed (csrc/emu/hopper.cc readOperand).
+const TMA_IN_FLIGHT = /wgmma operand B reads shared offset \d+ while a TMA load into it is in flight \(wait on its mbarrier at shared offset \d+ first\)/;
+
 const MUTANTS: readonly Mutant[] = [
   // ---- decode.cu ----
   {
@@ -109,6 +112,102 @@ const MUTANTS: readonly Mutant[] = [
     edits: [{ find: '      __syncthreads();\n\n      float alpha[2], mUse[2];', replace: '      if (cg == 0) __syncthreads();\n\n      float alpha[2], mUse[2];' }],
     run: 'decode',
     expect: { fault: /divergent __syncthreads: this thread is at \S+decode\.cu:\d+, others wait at \S+decode\.cu:\d+/ },
+  },
+  // ---- decode_sm90.cu (sm_90a: wgmma, TMA, mbarrier; the decode-hopper case has NaN in every cache row no request reads) ----
+  {
+    id: 'hopper-no-mbarrier-wait',
+    title: 'decode sm_90a: the mbarrier wait for the K stage\'s TMA loads removed',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '      mbarrierWait(&bar[stage], phase[stage] & 1u);\n', replace: '' }],
+    run: 'decode-hopper',
+    expect: { fault: TMA_IN_FLIGHT },
+    faultLine: 'wgmmaSS<T, 32, 0, 0>(s, ',
+  },
+  {
+    id: 'hopper-pv-no-fence',
+    title: 'decode sm_90a: the wgmma.fence before the P·V wgmmas removed (S\'s wait_group came in between)',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '      wgmmaFenceOperands<128>(o);\n      wgmmaFence();\n', replace: '      wgmmaFenceOperands<128>(o);\n' }],
+    run: 'decode-hopper',
+    expect: { fault: /wgmma\.mma_async without wgmma\.fence/ },
+    faultLine: 'wgmmaSS<T, 256, 0, 1>(o, ',
+  },
+  {
+    id: 'hopper-s-no-wait',
+    title: 'decode sm_90a: the wgmma.wait_group after S removed (the scores read before they land)',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '      wgmmaCommit();\n      wgmmaWait<0>();\n      wgmmaFenceOperands<16>(s);\n', replace: '      wgmmaCommit();\n      wgmmaFenceOperands<16>(s);\n' }],
+    run: 'decode-hopper',
+    // In flight, the accumulators read NaN; P·V's wait_group then covers both groups, so no thread
+    // exits with results unwaited.
+    expect: { numeric: true },
+  },
+  {
+    id: 'hopper-no-partial-clear',
+    title: 'decode sm_90a: the clearing of the K rows past L in a partial tile disabled',
+    file: 'decode_sm90.cu',
+    edits: [{ find: 'const bool partial = key0 + kBN > L;', replace: 'const bool partial = false;' }],
+    run: 'decode-hopper',
+    // The rows of the last page past L are NaN in the case's cache: 0 · NaN reaches P·V.
+    expect: { numeric: true },
+  },
+  {
+    id: 'hopper-v-lbo',
+    title: 'decode sm_90a: the V descriptor\'s leading byte offset doubled (2 * kChunkBytes)',
+    file: 'decode_sm90.cu',
+    edits: [{
+      find: 'smemDesc(vAddr + kk * 16 * 128, Swizzle::B128, kChunkBytes, 1024)',
+      replace: 'smemDesc(vAddr + kk * 16 * 128, Swizzle::B128, 2 * kChunkBytes, 1024)',
+    }],
+    run: 'decode-hopper',
+    expect: { numeric: true },
+  },
+  {
+    id: 'hopper-v-swizzle',
+    title: 'decode sm_90a: the V descriptor with the 64-byte swizzle instead of the TMA\'s 128-byte one',
+    file: 'decode_sm90.cu',
+    edits: [{
+      find: 'smemDesc(vAddr + kk * 16 * 128, Swizzle::B128, kChunkBytes, 1024)',
+      replace: 'smemDesc(vAddr + kk * 16 * 128, Swizzle::B64, kChunkBytes, 1024)',
+    }],
+    run: 'decode-hopper',
+    expect: { numeric: true },
+  },
+  {
+    id: 'hopper-no-rowmax-barrier',
+    title: 'decode sm_90a: the __syncthreads between the row maxima\'s sRed stores and the other warpgroup\'s reads removed',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '      }\n      __syncthreads();\n      float alpha[2], mUse[2];', replace: '      }\n      float alpha[2], mUse[2];' }],
+    run: 'decode-hopper',
+    expect: { numeric: true },
+  },
+  {
+    // In the emulator's fixed thread order the mutant passes: both warpgroups' P stores happen to
+    // land before either warpgroup's last thread issues the P·V wgmma (which reads sP at issue),
+    // and plain stores into a wgmma operand are not tracked (docs/emulator.md, "Not checked").
+    // In a seeded random order (MLA_EMU_SHUFFLE) a warpgroup issues with the other half of P
+    // unwritten (the 0xFF fill, NaN), as a GPU could. TSan mode reports it as a race regardless.
+    id: 'hopper-no-p-barrier',
+    title: 'decode sm_90a: the __syncthreads after P is written (both halves of P) removed; threads in shuffled order',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '      __syncthreads();  // both halves of P written; every read of the maxima done\n', replace: '' }],
+    run: 'decode-hopper',
+    expect: { numeric: true },
+    env: { MLA_EMU_SHUFFLE: '1' },
+  },
+  {
+    id: 'hopper-no-proxy-fence',
+    title: 'decode sm_90a: the fence.proxy.async between P\'s generic stores and the P·V wgmma removed',
+    file: 'decode_sm90.cu',
+    edits: [{
+      find: '      fenceProxyAsync();\n      __syncthreads();  // both halves of P written',
+      replace: '      __syncthreads();  // both halves of P written',
+    }],
+    run: 'decode-hopper',
+    expect: { fault: /fence\.proxy\.async/ },
+    todo: 'csrc/emu/hopper.cc fenceProxyAsync is a no-op: fibers are sequentially consistent and wgmma reads shared ' +
+      'memory at issue, so generic stores are always visible to the async proxy; the emulator keeps no record of ' +
+      'generic stores since the last proxy fence (docs/emulator.md, sm_90a "Not checked"), and the result is right',
   },
   // ---- linear.cu ----
   {
@@ -311,6 +410,30 @@ const RACE_MUTANTS: readonly RaceMutant[] = [
       'if (lane == 0) a.lse[r * a.sLr + h * a.sLh] = none ? -INFINITY : m + logf(w1 + w2);',
     ],
   },
+  {
+    id: 'hopper-no-rowmax-barrier',
+    title: 'decode sm_90a: the row maxima exchanged through sRed between the warpgroups without the __syncthreads',
+    file: 'decode_sm90.cu',
+    edits: editsOf('hopper-no-rowmax-barrier'),
+    run: 'decode-hopper',
+    racy: [
+      'if (q == 0) sRed[wg * kBM + wi * 16 + g + r * 8] = mx[r];',
+      'const float mNew = fmaxf(m[r], fmaxf(sRed[row], sRed[kBM + row]));',
+    ],
+  },
+  {
+    // The P·V wgmma reads sP in the emulator (hopper.cc, __tsan_read_range), called from the
+    // kernel's wgmmaSS line: the race's read side names that line.
+    id: 'hopper-no-p-barrier',
+    title: 'decode sm_90a: P\'s plain stores into sP read by the other warpgroup\'s P·V wgmma without the __syncthreads in between',
+    file: 'decode_sm90.cu',
+    edits: editsOf('hopper-no-p-barrier'),
+    run: 'decode-hopper',
+    racy: [
+      '*reinterpret_cast<uint32_t*>(sP + tileOffset(row, col)) = packPair<T>(p0, p1);',
+      'wgmmaSS<T, 256, 0, 1>(o, smemDesc(pAddr + kk * 32, Swizzle::B128, 16, 1024),',
+    ],
+  },
   // ---- known gaps: races TSan cannot see because the scheduler states more order than CUDA ----
   {
     // CUDA orders memory among a warp's lanes at __syncwarp only ("threads within a warp that
@@ -399,7 +522,7 @@ function describe(r: HarnessResult): string {
   return `${r.pass ? 'within' : 'outside'} tolerance: ${r.detail}`;
 }
 
-type Start = (id: string, file: KernelFile, mutant: Pick<Mutant, 'id' | 'file' | 'edits'>, cases: readonly HarnessCase[]) => Promise<Outcome>;
+type Start = (id: string, file: KernelFile, mutant: Pick<Mutant, 'id' | 'file' | 'edits' | 'env'>, cases: readonly HarnessCase[]) => Promise<Outcome>;
 
 interface Runner {
   work: string;
@@ -449,7 +572,8 @@ function makeRunner(build: EmulatorBuild, childEnv: Readonly<Record<string, stri
       if (typeof js === 'string') return { error: js, results: [] };
       const built = await buildMutantAddon(build, file, mutated.source, join(work, id));
       const results: HarnessResult[] = [];
-      if (built.addon) for (const c of cases) results.push(await runHarness(js.harness, js.dir, built.addon, c, timeoutMs, childEnv));
+      const env = { ...childEnv, ...(mutant.env ?? {}) };
+      if (built.addon) for (const c of cases) results.push(await runHarness(js.harness, js.dir, built.addon, c, timeoutMs, env));
       return { mutated, built, results };
     }).catch((err: unknown): Outcome => ({ error: err instanceof Error ? err.stack ?? err.message : String(err), results: [] }));
   return { work, source, start };
@@ -490,7 +614,9 @@ function mutationTests(build: EmulatorBuild): void {
 
   sitesTest('every mutant\'s site occurs exactly as expected in the current kernel sources', MUTANTS, (i) => {
     const m = MUTANTS[i]!;
-    return `${m.file}:${applyEdits(source(m.file), m).lines.join(',')}`;
+    const mutated = applyEdits(source(m.file), m);
+    const at = m.faultLine === undefined ? '' : `, fault expected at line ${lineOf(mutated.source, m.faultLine, `mutant ${m.id}`)}`;
+    return `${m.file}:${mutated.lines.join(',')}${at}`;
   });
 
   t.test('control: an unmutated copy built the same way passes every case', async (tt) => {
@@ -500,7 +626,10 @@ function mutationTests(build: EmulatorBuild): void {
   });
 
   for (const [i, m] of MUTANTS.entries()) {
-    t.test(`${m.id}: ${m.title}`, { todo: m.todo ?? false }, async (tt) => {
+    // A known gap marks only the detection `todo` (a todo subtest would not run at all): the
+    // mutant is still built and run, and what the emulator did is still shown.
+    const todo = m.todo === undefined ? {} : { todo: m.todo };
+    t.test(`${m.id}: ${m.title}`, async (tt) => {
       const o = await outcomes[i]!;
       if (o.error !== undefined || !o.built?.addon || !o.mutated) {
         tt.fail(`mutant not built: ${o.error ?? o.built?.log}`);
@@ -512,20 +641,26 @@ function mutationTests(build: EmulatorBuild): void {
         return;
       }
       const site = `${m.file}:${o.mutated.lines.join(',')}`;
-      tt.comment(`${site}: compile ${fmtMs(o.built.compileMs)}, link ${fmtMs(o.built.linkMs)}, ${r.case} run ${fmtMs(r.ms)}`);
+      const env = m.env === undefined ? '' : ` (${Object.entries(m.env).map(([k, v]) => `${k}=${v}`).join(' ')})`;
+      tt.comment(`${site}: compile ${fmtMs(o.built.compileMs)}, link ${fmtMs(o.built.linkMs)}, ${r.case} run ${fmtMs(r.ms)}${env}`);
       if ('launchRefused' in m.expect) {
         tt.ok(r.errored && !r.faulted && m.expect.launchRefused.test(r.message),
-          `${m.id} (${site}) detected: the launch is refused with ${m.expect.launchRefused}: got ${describe(r)}`);
+          `${m.id} (${site}) detected: the launch is refused with ${m.expect.launchRefused}: got ${describe(r)}`, todo);
         return;
       }
       tt.notOk(r.errored, `${m.id}: the harness ran (${r.errored ? r.message : 'ok'})`);
       if ('fault' in m.expect) {
         tt.ok(r.faulted && m.expect.fault.test(r.message),
-          `${m.id} (${site}) detected by an emulator fault matching ${m.expect.fault}: got ${describe(r)}`);
+          `${m.id} (${site}) detected by an emulator fault matching ${m.expect.fault}: got ${describe(r)}`, todo);
         // The fault names the mutated copy's file: it came from the mutated kernel.
-        if (r.faulted && !m.faultWithoutLine) tt.ok(r.message.includes(join(work, m.id, m.file)), `${m.id}: the fault names the mutated ${m.file}`);
+        const file = join(work, m.id, m.file);
+        if (r.faulted && !m.faultWithoutLine) tt.ok(r.message.includes(file), `${m.id}: the fault names the mutated ${m.file}`);
+        if (r.faulted && m.faultLine !== undefined) {
+          const line = lineOf(o.mutated.source, m.faultLine, `mutant ${m.id}`);
+          tt.ok(r.message.includes(`${file}:${line}:`), `${m.id}: the fault names ${m.file}:${line} (${m.faultLine.trim()}…)`);
+        }
       } else {
-        tt.ok(!r.faulted && !r.errored && !r.pass, `${m.id} (${site}) detected numerically (out of tolerance): got ${describe(r)}`);
+        tt.ok(!r.faulted && !r.errored && !r.pass, `${m.id} (${site}) detected numerically (out of tolerance): got ${describe(r)}`, todo);
       }
     });
   }

@@ -11,7 +11,7 @@ import { join, relative } from 'node:path';
 
 // ---- mutations --------------------------------------------------------------------------------
 
-export type KernelFile = 'decode.cu' | 'linear.cu' | 'prefill.cu';
+export type KernelFile = 'decode.cu' | 'decode_sm90.cu' | 'linear.cu' | 'prefill.cu';
 
 /** One textual edit: `find` must occur exactly `count` times (default 1); occurrence `nth` is replaced. */
 export interface Edit {
@@ -41,6 +41,16 @@ export interface Mutant {
   todo?: string;
   /** A memory fault is caught by the signal handler, which knows the thread but not the line. */
   faultWithoutLine?: true;
+  /**
+   * Source text (once in the mutated source) of the statement the fault must name: its line is
+   * checked in the fault's `file:line` (the site, where that is not the mutated line itself).
+   */
+  faultLine?: string;
+  /**
+   * Extra environment of the harness child, e.g. MLA_EMU_SHUFFLE=seed (the emulator runs the
+   * threads of a block in a seeded random order) where the fixed order happens to hide the bug.
+   */
+  env?: Readonly<Record<string, string>>;
 }
 
 function occurrences(text: string, find: string): number[] {
@@ -280,7 +290,7 @@ export function locateEmulatorBuild(root: string, tree: EmulatorTree = EMULATOR_
     if (!objects.includes(objAbs)) continue;  // another target's wrapper (a sanitizer build)
     compile.set(`${m[1]!}.cu`, { argv, object: objAbs });
   }
-  for (const k of ['decode.cu', 'linear.cu', 'prefill.cu']) {
+  for (const k of ['decode.cu', 'decode_sm90.cu', 'linear.cu', 'prefill.cu']) {
     if (!compile.has(k)) return `${tree.dir}/compile_commands.json has no emulator compile of ${k} (reconfigure: ${tree.buildCommand})`;
   }
   const words = (k: string): string[] => splitCommand(vars.get(k) ?? '');
@@ -389,9 +399,9 @@ export async function packageJs(root: string, scratch: string): Promise<Timed<{ 
 
 // ---- the child: one harness case on one addon -------------------------------------------------
 
-export type HarnessCase = 'decode' | 'linear' | 'prefill' | 'merge' | 'linear-skinny';
+export type HarnessCase = 'decode' | 'decode-hopper' | 'linear' | 'prefill' | 'merge' | 'linear-skinny';
 /** The cases the default mode's control runs (each mutant names its own). */
-export const HARNESS_CASES: readonly HarnessCase[] = ['decode', 'linear', 'prefill', 'merge'];
+export const HARNESS_CASES: readonly HarnessCase[] = ['decode', 'decode-hopper', 'linear', 'prefill', 'merge'];
 /**
  * The TSan mode's control: also linear's skinny kernel (M <= 16), whose only shared memory is the
  * static `red` array of the cross-warp split-K reduction, a plain-access race site that no
@@ -451,31 +461,48 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
     return { pass: e < 1e-4, relError: e, detail: `rel err ${e.toExponential(2)} (tol 1e-4)` };
   };
   type Verdict = { pass: boolean; relError: number; detail: string };
+  const decodeCase = (kernel: 'portable' | 'hopper', nanUnused: boolean): Verdict => {
+    const B = 3, H = 16, ps = 64, D = 576, DV = 512, sQ = 2, seqLens = [300, 257, 320];
+    const { table, maxPages, numPages } = ref.shuffledBlockTable(seqLens, ps, util.mulberry32(5));
+    const tokens = B * sQ;
+    const q = up(randn(tokens * H * D, 6, 0.5), [tokens, H, D], 'bf16');
+    const data = randn(numPages * ps * D, 7);
+    const clean = up(data, [numPages, ps, D], 'bf16');
+    let cache = clean;
+    if (nanUnused) {
+      const used = new Uint8Array(numPages * ps);
+      seqLens.forEach((L, b) => {
+        for (let k = 0; k < L; k++) used[table[b * maxPages + Math.floor(k / ps)]! * ps + (k % ps)] = 1;
+      });
+      const poison = Float32Array.from(data);
+      for (let row = 0; row < numPages * ps; row++) if (!used[row]) poison.fill(Number.NaN, row * D, (row + 1) * D);
+      cache = up(poison, [numPages, ps, D], 'bf16');
+    }
+    const scale = 0.1352337788608801;
+    // The reference reads only the rows below each length: the clean copy's (the same values).
+    const want = ref.decode({ q: seen(q), cache: seen(clean), pageSize: ps, blockTable: table, seqLens, qSeqLens: sQ, numHeads: H, dimLatent: DV, headDim: D, scale, causal: true });
+    const out = poisoned([tokens, H, DV], 'bf16');
+    const lse = poisoned([tokens, H], 'f32');
+    lib.decode({ q, cache, blockTable: up(table, [B, maxPages], 'i32'), seqLens: up(Int32Array.from(seqLens), [B], 'i32'), scale, causal: true, out, lse, kernel });
+    const e = util.relError(out.toFloat32Sync(), want.out);
+    const l = lse.toFloat32Sync();
+    let lseBad = 0;
+    for (let i = 0; i < want.lse.length; i++) {
+      const w = want.lse[i]!;
+      if (!(Math.abs(l[i]! - w) <= 2e-3 + 2e-3 * Math.abs(w))) lseBad++;
+    }
+    return { pass: e < 1e-2 && lseBad === 0, relError: e, detail: `out rel err ${e.toExponential(2)} (tol 1e-2), ${lseBad} lse mismatches` };
+  };
 
   const cases: Record<string, () => Verdict> = {
     // test/decode.test.ts's pattern: shuffled pages, s_q = 2, causal; 3 requests of ~300 keys
     // split over several parts (combine kernel included).
-    decode: () => {
-      const B = 3, H = 16, ps = 64, D = 576, DV = 512, sQ = 2, seqLens = [300, 257, 320];
-      const { table, maxPages, numPages } = ref.shuffledBlockTable(seqLens, ps, util.mulberry32(5));
-      const tokens = B * sQ;
-      const q = up(randn(tokens * H * D, 6, 0.5), [tokens, H, D], 'bf16');
-      const cache = up(randn(numPages * ps * D, 7), [numPages, ps, D], 'bf16');
-      const scale = 0.1352337788608801;
-      const want = ref.decode({ q: seen(q), cache: seen(cache), pageSize: ps, blockTable: table, seqLens, qSeqLens: sQ, numHeads: H, dimLatent: DV, headDim: D, scale, causal: true });
-      const out = poisoned([tokens, H, DV], 'bf16');
-      const lse = poisoned([tokens, H], 'f32');
-      // The portable kernel (decode.cu's mutants): on the emulated sm_90 decode would take the Hopper path.
-      lib.decode({ q, cache, blockTable: up(table, [B, maxPages], 'i32'), seqLens: up(Int32Array.from(seqLens), [B], 'i32'), scale, causal: true, out, lse, kernel: 'portable' });
-      const e = util.relError(out.toFloat32Sync(), want.out);
-      const l = lse.toFloat32Sync();
-      let lseBad = 0;
-      for (let i = 0; i < want.lse.length; i++) {
-        const w = want.lse[i]!;
-        if (!(Math.abs(l[i]! - w) <= 2e-3 + 2e-3 * Math.abs(w))) lseBad++;
-      }
-      return { pass: e < 1e-2 && lseBad === 0, relError: e, detail: `out rel err ${e.toExponential(2)} (tol 1e-2), ${lseBad} lse mismatches` };
-    },
+    // The portable kernel (decode.cu's mutants): on the emulated sm_90 decode would take the Hopper path.
+    decode: () => decodeCase('portable', false),
+    // The same on the sm_90a kernel (decode_sm90.cu's mutants: wgmma, TMA, mbarrier), with every
+    // cache row no request reads (a partial last page's rows past L, the unused pages) NaN, as in
+    // test/decode.test.ts's "NaN past the lengths": a kernel that lets them reach P·V fails.
+    'decode-hopper': () => decodeCase('hopper', true),
     // Tiled kernel (M > 16) with split-K (2 output tiles << SM count: 8 splits) and a K that is
     // no multiple of the 32-wide k-tile; f32 out.
     linear: () => linearCase(40, 256, 2040, 11),
