@@ -75,11 +75,15 @@ struct WgmmaArgs {
 // One warpgroup: A, B into shared memory, D (64 x N, f32) = A·B (+ C) in k/16 wgmma steps, D out
 // through the accumulator fragment layout: d[i], n8 block j = i/4, e = i%4, row 16w + g + 8(e/2),
 // column 8j + 2q + e%2 (w warp, g = lane/4, q = lane%4).
-template <typename T, int N, int TB, bool RS>
+// KS k16 steps (K = 16·KS) at compile time, and every A fragment (RS) loaded before the first
+// wgmma: no register of a wgmma operand changes between them, so ptxas inserts no warpgroup
+// arrives of its own (and prints nothing at install).
+template <typename T, int N, int KS, int TB, bool RS>
 __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint16_t* b, const float* c, float* d,
                                                    WgmmaArgs args) {
   MLA_DYNAMIC_SMEM(unsigned char, smem, 1024);
-  const int tid = threadIdx.x, K = args.k;
+  constexpr int K = 16 * KS;
+  const int tid = threadIdx.x;
   const Layout la = layoutOf(args.swizzleA, 0, 64, K, 0), lb = layoutOf(args.swizzleB, TB, N, K, args.lboRows);
   unsigned char* tileA = aligned1024(smem);
   unsigned char* tileB = tileA + (la.bytes + 1023u) / 1024u * 1024u;
@@ -95,26 +99,42 @@ __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint
   const int w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   auto rowOf = [&](int i) { return 16 * w + g + 8 * ((i % 4) / 2); };
   auto colOf = [&](int i) { return 8 * (i / 4) + 2 * q + (i % 2); };
+  // The fault modes (1: no fence, 2: a copy into B under the wgmma) are emulator tests; on a
+  // GPU they would be undefined, so only mode 0 is compiled there (the launcher refuses others).
+#ifdef MLA_EMULATE
+  const int mode = args.mode;
+#else
+  constexpr int mode = 0;
+#endif
   float acc[N / 2];
+#pragma unroll
   for (int i = 0; i < N / 2; ++i) acc[i] = c[rowOf(i) * N + colOf(i)];
+  // A fragments (RS): a0 = A[r][2q, 2q+1], a1 = A[r+8][..], a2 = A[r][2q+8, 2q+9], a3 = A[r+8][2q+8..]
+  // of k16 slice s, r = 16w + g; the lower column in the low half.
+  uint32_t ar[KS][4];
+#pragma unroll
+  for (int s = 0; s < KS; ++s) {
+    const int r = 16 * w + g, k0 = 16 * s + 2 * q;
+    auto pk = [&](int row, int col) { return uint32_t(a[row * K + col]) | uint32_t(a[row * K + col + 1]) << 16; };
+    ar[s][0] = RS ? pk(r, k0) : 0u;
+    ar[s][1] = RS ? pk(r + 8, k0) : 0u;
+    ar[s][2] = RS ? pk(r, k0 + 8) : 0u;
+    ar[s][3] = RS ? pk(r + 8, k0 + 8) : 0u;
+  }
   wgmmaFenceOperands<N / 2>(acc);
-  if (args.mode != 1) wgmmaFence();
-  for (int s = 0; s < K / 16; ++s) {
+  if (mode != 1) wgmmaFence();
+#pragma unroll
+  for (int s = 0; s < KS; ++s) {
     const uint64_t descB = smemDesc(baseB + uint32_t(s) * lb.step, swizzleOf(lb.span), lb.lbo, lb.sbo);
     const int scaleD = s == 0 ? args.scaleD : 1;
     if constexpr (RS) {
-      // A fragment: a0 = A[r][2q, 2q+1], a1 = A[r+8][..], a2 = A[r][2q+8, 2q+9], a3 = A[r+8][2q+8..]
-      // of this k16 slice, r = 16w + g; the lower column in the low half.
-      const int r = 16 * w + g, k0 = 16 * s + 2 * q;
-      auto pk = [&](int row, int col) { return uint32_t(a[row * K + col]) | uint32_t(a[row * K + col + 1]) << 16; };
-      const uint32_t ar[4] = {pk(r, k0), pk(r + 8, k0), pk(r, k0 + 8), pk(r + 8, k0 + 8)};
-      wgmmaRS<T, N, TB>(acc, ar, descB, scaleD);
+      wgmmaRS<T, N, TB>(acc, ar[s], descB, scaleD);
     } else {
       const uint64_t descA = smemDesc(baseA + uint32_t(s) * la.step, swizzleOf(la.span), la.lbo, la.sbo);
       wgmmaSS<T, N, 0, TB>(acc, descA, descB, scaleD);
     }
   }
-  if (args.mode == 2 && tid == 0) {  // overwrites B while the wgmma may still read it
+  if (mode == 2 && tid == 0) {  // overwrites B while the wgmma may still read it
     cpAsync16(tileB, b);
     cpAsyncCommit();
     cpAsyncWait<0>();
@@ -122,6 +142,7 @@ __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint
   wgmmaCommit();
   wgmmaWait<0>();
   wgmmaFenceOperands<N / 2>(acc);
+#pragma unroll
   for (int i = 0; i < N / 2; ++i) d[rowOf(i) * N + colOf(i)] = acc[i];
 }
 
@@ -222,24 +243,24 @@ Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> 
   return Status::Ok();
 }
 
-template <typename T, int N, int TB, bool RS>
+template <typename T, int N, int KS, int TB, bool RS>
 Status launchWgmma(const PrimitivesParams& p, cudaStream_t s) {
   const Layout la = layoutOf(p.swizzleA, 0, 64, p.k, 0), lb = layoutOf(p.swizzleB, TB, N, p.k, p.lboRows);
   const size_t smem = 1024 + (la.bytes + 1023) / 1024 * 1024 + lb.bytes;
-  MLA_CUDA_TRY(cudaFuncSetAttribute(wgmmaKernel<T, N, TB, RS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  MLA_CUDA_TRY(cudaFuncSetAttribute(wgmmaKernel<T, N, KS, TB, RS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)),
                "primitives(wgmma)");
-  MLA_LAUNCH_KERNEL(1, 128, smem, s, wgmmaKernel<T, N, TB, RS>)(p.a.ptr<const uint16_t>(), p.b.ptr<const uint16_t>(), p.c.ptr<const float>(),
+  MLA_LAUNCH_KERNEL(1, 128, smem, s, wgmmaKernel<T, N, KS, TB, RS>)(p.a.ptr<const uint16_t>(), p.b.ptr<const uint16_t>(), p.c.ptr<const float>(),
                                              p.d.ptr<float>(),
                                              WgmmaArgs{p.k, p.swizzleA, p.swizzleB, p.lboRows, p.scaleD ? 1 : 0, p.mode});
   MLA_CHECK_LAUNCH("primitives(wgmma)");
   return Status::Ok();
 }
 
-template <typename T, int N>
+template <typename T, int N, int KS>
 Status dispatchWgmma(const PrimitivesParams& p, cudaStream_t s) {
-  if (p.rs) return p.tnspB ? launchWgmma<T, N, 1, true>(p, s) : launchWgmma<T, N, 0, true>(p, s);
-  return p.tnspB ? launchWgmma<T, N, 1, false>(p, s) : launchWgmma<T, N, 0, false>(p, s);
+  if (p.rs) return p.tnspB ? launchWgmma<T, N, KS, 1, true>(p, s) : launchWgmma<T, N, KS, 0, true>(p, s);
+  return p.tnspB ? launchWgmma<T, N, KS, 1, false>(p, s) : launchWgmma<T, N, KS, 0, false>(p, s);
 }
 
 Status encodeBf16(CUtensorMap* map, const TensorRef& src, const int* box, int swizzle) {
@@ -276,10 +297,15 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
   }();
   MLA_CHECK(spanOk, Range, "primitives: swizzles are 0, 32, 64 or 128 (bytes)");
   MLA_CHECK(p.mode >= 0 && p.mode <= (p.which == Primitive::Wgmma ? 2 : 1), Range, "primitives: `mode` is out of range");
+#ifndef MLA_EMULATE
+  // The fault modes break the PTX rules on purpose (a read before the wait, a wait that never
+  // completes): faults on the emulator, undefined or a hang on a GPU.
+  MLA_CHECK(p.mode == 0, Argument, "primitives: the fault modes (`mode` 1, 2) run on the emulated device only");
+#endif
   switch (p.which) {
     case Primitive::Wgmma: {
       MLA_CHECK(p.n == 16 || p.n == 32 || p.n == 256, Range, "primitives: wgmma `n` must be 16, 32 or 256");
-      MLA_CHECK(p.k == 16 || p.k == 64, Range, "primitives: wgmma `k` must be 16 or 64");
+      MLA_CHECK(p.k == 16 || (p.k == 64 && p.n == 32), Range, "primitives: wgmma `k` must be 16, or 64 with n 32");
       MLA_CHECK(p.tnspB == 0 || p.tnspB == 1, Range, "primitives: `tnspB` must be 0 or 1");
       // The kernel's layouts keep a K-major row inside one swizzle span (no second atom along K).
       MLA_CHECK(p.swizzleA == 0 || 2 * p.k <= p.swizzleA, Range, "primitives: a K-major swizzled A needs 2k <= swizzleA");
@@ -291,9 +317,9 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
       MLA_RETURN_IF_ERROR(need(p.c, "c", {64, p.n}, DType::F32, DType::F32));
       MLA_RETURN_IF_ERROR(need(p.d, "d", {64, p.n}, DType::F32, DType::F32));
       return MLA_DISPATCH_HALF_TYPES(p.a.dtype, T, [&] {
-        if (p.n == 16) return dispatchWgmma<T, 16>(p, s);
-        if (p.n == 32) return dispatchWgmma<T, 32>(p, s);
-        return dispatchWgmma<T, 256>(p, s);
+        if (p.n == 16) return dispatchWgmma<T, 16, 1>(p, s);
+        if (p.n == 32) return p.k == 64 ? dispatchWgmma<T, 32, 4>(p, s) : dispatchWgmma<T, 32, 1>(p, s);
+        return dispatchWgmma<T, 256, 1>(p, s);
       });
     }
     case Primitive::Tma: {
