@@ -71,8 +71,9 @@ target_include_directories(${MLA_EMU_TARGET} PRIVATE "${CMAKE_SOURCE_DIR}/csrc/e
 target_compile_definitions(${MLA_EMU_TARGET} PRIVATE MLA_EMULATE=1 MLA_WITH_CUDA=1 MLA_HAS_SM90A=1
   MLA_CUDA_ARCHS="emulated" MLA_CUDA_COMPILER_VERSION="${CMAKE_CXX_COMPILER_ID} ${CMAKE_CXX_COMPILER_VERSION}"
   NAPI_VERSION=8 NODE_ADDON_API_CPP_EXCEPTIONS NODE_API_NO_EXTERNAL_BUFFERS_ALLOWED)
-# nvcc's qualifiers reach g++ as unknown attributes; #pragma unroll as an unknown pragma.
-target_compile_options(${MLA_EMU_TARGET} PRIVATE -Wno-attributes -Wno-unknown-pragmas)
+# nvcc's qualifiers reach g++ as unknown attributes; #pragma unroll as an unknown pragma; -Wno-psabi:
+# the sm_90a kernels take a 64-byte aligned CUtensorMap by value (g++ notes an ABI change of 4.6).
+target_compile_options(${MLA_EMU_TARGET} PRIVATE -Wno-attributes -Wno-unknown-pragmas -Wno-psabi)
 target_link_libraries(${MLA_EMU_TARGET} PRIVATE ${CMAKE_JS_LIB})
 
 if(MLA_EMU_SANITIZE STREQUAL "address")
