@@ -52,8 +52,8 @@ struct Phases {
 };
 
 #if MLA_HAS_SM90A
-// decode_sm90.cu: the Hopper path's plan, main kernel (wgmma + TMA) and combine; `info` (may be
-// null) receives the config it used. Call only on a compute capability 9.0 device.
+// decode_sm90.cu: the Hopper path's plan, main kernel (wgmma + TMA) and combine launches, for a
+// compute capability 9.0 device. With `info`, only its config is computed and nothing launches.
 constexpr int kSm90SmemBytes = 230928;
 Status runDecodeSm90(DecodeKernelArgs a, DType dtype, int64_t rowsBound, int64_t wsMaxParts, int64_t wsPartialRows,
                      const DeviceProps& dp, Phases phases, cudaStream_t s, DecodeConfigInfo* info);
@@ -69,7 +69,6 @@ constexpr int kThreads = 256;      // 8 warps in every main-kernel config
 constexpr int kPlanThreads = 512;
 constexpr float kLn2 = 0.69314718055994530942f;
 constexpr float kLog2e = 1.44269504088896340736f;
-
 
 // reqInfo fields (int32 [B][8]).
 enum { kRiBlocks = 0, kRiSplits = 1, kRiSplitStart = 2, kRiQStart = 3, kRiQLen = 4, kRiSeqLen = 5, kRiBad = 6 };
