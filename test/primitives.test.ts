@@ -3,6 +3,7 @@
 // (lib/reference/primitives.ts). The same file runs on a GPU and on the emulated device; with
 // MLA_PRIMITIVES_DUMP=<file> every raw output is also written as hex, so scripts/gpu-check.sh can
 // `cmp` a GPU run against an emulator run and neither can share a misreading with the kernels.
+import './helpers/emulated-devices.js';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -265,10 +266,21 @@ t.test('sm_90a validation (no GPU needed)', async (t) => {
   t.equal(swizzleAddress(5 * 128 + 32, 64), 5 * 128 + 48);
 });
 
-t.test(`sm_90a primitives refuse a device that is not compute capability 9.0 (${sm90Label})`, { skip: gpuSkip || (sm90 ? 'the device is sm_90' : false) }, async (t) => {
+// On a device that is not 9.0: this one, or (from a 9.0 device) another one when there is one
+// (the emulated device lists an sm_80 and an sm_86 next to its sm_90: helpers/emulated-devices).
+const other = gpuSkip ? -1 : sm90 ? cuda.devices().findIndex((d) => d.computeCapability !== '9.0') : cuda.currentDevice();
+t.test(`sm_90a primitives refuse a device that is not compute capability 9.0 (${sm90Label})`, { skip: gpuSkip || (other < 0 ? 'every device here is compute capability 9.0' : false) }, async (t) => {
   const spec: WgmmaCase = { dtype: 'bf16', n: 16, k: 16, swizzleA: 0, swizzleB: 0, tnspB: 0, rs: false, scaleD: true };
-  throwsNaming(t, () => wgmmaConformance(new Uint16Array(1024), new Uint16Array(256), new Float32Array(1024), spec), 'ERR_ARGUMENT', 'compute capability 9.0');
-  throwsNaming(t, () => mbarrierConformance(new Uint16Array(512)), 'ERR_ARGUMENT', 'compute capability 9.0');
+  const before = cuda.currentDevice();
+  cuda.setDevice(other);
+  try {
+    t.comment(`on device ${other}: ${cuda.deviceInfo(other).name}`);
+    const refused = { code: 'ERR_ARGUMENT', message: /need a compute capability 9\.0 GPU .*this device is \d+\.\d+/ };
+    t.throws(() => wgmmaConformance(new Uint16Array(1024), new Uint16Array(256), new Float32Array(1024), spec), refused, 'wgmma');
+    t.throws(() => mbarrierConformance(new Uint16Array(512)), refused, 'mbarrier');
+  } finally {
+    cuda.setDevice(before);
+  }
 });
 
 function smallInts(n: number, seed: number, lo: number, hi: number): number[] {
