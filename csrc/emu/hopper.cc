@@ -80,28 +80,6 @@ uint32_t swizzle(uint32_t addr, uint32_t span) {
   return addr ^ (((addr >> 7) & mask) << 4);
 }
 
-float half16(uint16_t h, WgmmaType type) {
-  if (type == kWgmmaBF16) {
-    uint32_t u = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  const uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 31, mant = h & 1023;
-  float f;
-  if (exp == 31) {
-    const uint32_t u = sign | 0x7f800000u | (mant << 13);
-    std::memcpy(&f, &u, 4);
-  } else if (exp == 0) {
-    f = std::ldexp(float(mant), -24);
-    if (sign) f = -f;
-  } else {
-    const uint32_t u = sign | ((exp + 112) << 23) | (mant << 13);
-    std::memcpy(&f, &u, 4);
-  }
-  return f;
-}
-
 // ---- warpgroup rendezvous ------------------------------------------------------------------------
 // All 128 threads of a warpgroup (warps 4k..4k+3) meet; the last to arrive runs `compute` while the
 // others wait (state kInGroupOp), as warpRendezvous does for a warp. A different op or key from
@@ -219,7 +197,7 @@ float readOperand(const WgmmaCall& c, const char* what, uint32_t addr, std::vect
 #ifdef MLA_EMU_TSAN
   __tsan_read_range(B.smem + addr, 2);
 #endif
-  return half16(h, c.type);
+  return half16(h, c.type == kWgmmaBF16);
 }
 
 // The last thread of the warpgroup computes D for all 128: A 64x16 (registers or shared memory),
@@ -237,8 +215,8 @@ void wgmmaCompute(Group& g, uintptr_t ctx) {
       const WgmmaIn& in = *static_cast<const WgmmaIn*>(g.in[t]);
       const int w = t >> 5, lane = t & 31, r = 16 * w + (lane >> 2), q = lane & 3;
       auto put = [&](int row, int col, uint32_t reg) {
-        A[row][col] = half16(uint16_t(reg & 0xffff), c.type);
-        A[row][col + 1] = half16(uint16_t(reg >> 16), c.type);
+        A[row][col] = half16(uint16_t(reg & 0xffff), c.type == kWgmmaBF16);
+        A[row][col + 1] = half16(uint16_t(reg >> 16), c.type == kWgmmaBF16);
       };
       put(r, 2 * q, in.a[0]);
       put(r + 8, 2 * q, in.a[1]);

@@ -493,29 +493,6 @@ void ldmatrixCompute(const Slot* in, Slot* out, unsigned, uintptr_t arg) {
 //   A 16x16 row: a0 = A[g][2t,2t+1], a1 = A[g+8][2t,..], a2 = A[g][2t+8,..], a3 = A[g+8][2t+8,..]
 //   B 16x8 col:  b0 = B[2t,2t+1][g], b1 = B[2t+8,2t+9][g]
 //   C/D 16x8:    c0 = C[g][2t], c1 = C[g][2t+1], c2 = C[g+8][2t], c3 = C[g+8][2t+1]
-float half16(uint16_t h, MmaType type) {
-  if (type == kMmaBF16) {
-    uint32_t u = uint32_t(h) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  // IEEE binary16 -> float, exact (subnormals included).
-  const uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 31, mant = h & 1023;
-  float f;
-  if (exp == 31) {
-    const uint32_t u = sign | 0x7f800000u | (mant << 13);
-    std::memcpy(&f, &u, 4);
-  } else if (exp == 0) {
-    f = std::ldexp(float(mant), -24);
-    if (sign) f = -f;
-  } else {
-    const uint32_t u = sign | ((exp + 112) << 23) | (mant << 13);
-    std::memcpy(&f, &u, 4);
-  }
-  return f;
-}
-
 struct MmaIn {
   uint32_t a[4], b[2];
   float c[4];
@@ -528,8 +505,8 @@ void mmaCompute(const Slot* in, Slot* out, unsigned, uintptr_t arg) {
     MmaIn v;
     std::memcpy(&v, in[l].b, sizeof v);
     const int g = l >> 2, t = l & 3;
-    auto lo = [&](uint32_t r) { return half16(uint16_t(r & 0xffff), type); };
-    auto hi = [&](uint32_t r) { return half16(uint16_t(r >> 16), type); };
+    auto lo = [&](uint32_t r) { return half16(uint16_t(r & 0xffff), type == kMmaBF16); };
+    auto hi = [&](uint32_t r) { return half16(uint16_t(r >> 16), type == kMmaBF16); };
     A[g][2 * t] = lo(v.a[0]);          A[g][2 * t + 1] = hi(v.a[0]);
     A[g + 8][2 * t] = lo(v.a[1]);      A[g + 8][2 * t + 1] = hi(v.a[1]);
     A[g][2 * t + 8] = lo(v.a[2]);      A[g][2 * t + 9] = hi(v.a[2]);

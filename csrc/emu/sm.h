@@ -4,8 +4,10 @@
 // shared-memory shadow exactly as the scheduler does; kernels never include it (they see
 // device.h), and nothing outside csrc/emu should.
 #pragma once
+#include <cmath>
 #include <cstdarg>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
@@ -168,5 +170,28 @@ std::string hopperBlockEndCheck(Block& B);     // non-empty: why the finished bl
 std::string hopperDeadlockReport(const Block& B, const std::vector<Fiber>& fibers);
 void hopperResetBlock(Block& B);
 std::string wgmmaReadConflict(const Chunk& c);  // non-empty: a wgmma in flight reads this chunk
+
+// A 16-bit operand element as float, exactly: bf16 (the high half of an f32), or IEEE binary16
+// (subnormals included). Used by the mma.sync and wgmma emulations.
+inline float half16(uint16_t h, bool bf16) {
+  float f;
+  if (bf16) {
+    const uint32_t u = uint32_t(h) << 16;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  const uint32_t sign = uint32_t(h >> 15) << 31, exp = (h >> 10) & 31, mant = h & 1023;
+  if (exp == 31) {
+    const uint32_t u = sign | 0x7f800000u | (mant << 13);
+    std::memcpy(&f, &u, 4);
+  } else if (exp == 0) {
+    f = std::ldexp(float(mant), -24);
+    if (sign) f = -f;
+  } else {
+    const uint32_t u = sign | ((exp + 112) << 23) | (mant << 13);
+    std::memcpy(&f, &u, 4);
+  }
+  return f;
+}
 
 }  // namespace mla::emu::sm

@@ -211,6 +211,33 @@ __global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeKernelArg
     for (int f = 0; f < kRiFields; ++f) a.reqInfo[b * 8 + f] = st.at(f, b);
 }
 
+// What CTA (part, row tile) has to do for request b of its part's walk: its block range, the
+// request's queries, and the partial slot (-1: the only split, finished in place). False when
+// nothing: no blocks of b in this part, or no rows of b in this row tile. Both main kernels
+// (decodeMainKernel, decode_sm90.cu) walk their parts through it.
+struct ReqWork {
+  int blk0, blk1, sq, L, qStart, rows, slot;
+};
+__device__ __forceinline__ bool reqWork(const DecodeKernelArgs& a, const int32_t* meta, int b, int row0, ReqWork& w) {
+  const int beginReq = meta[0], beginBlk = meta[1], endReq = meta[2], endBlk = meta[3], firstSplit = meta[4];
+  const int32_t* ri = a.reqInfo + b * 8;
+  const int nb = ri[kRiBlocks];
+  w.blk0 = b == beginReq ? beginBlk : 0;
+  w.blk1 = b == endReq ? endBlk : nb;
+  if (w.blk1 <= w.blk0 || w.blk1 > nb) return false;
+  w.sq = ri[kRiQLen];
+  w.L = ri[kRiSeqLen];
+  w.qStart = ri[kRiQStart];
+  w.rows = w.sq * a.H;
+  if (row0 >= w.rows) return false;
+  w.slot = -1;
+  if (ri[kRiSplits] > 1) {
+    w.slot = ri[kRiSplitStart] + (b == beginReq ? firstSplit : 0);
+    if (w.slot < 0 || w.slot >= 2 * a.numParts) return false;  // cannot happen with a well-formed plan
+  }
+  return true;
+}
+
 // ---- main split-KV kernel ------------------------------------------------------------------
 // CTA (part, rowTile) walks its part's (request, block) range; for each request it owns rows
 // [BM*rowTile, BM*rowTile + BM) of the packed s_q*H rows (row = token_in_request*H + head):
@@ -244,24 +271,13 @@ __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeKernelArgs
   const T* qBase = static_cast<const T*>(a.q);
   const T* cBase = static_cast<const T*>(a.cache);
   const int32_t* meta = a.partMeta + part * 8;
-  const int beginReq = meta[0], beginBlk = meta[1], endReq = meta[2], endBlk = meta[3], firstSplit = meta[4];
-  const int lastReq = min(endReq, a.B - 1);
+  const int lastReq = min(meta[2], a.B - 1), row0 = rt * BM;
 
-  for (int b = beginReq; b <= lastReq; ++b) {
-    const int32_t* ri = a.reqInfo + b * 8;
-    const int nb = ri[kRiBlocks];
-    const int blk0 = b == beginReq ? beginBlk : 0;
-    const int blk1 = b == endReq ? endBlk : nb;
-    if (blk1 <= blk0 || blk1 > nb) continue;
-    const int sq = ri[kRiQLen], L = ri[kRiSeqLen], qStart = ri[kRiQStart], numSplits = ri[kRiSplits];
-    const int rows = sq * a.H, row0 = rt * BM;
-    if (row0 >= rows) continue;
-    int slot = -1;
-    if (numSplits > 1) {
-      slot = ri[kRiSplitStart] + (b == beginReq ? firstSplit : 0);
-      if (slot < 0 || slot >= 2 * a.numParts) continue;  // cannot happen with a well-formed plan
-    }
-    const int kvBegin = blk0 * BN, ntiles = blk1 - blk0;
+  for (int b = meta[0]; b <= lastReq; ++b) {
+    ReqWork w;
+    if (!reqWork(a, meta, b, row0, w)) continue;
+    const int sq = w.sq, L = w.L, qStart = w.qStart, rows = w.rows, slot = w.slot;
+    const int kvBegin = w.blk0 * BN, ntiles = w.blk1 - w.blk0;
     const int32_t* btRow = SP ? nullptr : a.bt + b * a.btStride;
     const int32_t* idxRow = SP ? a.idx + int64_t(b) * a.idxTok : nullptr;
 

@@ -54,8 +54,7 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
   const int g = lane >> 2, q = lane & 3;
   const T* qBase = static_cast<const T*>(a.q);
   const int32_t* meta = a.partMeta + part * 8;
-  const int beginReq = meta[0], beginBlk = meta[1], endReq = meta[2], endBlk = meta[3], firstSplit = meta[4];
-  const int lastReq = min(endReq, a.B - 1);
+  const int lastReq = min(meta[2], a.B - 1), row0 = rt * kBM;
 
   if (tid == 0) {
     mbarrierInit(&bar[0], 1);
@@ -82,21 +81,11 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
     }
   };
 
-  for (int b = beginReq; b <= lastReq; ++b) {
-    const int32_t* ri = a.reqInfo + b * 8;
-    const int nb = ri[kRiBlocks];
-    const int blk0 = b == beginReq ? beginBlk : 0;
-    const int blk1 = b == endReq ? endBlk : nb;
-    if (blk1 <= blk0 || blk1 > nb) continue;
-    const int sq = ri[kRiQLen], L = ri[kRiSeqLen], qStart = ri[kRiQStart], numSplits = ri[kRiSplits];
-    const int rows = sq * a.H, row0 = rt * kBM;
-    if (row0 >= rows) continue;
-    int slot = -1;
-    if (numSplits > 1) {
-      slot = ri[kRiSplitStart] + (b == beginReq ? firstSplit : 0);
-      if (slot < 0 || slot >= 2 * a.numParts) continue;  // cannot happen with a well-formed plan
-    }
-    const int kvBegin = blk0 * kBN, ntiles = blk1 - blk0;
+  for (int b = meta[0]; b <= lastReq; ++b) {
+    ReqWork w;
+    if (!reqWork(a, meta, b, row0, w)) continue;
+    const int sq = w.sq, L = w.L, qStart = w.qStart, rows = w.rows, slot = w.slot;
+    const int kvBegin = w.blk0 * kBN, ntiles = w.blk1 - w.blk0;
     const int32_t* btRow = a.bt + b * a.btStride;
 
     __syncthreads();  // the previous request's readers of sQ / sK / sP / sRed are done
