@@ -93,8 +93,18 @@ __global__ void __launch_bounds__(32) voteKernel(const int* preds, int m, int* v
   }
 }
 
-// Memory safety only (core/check.h): dtype, exact shape (-1 = any size), contiguous.
+Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> shape, DType d) {
+  return gpu::checkPrimitiveTensor(t, arg, shape, d, d);
+}
 Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> shape, DType d0, DType d1) {
+  return gpu::checkPrimitiveTensor(t, arg, shape, d0, d1);
+}
+
+}  // namespace
+
+namespace gpu {
+
+Status checkPrimitiveTensor(const TensorRef& t, const char* arg, std::initializer_list<int64_t> shape, DType d0, DType d1) {
   MLA_CHECK(t.dtype == d0 || t.dtype == d1, Dtype,
             std::string("primitives: `") + arg + "` must be " + dtypeName(d0) + (d0 != d1 ? std::string(" or ") + dtypeName(d1) : ""));
   bool ok = t.ndim == static_cast<int>(shape.size());
@@ -103,13 +113,6 @@ Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> 
   MLA_CHECK(t.isContiguous(), Shape, std::string("primitives: `") + arg + "` must be contiguous");
   return Status::Ok();
 }
-Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> shape, DType d) {
-  return need(t, arg, shape, d, d);
-}
-
-}  // namespace
-
-namespace gpu {
 
 Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);

@@ -4,6 +4,7 @@
 // PTX ISA definitions (lib/reference/primitives.ts). Plain C++: the binding includes it.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include "core/status.h"
 #include "core/tensor.h"
 
@@ -61,6 +62,9 @@ struct PrimitivesParams {
 };
 
 namespace gpu {
+// Memory safety only (core/check.h): `arg` has dtype d0 or d1, this exact shape (-1: any size)
+// and is contiguous. Shared by primitives.cu and primitives_sm90.cu.
+Status checkPrimitiveTensor(const TensorRef& t, const char* arg, std::initializer_list<int64_t> shape, DType d0, DType d1);
 Status launchPrimitive(const PrimitivesParams& p, StreamHandle stream);
 #if MLA_HAS_SM90A
 // primitives_sm90.cu: Wgmma, Tma, Mbarrier (the caller checked the device is sm_90).

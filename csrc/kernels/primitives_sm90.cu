@@ -234,13 +234,7 @@ __global__ void __launch_bounds__(64) mbarrierKernel(const __grid_constant__ CUt
 }
 
 Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> shape, DType d0, DType d1) {
-  MLA_CHECK(t.dtype == d0 || t.dtype == d1, Dtype,
-            std::string("primitives: `") + arg + "` must be " + dtypeName(d0) + (d0 != d1 ? std::string(" or ") + dtypeName(d1) : ""));
-  bool ok = t.ndim == static_cast<int>(shape.size());
-  for (int i = 0; ok && i < t.ndim; ++i) ok = shape.begin()[i] < 0 || t.shape[i] == shape.begin()[i];
-  MLA_CHECK(ok, Shape, std::string("primitives: `") + arg + "` has the wrong shape");
-  MLA_CHECK(t.isContiguous(), Shape, std::string("primitives: `") + arg + "` must be contiguous");
-  return Status::Ok();
+  return gpu::checkPrimitiveTensor(t, arg, shape, d0, d1);
 }
 
 template <typename T, int N, int KS, int TB, bool RS>
