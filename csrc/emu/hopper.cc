@@ -19,12 +19,6 @@
 #include "emu/emu.h"
 #include "emu/sm.h"
 
-#ifdef MLA_EMU_TSAN
-#include <sanitizer/tsan_interface.h>
-extern "C" void __tsan_read_range(void* addr, unsigned long size);
-extern "C" void __tsan_write_range(void* addr, unsigned long size);
-#endif
-
 namespace mla::emu {
 using namespace sm;
 namespace {
@@ -45,11 +39,6 @@ char* mbarSync(uint32_t off) {
   if (!tlHopperSync) tlHopperSync = new HopperSync();
   return &tlHopperSync->mbar[(off / 8) % kBarRing];
 }
-#define TSAN_REL(p) __tsan_release(static_cast<void*>(p))
-#define TSAN_ACQ(p) __tsan_acquire(static_cast<void*>(p))
-#else
-#define TSAN_REL(p) ((void)0)
-#define TSAN_ACQ(p) ((void)0)
 #endif
 
 [[noreturn]] void faultAt(const char* file, int line, const std::string& what) {

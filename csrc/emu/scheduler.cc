@@ -27,23 +27,6 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
-// ThreadSanitizer mode (-DMLA_EMU_TSAN, this file built without -fsanitize=thread, the kernels
-// with it): every CUDA thread runs on its own TSan fiber, switched without synchronisation, and
-// the orderings CUDA guarantees are stated here as acquire/release edges, so a missing barrier
-// between plain shared-memory accesses is reported at the kernel's lines.
-#ifdef MLA_EMU_TSAN
-#include <sanitizer/tsan_interface.h>
-extern "C" void __tsan_read_range(void* addr, unsigned long size);
-extern "C" void __tsan_write_range(void* addr, unsigned long size);
-extern "C" void __tsan_func_entry(void* pc);
-extern "C" void __tsan_func_exit();
-#define TSAN_REL(p) __tsan_release(static_cast<void*>(p))
-#define TSAN_ACQ(p) __tsan_acquire(static_cast<void*>(p))
-#else
-#define TSAN_REL(p) ((void)0)
-#define TSAN_ACQ(p) ((void)0)
-#endif
-
 namespace mla::emu {
 
 // ---- context switch ---------------------------------------------------------------------------

@@ -13,6 +13,24 @@
 #include <vector>
 #include "emu/device.h"
 
+// ThreadSanitizer mode (-DMLA_EMU_TSAN, scheduler.cc and hopper.cc built without
+// -fsanitize=thread, the kernels with it): every CUDA thread runs on its own TSan fiber, switched
+// without synchronisation, and the orderings CUDA guarantees are stated as acquire/release edges
+// on these macros, so a missing barrier between plain shared-memory accesses is reported at the
+// kernel's lines.
+#ifdef MLA_EMU_TSAN
+#include <sanitizer/tsan_interface.h>
+extern "C" void __tsan_read_range(void* addr, unsigned long size);
+extern "C" void __tsan_write_range(void* addr, unsigned long size);
+extern "C" void __tsan_func_entry(void* pc);
+extern "C" void __tsan_func_exit();
+#define TSAN_REL(p) __tsan_release(static_cast<void*>(p))
+#define TSAN_ACQ(p) __tsan_acquire(static_cast<void*>(p))
+#else
+#define TSAN_REL(p) ((void)0)
+#define TSAN_ACQ(p) ((void)0)
+#endif
+
 namespace mla::emu::sm {
 
 // kInGroupOp: at a warpgroup collective (wgmma.mma_async, setmaxnreg) until all 128 arrive.
