@@ -4,7 +4,7 @@
 // with an emulated-device run. A diagnostic, not exported from lib/index.ts.
 import type { DType, HostArray } from '../dtype.js';
 import { MlaError } from '../errors.js';
-import { nativeOp } from '../native.js';
+import { native, nativeOp } from '../native.js';
 import { isNativePrimitiveTensor, type NativePrimitivesArgs, type NativePrimitiveTensor } from '../native-contract.js';
 import { FILL_U32 } from '../reference/primitives.js';
 import type { ShflOpName, ShuffleCase, SwizzleSpan, WgmmaCase } from '../reference/primitives.js';
@@ -178,8 +178,11 @@ function checkSpan(fn: string, name: string, v: unknown): SwizzleSpan {
   if (typeof v !== 'number' || !SPANS.includes(v)) throw new MlaError('ERR_RANGE', `${fn}: \`${name}\` must be 0, 32, 64 or 128 (bytes), got ${String(v)}`);
   return v as SwizzleSpan;
 }
+// The fault modes break PTX rules on purpose (faults on the emulated device; undefined, or a hang,
+// on a GPU), so only the emulated device takes them.
 function checkMode(fn: string, mode: unknown, max: 1 | 2 = 1): 0 | 1 | 2 {
   if (mode !== 0 && mode !== 1 && !(mode === 2 && max === 2)) throw new MlaError('ERR_RANGE', `${fn}: \`mode\` must be 0 to ${max}`);
+  if (mode !== 0 && !native().buildInfo().emulated) throw new MlaError('ERR_ARGUMENT', `${fn}: \`mode\` ${mode} (a fault variant) runs on the emulated device only`);
   return mode;
 }
 
@@ -193,7 +196,7 @@ export function wgmmaConformance(a: Uint16Array, b: Uint16Array, c: Float32Array
   if (typeof spec !== 'object' || spec === null) throw new MlaError('ERR_ARGUMENT', `${fn}: \`spec\` must be an object`);
   const { n, k, dtype } = spec;
   if (n !== 16 && n !== 32 && n !== 256) throw new MlaError('ERR_RANGE', `${fn}: \`n\` must be 16, 32 or 256, got ${String(n)}`);
-  if (k !== 16 && k !== 64) throw new MlaError('ERR_RANGE', `${fn}: \`k\` must be 16 or 64, got ${String(k)}`);
+  if (k !== 16 && !(k === 64 && n === 32)) throw new MlaError('ERR_RANGE', `${fn}: \`k\` must be 16, or 64 with n 32, got ${String(k)}`);
   if (dtype !== 'bf16' && dtype !== 'f16') throw new MlaError('ERR_DTYPE', `${fn}: \`dtype\` must be bf16 or f16, got ${String(dtype)}`);
   const swizzleA = checkSpan(fn, 'swizzleA', spec.swizzleA), swizzleB = checkSpan(fn, 'swizzleB', spec.swizzleB);
   if (spec.tnspB !== 0 && spec.tnspB !== 1) throw new MlaError('ERR_RANGE', `${fn}: \`tnspB\` must be 0 or 1`);
