@@ -241,6 +241,32 @@ t.test('decode: cache rows past each length hold NaN, and the outputs do not see
   tt.end();
 });
 
+// Views, not copies: q with a padded head stride, the cache with 640-value rows (the Hopper
+// kernel's tensor map takes the cache's own strides).
+t.test('decode: strided q and cache views', { skip: gpuSkip }, (tt) => {
+  const spec: CaseSpec = { B: 2, H: 8, pageSize: 32, seqLens: [100, 45], sQ: 1, causal: true, dtype: 'bf16', seed: 515 };
+  const b = build(spec);
+  const W = 640;
+  const owned: DeviceTensor[] = [];
+  try {
+    const widen = (t: DeviceTensor): DeviceTensor => {
+      const [n0, n1] = [t.shape[0]!, t.shape[1]!];
+      const src = t.toFloat32Sync(), wide = new Float32Array(n0 * n1 * W);
+      for (let r = 0; r < n0 * n1; r++) wide.set(src.subarray(r * D, (r + 1) * D), r * W);
+      const big = DeviceTensor.fromArray(wide, [n0, n1, W], spec.dtype);
+      owned.push(big);
+      return big.slice(2, 0, D);
+    };
+    const views = { ...b, q: widen(b.q), cache: widen(b.cache) };
+    tt.equal(views.cache.strides[1], W, 'the cache view keeps its 640-value rows');
+    for (const kernel of kernels) checkOutputs(tt, `${kernel} strided views`, runBuilt(views, { ...spec, kernel }), b.ref);
+  } finally {
+    for (const t of owned) t.dispose();
+    disposeBuilt(b);
+  }
+  tt.end();
+});
+
 t.test('decode: empty sequences give out 0 and lse +inf', { skip: gpuSkip }, (tt) => {
   const spec: CaseSpec = { B: 2, H: 4, pageSize: 16, seqLens: [0, 0], sQ: 2, causal: true, dtype: 'f16', seed: 5 };
   const b = build(spec);
