@@ -50,6 +50,26 @@ t.test('decode: every tile configuration, on each shared-memory tier, with few S
   t.equal(seen.size, 9, `all nine tile configurations ran: ${[...seen].join(', ')}`);
 });
 
+// The Hopper kernel on the 3-SM sm_90 tier: parts span several requests (and requests several
+// parts), so one CTA carries its mbarrier phases from request to request, and partial slots meet
+// single-split requests in the same part.
+t.test('decode, Hopper kernel: several requests per part, with few SMs', { skip: emuSkip }, async (t) => {
+  cuda.setDevice(0);
+  let seed = 4100;
+  for (const [H, sQ, pageSize, dtype] of [[16, 1, 64, 'bf16'], [128, 2, 16, 'f16'], [5, 3, 256, 'bf16']] as const) {
+    const cfg = decodeConfig(H, sQ, undefined, { kernel: 'hopper' });
+    const spec: CaseSpec = { B: 7, H, pageSize, seqLens: [70, 0, 1, 130, 64, 300, 9], sQ, causal: sQ > 1, dtype, seed: seed++, kernel: 'hopper' };
+    const label = `${EMULATED_TIERS[0]} hopper H${H} sq${sQ} ps${pageSize} ${dtype}: ${cfg.numParts} parts x ${cfg.rowTiles} row tiles`;
+    t.ok(cfg.numParts < spec.B, `${label}: fewer parts than requests`);
+    const b = build(spec);
+    try {
+      checkOutputs(t, label, runBuilt(b, spec), b.ref);
+    } finally {
+      disposeBuilt(b);
+    }
+  }
+});
+
 // linear takes its 64- or 128-row tiles and stage count from the same limits.
 t.test('linear: tiled, skinny and split-K paths on each shared-memory tier', { skip: emuSkip }, async (t) => {
   for (let dev = 0; dev < EMULATED_TIERS.length; dev++) {
