@@ -14,32 +14,6 @@ struct ConfigProbe {
   template <class C> Status run() { return planFor<__nv_bfloat16, C>(rowsBound, wsMaxParts, *dp, plan); }
 };
 
-struct Launcher {
-  DecodeKernelArgs a;
-  const DecodeParams* p;
-  const DeviceProps* dp;
-  int64_t rowsBound;
-  cudaStream_t s;
-  template <typename T, class C, bool KV8> Status go() {
-    Plan plan;
-    MLA_RETURN_IF_ERROR((planFor<T, C, KV8>(rowsBound, p->wsMaxParts, *dp, &plan)));
-    if (plan.rowTiles > 65535) return Status::Error(Code::Range, "decode: H * maxQSeqLen is too large for one launch");
-    // Each part may need 2 partial slots of rowsBound rows: fewer parts if the workspace is small.
-    const int64_t cap = p->wsPartialRows / (2 * rowsBound);
-    if (cap < 1) return Status::Error(Code::Range, "decode: the workspace's partial buffer is too small for H * maxQSeqLen");
-    plan.numParts = int(std::min<int64_t>(plan.numParts, cap));
-    DecodeKernelArgs args = a;
-    args.numParts = plan.numParts;
-    args.blockN = plan.blockN;
-    args.overhead = plan.overhead;
-    return runDecode<T, C, KV8>(args, plan, Phases{p->runPlan, p->runMain, p->runCombine}, s);
-  }
-  template <class C> Status run() {
-    if (p->cache.dtype == DType::U8) return go<__nv_bfloat16, C, true>();  // FP8 layout, bf16 q (checked)
-    return MLA_DISPATCH_HALF_TYPES(p->q.dtype, T, [&] { return go<T, C, false>(); });
-  }
-};
-
 // Whether this call takes the sm_90a path; forcing it where it cannot run is an error that says why.
 Status pickKernel(DecodeKernel want, bool fp8, const DeviceProps& dp, bool* hopper) {
   const char* why = nullptr;
@@ -175,7 +149,8 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
     return runDecodeSm90(a, q.dtype, rowsBound, p.wsMaxParts, p.wsPartialRows, dp, Phases{p.runPlan, p.runMain, p.runCombine},
                          static_cast<cudaStream_t>(stream), nullptr);
 #endif
-  Launcher launcher{a, &p, &dp, rowsBound, static_cast<cudaStream_t>(stream)};
+  SplitKvLauncher<false> launcher{"decode", a, q.dtype, fp8, rowsBound, p.wsMaxParts, p.wsPartialRows,
+                                  Phases{p.runPlan, p.runMain, p.runCombine}, &dp, static_cast<cudaStream_t>(stream)};
   return withConfig(pickBlockM(rowsBound), tier, launcher);
 }
 

@@ -713,6 +713,47 @@ Status runDecode(DecodeKernelArgs a, const Plan& plan, Phases p, cudaStream_t s)
   return Status::Ok();
 }
 
+// The last word on a plan before launching: one launch holds at most 65535 row tiles, and the
+// workspace bounds the parts (each may need 2 partial slots of rowsBound rows). The plan's
+// numbers then go into the kernels' arguments. Every main kernel's launcher ends here.
+Status fitPlan(const char* op, int64_t wsPartialRows, int64_t rowsBound, Plan* plan, DecodeKernelArgs* a) {
+  if (plan->rowTiles > 65535)
+    return Status::Error(Code::Range, std::string(op) + ": too many query rows (heads x queries per request) for one launch");
+  const int64_t cap = wsPartialRows / (2 * rowsBound);
+  if (cap < 1)
+    return Status::Error(Code::Range, std::string(op) + ": the workspace's partial buffer is too small for heads x queries per request");
+  plan->numParts = int(std::min<int64_t>(plan->numParts, cap));
+  a->numParts = plan->numParts;
+  a->blockN = plan->blockN;
+  a->overhead = plan->overhead;
+  return Status::Ok();
+}
+
+// The portable split-KV launch of decode (SP false) and sparse (SP true), for withConfig: the
+// tile config's plan on this device, fitted, then plan / main / combine.
+template <bool SP>
+struct SplitKvLauncher {
+  const char* op;
+  DecodeKernelArgs a;
+  DType qDtype;
+  bool fp8;  // the FP8 cache layout (bf16 q, checked by the caller)
+  int64_t rowsBound, wsMaxParts, wsPartialRows;
+  Phases phases;
+  const DeviceProps* dp;
+  cudaStream_t s;
+  template <typename T, class C, bool KV8> Status go() {
+    Plan plan;
+    MLA_RETURN_IF_ERROR((planFor<T, C, KV8, SP>(rowsBound, wsMaxParts, *dp, &plan)));
+    DecodeKernelArgs args = a;
+    MLA_RETURN_IF_ERROR(fitPlan(op, wsPartialRows, rowsBound, &plan, &args));
+    return runDecode<T, C, KV8, SP>(args, plan, phases, s);
+  }
+  template <class C> Status run() {
+    if (fp8) return go<__nv_bfloat16, C, true>();
+    return MLA_DISPATCH_HALF_TYPES(qDtype, T, [&] { return go<T, C, false>(); });
+  }
+};
+
 // Calls fn.template run<C>() for the config of (bm, tier).
 template <class F>
 Status withConfig(int bm, int tier, F& fn) {

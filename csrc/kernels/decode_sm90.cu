@@ -298,20 +298,13 @@ Status runDecodeSm90(DecodeKernelArgs a, DType dtype, int64_t rowsBound, int64_t
   plan.smem = kSm90SmemBytes;
   plan.ctasPerSm = 1;
   plan.rowTiles = int((rowsBound + kBM - 1) / kBM);
-  if (plan.rowTiles > 65535) return Status::Error(Code::Range, "decode: H * maxQSeqLen is too large for one launch");
-  const int64_t parts = int64_t(dp.smCount) / std::max(1, plan.rowTiles);
-  // Each part may need 2 partial slots of rowsBound rows: fewer parts if the workspace is small.
-  const int64_t cap = wsPartialRows / (2 * rowsBound);
-  if (cap < 1) return Status::Error(Code::Range, "decode: the workspace's partial buffer is too small for H * maxQSeqLen");
-  plan.numParts = int(std::max<int64_t>(1, std::min({parts, wsMaxParts, cap})));
+  plan.numParts = int(std::max<int64_t>(1, std::min<int64_t>(int64_t(dp.smCount) / std::max(1, plan.rowTiles), wsMaxParts)));
   plan.overhead = (5 * 64 + kBN - 1) / kBN;
+  MLA_RETURN_IF_ERROR(fitPlan("decode", wsPartialRows, rowsBound, &plan, &a));
   if (info) {
     *info = DecodeConfigInfo{plan.blockM, plan.blockN, plan.stages, plan.smem, plan.numParts, plan.rowTiles, plan.ctasPerSm};
     return Status::Ok();
   }
-  a.numParts = plan.numParts;
-  a.blockN = plan.blockN;
-  a.overhead = plan.overhead;
   if (dtype == DType::BF16) return runSm90<__nv_bfloat16>(a, plan, phases, s);
   if (dtype == DType::F16) return runSm90<__half>(a, plan, phases, s);
   return Status::Error(Code::Dtype, "decode: the sm_90a kernel takes bf16 or f16");

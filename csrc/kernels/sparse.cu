@@ -10,34 +10,6 @@
 #include "kernels/sparse.h"
 
 namespace mla::gpu {
-namespace {
-
-struct SparseLauncher {
-  DecodeKernelArgs a;
-  const SparseParams* p;
-  const DeviceProps* dp;
-  int64_t rowsBound;
-  cudaStream_t s;
-  template <typename T, class C, bool KV8> Status go() {
-    Plan plan;
-    MLA_RETURN_IF_ERROR((planFor<T, C, KV8, true>(rowsBound, p->wsMaxParts, *dp, &plan)));
-    if (plan.rowTiles > 65535) return Status::Error(Code::Range, "sparse: too many heads for one launch");
-    const int64_t cap = p->wsPartialRows / (2 * rowsBound);
-    if (cap < 1) return Status::Error(Code::Range, "sparse: the workspace's partial buffer is too small for H");
-    plan.numParts = int(std::min<int64_t>(plan.numParts, cap));
-    DecodeKernelArgs args = a;
-    args.numParts = plan.numParts;
-    args.blockN = plan.blockN;
-    args.overhead = plan.overhead;
-    return runDecode<T, C, KV8, true>(args, plan, Phases{p->runPlan, p->runMain, p->runCombine}, s);
-  }
-  template <class C> Status run() {
-    if (p->cache.dtype == DType::U8) return go<__nv_bfloat16, C, true>();
-    return MLA_DISPATCH_HALF_TYPES(p->q.dtype, T, [&] { return go<T, C, false>(); });
-  }
-};
-
-}  // namespace
 
 Status launchSparse(const SparseParams& p, StreamHandle stream) {
   // Only what memory safety needs (core/check.h); lib/ops/sparse.ts validates with names first.
@@ -100,7 +72,8 @@ Status launchSparse(const SparseParams& p, StreamHandle stream) {
   a.numSlots = numPages * pageSize;
   a.maxRows = H;
 
-  SparseLauncher launcher{a, &p, &dp, H, static_cast<cudaStream_t>(stream)};
+  SplitKvLauncher<true> launcher{"sparse", a, q.dtype, fp8, H, p.wsMaxParts, p.wsPartialRows,
+                                 Phases{p.runPlan, p.runMain, p.runCombine}, &dp, static_cast<cudaStream_t>(stream)};
   return withConfig(pickBlockM(H), tier, launcher);
 }
 
