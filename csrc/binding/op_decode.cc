@@ -1,5 +1,5 @@
 // decode / decodeWorkspaceBytes / decodeConfig: the native side of lib/ops/decode.ts.
-#include "binding/napi_util.h"
+#include "binding/split_kv_args.h"
 #include "kernels/decode.h"
 
 namespace mla::binding {
@@ -13,24 +13,13 @@ namespace {
 Napi::Value Decode(const Napi::CallbackInfo& info) {
   ArgReader a(info, "decode");
   DecodeParams p;
-  p.q = a.tensor("q");
-  p.cache = a.tensor("cache");
+  readSplitKvArgs(a, p);
   p.blockTable = a.tensor("blockTable");
   p.seqLens = a.tensor("seqLens");
   p.hasQSeqLens = a.optionalTensor("qSeqLens", &p.qSeqLens);
-  p.out = a.tensor("out");
-  p.lse = a.tensor("lse");
-  p.workspace = a.tensor("workspace");
-  p.scale = static_cast<float>(a.f64("scale"));
   p.causal = a.boolean("causal", false);
   p.uniformQSeqLen = a.i64("uniformQSeqLen", 1);
   p.maxQSeqLen = a.i64("maxQSeqLen", p.uniformQSeqLen);
-  p.wsMaxBatch = a.i64("wsMaxBatch");
-  p.wsPartialRows = a.i64("wsPartialRows");
-  p.wsMaxParts = a.i64("wsMaxParts");
-  p.runPlan = a.boolean("runPlan", true);
-  p.runMain = a.boolean("runMain", true);
-  p.runCombine = a.boolean("runCombine", true);
   p.kernel = static_cast<DecodeKernel>(a.i64("kernel", 0));
   MLA_LAUNCH(a.env(), gpu::launchDecode(p, a.stream()));
   return a.env().Undefined();

@@ -4,11 +4,13 @@
 import { MlaError } from '../errors.js';
 import { native, nativeLimits, nativeOp } from '../native.js';
 import { FALLBACK_LIMITS } from '../native-contract.js';
-import type { NativeDecodeConfig, NativeDecodeWorkspaceArgs } from '../native-contract.js';
+import type { NativeDecodeConfig, NativeDecodeWorkspaceArgs, NativeStreamArg } from '../native-contract.js';
+import type { NativeTensorRef } from '../native.js';
+import type { DType } from '../dtype.js';
 import type { Stream } from '../runtime/stream.js';
 import { disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
-import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
+import type { StreamOption } from '../runtime/tensor.js';
 import { checkInt, checkNumber, checkRowAlignment, checkSameDType, checkTensor, isPowerOfTwo, refuseIndexCheckDuringCapture } from './validate.js';
 import { checkFp8Cache } from './fp8-cache.js';
 
@@ -420,31 +422,53 @@ export function decode(opts: DecodeOptions): DecodeResult {
     throw new MlaError('ERR_RANGE', `${OP}: \`workspace\` (maxBatch ${ws.maxBatch}, ${ws.maxRows} rows) is too small for batch ${geo.batch} × ${geo.numHeads} heads × s_q ${rowsQ}`);
   }
 
-  const out = opts.out ?? DeviceTensor.empty([geo.tokens, geo.numHeads, DECODE_DIM_V], geo.dtype);
-  let lse: DeviceTensor | undefined;
-  let temp: DecodeWorkspace | undefined;
-  try {
-    lse = opts.lse ?? DeviceTensor.empty([geo.tokens, geo.numHeads], 'f32');
-    if (geo.tokens === 0) return { out, lse };
-    const workspace = ws ?? (temp = new DecodeWorkspace({ maxBatch: Math.max(1, geo.batch), maxHeads: geo.numHeads, maxQSeqLen: rowsQ }));
-    const stream: Stream | undefined = opts.stream;
+  return launchSplitKv(OP, opts, geo, ws, () => new DecodeWorkspace({ maxBatch: Math.max(1, geo.batch), maxHeads: geo.numHeads, maxQSeqLen: rowsQ }), (io) => {
     nativeOp(OP)({
-      q: opts.q.nativeRef(`${OP}: \`q\``),
-      cache: opts.cache.nativeRef(`${OP}: \`cache\``),
+      ...io,
       blockTable: opts.blockTable.nativeRef(`${OP}: \`blockTable\``),
       seqLens: opts.seqLens.nativeRef(`${OP}: \`seqLens\``),
       qSeqLens: opts.qSeqLens?.nativeRef(`${OP}: \`qSeqLens\``),
-      out: out.nativeRef(`${OP}: \`out\``),
-      lse: lse.nativeRef(`${OP}: \`lse\``),
-      ...workspace.nativeArgs(),
-      scale: geo.scale,
       causal: geo.causal,
       uniformQSeqLen: geo.sQ ?? 0,
       maxQSeqLen: rowsQ,
       runPlan: phases === 'all',
       runCombine: phases === 'all',
       kernel: KERNEL_CODE[kernel],
-      stream: stream?.nativeHandle(),
+    });
+  });
+}
+
+/** The native arguments decode and sparse read alike (csrc/binding/split_kv_args.h). */
+export type SplitKvIo = NativeStreamArg & NativeDecodeWorkspaceArgs & { q: NativeTensorRef; cache: NativeTensorRef; out: NativeTensorRef; lse: NativeTensorRef; scale: number };
+
+/**
+ * The tail decode and sparse share once their arguments are checked: out and lse (made when
+ * not given), a temporary workspace when none was given, the launch with the native arguments
+ * both ops read alike (`io`); outputs made here are freed if the launch fails.
+ */
+export function launchSplitKv(
+  op: string,
+  opts: { q: DeviceTensor; cache: DeviceTensor; out?: DeviceTensor | undefined; lse?: DeviceTensor | undefined; stream?: Stream | undefined },
+  geo: { tokens: number; numHeads: number; dtype: DType; scale: number },
+  ws: DecodeWorkspace | undefined,
+  makeWorkspace: () => DecodeWorkspace,
+  launch: (io: SplitKvIo) => void,
+): DecodeResult {
+  const out = opts.out ?? DeviceTensor.empty([geo.tokens, geo.numHeads, DECODE_DIM_V], geo.dtype);
+  let lse: DeviceTensor | undefined;
+  let temp: DecodeWorkspace | undefined;
+  try {
+    lse = opts.lse ?? DeviceTensor.empty([geo.tokens, geo.numHeads], 'f32');
+    if (geo.tokens === 0) return { out, lse };
+    const workspace = ws ?? (temp = makeWorkspace());
+    launch({
+      q: opts.q.nativeRef(`${op}: \`q\``),
+      cache: opts.cache.nativeRef(`${op}: \`cache\``),
+      out: out.nativeRef(`${op}: \`out\``),
+      lse: lse.nativeRef(`${op}: \`lse\``),
+      ...workspace.nativeArgs(),
+      scale: geo.scale,
+      stream: opts.stream?.nativeHandle(),
     });
     return { out, lse };
   } catch (err) {

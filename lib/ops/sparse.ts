@@ -4,11 +4,10 @@
 // lib/reference/sparse.ts.
 import { MlaError } from '../errors.js';
 import { nativeOp } from '../native.js';
-import { disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
-import type { StreamOption, TensorMeta } from '../runtime/tensor.js';
+import type { StreamOption } from '../runtime/tensor.js';
 import { checkInt, checkNumber, checkTensor } from './validate.js';
-import { checkSplitKvOutputs, checkSplitKvQueryCache, DECODE_DIM_QK, DECODE_DIM_V, DECODE_MAX_HEADS, DecodeWorkspace, splitKvCallOptions } from './decode.js';
+import { checkSplitKvOutputs, checkSplitKvQueryCache, DECODE_DIM_QK, DECODE_DIM_V, DECODE_MAX_HEADS, DecodeWorkspace, launchSplitKv, splitKvCallOptions } from './decode.js';
 
 const OP = 'sparse';
 
@@ -137,35 +136,16 @@ export function sparse(opts: SparseOptions): SparseResult {
     checkSparseIndices(geo, indices, topkLength);
   }
 
-  const out = opts.out ?? DeviceTensor.empty([geo.tokens, geo.numHeads, DECODE_DIM_V], geo.dtype);
-  let lse: DeviceTensor | undefined;
-  let temp: DecodeWorkspace | undefined;
-  try {
-    lse = opts.lse ?? DeviceTensor.empty([geo.tokens, geo.numHeads], 'f32');
-    if (geo.tokens === 0) return { out, lse };
-    const workspace = ws ?? (temp = new DecodeWorkspace({ maxBatch: geo.tokens, maxHeads: geo.numHeads }));
+  return launchSplitKv(OP, opts, geo, ws, () => new DecodeWorkspace({ maxBatch: geo.tokens, maxHeads: geo.numHeads }), (io) => {
     nativeOp(OP)({
-      q: opts.q.nativeRef(`${OP}: \`q\``),
-      cache: opts.cache.nativeRef(`${OP}: \`cache\``),
+      ...io,
       indices: opts.indices.nativeRef(`${OP}: \`indices\``),
       topkLength: opts.topkLength?.nativeRef(`${OP}: \`topkLength\``),
       attnSink: opts.attnSink?.nativeRef(`${OP}: \`attnSink\``),
-      out: out.nativeRef(`${OP}: \`out\``),
-      lse: lse.nativeRef(`${OP}: \`lse\``),
-      ...workspace.nativeArgs(),
-      scale: geo.scale,
       runPlan: phases === 'all',
       runCombine: phases === 'all',
-      stream: opts.stream?.nativeHandle(),
     });
-    return { out, lse };
-  } catch (err) {
-    disposeUnlessGiven({ out, lse }, opts);
-    throw err;
-  } finally {
-    // cudaFree waits for the device, so freeing the temporary right away is safe.
-    temp?.dispose();
-  }
+  });
 }
 
 /** FlashMLA's sparse byte / FLOP counts for one call (bench and docs). */
