@@ -97,35 +97,43 @@ export function decode(args: DecodeReferenceArgs): AttentionResult {
       for (let h = 0; h < H; h++) {
         const qo = (tok * H + h) * D;
         const oo = (tok * H + h) * dimLatent;
-        if (visible <= 0) {
-          lse[tok * H + h] = Infinity;
-          continue;
-        }
-        let m = -Infinity;
-        for (let t = 0; t < visible; t++) {
-          const ko = rowOf[t]!;
-          let s = 0;
-          for (let d = 0; d < D; d++) s += q[qo + d]! * cache[ko + d]!;
-          s *= scale;
-          p[t] = s;
-          if (s > m) m = s;
-        }
-        let l = 0;
-        for (let t = 0; t < visible; t++) {
-          const e = Math.exp(p[t]! - m);
-          p[t] = e;
-          l += e;
-        }
-        const inv = 1 / l;
-        for (let t = 0; t < visible; t++) {
-          const w = p[t]! * inv;
-          const ko = rowOf[t]!;
-          for (let c = 0; c < dimLatent; c++) out[oo + c] += w * cache[ko + c]!;
-        }
-        lse[tok * H + h] = m + Math.log(l);
+        lse[tok * H + h] = attendRows(q, qo, cache, rowOf, visible, D, dimLatent, scale, p, out, oo);
       }
     }
     tok0 += sq;
   }
   return { out, lse };
+}
+
+/**
+ * One query row over `count` cache rows (offsets `rows`, width D): s = scale·q·k, softmax,
+ * out[oo..oo + dimLatent) += Σ p·k[:dimLatent], times `outScale(lse)` (sparse's sink; 1 by default).
+ * Returns the natural-log LSE, +inf (out untouched) with no rows. `p` is scratch of ≥ count.
+ */
+export function attendRows(q: ArrayLike<number>, qo: number, cache: ArrayLike<number>, rows: ArrayLike<number>, count: number, D: number,
+  dimLatent: number, scale: number, p: Float64Array, out: Float64Array, oo: number, outScale: (lse: number) => number = () => 1): number {
+  if (count <= 0) return Infinity;
+  let m = -Infinity;
+  for (let i = 0; i < count; i++) {
+    const ko = rows[i]!;
+    let s = 0;
+    for (let d = 0; d < D; d++) s += q[qo + d]! * cache[ko + d]!;
+    s *= scale;
+    p[i] = s;
+    if (s > m) m = s;
+  }
+  let l = 0;
+  for (let i = 0; i < count; i++) {
+    const e = Math.exp(p[i]! - m);
+    p[i] = e;
+    l += e;
+  }
+  const lse = m + Math.log(l);
+  const inv = outScale(lse) / l;
+  for (let i = 0; i < count; i++) {
+    const w = p[i]! * inv;
+    const ko = rows[i]!;
+    for (let c = 0; c < dimLatent; c++) out[oo + c] += w * cache[ko + c]!;
+  }
+  return lse;
 }

@@ -13,7 +13,7 @@
 // entries k < n: n ≤ 0 keeps none, n ≥ topk all. The sink does not change the returned LSE; +∞
 // gives a zero output, −∞ no change. No causal mask: the indices are the mask.
 
-import type { AttentionResult } from './decode.js';
+import { attendRows, type AttentionResult } from './decode.js';
 import { allocHost, argError, checkArray, checkFiniteNumber, checkLength, checkObject, checkPosInt, sizeProduct } from '../check.js';
 import { dequantizeFp8Cache, FP8_LATENT_DIM, FP8_ROPE_DIM, type Fp8CacheGeometry } from './fp8.js';
 
@@ -72,35 +72,9 @@ export function sparse(args: SparseReferenceArgs): AttentionResult {
     for (let h = 0; h < H; h++) {
       const qo = (t * H + h) * D;
       const oo = (t * H + h) * dimLatent;
-      if (count === 0) {
-        lse[t * H + h] = Infinity;
-        continue;
-      }
-      let m = -Infinity;
-      for (let i = 0; i < count; i++) {
-        const ko = rows[i]!;
-        let s = 0;
-        for (let d = 0; d < D; d++) s += q[qo + d]! * cache[ko + d]!;
-        s *= scale;
-        p[i] = s;
-        if (s > m) m = s;
-      }
-      let l = 0;
-      for (let i = 0; i < count; i++) {
-        const e = Math.exp(p[i]! - m);
-        p[i] = e;
-        l += e;
-      }
-      const L = m + Math.log(l);
       // 1 / (1 + exp(sink − lse)) = exp(lse) / (exp(lse) + exp(sink)), finite for any lse.
       const sink = args.attnSink === undefined ? -Infinity : args.attnSink[h]!;
-      const inv = 1 / l / (1 + Math.exp(sink - L));
-      for (let i = 0; i < count; i++) {
-        const w = p[i]! * inv;
-        const ko = rows[i]!;
-        for (let c = 0; c < dimLatent; c++) out[oo + c] += w * cache[ko + c]!;
-      }
-      lse[t * H + h] = L;
+      lse[t * H + h] = attendRows(q, qo, cache, rows, count, D, dimLatent, scale, p, out, oo, (L) => 1 / (1 + Math.exp(sink - L)));
     }
   }
   return { out, lse };
