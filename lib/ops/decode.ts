@@ -352,10 +352,13 @@ export type DecodeKernelChoice = 'auto' | 'portable' | 'hopper';
 // csrc/kernels/decode.h DecodeKernel.
 const KERNEL_CODE: Readonly<Record<DecodeKernelChoice, number>> = { auto: 0, portable: 1, hopper: 2 };
 
-/** The `kernel` option checked, with its default (MLA_CUDA_DECODE_KERNEL, else 'auto'). */
+// Read once: decode runs per layer per step, and the variable is a process-wide setting.
+const ENV_KERNEL = process.env['MLA_CUDA_DECODE_KERNEL'];
+
+/** The `kernel` option checked, with its default (MLA_CUDA_DECODE_KERNEL at load, else 'auto'). */
 export function checkDecodeKernel(op: string, kernel: unknown): DecodeKernelChoice {
   const fromEnv = kernel === undefined;
-  const v = kernel ?? process.env['MLA_CUDA_DECODE_KERNEL'] ?? 'auto';
+  const v = kernel ?? ENV_KERNEL ?? 'auto';
   if (typeof v !== 'string' || !Object.hasOwn(KERNEL_CODE, v)) {
     const name = fromEnv ? 'MLA_CUDA_DECODE_KERNEL' : '`kernel`';
     throw new MlaError('ERR_ARGUMENT', `${op}: ${name} must be 'auto', 'portable' or 'hopper', got ${JSON.stringify(v)}`);
