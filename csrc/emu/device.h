@@ -96,6 +96,9 @@ void tmaLoad(void* dst, const void* tensorMap, int rank, const int32_t* coords, 
 void fenceProxyAsync(const char* file, int line);
 void fenceMbarrierInit(const char* file, int line);
 void setmaxnreg(int count, bool increase, const char* file, int line);
+// bar.sync (wait = true) / bar.arrive on named barrier `id` (1..15) completing at `count` threads
+// (a multiple of 32): sm_70+ semantics, scheduler.cc.
+void namedBarrier(int id, int count, bool wait, const char* file, int line);
 
 // Stops the current CUDA thread with a fault (a sticky launch failure, as on a GPU).
 [[noreturn]] void fault(const char* file, int line, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
