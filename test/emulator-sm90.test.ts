@@ -61,3 +61,51 @@ t.test('a wait for an mbarrier phase that never completes is a deadlock naming t
   t.equal(r.code, 'ERR_CUDA');
   t.match(r.message, /mbarrierKernel.*faulted.*deadlock in block \(0,0,0\).*64 thread\(s\) wait at .*primitives_sm90\.cu:\d+ on the mbarrier at shared offset \d+ for the phase of parity 0 \(initialised at .*count 2; now phase 0, 1 arrival\(s\)/);
 });
+
+// Named barriers (bar.sync / bar.arrive id, count; scheduler.cc). The correct handshake is part of
+// mode 0 (primitives.test.ts checks the tile it hands over bit for bit, on a GPU too).
+const mbarrierCall = (mode: number): string => `p.mbarrierConformance(new Uint16Array(512), { mode: ${mode} })`;
+
+t.test('a named-barrier handshake over two generations hands the whole tile over', { skip: emuSkip }, async (t) => {
+  const script = `(() => {
+    const src = Uint16Array.from({ length: 512 }, (_, i) => (i * 13 + 5) & 0xffff);
+    const r = p.mbarrierConformance(src);
+    if (!r.tile.every((v, i) => v === src[i])) throw Object.assign(new Error('tile differs'), { code: 'MISMATCH' });
+  })()`;
+  t.same(inChild(script), { ok: true }, 'in order');
+  t.same(inChild(script, { MLA_EMU_SHUFFLE: '7' }), { ok: true }, 'shuffled thread order (MLA_EMU_SHUFFLE=7)');
+  t.same(inChild(script, { MLA_EMU_SHUFFLE: '12345' }), { ok: true }, 'shuffled thread order (MLA_EMU_SHUFFLE=12345)');
+});
+
+t.test('arrivals on one named-barrier generation with different counts are a fault naming both lines', { skip: emuSkip }, async (t) => {
+  for (const shuffle of ['0', '3']) {
+    const r = inChild(mbarrierCall(2), { MLA_EMU_SHUFFLE: shuffle });
+    t.equal(r.code, 'ERR_CUDA', `MLA_EMU_SHUFFLE=${shuffle}`);
+    t.match(r.message, /mbarrierKernel.*faulted on the emulated device: block \(0,0,0\) thread \d+ \(warp 1 lane \d+\) at \S+primitives_sm90\.cu:\d+: bar\.sync 3 with count 32, but this generation of named barrier 3 began at \S+primitives_sm90\.cu:\d+ with count 64/);
+  }
+});
+
+t.test('a bar.sync that never completes is a deadlock naming the named barrier, its line and its count', { skip: emuSkip }, async (t) => {
+  const r = inChild(mbarrierCall(3));
+  t.equal(r.code, 'ERR_CUDA');
+  t.match(r.message, /mbarrierKernel.*faulted.*deadlock in block \(0,0,0\).*named barrier 4: 32 of 64 threads arrived in this generation \(first at \S+primitives_sm90\.cu:\d+\), 32 thread\(s\) wait in bar\.sync 4 at \S+primitives_sm90\.cu:\d+/);
+});
+
+t.test('mbarrierConformance refuses a test mode past 3', { skip: emuSkip }, async (t) => {
+  const r = inChild(mbarrierCall(4));
+  t.equal(r.code, 'ERR_RANGE');
+});
+
+// wgmma.wait_group N completes every group but the newest N, their operand reads included, even
+// when a still-pending wgmma chains on the same accumulators (the decode kernel's P1·V1, P0·V0).
+const chainedArgs = (mode: number): string =>
+  `p.wgmmaConformance(new Uint16Array(64 * 64), new Uint16Array(64 * 32), new Float32Array(64 * 32), ` +
+  `{ dtype: 'bf16', n: 32, k: 64, swizzleA: 128, swizzleB: 128, tnspB: 0, rs: false, scaleD: true, mode: ${mode} })`;
+
+t.test('wait_group releases the operand reads of each completed group, not only of delivered results', { skip: emuSkip }, async (t) => {
+  t.same(inChild(chainedArgs(3)), { ok: true }, 'a cp.async into the B slice of a completed group (wait_group 1) runs');
+  const r = inChild(chainedArgs(4));
+  t.equal(r.code, 'ERR_CUDA', 'the B slice of the group still pending');
+  t.match(r.message, /wgmmaKernel.*primitives_sm90\.cu:\d+: cp\.async into shared memory while the wgmma\.mma_async at \S+primitives_sm90\.cu:\d+ still reads it \(the wgmma\.wait_group covering its group/);
+  t.equal(inChild(chainedArgs(3).replace('k: 64', 'k: 16').replace('64 * 64', '64 * 16').replace('64 * 32), new', '16 * 32), new')).code, 'ERR_RANGE', 'modes 3 and 4 need several k16 steps');
+});

@@ -220,7 +220,7 @@ void wgmmaCompute(Group& g, uintptr_t ctx) {
   const Desc db = decodeDesc(c.descB, "B", c.file, c.line);
   for (int k = 0; k < 16; ++k)
     for (int n = 0; n < N; ++n) Bm[k][n] = readOperand(c, "B", elementAddr(db, c.tnspB != 0, n, k), chunks);
-  // The operands stay "being read" until every thread has waited for this wgmma's results.
+  // The operands stay "being read" until every thread has waited for this wgmma's group.
   std::sort(chunks.begin(), chunks.end());
   chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
   const int readIdx = int(B.wgmmaReads.size());
@@ -251,10 +251,22 @@ void wgmmaCompute(Group& g, uintptr_t ctx) {
       f.wgmma.push_back(WgmmaResult{in.d, N, 0, {}, {}});
       pending = &f.wgmma.back();
     }
-    pending->reads.push_back(readIdx);
+    pending->reads.push_back(WgmmaResult::Read{readIdx, f.wgmmaCommitted});
     std::memcpy(pending->v, out, sizeof(float) * size_t(N / 2));
     pending->group = f.wgmmaCommitted;  // the open group: delivered by the wait that covers it
   }
+}
+
+// The wgmma whose read of chunk `c` (an index into Block::shadow) is still pending: the latest
+// reader unless its group was waited for before an older one's (another warpgroup's) was.
+const WgmmaRead& pendingReader(const Block& B, const Chunk& c, uint32_t chunk) {
+  const WgmmaRead& latest = B.wgmmaReads[size_t(c.wgmmaRead)];
+  if (latest.remaining > 0) return latest;
+  for (size_t i = B.wgmmaReads.size(); i-- > 0;) {
+    const WgmmaRead& r = B.wgmmaReads[i];
+    if (r.remaining > 0 && std::binary_search(r.chunks.begin(), r.chunks.end(), chunk)) return r;
+  }
+  return latest;
 }
 
 // ---- mbarrier ------------------------------------------------------------------------------------
@@ -446,13 +458,21 @@ void wgmmaWait(int pending, const char* file, int line) {
   size_t keep = 0;
   for (size_t i = 0; i < f.wgmma.size(); ++i) {
     WgmmaResult& r = f.wgmma[i];
-    if (r.group < complete) {
-      std::memcpy(r.d, r.v, sizeof(float) * size_t(r.n / 2));
-      for (int idx : r.reads) {
-        WgmmaRead& rd = tlBlock->wgmmaReads[size_t(idx)];
-        if (--rd.remaining == 0)
-          for (uint32_t ch : rd.chunks) tlBlock->shadow[ch].wgmmaReaders--;
+    // Every wgmma of a completed group has finished reading its operands, even when a later,
+    // still pending wgmma chains on the same accumulators (PTX ISA wgmma.wait_group).
+    size_t keepRead = 0;
+    for (const WgmmaResult::Read& rd : r.reads) {
+      if (rd.group < complete) {
+        WgmmaRead& w = tlBlock->wgmmaReads[size_t(rd.idx)];
+        if (--w.remaining == 0)
+          for (uint32_t ch : w.chunks) tlBlock->shadow[ch].wgmmaReaders--;
+      } else {
+        r.reads[keepRead++] = rd;
       }
+    }
+    r.reads.resize(keepRead);
+    if (r.group < complete) {
+      std::memcpy(r.d, r.v, sizeof(float) * size_t(r.n / 2));  // its newest group: every read released above
     } else {
       f.wgmma[keep++] = std::move(r);
     }
@@ -631,10 +651,12 @@ void tmaLoad(void* dst, const void* tensorMap, int rank, const int32_t* coords, 
     if (ch.tmaBar >= 0)
       faultAt(file, line, format("cp.async.bulk.tensor into shared offset %u, which another TMA load (mbarrier at "
                                  "%d) still writes", addr, ch.tmaBar));
-    if (ch.wgmmaReaders > 0)
+    if (ch.wgmmaReaders > 0) {
+      const WgmmaRead& r = pendingReader(B, ch, addr / 16);
       faultAt(file, line, format("cp.async.bulk.tensor into shared offset %u, which the wgmma.mma_async at %s:%d still "
-                                 "reads (its wgmma.wait_group has not been reached by every thread of the warpgroup)",
-                                 addr, B.wgmmaReads[size_t(ch.wgmmaRead)].file, B.wgmmaReads[size_t(ch.wgmmaRead)].line));
+                                 "reads (the wgmma.wait_group covering its group has not been reached by every thread "
+                                 "of the warpgroup)", addr, r.file, r.line));
+    }
     ch.tmaBar = int32_t(barOff);
 #ifdef MLA_EMU_TSAN
     __tsan_write_range(B.smem + addr, 16);
@@ -655,9 +677,10 @@ namespace sm {
 
 std::string wgmmaReadConflict(const Chunk& c) {
   if (c.wgmmaReaders <= 0) return {};
-  const WgmmaRead& r = tlBlock->wgmmaReads[size_t(c.wgmmaRead)];
-  return format("the wgmma.mma_async at %s:%d still reads it (its wgmma.wait_group has not been reached by every "
-                "thread of the warpgroup)", r.file, r.line);
+  const Block& B = *tlBlock;
+  const WgmmaRead& r = pendingReader(B, c, uint32_t(&c - B.shadow.data()));
+  return format("the wgmma.mma_async at %s:%d still reads it (the wgmma.wait_group covering its group has not been "
+                "reached by every thread of the warpgroup)", r.file, r.line);
 }
 
 bool mbarrierReady(Block& B, const Fiber& f) {

@@ -86,6 +86,7 @@ constexpr int kBarrierRing = 16, kWarpRing = 64;
 struct TsanSync {
   char launch, blockEnd;
   char barrier[kBarrierRing];
+  char named[kNamedBarriers][kBarrierRing];  // by named barrier id, generation % ring
   char warp[32][kWarpRing];
 };
 thread_local TsanSync* tlSync = nullptr;
@@ -265,6 +266,24 @@ Chunk* chunkOf(const void* p, const char* op, const char* file, int line) {
 
 namespace {
 
+// The deadlock report's lines for named barriers with a generation in progress: arrivals, the
+// count, where the generation began, and where threads wait in bar.sync (one entry per site).
+std::string namedBarrierReport(const Block& B, const std::vector<Fiber>& fibers) {
+  std::string m;
+  for (int id = 1; id < kNamedBarriers; ++id) {
+    const NamedBarrier& nb = B.named[id];
+    if (nb.arrived == 0) continue;
+    m += format("; named barrier %d: %d of %d threads arrived in this generation (first at %s:%d)", id, nb.arrived,
+                nb.count, nb.file, nb.line);
+    std::map<std::pair<const char*, int>, int> sites;
+    for (const Fiber& f : fibers)
+      if (f.state == kAtNamedBarrier && int(f.waitBar) == id) sites[{f.waitFile, f.waitLine}]++;
+    for (const auto& [site, n] : sites)
+      m += format(", %d thread(s) wait in bar.sync %d at %s:%d", n, id, site.first, site.second);
+  }
+  return m;
+}
+
 void runBlock(Block& B, std::vector<Fiber>& fibers, std::mt19937* shuffle) {
   std::vector<int> order(fibers.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = int(i);
@@ -278,6 +297,7 @@ void runBlock(Block& B, std::vector<Fiber>& fibers, std::mt19937* shuffle) {
       if (f.state == kInWarpOp && f.waitGen == B.warps[f.warp].gen) continue;
       if (f.state == kInGroupOp && f.waitGen == B.groups[f.warp >> 2].gen) continue;
       if (f.state == kAtMbarrier && !mbarrierReady(B, f)) continue;
+      if (f.state == kAtNamedBarrier && f.waitGen == B.named[f.waitBar].gen) continue;
       f.state = kRunnable;
       tlFiber = &f;
       tlThreadIdx = &f.tid;
@@ -324,6 +344,7 @@ void runBlock(Block& B, std::vector<Fiber>& fibers, std::mt19937* shuffle) {
                     B.warps[w].op ? B.warps[w].op : "a warp op", inOp);
         if (B.warps[w].op) m += format(" (mask 0x%08x at %s:%d)", B.warps[w].mask, B.warps[w].file, B.warps[w].line);
       }
+      m += namedBarrierReport(B, fibers);
       m += hopperDeadlockReport(B, fibers);
       B.faulted = true;
       B.faultMessage = m;
@@ -619,6 +640,51 @@ void syncthreads(const char* file, int line) {
   TSAN_ACQ(sync);  // leaving acquires everyone's
 }
 
+// bar.sync / bar.arrive id, count (PTX ISA "bar, barrier", sm_70+): counted per thread; the first
+// arrival of a generation fixes its count, the arrival that reaches it completes the generation
+// and wakes that generation's bar.sync waiters. Exited threads are never counted (the count is
+// explicit), so a generation they would have completed deadlocks with a report naming it.
+void namedBarrier(int id, int count, bool wait, const char* file, int line) {
+  Block& B = *tlBlock;
+  Fiber& f = *tlFiber;
+  const char* op = wait ? "bar.sync" : "bar.arrive";
+  if (id == 0)
+    fault(file, line, "%s 0, %d: barrier 0 is __syncthreads' (use __syncthreads; named barriers are 1..15)", op,
+          count);
+  if (id < 1 || id >= kNamedBarriers) fault(file, line, "%s %d, %d: named barrier ids are 1..15", op, id, count);
+  if (count < 32 || count % 32 != 0 || count > B.threads)
+    fault(file, line, "%s %d, %d: the thread count must be a multiple of 32 in [32, %d] (the block's threads)", op,
+          id, count, B.threads);
+  NamedBarrier& nb = B.named[id];
+  if (nb.arrived == 0) {
+    nb.count = count;
+    nb.file = file;
+    nb.line = line;
+  } else if (count != nb.count) {
+    fault(file, line, "%s %d with count %d, but this generation of named barrier %d began at %s:%d with count %d "
+          "(every arrival of a generation must name the same count)", op, id, count, id, nb.file, nb.line, nb.count);
+  }
+#ifdef MLA_EMU_TSAN
+  char* sync = &tlSync->named[id][nb.gen % kBarrierRing];
+  TSAN_REL(sync);  // arriving (either form) releases this thread's writes
+#endif
+  if (++nb.arrived == nb.count) {
+    nb.arrived = 0;
+    nb.gen++;
+    nb.file = nullptr;
+    if (wait) TSAN_ACQ(sync);
+    return;
+  }
+  if (!wait) return;
+  f.state = kAtNamedBarrier;
+  f.waitGen = nb.gen;
+  f.waitBar = uint32_t(id);
+  f.waitFile = file;
+  f.waitLine = line;
+  toScheduler();
+  TSAN_ACQ(sync);  // leaving bar.sync acquires every arrival's
+}
+
 void syncwarp(unsigned mask, const char* file, int line) {
   char none = 0;
   warpRendezvous("__syncwarp", mask, 0, &none, 0, &none, 0, [](const Slot*, Slot*, unsigned, uintptr_t) {}, file,
@@ -793,6 +859,7 @@ void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
     B.atBarrier = 0;
     B.barrierGen = 0;
     B.barrierFile = nullptr;
+    for (NamedBarrier& nb : B.named) nb = NamedBarrier{};
     // Per block, only the bookkeeping is reset: the warps' operand slots (4 KB each) and the
     // fibers' copy lists keep their memory from block to block.
     for (int w = 0; w < (B.threads + 31) / 32; ++w) {

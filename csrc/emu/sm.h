@@ -35,7 +35,8 @@ namespace mla::emu::sm {
 
 // kInGroupOp: at a warpgroup collective (wgmma.mma_async, setmaxnreg) until all 128 arrive.
 // kAtMbarrier: in mbarrierWait until the phase of Fiber::waitParity has completed.
-enum State { kRunnable, kAtBarrier, kInWarpOp, kInGroupOp, kAtMbarrier, kExited };
+// kAtNamedBarrier: in bar.sync on named barrier Fiber::waitBar until its generation waitGen completes.
+enum State { kRunnable, kAtBarrier, kInWarpOp, kInGroupOp, kAtMbarrier, kAtNamedBarrier, kExited };
 
 struct CpCopy {
   unsigned char* dst;
@@ -44,17 +45,24 @@ struct CpCopy {
 };
 
 // A wgmma.mma_async result not yet delivered: it reaches the thread's accumulator array `d` at
-// the wgmma.wait_group that covers `group` (until then the array holds NaN).
+// the wgmma.wait_group that covers `group`, the newest group chained into it (until then the
+// array holds NaN).
 struct WgmmaResult {
   float* d;
   int n, group;
   float v[128];
-  std::vector<int> reads;  // indices into Block::wgmmaReads of the wgmmas that produced it
+  // The operand reads of the wgmmas that produced it, each with the group it was issued in
+  // (index into Block::wgmmaReads): released by the wait_group that covers THAT group, which may
+  // come before the result (wgmma.wait_group N completes every group but the newest N).
+  struct Read {
+    int idx, group;
+  };
+  std::vector<Read> reads;
 };
 
 // The shared-memory chunks one wgmma.mma_async read. On a GPU the operands may be read any time
-// until the wait_group, so the chunks stay "being read" (Chunk::wgmmaReaders) until all 128
-// threads of the warpgroup have waited for the result.
+// until the wait_group that covers its group, so the chunks stay "being read"
+// (Chunk::wgmmaReaders) until all 128 threads of the warpgroup have waited for that group.
 struct WgmmaRead {
   std::vector<uint32_t> chunks;
   int remaining = 0;  // threads yet to wait
@@ -75,7 +83,8 @@ struct Fiber {
   std::vector<WgmmaResult> wgmma;
   int wgmmaCommitted = 0;     // committed wgmma groups; open results carry group == wgmmaCommitted
   bool wgmmaFenced = false;   // a wgmma.fence since the start or the last wgmma.wait_group
-  uint32_t waitBar = 0, waitParity = 0;  // kAtMbarrier: which barrier (shared offset), which phase parity
+  uint32_t waitBar = 0, waitParity = 0;  // kAtMbarrier: which barrier (shared offset), which phase parity;
+                                         // kAtNamedBarrier: waitBar is the named barrier's id
   const char* waitFile = nullptr;
   int waitLine = 0;
 #ifdef __SANITIZE_ADDRESS__
@@ -150,8 +159,19 @@ struct MBarrier {
   int line = 0;
 };
 
+// A named barrier (bar.sync / bar.arrive id, count; PTX ISA "bar, barrier"), ids 1..15: the
+// first arrival of a generation fixes `count`; the generation completes at `arrived == count`.
+struct NamedBarrier {
+  int arrived = 0, count = 0;
+  uint64_t gen = 0;
+  const char* file = nullptr;  // the first arrival of the current generation
+  int line = 0;
+};
+constexpr int kNamedBarriers = 16;  // index 0 unused (barrier 0 is __syncthreads')
+
 struct Block {
   int threads = 0, alive = 0, atBarrier = 0;
+  NamedBarrier named[kNamedBarriers];
   uint64_t barrierGen = 0;
   const char* barrierFile = nullptr;
   int barrierLine = 0;

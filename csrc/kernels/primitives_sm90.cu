@@ -101,6 +101,9 @@ __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint
   auto colOf = [&](int i) { return 8 * (i / 4) + 2 * q + (i % 2); };
   // The fault modes (1: no fence, 2: a copy into B under the wgmma) are emulator tests; on a
   // GPU they would be undefined, so only mode 0 is compiled there (the launcher refuses others).
+  // Modes 3 and 4 (KS > 1) commit each k16 step as its own group, chained into one accumulator,
+  // then wait_group 1, __syncthreads, and copy into B's first k16 slice (3: read by a completed
+  // group, allowed) or its last (4: read by the group still pending, a fault).
 #ifdef MLA_EMULATE
   const int mode = args.mode;
 #else
@@ -133,9 +136,15 @@ __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint
       const uint64_t descA = smemDesc(baseA + uint32_t(s) * la.step, swizzleOf(la.span), la.lbo, la.sbo);
       wgmmaSS<T, N, 0, TB>(acc, descA, descB, scaleD);
     }
+    if (mode >= 3) wgmmaCommit();
   }
-  if (mode == 2 && tid == 0) {  // overwrites B while the wgmma may still read it
-    cpAsync16(tileB, b);
+  if (mode >= 3) {
+    wgmmaWait<1>();  // every group but the last one's is complete, their reads too
+    __syncthreads();  // ... once every thread of the warpgroup has waited (the emulator's rule)
+  }
+  if (mode >= 2 && tid == 0) {  // overwrites (part of) B while the wgmma may still read it
+    const int k = mode == 3 ? 0 : mode == 4 ? K - 16 : 0;  // the first element of a k16 slice of B
+    cpAsync16(tileB + ((swizzled(baseB + offsetOf(lb, 0, k), lb.span) - baseB) & ~15u), b);
     cpAsyncCommit();
     cpAsyncWait<0>();
   }
@@ -183,6 +192,11 @@ __global__ void __launch_bounds__(128) tmaKernel(const __grid_constant__ CUtenso
 
 // mbarrier phases, scripted across two warps (threads 0 and 32 arrive; count 2). waits[t][s] is
 // try_wait.parity of step s as thread 0 (t = 0) and 32 (t = 1) see it; see lib/reference.
+// The TMA box then leaves through a named-barrier handshake: warp 0 stages each half of it in
+// shared memory and bar.arrive's barrier 1; warp 1 bar.sync's it, writes the half out, and hands
+// the staging buffer back on barrier 2 (barrier 1 completes twice: two generations).
+// Fault modes (emulator only): 1 an mbarrier wait that never completes, 2 bar.arrive and bar.sync
+// on one generation with different counts, 3 a bar.sync that never completes.
 constexpr int kWaitSteps = 10;
 __global__ void __launch_bounds__(64) mbarrierKernel(const __grid_constant__ CUtensorMap map, uint32_t boxBytes,
                                                      uint16_t* tileOut, int* waits, int mode) {
@@ -196,11 +210,22 @@ __global__ void __launch_bounds__(64) mbarrierKernel(const __grid_constant__ CUt
     if (tid == 0 || tid == 32) waits[(tid / 32) * kWaitSteps + step] = v ? 1 : 0;
     ++step;
   };
+#ifdef MLA_EMULATE
+  const int fmode = mode;
+#else
+  constexpr int fmode = 0;
+#endif
   if (tid == 0) {
     mbarrierInit(bar, 2);
     fenceMbarrierInit();
   }
   __syncthreads();
+  if (fmode == 2) {  // warp 0 begins a generation of 64, warp 1 joins it with 32
+    if (tid < 32) namedBarrierArrive(3, 64);
+    __syncthreads();
+    if (tid >= 32) namedBarrierSync(3, 32);
+  }
+  if (fmode == 3 && tid >= 32) namedBarrierSync(4, 64);  // warp 0 never arrives
   rec(mbarrierTryWait(bar, 0));  // phase 0 in progress
   rec(mbarrierTryWait(bar, 1));  // the phase before it counts as complete
   __syncthreads();
@@ -225,7 +250,19 @@ __global__ void __launch_bounds__(64) mbarrierKernel(const __grid_constant__ CUt
   rec(mbarrierTryWait(bar, 1));  // phase 1 complete
   rec(mbarrierTryWait(bar, 0));  // phase 2 (parity 0 again) in progress
   const uint16_t* t16 = reinterpret_cast<const uint16_t*>(tile);
-  for (uint32_t j = tid; j < boxBytes / 2; j += blockDim.x) tileOut[j] = t16[j];
+  uint16_t* stage = reinterpret_cast<uint16_t*>(tile + boxBytes);  // half a box
+  const uint32_t half = boxBytes / 4;                               // elements
+  for (uint32_t h = 0; h < 2; ++h) {
+    if (tid < 32) {
+      if (h > 0) namedBarrierSync(2, 64);  // warp 1 is done reading the previous half
+      for (uint32_t j = tid; j < half; j += 32) stage[j] = t16[h * half + j];
+      namedBarrierArrive(1, 64);
+    } else {
+      namedBarrierSync(1, 64);
+      for (uint32_t j = tid - 32; j < half; j += 32) tileOut[h * half + j] = stage[j];
+      if (h == 0) namedBarrierArrive(2, 64);
+    }
+  }
   __syncthreads();
   if (tid == 0 || tid == 32) mbarrierArrive(bar);
   __syncthreads();
@@ -290,11 +327,12 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
     return true;
   }();
   MLA_CHECK(spanOk, Range, "primitives: swizzles are 0, 32, 64 or 128 (bytes)");
-  MLA_CHECK(p.mode >= 0 && p.mode <= (p.which == Primitive::Wgmma ? 2 : 1), Range, "primitives: `mode` is out of range");
+  const int maxMode = p.which == Primitive::Wgmma ? 4 : p.which == Primitive::Mbarrier ? 3 : 1;
+  MLA_CHECK(p.mode >= 0 && p.mode <= maxMode, Range, "primitives: `mode` is out of range");
 #ifndef MLA_EMULATE
   // The fault modes break the PTX rules on purpose (a read before the wait, a wait that never
   // completes): faults on the emulator, undefined or a hang on a GPU.
-  MLA_CHECK(p.mode == 0, Argument, "primitives: the fault modes (`mode` 1, 2) run on the emulated device only");
+  MLA_CHECK(p.mode == 0, Argument, "primitives: the test modes (`mode` 1 and up) run on the emulated device only");
 #endif
   switch (p.which) {
     case Primitive::Wgmma: {
@@ -306,6 +344,7 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
       MLA_CHECK(p.tnspB == 1 || p.swizzleB == 0 || 2 * p.k <= p.swizzleB, Range,
                 "primitives: a K-major swizzled B needs 2k <= swizzleB");
       MLA_CHECK(p.lboRows >= p.k && p.lboRows <= 256, Range, "primitives: `lboRows` must be in [k, 256]");
+      MLA_CHECK(p.mode < 3 || p.k > 16, Range, "primitives: wgmma `mode` 3 and 4 need k > 16 (several k16 steps)");
       MLA_RETURN_IF_ERROR(need(p.a, "a", {64, p.k}, DType::BF16, DType::F16));
       MLA_RETURN_IF_ERROR(need(p.b, "b", {p.k, p.n}, p.a.dtype, p.a.dtype));
       MLA_RETURN_IF_ERROR(need(p.c, "c", {64, p.n}, DType::F32, DType::F32));
@@ -348,7 +387,7 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
       CUtensorMap map;
       const int box[3] = {64, 8, 1};
       MLA_RETURN_IF_ERROR(encodeBf16(&map, p.src, box, 0));
-      MLA_LAUNCH_KERNEL(1, 64, 2048 + 1024, s, mbarrierKernel)(map, 1024u, p.tile.ptr<uint16_t>(), p.waits.ptr<int>(),
+      MLA_LAUNCH_KERNEL(1, 64, 2048 + 1024 + 512, s, mbarrierKernel)(map, 1024u, p.tile.ptr<uint16_t>(), p.waits.ptr<int>(),
                                                                p.mode);
       MLA_CHECK_LAUNCH("primitives(mbarrier)");
       return Status::Ok();

@@ -178,11 +178,12 @@ function checkSpan(fn: string, name: string, v: unknown): SwizzleSpan {
   if (typeof v !== 'number' || !SPANS.includes(v)) throw new MlaError('ERR_RANGE', `${fn}: \`${name}\` must be 0, 32, 64 or 128 (bytes), got ${String(v)}`);
   return v as SwizzleSpan;
 }
-// The fault modes break PTX rules on purpose (faults on the emulated device; undefined, or a hang,
-// on a GPU), so only the emulated device takes them.
-function checkMode(fn: string, mode: unknown, max: 1 | 2 = 1): 0 | 1 | 2 {
-  if (mode !== 0 && mode !== 1 && !(mode === 2 && max === 2)) throw new MlaError('ERR_RANGE', `${fn}: \`mode\` must be 0 to ${max}`);
-  if (mode !== 0 && !native().buildInfo().emulated) throw new MlaError('ERR_ARGUMENT', `${fn}: \`mode\` ${mode} (a fault variant) runs on the emulated device only`);
+// The test modes (mostly faults) break PTX rules on purpose (faults on the emulated device;
+// undefined, or a hang, on a GPU), so only the emulated device takes them. Maxima: tma 1, mbarrier
+// 3, wgmma 4 (primitives_sm90.cu's launcher checks the same).
+function checkMode(fn: string, mode: unknown, max: 1 | 3 | 4 = 1): number {
+  if (typeof mode !== 'number' || !Number.isInteger(mode) || mode < 0 || mode > max) throw new MlaError('ERR_RANGE', `${fn}: \`mode\` must be 0 to ${max}`);
+  if (mode !== 0 && !native().buildInfo().emulated) throw new MlaError('ERR_ARGUMENT', `${fn}: \`mode\` ${mode} (an emulator test variant) runs on the emulated device only`);
   return mode;
 }
 
@@ -206,12 +207,14 @@ export function wgmmaConformance(a: Uint16Array, b: Uint16Array, c: Float32Array
   checkArray(fn, 'a', a, Uint16Array, 64 * k);
   checkArray(fn, 'b', b, Uint16Array, k * n);
   checkArray(fn, 'c', c, Float32Array, 64 * n);
+  const mode = checkMode(fn, spec.mode ?? 0, 4);
+  if (mode >= 3 && k === 16) throw new MlaError('ERR_RANGE', `${fn}: \`mode\` ${mode} needs k > 16 (several k16 steps)`);
   const [d] = run(WHICH.wgmma, {
     a: { data: a, shape: [64, k], dtype },
     b: { data: b, shape: [k, n], dtype },
     c: { data: c, shape: [64, n], dtype: 'f32' },
   }, { d: { data: new Float32Array(64 * n).fill(Number.NaN), shape: [64, n], dtype: 'f32' } },
-  { n, k, swizzleA, swizzleB, tnspB: spec.tnspB, lboRows, rs: spec.rs, scaleD: spec.scaleD, mode: checkMode(fn, spec.mode ?? 0, 2) }, opts);
+  { n, k, swizzleA, swizzleB, tnspB: spec.tnspB, lboRows, rs: spec.rs, scaleD: spec.scaleD, mode }, opts);
   return d as Float32Array;
 }
 
@@ -248,14 +251,17 @@ export function tmaConformance(src: Uint16Array, shape: readonly number[], box: 
 /**
  * The scripted mbarrier phases of primitives_sm90.cu (count 2, arrivals by threads 0 and 32, a
  * phase that also waits for a TMA box of `src` [8,64] bf16): `waits` [2 threads][10 steps] are the
- * try_wait.parity results, `tile` the box the TMA delivered.
+ * try_wait.parity results, `tile` the box the TMA delivered, handed from warp 0 to warp 1 in two
+ * halves through named barriers (bar.arrive / bar.sync) before it is written out.
+ * `mode` (emulated device only): 1 an mbarrier wait that never completes, 2 a named barrier
+ * generation joined with two different counts, 3 a bar.sync that never completes.
  */
-export function mbarrierConformance(src: Uint16Array, opts: StreamOption & { mode?: 0 | 1 } = {}): { waits: Uint32Array; tile: Uint16Array } {
+export function mbarrierConformance(src: Uint16Array, opts: StreamOption & { mode?: 0 | 1 | 2 | 3 } = {}): { waits: Uint32Array; tile: Uint16Array } {
   const fn = 'mbarrierConformance';
   checkArray(fn, 'src', src, Uint16Array, 512);
   const [tile, waits] = run(WHICH.mbarrier, { src: { data: src, shape: [8, 64], dtype: 'bf16' } }, {
     tile: { data: new Uint16Array(512).fill(0xffff), shape: [8, 64], dtype: 'bf16' },
     waits: { data: filledI32(20), shape: [2, 10], dtype: 'i32' },
-  }, { mode: checkMode(fn, opts.mode ?? 0) }, opts);
+  }, { mode: checkMode(fn, opts.mode ?? 0, 3) }, opts);
   return { waits: asU32(waits!), tile: tile as Uint16Array };
 }
