@@ -257,16 +257,27 @@ void wgmmaCompute(Group& g, uintptr_t ctx) {
   }
 }
 
-// The wgmma whose read of chunk `c` (an index into Block::shadow) is still pending: the latest
-// reader unless its group was waited for before an older one's (another warpgroup's) was.
-const WgmmaRead& pendingReader(const Block& B, const Chunk& c, uint32_t chunk) {
+bool waitedFor(const Fiber& f, int readIdx) {
+  return std::find(f.waitedReads.begin(), f.waitedReads.end(), readIdx) != f.waitedReads.end();
+}
+
+// The wgmma whose read of chunk `chunk` (an index into Block::shadow) still forbids thread f's
+// write there, or null: every read in flight over it is one f has waited for itself (sm.h).
+const WgmmaRead* blockingReader(const Block& B, const Fiber& f, const Chunk& c, uint32_t chunk) {
+  if (c.wgmmaReaders <= 0) return nullptr;
+  int covered = 0;
+  for (int idx : f.waitedReads) {
+    const WgmmaRead& r = B.wgmmaReads[size_t(idx)];
+    covered += r.remaining > 0 && std::binary_search(r.chunks.begin(), r.chunks.end(), chunk);
+  }
+  if (covered >= c.wgmmaReaders) return nullptr;
   const WgmmaRead& latest = B.wgmmaReads[size_t(c.wgmmaRead)];
-  if (latest.remaining > 0) return latest;
+  if (latest.remaining > 0 && !waitedFor(f, c.wgmmaRead)) return &latest;
   for (size_t i = B.wgmmaReads.size(); i-- > 0;) {
     const WgmmaRead& r = B.wgmmaReads[i];
-    if (r.remaining > 0 && std::binary_search(r.chunks.begin(), r.chunks.end(), chunk)) return r;
+    if (r.remaining > 0 && !waitedFor(f, int(i)) && std::binary_search(r.chunks.begin(), r.chunks.end(), chunk)) return &r;
   }
-  return latest;
+  return &latest;
 }
 
 // ---- mbarrier ------------------------------------------------------------------------------------
@@ -466,6 +477,8 @@ void wgmmaWait(int pending, const char* file, int line) {
         WgmmaRead& w = tlBlock->wgmmaReads[size_t(rd.idx)];
         if (--w.remaining == 0)
           for (uint32_t ch : w.chunks) tlBlock->shadow[ch].wgmmaReaders--;
+        else
+          f.waitedReads.push_back(rd.idx);
       } else {
         r.reads[keepRead++] = rd;
       }
@@ -474,10 +487,14 @@ void wgmmaWait(int pending, const char* file, int line) {
     if (r.group < complete) {
       std::memcpy(r.d, r.v, sizeof(float) * size_t(r.n / 2));  // its newest group: every read released above
     } else {
-      f.wgmma[keep++] = std::move(r);
+      if (keep != i) f.wgmma[keep] = std::move(r);  // a self-move would empty r.reads
+      ++keep;
     }
   }
   f.wgmma.resize(keep);
+  f.waitedReads.erase(std::remove_if(f.waitedReads.begin(), f.waitedReads.end(),
+                                     [](int idx) { return tlBlock->wgmmaReads[size_t(idx)].remaining == 0; }),
+                      f.waitedReads.end());
   // Registers read or written after this need a new wgmma.fence before the next wgmma.
   f.wgmmaFenced = false;
 }
@@ -651,12 +668,10 @@ void tmaLoad(void* dst, const void* tensorMap, int rank, const int32_t* coords, 
     if (ch.tmaBar >= 0)
       faultAt(file, line, format("cp.async.bulk.tensor into shared offset %u, which another TMA load (mbarrier at "
                                  "%d) still writes", addr, ch.tmaBar));
-    if (ch.wgmmaReaders > 0) {
-      const WgmmaRead& r = pendingReader(B, ch, addr / 16);
+    if (const WgmmaRead* r = blockingReader(B, *tlFiber, ch, addr / 16))
       faultAt(file, line, format("cp.async.bulk.tensor into shared offset %u, which the wgmma.mma_async at %s:%d still "
-                                 "reads (the wgmma.wait_group covering its group has not been reached by every thread "
-                                 "of the warpgroup)", addr, r.file, r.line));
-    }
+                                 "reads (neither this thread nor every thread of its warpgroup has reached a "
+                                 "wgmma.wait_group covering its group)", addr, r->file, r->line));
     ch.tmaBar = int32_t(barOff);
 #ifdef MLA_EMU_TSAN
     __tsan_write_range(B.smem + addr, 16);
@@ -676,11 +691,11 @@ void tmaLoad(void* dst, const void* tensorMap, int rank, const int32_t* coords, 
 namespace sm {
 
 std::string wgmmaReadConflict(const Chunk& c) {
-  if (c.wgmmaReaders <= 0) return {};
   const Block& B = *tlBlock;
-  const WgmmaRead& r = pendingReader(B, c, uint32_t(&c - B.shadow.data()));
-  return format("the wgmma.mma_async at %s:%d still reads it (the wgmma.wait_group covering its group has not been "
-                "reached by every thread of the warpgroup)", r.file, r.line);
+  const WgmmaRead* r = blockingReader(B, *tlFiber, c, uint32_t(&c - B.shadow.data()));
+  if (!r) return {};
+  return format("the wgmma.mma_async at %s:%d still reads it (neither this thread nor every thread of its warpgroup "
+                "has reached a wgmma.wait_group covering its group)", r->file, r->line);
 }
 
 bool mbarrierReady(Block& B, const Fiber& f) {

@@ -743,8 +743,8 @@ void cpAsync(void* dst, const void* src, int srcBytes, const char* file, int lin
   if (c->pendingBy >= 0)
     fault(file, line, "cp.async into shared memory that already has a copy of thread %d in flight", c->pendingBy);
   if (c->tmaBar >= 0) fault(file, line, "cp.async into shared memory that a TMA load still in flight writes");
-  if (c->wgmmaReaders > 0)
-    fault(file, line, "cp.async into shared memory while %s (write after read)", wgmmaReadConflict(*c).c_str());
+  if (std::string m = wgmmaReadConflict(*c); !m.empty())
+    fault(file, line, "cp.async into shared memory while %s (write after read)", m.c_str());
   if (c->readEpoch == B.barrierGen && c->readerWarp != f.warp) {
     char reader[32] = "several warps";
     if (c->readerWarp >= 0) snprintf(reader, sizeof reader, "warp %d", c->readerWarp);
@@ -875,6 +875,7 @@ void launch(const LaunchConfig& cfg, KernelBody body, const void* params) {
       f.copies.clear();
       f.committed = 0;
       f.wgmma.clear();
+      f.waitedReads.clear();
       f.wgmmaCommitted = 0;
       f.wgmmaFenced = false;
       f.linear = t;

@@ -62,7 +62,11 @@ struct WgmmaResult {
 
 // The shared-memory chunks one wgmma.mma_async read. On a GPU the operands may be read any time
 // until the wait_group that covers its group, so the chunks stay "being read"
-// (Chunk::wgmmaReaders) until all 128 threads of the warpgroup have waited for that group.
+// (Chunk::wgmmaReaders) until all 128 threads of the warpgroup have waited for that group. A
+// thread of the warpgroup that has itself waited may write them before the others have (its
+// Fiber::waitedReads): the group is the warpgroup's (PTX ISA wgmma.commit_group) and cannot
+// complete before all four warps issued it, so its own wait orders the write after every read
+// (FlashMLA issues a TMA load into a V buffer from one thread right after its wait_group).
 struct WgmmaRead {
   std::vector<uint32_t> chunks;
   int remaining = 0;  // threads yet to wait
@@ -83,6 +87,7 @@ struct Fiber {
   std::vector<WgmmaResult> wgmma;
   int wgmmaCommitted = 0;     // committed wgmma groups; open results carry group == wgmmaCommitted
   bool wgmmaFenced = false;   // a wgmma.fence since the start or the last wgmma.wait_group
+  std::vector<int> waitedReads;  // wgmma reads (Block::wgmmaReads) this thread has waited for, others not yet
   uint32_t waitBar = 0, waitParity = 0;  // kAtMbarrier: which barrier (shared offset), which phase parity;
                                          // kAtNamedBarrier: waitBar is the named barrier's id
   const char* waitFile = nullptr;

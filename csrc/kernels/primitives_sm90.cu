@@ -139,8 +139,8 @@ __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint
     if (mode >= 3) wgmmaCommit();
   }
   if (mode >= 3) {
-    wgmmaWait<1>();  // every group but the last one's is complete, their reads too
-    __syncthreads();  // ... once every thread of the warpgroup has waited (the emulator's rule)
+    wgmmaWait<1>();  // every group but the last one's is complete, their reads too: thread 0 may
+                     // write their operands after its own wait
   }
   if (mode >= 2 && tid == 0) {  // overwrites (part of) B while the wgmma may still read it
     const int k = mode == 3 ? 0 : mode == 4 ? K - 16 : 0;  // the first element of a k16 slice of B
