@@ -20,7 +20,7 @@ Status pickKernel(DecodeKernel want, bool fp8, const DeviceProps& dp, bool* hopp
 #if MLA_HAS_SM90A
   if (dp.major != 9 || dp.minor != 0) why = "needs a compute capability 9.0 GPU (H100, H200)";
   else if (fp8) why = "reads 16-bit caches only (an FP8 cache takes the portable kernel)";
-  else if (dp.smemOptin < kSm90SmemBytes) why = "needs 226 KB of shared memory per block";
+  else if (dp.smemOptin < kSm90SmemBytes) why = "needs 227 KB of shared memory per block";
 #else
   (void)fp8;
   (void)dp;

@@ -10,17 +10,26 @@ namespace mla::gpu {
 namespace {
 using namespace mla::kernels::sm90;
 
-// One CTA = two warpgroups over 64 packed query rows and 64-key tiles.
+// One CTA = two warpgroups over 64 packed query rows and 64-key tiles taken two at a time.
 constexpr int kBM = 64, kBN = 64;
 constexpr int kThreadsSm90 = 256;
 constexpr int kNChunks = kD / 64;           // 9 column chunks of 64 values = one 128-byte swizzle row
+constexpr int kVChunks = kDV / 64 / 2;      // 4 chunks of V per warpgroup (256 output columns)
 constexpr int kChunkBytes = 64 * 128;       // 64 rows of one chunk: 8 KB, 1024-byte aligned
 constexpr int kTileBytes = kNChunks * kChunkBytes;  // a 64 x 576 tile: 72 KB
-// Shared memory from a 1024-byte aligned base: Q tile | K stage 0 | K stage 1 | P (64 x 64) |
-// row maxima / sums [2][64] f32 | two mbarriers. The slack realigns the base.
-constexpr int kOffQ = 0, kOffK = kTileBytes, kOffP = 3 * kTileBytes, kOffRed = kOffP + kChunkBytes;
-constexpr int kOffBar = kOffRed + 2 * kBM * 4;
-static_assert(kOffBar + 16 + 1024 == kSm90SmemBytes, "decode_impl.cuh states the size for the launcher");
+// Shared memory from a 1024-byte aligned base: Q tile | K stage 0 | K stage 1 | P0 (64 x 64) |
+// row max, scale0, scale1 [64] and row sums [2][64] f32 | 2 x 9 mbarriers (one per stage and
+// chunk). P1 lives in Q's chunk 8 (the rope columns), which both warpgroups keep in registers.
+// The slack realigns the base.
+constexpr int kOffQ = 0, kOffK = kTileBytes, kOffP0 = 3 * kTileBytes, kOffP1 = kOffQ + 8 * kChunkBytes;
+constexpr int kOffM = kOffP0 + kChunkBytes, kOffScale0 = kOffM + kBM * 4, kOffScale1 = kOffScale0 + kBM * 4;
+constexpr int kOffL = kOffScale1 + kBM * 4, kOffBar = kOffL + 2 * kBM * 4;
+static_assert(kOffBar + 2 * kNChunks * 8 + 1024 == kSm90SmemBytes, "decode_impl.cuh states the size for the launcher");
+
+// Named barriers between the warpgroups (0 is __syncthreads'): "scale0 / scale1 / P0 / P1 is
+// ready", each arrived at by its producer warpgroup and waited on by the other; and one per
+// warpgroup for its own 128 threads.
+enum : int { kBarScale0 = 1, kBarScale1 = 2, kBarP0 = 3, kBarP1 = 4, kBarLocal0 = 5 };
 
 // Byte offset of (row, col) in a tile stored as 128-byte swizzled chunks: chunk col/64 holds
 // rows of 128 bytes whose 16-byte units are XOR-ed with row % 8 (TMA's and wgmma's SWIZZLE_128B
@@ -29,55 +38,104 @@ __device__ __forceinline__ int tileOffset(int row, int col) {
   return (col >> 6) * kChunkBytes + row * 128 + ((((col & 63) >> 3) ^ (row & 7)) << 4) + (col & 7) * 2;
 }
 
-// CTA (part, rowTile) walks its part's (request, block) range like decodeMainKernel. Per 64-key
-// tile, warpgroup w (w = 0, 1):
-//   S_w = Q K[32w, 32w + 32)^T             wgmma m64n32k16, A = Q, B = K (both K-major, smem)
-//   m' = max(m, rowmax(S_0, S_1)) (through sRed), P_w = 2^(S_w·scale·log2e − m') into sP
-//   O_w = O_w·2^(m − m') + P V[:, 256w, 256w + 256)   wgmma m64n256k16, A = P, B = V (MN-major)
-// so each score is computed once and each warpgroup owns half of the 512 output columns. The
-// next tile's TMA loads are in flight while this tile computes (two stages). Keys past the
-// request's length read as zeros (TMA zero-fills pages past the table; rows of a partial last
-// page are cleared) so P·V stays finite whatever the cache holds there.
+// CTA (part, rowTile) walks its part's (request, block) range like decodeMainKernel, taking the
+// 64-key tiles two at a time: tile 2p in K stage 0, tile 2p+1 in stage 1. Warpgroup 0 owns the
+// output columns [0, 256) (O_L), warpgroup 1 [256, 512) (O_R); V_L / V_R are those columns of a
+// tile. FlashMLA's "seesaw" (docs/decode-kernel.md): one running max m shared through sM, and
+//   WG0: S0 = Q K0^T; m0 = max(m, rowmax S0); P0 = 2^(S0 - m0); O_L = O_L 2^(m - m0) + P0 V0_L
+//   WG1: S1 = Q K1^T; m1 = max(m0, rowmax S1); P1 = 2^(S1 - m1); c = 2^(m0 - m1)
+//        O_R = O_R 2^(m - m1) + P1 V1_R + (c P0) V0_R
+//   WG0: O_L = O_L c + P1 V1_L;  m = m1
+// so one warpgroup's softmax overlaps the other's matrix products, each score is computed once
+// (each warpgroup's S covers all 64 keys of its tile: wgmma m64n64, which reads half the shared
+// memory per multiply-add of two n32 halves), and a chunk of K is reloaded as soon as its last
+// reader is done. Keys past the request's length read as zeros in V (TMA zero-fills pages past
+// the table; rows of a partial last page are cleared by the warpgroup about to use them) so P·V
+// stays finite whatever the cache holds there.
 template <typename T>
 __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKernelArgs a, const __grid_constant__ CUtensorMap kv) {
   MLA_DYNAMIC_SMEM(unsigned char, smemRaw, 128);  // realigned to 1024 below
   unsigned char* smem = smemRaw + ((1024u - (sharedAddr(smemRaw) & 1023u)) & 1023u);
   unsigned char* sQ = smem + kOffQ;
   unsigned char* sK = smem + kOffK;
-  unsigned char* sP = smem + kOffP;
-  float* sRed = reinterpret_cast<float*>(smem + kOffRed);
-  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + kOffBar);
+  unsigned char* sP0 = smem + kOffP0;
+  unsigned char* sP1 = smem + kOffP1;
+  float* sM = reinterpret_cast<float*>(smem + kOffM);
+  float* sScale0 = reinterpret_cast<float*>(smem + kOffScale0);
+  float* sScale1 = reinterpret_cast<float*>(smem + kOffScale1);
+  float* sL = reinterpret_cast<float*>(smem + kOffL);
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + kOffBar);  // [stage * 9 + chunk]
 
   const int part = blockIdx.x, rt = blockIdx.y;
   if (part >= a.numParts) return;
-  const int tid = threadIdx.x, wg = tid >> 7, wi = (tid >> 5) & 3, lane = tid & 31;
+  const int tid = threadIdx.x, wi = (tid >> 5) & 3, lane = tid & 31;
+  // Warp-uniform by construction (a broadcast), so ptxas sees each warpgroup's branch as
+  // non-divergent and keeps its wgmmas pipelined.
+  const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
   const int g = lane >> 2, q = lane & 3;
   const T* qBase = static_cast<const T*>(a.q);
   const int32_t* meta = a.partMeta + part * 8;
   const int lastReq = min(meta[2], a.B - 1), row0 = rt * kBM;
 
-  if (tid == 0) {
-    mbarrierInit(&bar[0], 1);
-    mbarrierInit(&bar[1], 1);
-    fenceMbarrierInit();
-  }
+  if (tid < 2 * kNChunks) mbarrierInit(&bar[tid], 1);
+  fenceMbarrierInit();
   __syncthreads();
-  uint32_t phase[2] = {0u, 0u};  // completions waited for per stage: the next wait's parity
-  int tileCount = 0;             // tiles loaded by this CTA: tile n uses stage n % 2
+  // Loads this warpgroup's stage has completed: the parity of its next wait. Warpgroup w computes
+  // S on stage w only, so each stage's barriers are waited on by one warpgroup.
+  uint32_t phase = 0;
 
-  // Thread 0: one tile's TMA loads (9 chunks per page, box = 64 columns x min(page, 64) rows).
-  // A page index outside the cache (past the request's pages, or one the plan flagged) is sent as
-  // numPages: TMA zero-fills it and reads nothing.
-  auto issueTile = [&](int stage, const int32_t* btRow, int key0, int L) {
+  // One thread: chunks [c0, c1) of a tile into a stage (box = 64 columns x min(page, 64) rows of
+  // one page). A page outside the cache (past the request's pages, or one the plan flagged) is
+  // sent as numPages: TMA zero-fills it and reads nothing.
+  auto issueChunks = [&](int stage, int c0, int c1, const int32_t* btRow, int key0, int L) {
     unsigned char* dst = sK + stage * kTileBytes;
-    mbarrierArriveExpectTx(&bar[stage], kTileBytes);
+    for (int c = c0; c < c1; ++c) mbarrierArriveExpectTx(&bar[stage * kNChunks + c], kChunkBytes);
     const int rowsPerBox = min(a.pageSize, kBN);
     for (int k = key0; k < key0 + kBN; k += rowsPerBox) {
       int pg = k < L ? btRow[k >> a.pageShift] : a.numPages;
       if (unsigned(pg) >= unsigned(a.numPages)) pg = a.numPages;
       const int r0 = k & (a.pageSize - 1);
 #pragma unroll 1
-      for (int c = 0; c < kNChunks; ++c) tmaLoad3d(dst + c * kChunkBytes + (k - key0) * 128, &kv, c * 64, r0, pg, &bar[stage]);
+      for (int c = c0; c < c1; ++c)
+        tmaLoad3d(dst + c * kChunkBytes + (k - key0) * 128, &kv, c * 64, r0, pg, &bar[stage * kNChunks + c]);
+    }
+  };
+  // Rows [first, 64) of this warpgroup's V chunks of a stage to zeros, visible to its next wgmma.
+  auto clearV = [&](int stage, int first) {
+    unsigned char* t = sK + stage * kTileBytes + wg * kVChunks * kChunkBytes;
+    for (int u = tid & 127; u < (kBN - first) * kVChunks * 8; u += 128) {
+      const int r = first + u / (kVChunks * 8), c8 = u % (kVChunks * 8);
+      *reinterpret_cast<uint4*>(t + tileOffset(r, c8 * 8)) = make_uint4(0u, 0u, 0u, 0u);
+    }
+    fenceProxyAsync();
+    namedBarrierSync(kBarLocal0 + wg, 128);
+  };
+
+  const uint32_t qAddr = sharedAddr(sQ), p0Addr = sharedAddr(sP0), p1Addr = sharedAddr(sP1);
+  const uint32_t vAddr0 = sharedAddr(sK) + wg * kVChunks * kChunkBytes;  // this warpgroup's V, stage 0
+  // S = Q K^T of the tile in `stage`: 9 chunks x 4 k-steps of 16 columns (32 bytes inside the
+  // 128-byte row), each chunk as soon as its TMA load lands; chunk 8 (rope) takes A from
+  // registers. `split`: commit chunks 0-3 and 4-8 as separate groups (see warpgroup 0).
+  uint32_t q8[16];  // Q[rows][512, 576) as wgmma A fragments, 4 k-steps x 4 registers
+  float s[32];      // S (m64n64 accumulators): key 8(i/4) + 2q + (i&1), row g or g+8 by (i&2)
+  auto issueS = [&](int stage, int cBegin, int cEnd) {
+    const uint32_t kAddr = sharedAddr(sK) + stage * kTileBytes;
+    // Fully unrolled: an accumulator carried around a loop makes ptxas serialise the wgmmas.
+#pragma unroll
+    for (int c = 0; c < kNChunks; ++c) {
+      if (c < cBegin || c >= cEnd) continue;
+      mbarrierWait(&bar[stage * kNChunks + c], phase & 1u);
+      wgmmaFence();  // after the wait loop, so ptxas need not insert its own
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const uint32_t off = c * kChunkBytes + kk * 32;
+        if (c < kNChunks - 1)
+          wgmmaSS<T, 64, 0, 0>(s, smemDesc(qAddr + off, Swizzle::B128, 16, 1024), smemDesc(kAddr + off, Swizzle::B128, 16, 1024),
+                               (c | kk) != 0);
+        else
+          wgmmaRS<T, 64, 0>(s, &q8[4 * kk], smemDesc(kAddr + off, Swizzle::B128, 16, 1024), 1);
+      }
+      wgmmaCommit();
     }
   };
 
@@ -88,11 +146,13 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
     const int kvBegin = w.blk0 * kBN, ntiles = w.blk1 - w.blk0;
     const int32_t* btRow = a.bt + b * a.btStride;
 
-    __syncthreads();  // the previous request's readers of sQ / sK / sP / sRed are done
-    if (tid == 0) issueTile(tileCount & 1, btRow, kvBegin, L);
-
+    __syncthreads();  // every wgmma of the previous request waited for; its sM / sL reads done
+    if (tid == 0) {
+      issueChunks(0, 0, kNChunks, btRow, kvBegin, L);
+      if (ntiles > 1) issueChunks(1, 0, kNChunks, btRow, kvBegin + kBN, L);
+    }
     // Q tile, swizzled like the K tiles; rows past s_q*H are zeros. Written by ordinary stores,
-    // read by wgmma: the proxy fence, then the barrier before the first S.
+    // read by wgmma: the proxy fence, then the barrier.
     for (int u = tid; u < kBM * kChunks; u += kThreadsSm90) {
       const int r = u / kChunks, ch = u - r * kChunks, idx = row0 + r;
       uint4 v = make_uint4(0u, 0u, 0u, 0u);
@@ -102,113 +162,210 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
       }
       *reinterpret_cast<uint4*>(sQ + tileOffset(r, ch * 8)) = v;
     }
+    if (tid < kBM) sM[tid] = -INFINITY;
     fenceProxyAsync();
+    __syncthreads();
 
     // This thread's rows: 16*wi + g and +8 of the tile (the same in both warpgroups).
+    const int rowA = wi * 16 + g, rowOf[2] = {rowA, rowA + 8};
     int rowLim[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int idx = row0 + wi * 16 + g + r * 8;
+      const int idx = row0 + rowOf[r];
       const int lim = a.causal ? L - sq + idx / a.H + 1 : L;
       rowLim[r] = idx < rows ? min(lim, L) : 0;
     }
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        q8[4 * kk + e] = *reinterpret_cast<const uint32_t*>(sQ + tileOffset(rowOf[e & 1], 512 + 16 * kk + 8 * (e >> 1) + 2 * q));
     float o[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) o[i] = 0.f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-    const uint32_t qAddr = sharedAddr(sQ), pAddr = sharedAddr(sP);
+    float l[2] = {0.f, 0.f};  // this thread's share of the row sums, relative to the running max
+    uint32_t pb[16];          // this warpgroup's P as 16-bit pairs: wgmma A fragments, 4 k-steps
 
-    for (int it = 0; it < ntiles; ++it) {
-      const int stage = tileCount & 1, key0 = kvBegin + it * kBN;
-      // The other stage was last read by the previous tile, finished before its closing barrier.
-      if (tid == 0 && it + 1 < ntiles) issueTile((tileCount + 1) & 1, btRow, key0 + kBN, L);
-      mbarrierWait(&bar[stage], phase[stage] & 1u);
-      phase[stage]++;
-      unsigned char* sKs = sK + stage * kTileBytes;
-      const bool partial = key0 + kBN > L;
-      if (partial) {
-        // Rows of the last page past L: whatever the cache holds (NaN included) must not reach P·V.
-        const int first = max(L - key0, 0);
-        for (int u = tid; u < (kBN - first) * kChunks; u += kThreadsSm90) {
-          const int r = first + u / kChunks, ch = u % kChunks;
-          *reinterpret_cast<uint4*>(sKs + tileOffset(r, ch * 8)) = make_uint4(0u, 0u, 0u, 0u);
-        }
-        fenceProxyAsync();
-      }
-      // Q (first tile) and the cleared rows must be visible to both warpgroups; otherwise the
-      // mbarrier wait alone orders the TMA data before this thread's wgmma.
-      if (it == 0 || partial) __syncthreads();
-
-      // S_w: 36 k-steps (9 chunks x 4 steps of 16 columns = 32 bytes inside the 128-byte row).
-      float s[16];
-      const uint32_t kAddr = sharedAddr(sKs) + wg * 32 * 128;
-      wgmmaFence();
-      // Fully unrolled: an accumulator carried around a loop makes ptxas serialise the wgmmas.
+    // Scores of tile t to base-2 logits with the causal / length mask; returns the row maxima.
+    auto maskScores = [&](int t, float mx[2]) {
+      const int key0 = kvBegin + t * kBN;
+      mx[0] = mx[1] = -INFINITY;
 #pragma unroll
-      for (int c = 0; c < kNChunks; ++c) {
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const uint32_t off = c * kChunkBytes + kk * 32;
-          wgmmaSS<T, 32, 0, 0>(s, smemDesc(qAddr + off, Swizzle::B128, 16, 1024), smemDesc(kAddr + off, Swizzle::B128, 16, 1024),
-                               (c | kk) != 0);
-        }
-      }
-      wgmmaCommit();
-      wgmmaWait<0>();
-      wgmmaFenceOperands<16>(s);
-
-      // Scale, mask, row max over both warpgroups. s[i]: key 32w + 8(i/4) + 2q + (i&1), row g or g+8 by (i&2).
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const int key = key0 + wg * 32 + (i >> 2) * 8 + 2 * q + (i & 1);
-        s[i] = key < rowLim[(i >> 1) & 1] ? s[i] * a.scaleLog2 : -INFINITY;
-        mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
+      for (int i = 0; i < 32; ++i) {
+        const int r = (i >> 1) & 1, key = key0 + (i >> 2) * 8 + 2 * q + (i & 1);
+        s[i] = key < rowLim[r] ? s[i] * a.scaleLog2 : -INFINITY;
+        mx[r] = fmaxf(mx[r], s[i]);
       }
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        if (q == 0) sRed[wg * kBM + wi * 16 + g + r * 8] = mx[r];
       }
-      __syncthreads();
-      float alpha[2], mUse[2];
+    };
+    // s = 2^(s - m) (a row without a finite score yet keeps exp2's argument at -inf), summed into
+    // l, and packed as this warpgroup's P fragments.
+    auto exponentiate = [&](const float mNew[2]) {
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int row = wi * 16 + g + r * 8;
-        const float mNew = fmaxf(m[r], fmaxf(sRed[row], sRed[kBM + row]));
-        mUse[r] = mNew == -INFINITY ? 0.f : mNew;  // no finite score yet: keep exp2 args at -inf
-        alpha[r] = exp2f(m[r] - mUse[r]);
-        m[r] = mNew;
-        l[r] *= alpha[r];
+      for (int i = 0; i < 32; i += 2) {
+        const int r = (i >> 1) & 1;
+        const float mUse = mNew[r] == -INFINITY ? 0.f : mNew[r];
+        s[i] = exp2f(s[i] - mUse);
+        s[i + 1] = exp2f(s[i + 1] - mUse);
+        l[r] += s[i] + s[i + 1];
+        pb[i >> 1] = packPair<T>(s[i], s[i + 1]);
       }
-      // P_w as 16-bit values into sP (64 rows x 64 keys, one swizzled chunk), K-major for wgmma's A.
+    };
+    auto partialFrom = [&](int t) { return kvBegin + t * kBN + kBN > L ? max(L - kvBegin - t * kBN, 0) : -1; };
+    // O += P V for 64 keys: A = P (registers `pb`, or the K-major swizzled sP0 / sP1), B = this
+    // warpgroup's V of `stage`, MN-major (columns contiguous in a chunk, 8-key groups 1024 bytes
+    // apart, 64-column chunks 8 KB apart).
+    auto issuePV = [&](int stage, const uint32_t* aRegs, uint32_t aAddr) {
+      const uint32_t vAddr = vAddr0 + stage * kTileBytes;
 #pragma unroll
-      for (int i = 0; i < 16; i += 2) {
-        const int r = (i >> 1) & 1, row = wi * 16 + g + r * 8, col = wg * 32 + (i >> 2) * 8 + 2 * q;
-        const float p0 = exp2f(s[i] - mUse[r]), p1 = exp2f(s[i + 1] - mUse[r]);
-        l[r] += p0 + p1;
-        *reinterpret_cast<uint32_t*>(sP + tileOffset(row, col)) = packPair<T>(p0, p1);
+      for (int kk = 0; kk < kBN / 16; ++kk) {
+        const uint64_t vDesc = smemDesc(vAddr + kk * 16 * 128, Swizzle::B128, kChunkBytes, 1024);
+        if (aRegs) wgmmaRS<T, 256, 1>(o, aRegs + 4 * kk, vDesc, 1);
+        else wgmmaSS<T, 256, 0, 1>(o, smemDesc(aAddr + kk * 32, Swizzle::B128, 16, 1024), vDesc, 1);
       }
-#pragma unroll
-      for (int i = 0; i < 128; ++i) o[i] *= alpha[(i >> 1) & 1];
-      fenceProxyAsync();
-      __syncthreads();  // both halves of P written; every read of the maxima done
-
-      // O_w += P V_w: 4 k-steps of 16 keys; B = V is MN-major (columns contiguous in a chunk,
-      // 8-key groups 1024 bytes apart, 64-column chunks 8 KB apart).
-      const uint32_t vAddr = sharedAddr(sKs) + wg * 4 * kChunkBytes;
-      wgmmaFenceOperands<128>(o);
-      wgmmaFence();
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-        wgmmaSS<T, 256, 0, 1>(o, smemDesc(pAddr + kk * 32, Swizzle::B128, 16, 1024),
-                              smemDesc(vAddr + kk * 16 * 128, Swizzle::B128, kChunkBytes, 1024), 1);
       wgmmaCommit();
+    };
+
+    // The first pair's scores.
+    if (wg == 0 || ntiles > 1) {
+      wgmmaFence();
+      issueS(wg, 0, kNChunks);
       wgmmaWait<0>();
-      wgmmaFenceOperands<128>(o);
-      __syncthreads();  // this stage and sP are free for the next loads and P
-      ++tileCount;
+      wgmmaFenceOperands<32>(s);
+      ++phase;
+    }
+
+    for (int t0 = 0; t0 < ntiles; t0 += 2) {
+      const bool has1 = t0 + 1 < ntiles, next0 = t0 + 2 < ntiles, next1 = t0 + 3 < ntiles;
+      const int part0 = partialFrom(t0), part1 = has1 ? partialFrom(t0 + 1) : -1;
+      if (wg == 0) {
+        // S0 -> m0, P0; O_L rescaled and P0 V0_L issued while warpgroup 1 does its softmax.
+        float mx[2], mNew[2], c[2];
+        maskScores(t0, mx);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float mOld = sM[rowOf[r]];
+          mNew[r] = fmaxf(mOld, mx[r]);
+          c[r] = exp2f(mOld - (mNew[r] == -INFINITY ? 0.f : mNew[r]));
+          l[r] *= c[r];
+        }
+        exponentiate(mNew);
+        __syncwarp();  // the quad's other threads have read sM
+        if (q == 0) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) sM[rowOf[r]] = mNew[r], sScale0[rowOf[r]] = c[r];
+        }
+        namedBarrierArrive(kBarScale0, kThreadsSm90);
+#pragma unroll
+        for (int i = 0; i < 128; ++i) o[i] *= c[(i >> 1) & 1];
+        if (part0 >= 0) clearV(0, part0);
+        wgmmaFenceOperands<128>(o);
+        wgmmaFence();
+        issuePV(0, pb, 0);
+        wgmmaWait<0>();
+        // V0_L is done with: the next tile's chunks 0-3 may load while P0 is rescaled.
+        namedBarrierSync(kBarScale1, kThreadsSm90);
+        if (tid == 0 && next0) issueChunks(0, 0, kVChunks, btRow, kvBegin + (t0 + 2) * kBN, L);
+        // P0 rescaled to m1 for warpgroup 1 (sP0), then O_L += P1 V1_L.
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          c[r] = sScale1[rowOf[r]];
+          l[r] *= c[r];
+        }
+#pragma unroll
+        for (int i = 0; i < 32; i += 2) {
+          const int r = (i >> 1) & 1, col = (i >> 2) * 8 + 2 * q;
+          *reinterpret_cast<uint32_t*>(sP0 + tileOffset(rowOf[r], col)) = packPair<T>(s[i] * c[r], s[i + 1] * c[r]);
+        }
+        fenceProxyAsync();
+        namedBarrierArrive(kBarP0, kThreadsSm90);
+        wgmmaFenceOperands<128>(o);
+#pragma unroll
+        for (int i = 0; i < 128; ++i) o[i] *= c[(i >> 1) & 1];
+        if (has1) {
+          namedBarrierSync(kBarP1, kThreadsSm90);
+          if (part1 >= 0) clearV(1, part1);
+          wgmmaFenceOperands<128>(o);
+          wgmmaFence();
+          issuePV(1, nullptr, p1Addr);
+        }
+        // The next S0 overlaps P1 V1_L: chunks 0-3 first, then (P1 V1_L done) the tile after
+        // next's chunks 0-3 into stage 1, then chunks 4-8 (loaded by warpgroup 1's thread).
+        if (next0) {
+          wgmmaFence();
+          issueS(0, 0, kVChunks);
+          wgmmaWait<kVChunks>();
+          if (tid == 0 && next1) issueChunks(1, 0, kVChunks, btRow, kvBegin + (t0 + 3) * kBN, L);
+          issueS(0, kVChunks, kNChunks);
+          ++phase;
+        }
+        wgmmaWait<0>();
+        wgmmaFenceOperands<32>(s);
+        wgmmaFenceOperands<128>(o);
+      } else {
+        // S1 -> m1 = max(m0, rowmax S1), P1; O_R rescaled, P1 V1_R and P0 V0_R issued.
+        namedBarrierSync(kBarScale0, kThreadsSm90);
+        float mx[2] = {-INFINITY, -INFINITY}, mNew[2], c[2];
+        if (has1) maskScores(t0 + 1, mx);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const float m0 = sM[rowOf[r]];
+          mNew[r] = fmaxf(m0, mx[r]);
+          c[r] = has1 ? exp2f(m0 - (mNew[r] == -INFINITY ? 0.f : mNew[r])) : 1.f;
+          l[r] *= sScale0[rowOf[r]] * c[r];
+        }
+        if (has1) exponentiate(mNew);
+        __syncwarp();  // the quad's other threads have read sM
+        if (q == 0) {
+#pragma unroll
+          for (int r = 0; r < 2; ++r) sM[rowOf[r]] = mNew[r], sScale1[rowOf[r]] = c[r];
+        }
+        float cc[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) cc[r] = sScale0[rowOf[r]] * c[r];
+        namedBarrierArrive(kBarScale1, kThreadsSm90);
+#pragma unroll
+        for (int i = 0; i < 128; ++i) o[i] *= cc[(i >> 1) & 1];
+        wgmmaFenceOperands<128>(o);
+        if (has1) {
+          // P1 for warpgroup 0 (sP1 = Q's chunk 8: its last reader, warpgroup 0's P1 V1_L of the
+          // previous pair, finished before warpgroup 0 arrived at kBarScale0).
+#pragma unroll
+          for (int i = 0; i < 32; i += 2) {
+            const int r = (i >> 1) & 1, col = (i >> 2) * 8 + 2 * q;
+            *reinterpret_cast<uint32_t*>(sP1 + tileOffset(rowOf[r], col)) = pb[i >> 1];
+          }
+          fenceProxyAsync();
+          namedBarrierArrive(kBarP1, kThreadsSm90);
+          if (part1 >= 0) clearV(1, part1);
+          wgmmaFence();
+          issuePV(1, pb, 0);
+        }
+        namedBarrierSync(kBarP0, kThreadsSm90);
+        if (part0 >= 0) clearV(0, part0);
+        wgmmaFence();
+        issuePV(0, nullptr, p0Addr);
+        // V1_R done with: the tile after next's chunks 4-8 into stage 1; then V0_R: the next
+        // tile's chunks 4-8 into stage 0.
+        if (has1) {
+          wgmmaWait<1>();
+          if (tid == 128 && next1) issueChunks(1, kVChunks, kNChunks, btRow, kvBegin + (t0 + 3) * kBN, L);
+        }
+        wgmmaWait<0>();
+        wgmmaFenceOperands<128>(o);
+        if (tid == 128 && next0) issueChunks(0, kVChunks, kNChunks, btRow, kvBegin + (t0 + 2) * kBN, L);
+        if (next1) {
+          wgmmaFence();
+          issueS(1, 0, kNChunks);
+          wgmmaWait<0>();
+          wgmmaFenceOperands<32>(s);
+          ++phase;
+        }
+      }
     }
 
     // Row sums over both warpgroups, then out = O / l (single split) or the partial slot.
@@ -216,16 +373,16 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
     for (int r = 0; r < 2; ++r) {
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-      if (q == 0) sRed[wg * kBM + wi * 16 + g + r * 8] = l[r];
+      if (q == 0) sL[wg * kBM + rowOf[r]] = l[r];
     }
     __syncthreads();
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int row = wi * 16 + g + r * 8, idx = row0 + row;
-      const float lt = sRed[row] + sRed[kBM + row];
+      const int row = rowOf[r], idx = row0 + row;
+      const float lt = sL[row] + sL[kBM + row], m = sM[row];
       if (idx >= rows) continue;
       const float inv = lt > 0.f ? 1.f / lt : 0.f;
-      const float lse2 = lt > 0.f ? m[r] + log2f(lt) : -INFINITY;
+      const float lse2 = lt > 0.f ? m + log2f(lt) : -INFINITY;
       const int j = idx / a.H, h = idx - j * a.H;
       if (slot < 0) {
         T* orow = static_cast<T*>(a.out) + int64_t(qStart + j) * a.oTok + int64_t(h) * a.oHead + wg * 256 + 2 * q;
