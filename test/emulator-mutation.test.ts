@@ -116,37 +116,37 @@ const MUTANTS: readonly Mutant[] = [
   // ---- decode_sm90.cu (sm_90a: wgmma, TMA, mbarrier; the decode-hopper case has NaN in every cache row no request reads) ----
   {
     id: 'hopper-no-mbarrier-wait',
-    title: 'decode sm_90a: the mbarrier wait for the K stage\'s TMA loads removed',
+    title: 'decode sm_90a: the mbarrier wait for a K chunk\'s TMA load removed',
     file: 'decode_sm90.cu',
-    edits: [{ find: '      mbarrierWait(&bar[stage], phase[stage] & 1u);\n', replace: '' }],
+    edits: [{ find: '      mbarrierWait(&bar[stage * kNChunks + c], phase & 1u);\n', replace: '' }],
     run: 'decode-hopper',
     expect: { fault: TMA_IN_FLIGHT },
-    faultLine: 'wgmmaSS<T, 32, 0, 0>(s, ',
+    faultLine: 'wgmmaSS<T, 64, 0, 0>(s, ',
   },
   {
     id: 'hopper-pv-no-fence',
-    title: 'decode sm_90a: the wgmma.fence before the P·V wgmmas removed (S\'s wait_group came in between)',
+    title: 'decode sm_90a: the wgmma.fence before warpgroup 0\'s P0·V0_L removed (S\'s wait_group came in between)',
     file: 'decode_sm90.cu',
-    edits: [{ find: '      wgmmaFenceOperands<128>(o);\n      wgmmaFence();\n', replace: '      wgmmaFenceOperands<128>(o);\n' }],
+    edits: [{ find: '        wgmmaFence();\n        issuePV(0, pb, 0);\n', replace: '        issuePV(0, pb, 0);\n' }],
     run: 'decode-hopper',
     expect: { fault: /wgmma\.mma_async without wgmma\.fence/ },
-    faultLine: 'wgmmaSS<T, 256, 0, 1>(o, ',
+    faultLine: 'if (aRegs) wgmmaRS<T, 256, 1>(o, ',
   },
   {
     id: 'hopper-s-no-wait',
-    title: 'decode sm_90a: the wgmma.wait_group after S removed (the scores read before they land)',
+    title: 'decode sm_90a: the wgmma.wait_group after the first scores removed (read before they land)',
     file: 'decode_sm90.cu',
-    edits: [{ find: '      wgmmaCommit();\n      wgmmaWait<0>();\n      wgmmaFenceOperands<16>(s);\n', replace: '      wgmmaCommit();\n      wgmmaFenceOperands<16>(s);\n' }],
+    edits: [{ find: '      issueS(wg, 0, kNChunks);\n      wgmmaWait<0>();\n', replace: '      issueS(wg, 0, kNChunks);\n' }],
     run: 'decode-hopper',
-    // In flight, the accumulators read NaN; P·V's wait_group then covers both groups, so no thread
-    // exits with results unwaited.
+    // In flight, the accumulators read NaN; a later wait_group covers the group, so no thread exits
+    // with results unwaited.
     expect: { numeric: true },
   },
   {
     id: 'hopper-no-partial-clear',
-    title: 'decode sm_90a: the clearing of the K rows past L in a partial tile disabled',
+    title: 'decode sm_90a: the clearing of the V rows past L in a partial tile disabled',
     file: 'decode_sm90.cu',
-    edits: [{ find: 'const bool partial = key0 + kBN > L;', replace: 'const bool partial = false;' }],
+    edits: [{ find: 'return kvBegin + t * kBN + kBN > L ? max(L - kvBegin - t * kBN, 0) : -1;', replace: 'return -1;' }],
     run: 'decode-hopper',
     // The rows of the last page past L are NaN in the case's cache: 0 · NaN reaches P·V.
     expect: { numeric: true },
@@ -174,26 +174,25 @@ const MUTANTS: readonly Mutant[] = [
     expect: { numeric: true },
   },
   {
-    id: 'hopper-no-rowmax-barrier',
-    title: 'decode sm_90a: the __syncthreads between the row maxima\'s sRed stores and the other warpgroup\'s reads removed',
+    // Warpgroup 1 multiplies by sP0 before warpgroup 0 has written this tile's P0 (the
+    // previous pair's, or the 0xFF fill).
+    id: 'hopper-no-p0-barrier',
+    title: 'decode sm_90a: warpgroup 1\'s wait for P0 in shared memory (named barrier) removed',
     file: 'decode_sm90.cu',
-    edits: [{ find: '      }\n      __syncthreads();\n      float alpha[2], mUse[2];', replace: '      }\n      float alpha[2], mUse[2];' }],
+    edits: [{ find: '        namedBarrierSync(kBarP0, kThreadsSm90);\n', replace: '' }],
     run: 'decode-hopper',
     expect: { numeric: true },
   },
   {
-    // In the emulator's fixed thread order the mutant passes: both warpgroups' P stores happen to
-    // land before either warpgroup's last thread issues the P·V wgmma (which reads sP at issue),
-    // and plain stores into a wgmma operand are not tracked (docs/emulator.md, "Not checked").
-    // In a seeded random order (MLA_EMU_SHUFFLE) a warpgroup issues with the other half of P
-    // unwritten (the 0xFF fill, NaN), as a GPU could. TSan mode reports it as a race regardless.
-    id: 'hopper-no-p-barrier',
-    title: 'decode sm_90a: the __syncthreads after P is written (both halves of P) removed; threads in shuffled order',
+    // The quad's thread 0 writes the new row max before its three neighbours have read the old one.
+    id: 'hopper-no-quad-syncwarp',
+    title: 'decode sm_90a: the __syncwarp between reading the running max and writing the new one removed',
     file: 'decode_sm90.cu',
-    edits: [{ find: '      __syncthreads();  // both halves of P written; every read of the maxima done\n', replace: '' }],
+    edits: [{ find: '        exponentiate(mNew);\n        __syncwarp();  // the quad\'s other threads have read sM\n', replace: '        exponentiate(mNew);\n' }],
     run: 'decode-hopper',
     expect: { numeric: true },
-    env: { MLA_EMU_SHUFFLE: '1' },
+    // Wrong only where the max grows after the first pair of tiles: 3 SMs give parts of several pairs.
+    env: { MLA_EMU_DEVICES: 'sm_90:3' },
   },
   // No mutant removes a fenceProxyAsync(): the emulator cannot see it (fibers are sequentially
   // consistent and keep no record of plain stores since the last proxy fence; docs/emulator.md,
@@ -400,27 +399,41 @@ const RACE_MUTANTS: readonly RaceMutant[] = [
     ],
   },
   {
-    id: 'hopper-no-rowmax-barrier',
-    title: 'decode sm_90a: the row maxima exchanged through sRed between the warpgroups without the __syncthreads',
+    id: 'hopper-no-scale1-barrier',
+    title: 'decode sm_90a: warpgroup 1\'s max and scale read by warpgroup 0 without the named barrier in between',
     file: 'decode_sm90.cu',
-    edits: editsOf('hopper-no-rowmax-barrier'),
+    // Not a numeric mutant: in most thread orders warpgroup 1 writes first, and a stale scale is
+    // mostly 1 (the max rarely grows late), so only TSan sees it reliably.
+    edits: [{ find: '        namedBarrierSync(kBarScale1, kThreadsSm90);\n', replace: '' }],
     run: 'decode-hopper',
     racy: [
-      'if (q == 0) sRed[wg * kBM + wi * 16 + g + r * 8] = mx[r];',
-      'const float mNew = fmaxf(m[r], fmaxf(sRed[row], sRed[kBM + row]));',
+      'for (int r = 0; r < 2; ++r) sM[rowOf[r]] = mNew[r], sScale1[rowOf[r]] = c[r];',
+      'c[r] = sScale1[rowOf[r]];',
+      'const float mOld = sM[rowOf[r]];',
     ],
   },
   {
-    // The P·V wgmma reads sP in the emulator (hopper.cc, __tsan_read_range), called from the
+    // The P·V wgmma reads sP0 in the emulator (hopper.cc, __tsan_read_range), called from the
     // kernel's wgmmaSS line: the race's read side names that line.
-    id: 'hopper-no-p-barrier',
-    title: 'decode sm_90a: P\'s plain stores into sP read by the other warpgroup\'s P·V wgmma without the __syncthreads in between',
+    id: 'hopper-no-p0-barrier',
+    title: 'decode sm_90a: P0\'s plain stores into sP0 read by warpgroup 1\'s P·V wgmma without the named barrier in between',
     file: 'decode_sm90.cu',
-    edits: editsOf('hopper-no-p-barrier'),
+    edits: editsOf('hopper-no-p0-barrier'),
     run: 'decode-hopper',
     racy: [
-      '*reinterpret_cast<uint32_t*>(sP + tileOffset(row, col)) = packPair<T>(p0, p1);',
-      'wgmmaSS<T, 256, 0, 1>(o, smemDesc(pAddr + kk * 32, Swizzle::B128, 16, 1024),',
+      '*reinterpret_cast<uint32_t*>(sP0 + tileOffset(rowOf[r], col)) = packPair<T>(s[i] * c[r], s[i + 1] * c[r]);',
+      'else wgmmaSS<T, 256, 0, 1>(o, smemDesc(aAddr + kk * 32, Swizzle::B128, 16, 1024), vDesc, 1);',
+    ],
+  },
+  {
+    id: 'hopper-no-quad-syncwarp',
+    title: 'decode sm_90a: the running max read by a quad\'s threads and rewritten by its thread 0 without the __syncwarp',
+    file: 'decode_sm90.cu',
+    edits: editsOf('hopper-no-quad-syncwarp'),
+    run: 'decode-hopper',
+    racy: [
+      'const float mOld = sM[rowOf[r]];',
+      'for (int r = 0; r < 2; ++r) sM[rowOf[r]] = mNew[r], sScale0[rowOf[r]] = c[r];',
     ],
   },
   // ---- known gaps: races TSan cannot see because the scheduler states more order than CUDA ----

@@ -317,11 +317,14 @@ t.test(`wgmma m64nNk16 vs PTX ISA (${sm90Label})`, { skip: gpuSkip || (sm90 ? fa
     wgmmaCase(t, `ss bf16 n16 scale-d 0 B ${tnspB ? 'MN' : 'K'}-major`, { dtype: 'bf16', n: 16, k: 16, swizzleA: 128, swizzleB: 128, tnspB, rs: false, scaleD: false }, seed += 3);
   }
   // 2. The decode kernel's patterns: P·V, m64n256k16 with B MN-major 128B in 64-column groups of
-  // 64 key rows (LBO 8192 bytes); Q·K^T, m64n32 over k64 as 4 k16 steps, the descriptor start
-  // advancing 32 bytes inside a 128-byte swizzled row.
+  // 64 key rows (LBO 8192 bytes); Q·K^T, m64n64 over k64 as 4 k16 steps (n32 too), the descriptor
+  // start advancing 32 bytes inside a 128-byte swizzled row, and its rope chunk with A from
+  // registers.
   for (const dtype of ['bf16', 'f16'] as const) {
     wgmmaCase(t, `ss ${dtype} n256 B MN-major 128B LBO 8192`, { dtype, n: 256, k: 16, swizzleA: 128, swizzleB: 128, tnspB: 1, lboRows: 64, rs: false, scaleD: true }, seed += 3);
     wgmmaCase(t, `ss ${dtype} n32 k64 (4 steps) A, B K-major 128B`, { dtype, n: 32, k: 64, swizzleA: 128, swizzleB: 128, tnspB: 0, rs: false, scaleD: true }, seed += 3);
+    wgmmaCase(t, `ss ${dtype} n64 k64 (4 steps) A, B K-major 128B`, { dtype, n: 64, k: 64, swizzleA: 128, swizzleB: 128, tnspB: 0, rs: false, scaleD: true }, seed += 3);
+    wgmmaCase(t, `rs ${dtype} n64 k64 B K-major 128B`, { dtype, n: 64, k: 64, swizzleA: 0, swizzleB: 128, tnspB: 0, rs: true, scaleD: false }, seed += 3);
   }
   wgmmaCase(t, 'ss bf16 n32 k64 (4 steps) no swizzle', { dtype: 'bf16', n: 32, k: 64, swizzleA: 0, swizzleB: 0, tnspB: 0, rs: false, scaleD: false }, seed += 3);
   // 3. A from registers.

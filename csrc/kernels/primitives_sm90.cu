@@ -336,8 +336,9 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
 #endif
   switch (p.which) {
     case Primitive::Wgmma: {
-      MLA_CHECK(p.n == 16 || p.n == 32 || p.n == 256, Range, "primitives: wgmma `n` must be 16, 32 or 256");
-      MLA_CHECK(p.k == 16 || (p.k == 64 && p.n == 32), Range, "primitives: wgmma `k` must be 16, or 64 with n 32");
+      MLA_CHECK(p.n == 16 || p.n == 32 || p.n == 64 || p.n == 256, Range, "primitives: wgmma `n` must be 16, 32, 64 or 256");
+      MLA_CHECK(p.k == 16 || (p.k == 64 && (p.n == 32 || p.n == 64)), Range,
+                "primitives: wgmma `k` must be 16, or 64 with n 32 or 64");
       MLA_CHECK(p.tnspB == 0 || p.tnspB == 1, Range, "primitives: `tnspB` must be 0 or 1");
       // The kernel's layouts keep a K-major row inside one swizzle span (no second atom along K).
       MLA_CHECK(p.swizzleA == 0 || 2 * p.k <= p.swizzleA, Range, "primitives: a K-major swizzled A needs 2k <= swizzleA");
@@ -352,6 +353,7 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
       return MLA_DISPATCH_HALF_TYPES(p.a.dtype, T, [&] {
         if (p.n == 16) return dispatchWgmma<T, 16, 1>(p, s);
         if (p.n == 32) return p.k == 64 ? dispatchWgmma<T, 32, 4>(p, s) : dispatchWgmma<T, 32, 1>(p, s);
+        if (p.n == 64) return p.k == 64 ? dispatchWgmma<T, 64, 4>(p, s) : dispatchWgmma<T, 64, 1>(p, s);
         return dispatchWgmma<T, 256, 1>(p, s);
       });
     }

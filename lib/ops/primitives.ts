@@ -196,8 +196,8 @@ export function wgmmaConformance(a: Uint16Array, b: Uint16Array, c: Float32Array
   const fn = 'wgmmaConformance';
   if (typeof spec !== 'object' || spec === null) throw new MlaError('ERR_ARGUMENT', `${fn}: \`spec\` must be an object`);
   const { n, k, dtype } = spec;
-  if (n !== 16 && n !== 32 && n !== 256) throw new MlaError('ERR_RANGE', `${fn}: \`n\` must be 16, 32 or 256, got ${String(n)}`);
-  if (k !== 16 && !(k === 64 && n === 32)) throw new MlaError('ERR_RANGE', `${fn}: \`k\` must be 16, or 64 with n 32, got ${String(k)}`);
+  if (n !== 16 && n !== 32 && n !== 64 && n !== 256) throw new MlaError('ERR_RANGE', `${fn}: \`n\` must be 16, 32, 64 or 256, got ${String(n)}`);
+  if (k !== 16 && !(k === 64 && (n === 32 || n === 64))) throw new MlaError('ERR_RANGE', `${fn}: \`k\` must be 16, or 64 with n 32 or 64, got ${String(k)}`);
   if (dtype !== 'bf16' && dtype !== 'f16') throw new MlaError('ERR_DTYPE', `${fn}: \`dtype\` must be bf16 or f16, got ${String(dtype)}`);
   const swizzleA = checkSpan(fn, 'swizzleA', spec.swizzleA), swizzleB = checkSpan(fn, 'swizzleB', spec.swizzleB);
   if (spec.tnspB !== 0 && spec.tnspB !== 1) throw new MlaError('ERR_RANGE', `${fn}: \`tnspB\` must be 0 or 1`);

@@ -122,8 +122,8 @@ export type SwizzleSpan = 0 | 32 | 64 | 128;
 /** One wgmma conformance case (csrc/kernels/primitives_sm90.cu lays A and B out accordingly). */
 export interface WgmmaCase {
   dtype: 'bf16' | 'f16';
-  /** N of m64nNk16: 16, 32 or 256. */
-  n: 16 | 32 | 256;
+  /** N of m64nNk16: 16, 32, 64 or 256. */
+  n: 16 | 32 | 64 | 256;
   /** K, in k16 steps that accumulate: 16 or 64. */
   k: 16 | 64;
   /** A is K-major; its swizzle (ignored with rs). */
@@ -137,8 +137,12 @@ export interface WgmmaCase {
   rs: boolean;
   /** scale-d: false computes D = A·B and ignores the accumulators' input. */
   scaleD: boolean;
-  /** Fault variant for emulator tests (1: no wgmma.fence; 2: a cp.async into B before the wait). */
-  mode?: 0 | 1 | 2;
+  /**
+   * Emulator test variant: 1 no wgmma.fence; 2 a cp.async into B before the wait; with k > 16,
+   * one commit group per k16 step, wait_group 1, then a cp.async into B's first (3, allowed) or
+   * last (4, a fault) k16 slice.
+   */
+  mode?: 0 | 1 | 2 | 3 | 4;
 }
 
 /**
