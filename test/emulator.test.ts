@@ -70,6 +70,23 @@ t.test('decode, Hopper kernel: several requests per part, with few SMs', { skip:
   }
 });
 
+// Long requests on 3 SMs: each CTA walks many pairs of tiles, so the running max shared by the
+// two warpgroups grows after the first pair (a stale or racy max shows only then), and K chunks
+// are reloaded into stages still being read by the other warpgroup's earlier work.
+t.test('decode, Hopper kernel: many tile pairs per part, with few SMs', { skip: emuSkip }, async (t) => {
+  cuda.setDevice(0);
+  for (const [H, pageSize, seqLens, seed] of [[8, 64, [2500, 3], 4200], [64, 256, [1337], 4201]] as const) {
+    const spec: CaseSpec = { B: seqLens.length, H, pageSize, seqLens: [...seqLens], sQ: 1, causal: false, dtype: 'bf16', seed, kernel: 'hopper' };
+    const cfg = decodeConfig(H, 1, undefined, { kernel: 'hopper' });
+    const b = build(spec);
+    try {
+      checkOutputs(t, `${EMULATED_TIERS[0]} hopper H${H} ps${pageSize} L[${seqLens.join(',')}]: ${cfg.numParts} parts`, runBuilt(b, spec), b.ref);
+    } finally {
+      disposeBuilt(b);
+    }
+  }
+});
+
 // linear takes its 64- or 128-row tiles and stage count from the same limits.
 t.test('linear: tiled, skinny and split-K paths on each shared-memory tier', { skip: emuSkip }, async (t) => {
   for (let dev = 0; dev < EMULATED_TIERS.length; dev++) {

@@ -103,6 +103,9 @@ void groupRendezvous(const char* op, const uint64_t (&key)[8], const void* in, G
   if (++g.arrived == 128) {
     TSAN_ACQ(sync);
     compute(g, ctx);
+    // The shared-memory reads `compute` made for all 128 happen before each of them leaves (a
+    // wgmma's operands are read before its wait_group returns, so a thread may then overwrite them).
+    TSAN_REL(sync);
     g.arrived = 0;
     g.op = nullptr;
     g.gen++;
@@ -321,6 +324,9 @@ void settle(MBarrier& b, uint32_t off, const char* file, int line) {
                                off, (long long)b.inflightBytes, (long long)b.tx));
   if (b.inflightBytes != b.tx) return;  // more loads (or expect_tx) still to come
   Block& B = *tlBlock;
+#ifdef MLA_EMU_TSAN
+  TSAN_ACQ(mbarSync(off));  // landing on this fiber comes after the issuing threads' 0xFF fill
+#endif
   for (const TmaCopy& cp : b.inflight) {
     for (size_t i = 0; i < cp.data.size() / 16; ++i) {
       const uint32_t chunkOff = cp.chunks[i];
@@ -681,6 +687,9 @@ void tmaLoad(void* dst, const void* tensorMap, int rank, const int32_t* coords, 
   }
   b.inflight.push_back(std::move(cp));
   b.inflightBytes += int64_t(bytes);
+#ifdef MLA_EMU_TSAN
+  TSAN_REL(mbarSync(barOff));  // the fill above happens before the landing (settle)
+#endif
   if (b.pending == 0 && b.inflightBytes > b.tx)
     faultAt(file, line, format("TMA loads in flight on the mbarrier at shared offset %u carry %lld bytes, more than "
                                "the %lld transaction bytes its phase expects (expect_tx too small)",

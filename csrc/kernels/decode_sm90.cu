@@ -113,9 +113,10 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
 
   const uint32_t qAddr = sharedAddr(sQ), p0Addr = sharedAddr(sP0), p1Addr = sharedAddr(sP1);
   const uint32_t vAddr0 = sharedAddr(sK) + wg * kVChunks * kChunkBytes;  // this warpgroup's V, stage 0
-  // S = Q K^T of the tile in `stage`: 9 chunks x 4 k-steps of 16 columns (32 bytes inside the
-  // 128-byte row), each chunk as soon as its TMA load lands; chunk 8 (rope) takes A from
-  // registers. `split`: commit chunks 0-3 and 4-8 as separate groups (see warpgroup 0).
+  // S = Q K^T of the tile in `stage`, chunks [cBegin, cEnd) of 9, 4 k-steps of 16 columns each
+  // (32 bytes inside the 128-byte row), each chunk as soon as its TMA load lands and committed as
+  // its own group (warpgroup 0 waits for an older group between chunks 3 and 4); chunk 8 (rope)
+  // takes A from registers.
   uint32_t q8[16];  // Q[rows][512, 576) as wgmma A fragments, 4 k-steps x 4 registers
   float s[32];      // S (m64n64 accumulators): key 8(i/4) + 2q + (i&1), row g or g+8 by (i&2)
   auto issueS = [&](int stage, int cBegin, int cEnd) {
