@@ -29,6 +29,10 @@
 #                   decode --grid decode.kernel=portable,hopper)
 #   bench       50  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy; layer includes
 #                   the step as a CUDA graph), then scripts/host-overhead.mjs (host µs per op)
+# Not in `all` (a second call's, for tuning once the numbers are in):
+#   profile     90  Nsight Compute (ncu --clock-control none) on one launch of each decode main
+#                   kernel at H 128 and H 16 (s_q 1, s_k 8192, B 128): throughputs, pipe use,
+#                   warp stalls; the table shows duration and SM / memory throughput per launch
 # A global deadline (GPU_CHECK_DEADLINE, default 450 s after GPU_CHECK_T0, else after this
 # script's start) shortens or skips what would run past it. The table comes last on stdout and
 # in $OUT/summary.txt; $OUT also gets logs.tgz (every log, refreshed after each phase),
@@ -53,8 +57,9 @@ NCPU=$(nproc 2>/dev/null || echo 4)
 FLASHMLA=$ROOT/.gpu/anchors/flashmla/bench_flashmla.sh
 
 ALL_PHASES=(env hopper tests demo primitives memcheck racecheck ceilings flashmla decode bench)
+TABLE_PHASES=("${ALL_PHASES[@]}" profile)
 declare -A BUDGET=([env]=20 [hopper]=20 [tests]=100 [demo]=20 [primitives]=30 [memcheck]=25 [racecheck]=25
-  [ceilings]=35 [flashmla]=45 [decode]=85 [bench]=50 [rebuild]=150)
+  [ceilings]=35 [flashmla]=45 [decode]=85 [bench]=50 [rebuild]=150 [profile]=90)
 KERNEL_TESTS="test/runtime.test.ts test/rope.test.ts test/rmsnorm.test.ts test/linear.test.ts test/decode.test.ts test/prefill.test.ts test/attention.test.ts test/demo.test.ts test/graph.test.ts test/fp8-cache.test.ts"
 # The sanitizer subset: one small subtest per kernel family (tap --grep on top-level subtests).
 SAN_FILES="test/decode.test.ts test/prefill.test.ts test/linear.test.ts test/rmsnorm.test.ts test/rope.test.ts"
@@ -352,6 +357,30 @@ phase_bench() {
   record bench "$(status_of $rc)" "$(bench_counts "$OUT/bench-quick.json" "$WORK/bench.txt")"
 }
 
+# One launch of a main kernel per shape under Nsight Compute. The bench around it checks the result
+# against the reference first and runs a handful of launches; ncu replays only the one it profiles.
+phase_profile() {
+  need_gpu profile && plan profile || return; phase_start profile
+  command -v ncu > /dev/null || { record profile FAIL "ncu is not on the PATH"; return; }
+  local kernels=hopper rc=0 h k log det=()
+  [[ ${MLA_CUDA_DECODE_KERNEL:-} == portable ]] && kernels=portable   # the hopper phase failed
+  for k in $kernels portable; do
+    for h in 128 16; do
+      log="$WORK/profile-$k-h$h.txt"
+      timeout -k 5 $(( T / 4 )) ncu --clock-control none -k "regex:$([[ $k == hopper ]] && echo decodeMainSm90Kernel || echo decodeMainKernel)" \
+        --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --section WarpStateStats --section Occupancy --section LaunchStats \
+        node dist/cli/main.js bench decode --b 128 --h $h --sq 1 --sk 8192 --grid decode.kernel=$k --warmup 1 --repeats 2 \
+        --max-instances 1 --bandwidth-tbs 3 --matmul-tflops 700 > "$log" 2>&1
+      local r=$?; (( r != 0 )) && rc=$r
+      det+=("$k h$h: $(awk '/^ *Duration /{d=$NF" "$(NF-1)} /Compute \(SM\) Throughput/{c=$NF"%"} /^ *Memory Throughput /&&$(NF-1)=="%"{m=$NF"%"} END{print (d?d:"no report")", SM "c", mem "m}' "$log")")
+    done
+    [[ $kernels == portable ]] && break
+  done
+  printf '%s\n' "${det[@]}" > "$WORK/profile.notes"
+  record profile "$(status_of $rc)" "ncu, one launch per kernel and shape (logs: profile-*.txt)" "$WORK/profile.notes"
+}
+
 # ---- the comparison and the table ------------------------------------------------------------------
 compare_decode() { # ours vs FlashMLA on the shapes both timed; headline rows, all rows to a file
   [[ -s $OUT/flashmla.jsonl ]] || return 0
@@ -405,7 +434,7 @@ print_table() {
     echo "==================== gpu-check summary ===================="
     echo "device: $(cat "$WORK/state/device" 2>/dev/null || echo '?')"
     printf '%-10s %-7s %9s  %s\n' phase status 'time/bud' detail
-    for p in "${ALL_PHASES[@]}"; do
+    for p in "${TABLE_PHASES[@]}"; do
       [[ -f $WORK/state/$p ]] || continue
       IFS=$'\t' read -r st secs bud det rid < "$WORK/state/$p"
       [[ $rid == "$RUN_ID" ]] || det="(earlier invocation) $det"
@@ -434,9 +463,9 @@ for ph in "${phases[@]}"; do
   case $ph in
     all) todo+=("${ALL_PHASES[@]}") ;;
     sanitize) todo+=(memcheck racecheck) ;;
-    env|hopper|tests|demo|primitives|memcheck|racecheck|ceilings|flashmla|decode|bench|summary) todo+=("$ph") ;;
+    env|hopper|tests|demo|primitives|memcheck|racecheck|ceilings|flashmla|decode|bench|profile|summary) todo+=("$ph") ;;
     -h|--help|help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) echo "unknown phase $ph (all, env, hopper, tests, demo, primitives, sanitize, memcheck, racecheck, ceilings, flashmla, decode, bench, summary)"; exit 2 ;;
+    *) echo "unknown phase $ph (all, env, hopper, tests, demo, primitives, sanitize, memcheck, racecheck, ceilings, flashmla, decode, bench, profile, summary)"; exit 2 ;;
   esac
 done
 if [[ " ${phases[*]} " == *" all "* ]]; then rm -rf "$WORK"; rm -f "$OUT"/{summary.txt,logs.tgz,torch-ceilings.json,flashmla.jsonl,decode.json,bench-quick.json,roofline.svg}; fi
@@ -458,6 +487,7 @@ for ph in "${todo[@]}"; do
     flashmla) phase_flashmla ;;
     decode) phase_decode ;;
     bench) phase_bench ;;
+    profile) phase_profile ;;
   esac
 done
 print_table
