@@ -102,8 +102,8 @@ __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint
   // The fault modes (1: no fence, 2: a copy into B under the wgmma) are emulator tests; on a
   // GPU they would be undefined, so only mode 0 is compiled there (the launcher refuses others).
   // Modes 3 and 4 (KS > 1) commit each k16 step as its own group, chained into one accumulator,
-  // then wait_group 1, __syncthreads, and copy into B's first k16 slice (3: read by a completed
-  // group, allowed) or its last (4: read by the group still pending, a fault).
+  // then wait_group 1, and thread 0 copies into B's first k16 slice (3: read by a group its own
+  // wait completed, allowed) or its last (4: read by the group still pending, a fault).
 #ifdef MLA_EMULATE
   const int mode = args.mode;
 #else
