@@ -601,7 +601,6 @@ __global__ void __launch_bounds__(256, 1) decodeCombineKernel(DecodeKernelArgs a
 }
 
 // ---- host side -----------------------------------------------------------------------------
-
 Status devicePropsFor(DeviceProps* out) {
   static std::mutex mu;
   static DeviceProps cache[64];
@@ -647,12 +646,13 @@ int tierFor(int smemOptin, bool sparse = false) {
   return 0;
 }
 
-template <class C> int overheadFor() { return (5 * 64 + C::BN - 1) / C::BN; }
+// The plan's fixed cost of a split, in tiles of bn keys (about 5 tiles of 64 keys).
+constexpr int overheadFor(int bn) { return (5 * 64 + bn - 1) / bn; }
 
-// The smem attribute and the occupancy query are per device; both are cached (per kernel
-// instantiation and device ordinal) so a decode call per layer does not repeat them.
-template <typename T, class C, bool KV8, bool SP = false>
-Status prepareKernel(int* ctasPerSm) {
+// A main kernel's shared-memory attribute and occupancy query are per device; both are cached
+// (per kernel and device ordinal) so a decode call per layer does not repeat them.
+template <auto Kernel>
+Status prepareMainKernel(int smemBytes, int threads, int* ctasPerSm) {
   static std::mutex mu;
   static int cached[64] = {};
   int dev = 0;
@@ -662,11 +662,10 @@ Status prepareKernel(int* ctasPerSm) {
     *ctasPerSm = cached[dev];
     return Status::Ok();
   }
-  auto kernel = decodeMainKernel<T, C, KV8, SP>;
-  MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::smemFor(SP)),
+  MLA_CUDA_TRY(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smemBytes),
                "decode: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
   int n = 0;
-  MLA_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, C::smemFor(SP)), "decode: occupancy");
+  MLA_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, threads, smemBytes), "decode: occupancy");
   if (n < 1) return Status::Error(Code::Cuda, "decode: the main kernel does not fit on this device (occupancy 0)");
   if (dev >= 0 && dev < 64) cached[dev] = n;
   *ctasPerSm = n;
@@ -680,7 +679,7 @@ struct Plan {
 template <typename T, class C, bool KV8 = false, bool SP = false>
 Status planFor(int64_t rowsBound, int64_t wsMaxParts, const DeviceProps& dp, Plan* plan) {
   int ctas = 1;
-  MLA_RETURN_IF_ERROR((prepareKernel<T, C, KV8, SP>(&ctas)));
+  MLA_RETURN_IF_ERROR((prepareMainKernel<decodeMainKernel<T, C, KV8, SP>>(C::smemFor(SP), kThreads, &ctas)));
   plan->blockM = C::BM;
   plan->blockN = C::BN;
   plan->stages = C::ST;
@@ -689,22 +688,20 @@ Status planFor(int64_t rowsBound, int64_t wsMaxParts, const DeviceProps& dp, Pla
   plan->rowTiles = int((rowsBound + C::BM - 1) / C::BM);
   const int64_t parts = int64_t(dp.smCount) * ctas / std::max(1, plan->rowTiles);
   plan->numParts = int(std::max<int64_t>(1, std::min<int64_t>(parts, wsMaxParts)));
-  plan->overhead = overheadFor<C>();
+  plan->overhead = overheadFor(C::BN);
   return Status::Ok();
 }
 
-
-template <typename T, class C, bool KV8, bool SP = false>
-Status runDecode(DecodeKernelArgs a, const Plan& plan, Phases p, cudaStream_t s) {
+// Plan, main, combine: the three launches of every split-KV call, the main one by `launchMain`
+// (each main kernel has its own grid, shared memory and arguments).
+template <typename T, bool SP, class LaunchMain>
+Status runSplitKv(DecodeKernelArgs a, Phases p, cudaStream_t s, LaunchMain&& launchMain) {
   if (p.plan) {
     const size_t planSmem = a.B <= kPlanSmemBatch ? size_t(kRiFields) * a.B * sizeof(int32_t) : 0;
     MLA_LAUNCH_KERNEL(1, kPlanThreads, planSmem, s, decodePlanKernel)(a);
     MLA_CHECK_LAUNCH("decode: plan kernel");
   }
-  if (p.main) {
-    MLA_LAUNCH_KERNEL(dim3(plan.numParts, plan.rowTiles), kThreads, C::smemFor(SP), s, decodeMainKernel<T, C, KV8, SP>)(a);
-    MLA_CHECK_LAUNCH("decode: main kernel");
-  }
+  if (p.main) MLA_RETURN_IF_ERROR(launchMain());
   if (p.combine) {
     const int64_t rows = int64_t(a.tokens) * a.H;
     MLA_LAUNCH_KERNEL(unsigned((rows + 7) / 8), 256, 0, s, decodeCombineKernel<T, SP>)(a);
@@ -746,7 +743,11 @@ struct SplitKvLauncher {
     MLA_RETURN_IF_ERROR((planFor<T, C, KV8, SP>(rowsBound, wsMaxParts, *dp, &plan)));
     DecodeKernelArgs args = a;
     MLA_RETURN_IF_ERROR(fitPlan(op, wsPartialRows, rowsBound, &plan, &args));
-    return runDecode<T, C, KV8, SP>(args, plan, phases, s);
+    return runSplitKv<T, SP>(args, phases, s, [&]() -> Status {
+      MLA_LAUNCH_KERNEL(dim3(plan.numParts, plan.rowTiles), kThreads, C::smemFor(SP), s, decodeMainKernel<T, C, KV8, SP>)(args);
+      MLA_CHECK_LAUNCH("decode: main kernel");
+      return Status::Ok();
+    });
   }
   template <class C> Status run() {
     if (fp8) return go<__nv_bfloat16, C, true>();

@@ -403,23 +403,9 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
 }
 
 template <typename T>
-Status prepareSm90Kernel() {
-  // Per device ordinal, like prepareKernel: the attribute is set once.
-  static std::mutex mu;
-  static bool done[64] = {};
-  int dev = 0;
-  MLA_CUDA_TRY(cudaGetDevice(&dev), "decode: cudaGetDevice");
-  std::lock_guard<std::mutex> lock(mu);
-  if (dev >= 0 && dev < 64 && done[dev]) return Status::Ok();
-  MLA_CUDA_TRY(cudaFuncSetAttribute(decodeMainSm90Kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSm90SmemBytes),
-               "decode: cudaFuncSetAttribute(MaxDynamicSharedMemorySize) for the sm_90a kernel");
-  if (dev >= 0 && dev < 64) done[dev] = true;
-  return Status::Ok();
-}
-
-template <typename T>
 Status runSm90(DecodeKernelArgs a, const Plan& plan, Phases ph, cudaStream_t s) {
-  MLA_RETURN_IF_ERROR(prepareSm90Kernel<T>());
+  int ctas = 0;
+  MLA_RETURN_IF_ERROR((prepareMainKernel<decodeMainSm90Kernel<T>>(kSm90SmemBytes, kThreadsSm90, &ctas)));
   CUtensorMap kv;
   // The cache as [numPages][pageSize][576] with its strides; one box = 64 columns of
   // min(pageSize, 64) rows of one page, 128-byte swizzled (the tile layout above).
@@ -428,21 +414,11 @@ Status runSm90(DecodeKernelArgs a, const Plan& plan, Phases ph, cudaStream_t s) 
   const uint32_t box[3] = {64u, uint32_t(std::min(a.pageSize, kBN)), 1u};
   MLA_RETURN_IF_ERROR(encodeTensorMapTiled(&kv, std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
                                            3, const_cast<void*>(a.cache), dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B));
-  if (ph.plan) {
-    const size_t planSmem = a.B <= kPlanSmemBatch ? size_t(kRiFields) * a.B * sizeof(int32_t) : 0;
-    MLA_LAUNCH_KERNEL(1, kPlanThreads, planSmem, s, decodePlanKernel)(a);
-    MLA_CHECK_LAUNCH("decode: plan kernel");
-  }
-  if (ph.main) {
+  return runSplitKv<T, false>(a, ph, s, [&]() -> Status {
     MLA_LAUNCH_KERNEL(dim3(plan.numParts, plan.rowTiles), kThreadsSm90, kSm90SmemBytes, s, decodeMainSm90Kernel<T>)(a, kv);
     MLA_CHECK_LAUNCH("decode: sm_90a main kernel");
-  }
-  if (ph.combine) {
-    const int64_t rows = int64_t(a.tokens) * a.H;
-    MLA_LAUNCH_KERNEL(unsigned((rows + 7) / 8), 256, 0, s, decodeCombineKernel<T>)(a);
-    MLA_CHECK_LAUNCH("decode: combine kernel");
-  }
-  return Status::Ok();
+    return Status::Ok();
+  });
 }
 
 }  // namespace
@@ -457,7 +433,7 @@ Status runDecodeSm90(DecodeKernelArgs a, DType dtype, int64_t rowsBound, int64_t
   plan.ctasPerSm = 1;
   plan.rowTiles = int((rowsBound + kBM - 1) / kBM);
   plan.numParts = int(std::max<int64_t>(1, std::min<int64_t>(int64_t(dp.smCount) / std::max(1, plan.rowTiles), wsMaxParts)));
-  plan.overhead = (5 * 64 + kBN - 1) / kBN;
+  plan.overhead = overheadFor(kBN);
   MLA_RETURN_IF_ERROR(fitPlan("decode", wsPartialRows, rowsBound, &plan, &a));
   if (info) {
     *info = DecodeConfigInfo{plan.blockM, plan.blockN, plan.stages, plan.smem, plan.numParts, plan.rowTiles, plan.ctasPerSm};
