@@ -41,7 +41,8 @@ struct PrimitivesParams {
   TensorRef preds, votes;
 
   // Wgmma: d = A·B (+ c when scaleD) by wgmma.mma_async m64nNk16 f32.{bf16,f16} in k/16 steps
-  // (a, b, c, d as for Mma but a [64,k], b [k,n], c/d [64,n]; n 16, 32 or 256; k 16 or 64).
+  // (a, b, c, d as for Mma but a [64,k], b [k,n], c/d [64,n]; n 16, 32, 64 or 256; k 16, or 64
+  // with n 32 or 64).
   // A is K-major (from shared memory with swizzleA, or from registers when rs); B is K-major
   // (tnspB 0) or MN-major (tnspB 1) with swizzleB. Swizzles are spans in bytes: 0 (none), 32,
   // 64, 128. lboRows: k-rows per 64-column group of a swizzled MN-major B (its LBO = lboRows·span).
@@ -55,9 +56,12 @@ struct PrimitivesParams {
   TensorRef coords, tile, waits;
   int box[3] = {1, 1, 1};
   int swizzle = 0;
-  // Fault variants for emulator tests (0: none). Wgmma 1: no wgmma.fence; 2: a cp.async into B
-  // between the wgmma and its wait_group (write after read). Tma 1: ldmatrix of the
-  // destination before the mbarrier wait. Mbarrier 1: a wait for a phase that never completes.
+  // Emulator test variants (0: none; the launcher refuses others on a GPU). Wgmma 1: no
+  // wgmma.fence; 2: a cp.async into B between the wgmma and its wait_group (write after read);
+  // 3 / 4 (k 64): a group per k16 step, wait_group 1, then a cp.async into the B slice of a
+  // completed (3, allowed) or the pending (4, a fault) group. Tma 1: ldmatrix of the destination
+  // before the mbarrier wait. Mbarrier 1: a wait for a phase that never completes; 2: one named
+  // barrier generation joined with two counts; 3: a bar.sync that never completes.
   int mode = 0;
 };
 
