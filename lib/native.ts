@@ -8,11 +8,9 @@ import { FALLBACK_LIMITS, type NativeLimits, type NativeOps } from './native-con
 
 /** What csrc/binding/napi_util.cc reads as a tensor argument. */
 export interface NativeTensorRef {
-  buffer: NativeDeviceBuffer;
-  offset: number; // elements
-  dtype: number;
-  shape: readonly number[];
-  strides: readonly number[];
+  readonly buffer: NativeDeviceBuffer;
+  /** [offset, dtype code, ndim, ...shape, ...strides], in elements. */
+  readonly desc: Float64Array;
 }
 
 export interface NativeDeviceBuffer {

@@ -278,6 +278,32 @@ t.test('streams, events and timing', { skip: gpuSkip }, async (t) => {
   t.equal(cuda.devices().length, cuda.deviceCount());
 });
 
+t.test('native ops check forged descriptors before touching memory', { skip: gpuSkip }, async (t) => {
+  // The bindings trust nothing of a descriptor: every window must lie inside its allocation,
+  // including ones whose size x stride products would wrap int64 (entries go up to 2^53).
+  using x = DeviceTensor.zeros([4, 4]);
+  const ref = x.nativeRef();
+  const fill = (desc: number[] | Float64Array | Float32Array, buffer: unknown = ref.buffer): unknown =>
+    nativeOp('fill')({ dst: { buffer, desc } as never, value: 1 });
+  const f64 = (...v: number[]): Float64Array => Float64Array.from(v);
+  t.doesNotThrow(() => fill(f64(0, 0, 2, 4, 4, 4, 1)), 'the real descriptor fills');
+  t.same([...(await x.toFloat32())], Array(16).fill(1));
+  await rejects(t, () => fill([0, 0, 2, 4, 4, 4, 1]), 'ERR_ARGUMENT', /fill: `dst` needs a Float64Array descriptor/);
+  await rejects(t, () => fill(Float32Array.from([0, 0, 1, 16, 1])), 'ERR_ARGUMENT', /Float64Array descriptor/);
+  await rejects(t, () => fill(f64(0, 0, 2, 4, 4, 4)), 'ERR_SHAPE', /inconsistent descriptor/);
+  await rejects(t, () => fill(f64(0, 0, 9, ...Array(18).fill(1))), 'ERR_SHAPE', /more than 8 dims/);
+  await rejects(t, () => fill(f64(0.5, 0, 1, 4, 1)), 'ERR_ARGUMENT', /not an integer/);
+  await rejects(t, () => fill(f64(0, 17, 1, 4, 1)), 'ERR_DTYPE', /unknown dtype/);
+  await rejects(t, () => fill(f64(0, 0, 1, 4, -1)), 'ERR_SHAPE', /negative size or stride/);
+  await rejects(t, () => fill(f64(13, 0, 1, 4, 1)), 'ERR_RANGE', /fill: `dst` addresses memory outside its buffer/);
+  await rejects(t, () => fill(f64(0, 0, 1, 17, 1)), 'ERR_RANGE', /outside its buffer/);
+  await rejects(t, () => fill(f64(0, 0, 2, 2 ** 33 + 1, 2, 2 ** 31, 1)), 'ERR_RANGE', /outside its buffer/);
+  await rejects(t, () => fill(f64(0, 0, 2, 2 ** 52, 2 ** 52, 2 ** 12, 2 ** 12)), 'ERR_RANGE', /outside its buffer/);
+  await rejects(t, () => fill(ref.desc, Object.create(Object.getPrototypeOf(ref.buffer) as object)), 'ERR_ARGUMENT', /not backed by a DeviceBuffer/);
+  await rejects(t, () => nativeOp('fill')({ dst: ref, value: 1, stream: {} as never }), 'ERR_ARGUMENT', /fill: `stream` must be a Stream/);
+  t.same([...(await x.toFloat32())], Array(16).fill(1), 'no refused call wrote anything');
+});
+
 t.test('lifetime on the device: deferred free, OOM, finalizers', { skip: gpuSkip }, async (t) => {
   const d = DeviceTensor.fromArray(randn(1 << 20, 5), [1 << 20], 'f32');
   const pending = d.toHost();

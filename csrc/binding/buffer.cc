@@ -37,6 +37,7 @@ Napi::Function DeviceBuffer::Define(Napi::Env env) {
 // new DeviceBuffer(bytes): allocates on the current device.
 DeviceBuffer::DeviceBuffer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DeviceBuffer>(info) {
   Napi::Env env = info.Env();
+  napi_type_tag_object(env, info.This(), &kDeviceBufferTag);
   if (info.Length() < 1 || !info[0].IsNumber()) throwError(env, Code::Argument, "DeviceBuffer: `bytes` must be a number");
   double bytes = info[0].As<Napi::Number>().DoubleValue();
   if (!(bytes >= 0) || bytes > 1.0e15) throwError(env, Code::Range, "DeviceBuffer: `bytes` out of range");
@@ -168,7 +169,7 @@ Napi::Value DeviceBuffer::DownloadAsync(const Napi::CallbackInfo& info) {
     throwError(env, Code::Argument, "downloadAsync: expected (byteOffset, bytes)");
   double offset = info[0].As<Napi::Number>().DoubleValue(), bytes = info[1].As<Napi::Number>().DoubleValue();
   checkRange(env, this, offset, bytes, "downloadAsync");
-  StreamHandle stream = info.Length() > 2 ? streamFrom(env, info[2], "toHost: `stream`") : nullptr;
+  StreamHandle stream = info.Length() > 2 ? streamFrom(env, info[2], "toHost", "stream") : nullptr;
   void* after = nullptr;
   if (stream) {
     throwIfError(env, gpu::eventCreate(&after));
@@ -191,12 +192,11 @@ Napi::Value DeviceBuffer::GetBytes(const Napi::CallbackInfo& info) {
 Napi::Value DeviceBuffer::GetFreed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), freed()); }
 Napi::Value DeviceBuffer::GetDevice(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), device_); }
 
-DeviceBuffer* unwrapBuffer(Napi::Env env, Napi::Value v, const std::string& argName) {
-  AddonData& data = addonData(env);
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data.bufferClass.Value()))
-    throwError(env, Code::Argument, argName + " is not backed by a DeviceBuffer");
+DeviceBuffer* unwrapBuffer(Napi::Env env, Napi::Value v, const char* op, const char* arg) {
+  if (!hasTypeTag(env, v, kDeviceBufferTag))
+    throwError(env, Code::Argument, std::string(op) + ": `" + arg + "` is not backed by a DeviceBuffer");
   DeviceBuffer* b = DeviceBuffer::Unwrap(v.As<Napi::Object>());
-  if (b->freed()) throwError(env, Code::Disposed, argName + " was disposed");
+  if (b->freed()) throwError(env, Code::Disposed, std::string(op) + ": `" + arg + "` was disposed");
   return b;
 }
 

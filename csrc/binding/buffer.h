@@ -41,7 +41,8 @@ class DeviceBuffer : public Napi::ObjectWrap<DeviceBuffer> {
 void captureBegan();
 void captureEnded();
 
-// The native buffer behind a JS value, or a thrown ERR_ARGUMENT / ERR_DISPOSED naming argName.
-DeviceBuffer* unwrapBuffer(Napi::Env env, Napi::Value v, const std::string& argName);
+// The native buffer behind a JS value, or a thrown ERR_ARGUMENT / ERR_DISPOSED naming the op and
+// the argument.
+DeviceBuffer* unwrapBuffer(Napi::Env env, Napi::Value v, const char* op, const char* arg);
 
 }  // namespace mla::binding

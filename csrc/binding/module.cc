@@ -221,9 +221,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   env.SetInstanceData<AddonData>(data);
   Napi::Function buffer = DeviceBuffer::Define(env), stream = Stream::Define(env), event = Event::Define(env);
-  data->bufferClass = Napi::Persistent(buffer);
-  data->streamClass = Napi::Persistent(stream);
-  data->eventClass = Napi::Persistent(event);
   data->graphClass = Napi::Persistent(Graph::Define(env));
   exports.Set("DeviceBuffer", buffer);
   exports.Set("Stream", stream);

@@ -19,6 +19,7 @@ Napi::Function Stream::Define(Napi::Env env) {
 
 Stream::Stream(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Stream>(info) {
   Napi::Env env = info.Env();
+  napi_type_tag_object(env, info.This(), &kStreamTag);
   throwIfError(env, gpu::requireDevice());
   throwIfError(env, gpu::currentDevice(&device_));
   throwIfError(env, gpu::streamCreate(&handle_));
@@ -96,7 +97,7 @@ Napi::Value Stream::Query(const Napi::CallbackInfo& info) {
 Napi::Value Stream::WaitEvent(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   checkAlive(env, destroyed_);
-  if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(addonData(env).eventClass.Value()))
+  if (info.Length() < 1 || !hasTypeTag(env, info[0], kEventTag))
     throwError(env, Code::Argument, "waitEvent: `event` must be an Event");
   Event* e = Event::Unwrap(info[0].As<Napi::Object>());
   if (!e->handle()) throwError(env, Code::Disposed, "waitEvent: `event` was disposed");
@@ -120,7 +121,7 @@ Napi::Value Stream::EndCapture(const Napi::CallbackInfo& info) {
   checkAlive(env, destroyed_);
   Graph* into = nullptr;
   if (info.Length() > 0 && !info[0].IsUndefined()) {
-    if (!info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(addonData(env).graphClass.Value()))
+    if (!hasTypeTag(env, info[0], kGraphTag))
       throwError(env, Code::Argument, "endCapture: `graph` must be a Graph");
     into = Graph::Unwrap(info[0].As<Napi::Object>());
     if (!into->handle()) throwError(env, Code::Disposed, "endCapture: `graph` was disposed");
@@ -159,7 +160,9 @@ Napi::Function Graph::Define(Napi::Env env) {
 }
 
 // Made only by Stream.endCapture (it adopts the instantiated graph).
-Graph::Graph(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Graph>(info) {}
+Graph::Graph(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Graph>(info) {
+  napi_type_tag_object(info.Env(), info.This(), &kGraphTag);
+}
 
 Graph::~Graph() {
   if (exec_) gpu::graphExecDestroy(exec_);
@@ -169,7 +172,7 @@ Graph::~Graph() {
 Napi::Value Graph::Launch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!exec_) throwError(env, Code::Disposed, "launch: the graph was disposed");
-  StreamHandle s = streamFrom(env, info.Length() > 0 ? info[0] : env.Undefined(), "launch: `stream`");
+  StreamHandle s = streamFrom(env, info.Length() > 0 ? info[0] : env.Undefined(), "launch", "stream");
   int current = 0;
   throwIfError(env, gpu::currentDevice(&current));
   if (current != device_) throwIfError(env, gpu::setDevice(device_));
@@ -185,12 +188,11 @@ Napi::Value Graph::Destroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-StreamHandle streamFrom(Napi::Env env, Napi::Value v, const std::string& argName) {
+StreamHandle streamFrom(Napi::Env env, Napi::Value v, const char* op, const char* arg) {
   if (v.IsUndefined() || v.IsNull()) return nullptr;
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(addonData(env).streamClass.Value()))
-    throwError(env, Code::Argument, argName + " must be a Stream");
+  if (!hasTypeTag(env, v, kStreamTag)) throwError(env, Code::Argument, std::string(op) + ": `" + arg + "` must be a Stream");
   Stream* s = Stream::Unwrap(v.As<Napi::Object>());
-  if (s->destroyed()) throwError(env, Code::Disposed, argName + " was disposed");
+  if (s->destroyed()) throwError(env, Code::Disposed, std::string(op) + ": `" + arg + "` was disposed");
   return s->handle();
 }
 
@@ -203,6 +205,7 @@ Napi::Function Event::Define(Napi::Env env) {
 
 Event::Event(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Event>(info) {
   Napi::Env env = info.Env();
+  napi_type_tag_object(env, info.This(), &kEventTag);
   throwIfError(env, gpu::requireDevice());
   throwIfError(env, gpu::eventCreate(&handle_));
 }
@@ -218,7 +221,7 @@ void* Event::checked(Napi::Env env) const {
 
 Napi::Value Event::Record(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  StreamHandle s = info.Length() > 0 ? streamFrom(env, info[0], "record: `stream`") : nullptr;
+  StreamHandle s = info.Length() > 0 ? streamFrom(env, info[0], "record", "stream") : nullptr;
   throwIfError(env, gpu::eventRecord(checked(env), s));
   recorded_ = true;
   return env.Undefined();
@@ -238,7 +241,7 @@ Napi::Value Event::Query(const Napi::CallbackInfo& info) {
 // a.elapsedMs(b): milliseconds from event a to event b (both recorded, b completed).
 Napi::Value Event::ElapsedMs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().InstanceOf(addonData(env).eventClass.Value()))
+  if (info.Length() < 1 || !hasTypeTag(env, info[0], kEventTag))
     throwError(env, Code::Argument, "elapsedMs: `end` must be an Event");
   Event* end = Event::Unwrap(info[0].As<Napi::Object>());
   if (!recorded_ || !end->recorded_) throwError(env, Code::Argument, "elapsedMs: both events must be recorded first");

@@ -164,6 +164,19 @@ size_t pageBytes() {
 std::shared_mutex memMu;
 std::map<uintptr_t, Allocation> allocations;
 std::vector<size_t> inUse(kMaxDevices, 0);
+// cudaMallocAsync's pool: mappings cudaFreeAsync gave back, kept for the next stream-ordered
+// allocation of the same size on the same device, as CUDA's pool keeps its blocks. Ops allocate
+// and free scratch (linear's split-K partials) on every call, and an mmap + mprotect + munmap
+// each time was most of an op's host cost here, a cost the real runtime does not have.
+// Bounded; the contents are whatever the last user left, as on a GPU.
+struct PooledBlock {
+  int device;
+  size_t rounded, mapped;
+  void* mapping;
+};
+std::vector<PooledBlock> pool;
+size_t pooledBytes = 0;
+constexpr size_t kPoolBytes = size_t(256) << 20;
 
 std::mutex handleMu;
 std::set<const void*> streams, events, graphs, graphExecs;
@@ -430,8 +443,8 @@ const char* cudaGetErrorString(cudaError_t e) {
 }
 
 namespace {
-cudaError_t allocDevice(void** p, size_t bytes);
-cudaError_t freeDevice(void* p);
+cudaError_t allocDevice(void** p, size_t bytes, bool pooled = false);
+cudaError_t freeDevice(void* p, bool pooled = false);
 }  // namespace
 
 GraphMemory::~GraphMemory() {
@@ -452,12 +465,27 @@ cudaError_t cudaFree(void* p) {
 }
 
 namespace {
-cudaError_t allocDevice(void** p, size_t bytes) {
+cudaError_t allocDevice(void** p, size_t bytes, bool pooled) {
   const DeviceSpec& s = device(tlDevice);
   const size_t rounded = chargedBytes(bytes);
   {
     std::shared_lock<std::shared_mutex> lock(memMu);
     if (inUse[size_t(tlDevice)] + rounded > s.memoryBytes) return fail(cudaErrorMemoryAllocation);
+  }
+  if (pooled) {
+    std::unique_lock<std::shared_mutex> lock(memMu);
+    for (size_t i = 0; i < pool.size(); ++i) {
+      const PooledBlock b = pool[i];
+      if (b.device != tlDevice || b.rounded != rounded) continue;
+      pool[i] = pool.back();
+      pool.pop_back();
+      pooledBytes -= b.mapped;
+      void* m = static_cast<char*>(b.mapping) + (b.mapped - pageBytes() - rounded);
+      allocations[reinterpret_cast<uintptr_t>(m)] = Allocation{bytes, tlDevice, b.mapping, b.mapped};
+      inUse[size_t(tlDevice)] += rounded;
+      *p = m;
+      return cudaSuccess;
+    }
   }
   // 256-byte aligned like cudaMalloc; the exact size is what is registered.
   void* m = nullptr;
@@ -481,7 +509,7 @@ cudaError_t allocDevice(void** p, size_t bytes) {
   return cudaSuccess;
 }
 
-cudaError_t freeDevice(void* p) {
+cudaError_t freeDevice(void* p, bool pooled) {
   std::unique_lock<std::shared_mutex> lock(memMu);
   auto it = allocations.find(reinterpret_cast<uintptr_t>(p));
   if (it == allocations.end()) return fail(cudaErrorInvalidDevicePointer);
@@ -489,6 +517,11 @@ cudaError_t freeDevice(void* p) {
   const Allocation a = it->second;
   allocations.erase(it);
   freeGeneration.fetch_add(1, std::memory_order_release);
+  if (pooled && a.mapping && pooledBytes + a.mapped <= kPoolBytes) {
+    pool.push_back(PooledBlock{a.device, chargedBytes(a.bytes), a.mapped, a.mapping});
+    pooledBytes += a.mapped;
+    return cudaSuccess;
+  }
   lock.unlock();
   if (a.mapping) munmap(a.mapping, a.mapped);
   else std::free(p);
@@ -501,7 +534,10 @@ cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t s) {
   *p = nullptr;
   MLA_EMU_STICKY();
   if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
-  if (!capturingStream(s)) return cudaMalloc(p, bytes);
+  if (!capturingStream(s)) {
+    if (tlCaptures > 0) return breakThreadCaptures();
+    return allocDevice(p, bytes, /*pooled=*/true);
+  }
   if (cudaError_t err = allocDevice(p, bytes)) return err;
   s->capture->memory->blocks.push_back(*p);
   recordNode(s, GraphNode{GraphNode::MemAlloc, nullptr, [](cudaStream_t) { return cudaSuccess; }});
@@ -509,7 +545,11 @@ cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t s) {
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
   if (!validStream(s)) return fail(cudaErrorInvalidResourceHandle);
-  if (!capturingStream(s)) return cudaFree(p);
+  if (!capturingStream(s)) {
+    if (!p) return cudaSuccess;
+    if (tlCaptures > 0) return breakThreadCaptures();
+    return freeDevice(p, /*pooled=*/true);
+  }
   const auto& owned = s->capture->memory->blocks;
   if (std::find(owned.begin(), owned.end(), p) == owned.end()) return breakCapture(s);  // not this graph's
   recordNode(s, GraphNode{GraphNode::MemFree, nullptr, [](cudaStream_t) { return cudaSuccess; }});

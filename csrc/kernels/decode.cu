@@ -58,7 +58,7 @@ Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts,
   MLA_CHECK(maxQSeqLen >= 1 && maxQSeqLen <= (int64_t(1) << 20), Range, "decodeConfig: `maxQSeqLen` is out of range");
   MLA_CHECK(wsMaxParts >= 1 && wsMaxParts <= kDecodeMaxParts, Range, "decodeConfig: `maxParts` is out of range");
   DeviceProps dp;
-  MLA_RETURN_IF_ERROR(devicePropsFor(&dp));
+  MLA_RETURN_IF_ERROR(currentDeviceProps(&dp));
   const int tier = tierFor(dp.smemOptin);
   if (tier == 0) return Status::Error(Code::Argument, "decode: the device has too little shared memory per block");
   const int64_t rowsBound = numHeads * maxQSeqLen;
@@ -129,7 +129,7 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
   }
 
   DeviceProps dp;
-  MLA_RETURN_IF_ERROR(devicePropsFor(&dp));
+  MLA_RETURN_IF_ERROR(currentDeviceProps(&dp));
   const int tier = tierFor(dp.smemOptin);
   MLA_CHECK(tier != 0, Argument, "decode: the device has too little shared memory per block (needs ~96 KB opt-in)");
   const int64_t rowsBound = std::max<int64_t>(1, H * maxQ);

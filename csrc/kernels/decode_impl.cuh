@@ -12,7 +12,7 @@
 #include "core/check.h"
 #include "kernels/common.cuh"
 #include "kernels/decode.h"
-#include "runtime/cuda_check.h"
+#include "runtime/device_props.h"
 
 namespace mla::gpu {
 using namespace mla::kernels;
@@ -40,10 +40,6 @@ struct DecodeKernelArgs {
   const int32_t* topkLen; int64_t tlStride;  // null: every row has topk entries
   const float* sink; int64_t sinkStride;     // null: no attention sink
   int64_t numSlots;
-};
-
-struct DeviceProps {
-  int smCount = 0, smemOptin = 0, major = 0, minor = 0;
 };
 
 // Which of the three launches to issue (all by default; benchmarks time the main kernel alone).
@@ -601,26 +597,6 @@ __global__ void __launch_bounds__(256, 1) decodeCombineKernel(DecodeKernelArgs a
 }
 
 // ---- host side -----------------------------------------------------------------------------
-Status devicePropsFor(DeviceProps* out) {
-  static std::mutex mu;
-  static DeviceProps cache[64];
-  int dev = 0;
-  MLA_CUDA_TRY(cudaGetDevice(&dev), "decode: cudaGetDevice");
-  std::lock_guard<std::mutex> lock(mu);
-  if (dev >= 0 && dev < 64 && cache[dev].smCount > 0) {
-    *out = cache[dev];
-    return Status::Ok();
-  }
-  DeviceProps p;
-  MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.smCount, cudaDevAttrMultiProcessorCount, dev), "decode: SM count");
-  MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.smemOptin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "decode: smem opt-in");
-  MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.major, cudaDevAttrComputeCapabilityMajor, dev), "decode: compute capability");
-  MLA_CUDA_TRY(cudaDeviceGetAttribute(&p.minor, cudaDevAttrComputeCapabilityMinor, dev), "decode: compute capability");
-  if (dev >= 0 && dev < 64) cache[dev] = p;
-  *out = p;
-  return Status::Ok();
-}
-
 // Tiers by opt-in shared memory (the BN x 576 K tile dominates): 227 KB (sm_90/100) gets 64-key
 // tiles, 163 KB (sm_80/87) 32-key tiles, 99 KB (sm_86/89/120) 16/32-key tiles.
 using C64_T1 = Cfg<64, 64, 2>;

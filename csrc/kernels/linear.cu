@@ -8,7 +8,6 @@
 //               into mma B fragments (no shared-memory staging), x rows 16 at a time; split-K
 //               across warps of a CTA (reduced in shared memory) and across CTAs (workspace).
 // Split-K partials are summed by splitKReduce, which also converts to the output dtype.
-#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <string>
@@ -16,7 +15,7 @@
 #include "core/check.h"
 #include "kernels/common.cuh"
 #include "kernels/linear.h"
-#include "runtime/cuda_check.h"
+#include "runtime/device_props.h"
 
 namespace mla {
 namespace {
@@ -341,38 +340,6 @@ __global__ void splitKReduce(GemmArgs g) {
 }
 
 // ---- host side ---------------------------------------------------------------------------
-constexpr int kMaxDevices = 64;
-
-struct DeviceProps {
-  int sms = 0;
-  int smemOptin = 0;
-  int smemPerSm = 0;
-  bool pools = false;
-};
-
-Status deviceProps(DeviceProps* out) {
-  static std::atomic<int> sms[kMaxDevices], optin[kMaxDevices], perSm[kMaxDevices], pools[kMaxDevices];
-  int dev = 0;
-  MLA_CUDA_TRY(cudaGetDevice(&dev), "linear: cudaGetDevice");
-  if (dev < 0 || dev >= kMaxDevices) return Status::Error(Code::Argument, "linear: device index out of range");
-  if (sms[dev].load() == 0) {
-    int s = 0, o = 0, m = 0, p = 0;
-    MLA_CUDA_TRY(cudaDeviceGetAttribute(&s, cudaDevAttrMultiProcessorCount, dev), "linear: device attributes");
-    MLA_CUDA_TRY(cudaDeviceGetAttribute(&m, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev), "linear: device attributes");
-    MLA_CUDA_TRY(cudaDeviceGetAttribute(&o, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "linear: device attributes");
-    MLA_CUDA_TRY(cudaDeviceGetAttribute(&p, cudaDevAttrMemoryPoolsSupported, dev), "linear: device attributes");
-    optin[dev].store(o);
-    perSm[dev].store(m);
-    pools[dev].store(p);
-    sms[dev].store(s > 0 ? s : 1);
-  }
-  out->sms = sms[dev].load();
-  out->smemOptin = optin[dev].load();
-  out->smemPerSm = perSm[dev].load();
-  out->pools = pools[dev].load() != 0;
-  return Status::Ok();
-}
-
 // Stream-ordered scratch for split-K partials; freed on every path out of the launcher.
 class Workspace {
  public:
@@ -435,7 +402,7 @@ int planSplits(int64_t ctas, int64_t target, int K, int kStep, int minSteps, con
 }
 
 template <typename T, typename OutT, int BM, int STAGES>
-Status runTiled(GemmArgs g, const DeviceProps& dp, cudaStream_t s) {
+Status runTiled(GemmArgs g, const gpu::DeviceProps& dp, cudaStream_t s) {
   constexpr int BN = 128;
   using C = TileCfg<BM, BN, STAGES>;
   const int64_t tiles = ceilDiv64(g.M, BM) * ceilDiv64(g.N, BN);
@@ -443,17 +410,15 @@ Status runTiled(GemmArgs g, const DeviceProps& dp, cudaStream_t s) {
   if (C::kSmemBytes > dp.smemOptin)
     return Status::Error(Code::Argument, "linear: device shared memory per block (" + std::to_string(dp.smemOptin) +
                                              " B) is below the " + std::to_string(C::kSmemBytes) + " B the kernel needs");
-  auto kernel = gemmTiled<T, OutT, BM, BN, STAGES>;
-  if (C::kSmemBytes > 48 * 1024)
-    MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmemBytes),
-                 "linear: shared memory opt-in");
+  constexpr auto kernel = gemmTiled<T, OutT, BM, BN, STAGES>;
+  if (C::kSmemBytes > 48 * 1024) MLA_RETURN_IF_ERROR(gpu::optInSharedMemory<kernel>(C::kSmemBytes, "linear"));
 
   // Too few tiles to fill the GPU (decode-sized M, or small N): split K so that about two
   // CTAs per SM stream the weight; each split keeps >= 8 k-tiles to amortise the pipeline.
   g.splits = 1;
   g.kPerSplit = static_cast<int>(ceilDiv64(g.K, kBK) * kBK);
-  if (tiles * g.batch < dp.sms)
-    g.kPerSplit = planSplits(tiles * g.batch, 2 * static_cast<int64_t>(dp.sms), g.K, kBK, 8, g, &g.splits);
+  if (tiles * g.batch < dp.smCount)
+    g.kPerSplit = planSplits(tiles * g.batch, 2 * static_cast<int64_t>(dp.smCount), g.K, kBK, 8, g, &g.splits);
   if (static_cast<int64_t>(g.batch) * g.splits > 65535) return Status::Error(Code::Range, "linear: batch too large");
 
   Workspace ws(s, dp.pools);
@@ -468,14 +433,14 @@ Status runTiled(GemmArgs g, const DeviceProps& dp, cudaStream_t s) {
 }
 
 template <typename T, typename OutT>
-Status runSkinny(GemmArgs g, const DeviceProps& dp, cudaStream_t s) {
+Status runSkinny(GemmArgs g, const gpu::DeviceProps& dp, cudaStream_t s) {
   const int64_t chunks = ceilDiv64(g.K, kChunk);
   const int kw = chunks >= 8 ? 8 : chunks >= 4 ? 4 : chunks >= 2 ? 2 : 1;
   const int64_t colsPerCta = static_cast<int64_t>(kSkinnyCols) * (8 / kw);
   const int64_t ctasN = ceilDiv64(g.N, colsPerCta);
   // Enough CTAs that every SM streams W with ~4 CTAs' worth of loads in flight; each warp of a
   // split keeps at least one chunk.
-  g.kPerSplit = planSplits(ctasN * g.batch, 4 * static_cast<int64_t>(dp.sms), g.K, kChunk * kw, 1, g, &g.splits);
+  g.kPerSplit = planSplits(ctasN * g.batch, 4 * static_cast<int64_t>(dp.smCount), g.K, kChunk * kw, 1, g, &g.splits);
   if (g.splits > 65535 || g.batch > 65535 || ctasN > INT_MAX) return Status::Error(Code::Range, "linear: problem too large");
 
   Workspace ws(s, dp.pools);
@@ -497,15 +462,15 @@ Status runSkinny(GemmArgs g, const DeviceProps& dp, cudaStream_t s) {
 
 template <typename T, typename OutT>
 Status runGemm(const GemmArgs& g, cudaStream_t s) {
-  DeviceProps dp;
-  MLA_RETURN_IF_ERROR(deviceProps(&dp));
+  gpu::DeviceProps dp;
+  MLA_RETURN_IF_ERROR(gpu::currentDeviceProps(&dp));
   if (g.M <= 16) return runSkinny<T, OutT>(g, dp, s);
   // 128-row tiles once they alone fill the GPU and rows are mostly real (M > 64: below that a
   // 128-row tile multiplies mostly zero-filled rows); 64-row tiles (plus split-K) otherwise.
   const int64_t bigTiles = ceilDiv64(g.M, 128) * ceilDiv64(g.N, 128) * g.batch;
   // Two 128-row CTAs per SM need 2 x 64 KB at 4 stages: sm_80/90/100 have it; the 100 KB
   // parts (sm_86/89/120) drop to 3 stages (48 KB) to keep two CTAs resident.
-  if (g.M > 64 && bigTiles >= dp.sms) {
+  if (g.M > 64 && bigTiles >= dp.smCount) {
     constexpr int kFour = TileCfg<128, 128, 4>::kSmemBytes;
     if (dp.smemPerSm >= 2 * (kFour + 1024)) return runTiled<T, OutT, 128, 4>(g, dp, s);
     return runTiled<T, OutT, 128, 3>(g, dp, s);

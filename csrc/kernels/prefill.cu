@@ -7,7 +7,7 @@
 #include "core/check.h"
 #include "kernels/common.cuh"
 #include "kernels/prefill.h"
-#include "runtime/cuda_check.h"
+#include "runtime/device_props.h"
 #include "runtime/runtime.h"
 
 namespace mla::gpu {
@@ -494,11 +494,10 @@ Status launchPrefillAttention(const PrefillAttentionParams& p, StreamHandle stre
   if (tiles == 0 || p.reqCount == 0 || o.shape[0] == 0) return Status::Ok();
   MLA_CHECK(tiles <= 0x7fffffffLL && p.reqCount <= 65535, Range, "prefillAttention: grid too large");
 
-  int dev = 0, optin = 0;
-  MLA_CUDA_TRY(cudaGetDevice(&dev), "prefillAttention: cudaGetDevice");
-  MLA_CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev), "prefillAttention: smem limit");
-  MLA_CHECK(optin >= kSmemBytes, Argument,
-            "prefillAttention: the device allows " + std::to_string(optin) + " bytes of shared memory per block, the kernel needs " +
+  DeviceProps dp;
+  MLA_RETURN_IF_ERROR(currentDeviceProps(&dp));
+  MLA_CHECK(dp.smemOptin >= kSmemBytes, Argument,
+            "prefillAttention: the device allows " + std::to_string(dp.smemOptin) + " bytes of shared memory per block, the kernel needs " +
                 std::to_string(kSmemBytes));
 
   AttnArgs a{};
@@ -514,9 +513,8 @@ Status launchPrefillAttention(const PrefillAttentionParams& p, StreamHandle stre
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(H), static_cast<unsigned>(p.reqCount));
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
   return MLA_DISPATCH_HALF_TYPES(q.dtype, T, [&] {
-    auto kernel = prefillAttentionKernel<T>;
-    MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),
-                 "prefillAttention: set smem");
+    constexpr auto kernel = prefillAttentionKernel<T>;
+    MLA_RETURN_IF_ERROR(optInSharedMemory<kernel>(kSmemBytes, "prefillAttention"));
     MLA_LAUNCH_KERNEL(grid, kThreads, kSmemBytes, s, kernel)(a);
     MLA_CHECK_LAUNCH("prefillAttention");
     return Status::Ok();

@@ -57,7 +57,7 @@ Status launchSparse(const SparseParams& p, StreamHandle stream) {
   if (tokens == 0) return Status::Ok();
 
   DeviceProps dp;
-  MLA_RETURN_IF_ERROR(devicePropsFor(&dp));
+  MLA_RETURN_IF_ERROR(currentDeviceProps(&dp));
   const int tier = tierFor(dp.smemOptin, true);
   MLA_CHECK(tier != 0, Argument, "sparse: the device has too little shared memory per block (needs ~96 KB opt-in)");
 

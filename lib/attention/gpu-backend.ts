@@ -251,18 +251,18 @@ export class GpuBackend implements AttentionBackend {
       // Query: q = W_qb·RMSNorm(W_qa·x) (or W_q·x), rope part rotated in place.
       let q: DeviceTensor;
       if (w.qAProj !== null) {
-        const qa = linear(hidden, w.qAProj, { ...so, out: tmp('qa', [T, w.qAProj.shape[0]!]) });
+        const qa = linear(hidden, w.qAProj, { stream, out: tmp('qa', [T, w.qAProj.shape[0]!]) });
         rmsNorm(qa, w.qALayernorm!, cfg.rmsNormEps, { out: qa, stream });
-        q = linear(qa, w.qBProj!, { ...so, out: tmp('q', [T, H * (N + R)]) });
+        q = linear(qa, w.qBProj!, { stream, out: tmp('q', [T, H * (N + R)]) });
       } else {
-        q = linear(hidden, w.qProj!, { ...so, out: tmp('q', [T, H * (N + R)]) });
+        q = linear(hidden, w.qProj!, { stream, out: tmp('q', [T, H * (N + R)]) });
       }
       const q3 = q.reshape([T, H, N + R]);
       // Positions come from the cache's own plan and the table covers them: no host check.
       ropeQuery(q3, dev.positions, table, { nopeDim: N, stream, checkIndices: false });
 
       // Latent: [RMSNorm(c) ; RoPE(k_rope)] into this step's cache slots.
-      const kvDown = linear(hidden, w.kvAProjWithMqa, { ...so, out: tmp('kvDown', [T, C + R]) });
+      const kvDown = linear(hidden, w.kvAProjWithMqa, { stream, out: tmp('kvDown', [T, C + R]) });
       appendLatent({ kvDown, normWeight: w.kvALayernorm, eps: cfg.rmsNormEps, positions: dev.positions, slotMapping: dev.slotMapping, cache, table, stream, checkIndices: false });
 
       const o = tmp('o', [T, H, V]);
@@ -335,7 +335,7 @@ export class GpuBackend implements AttentionBackend {
           absorbOutput(oLat, w.absorb, { out: o.slice(0, s.t0, s.t1), stream });
         }
       }
-      return linear(o.reshape([T, H * V]), w.oProj, { ...so, out: arena?.take('y', [T, cfg.hiddenSize], this.#dtype) });
+      return linear(o.reshape([T, H * V]), w.oProj, { stream, out: arena?.take('y', [T, cfg.hiddenSize], this.#dtype) });
     } finally {
       // cudaFree waits for the kernels still reading these.
       for (const t of temps) t.dispose();

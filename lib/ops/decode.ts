@@ -426,8 +426,7 @@ export function decode(opts: DecodeOptions): DecodeResult {
   }
 
   return launchSplitKv(OP, opts, geo, ws, () => new DecodeWorkspace({ maxBatch: Math.max(1, geo.batch), maxHeads: geo.numHeads, maxQSeqLen: rowsQ }), (io) => {
-    nativeOp(OP)({
-      ...io,
+    nativeOp(OP)(Object.assign(io, {
       blockTable: opts.blockTable.nativeRef(`${OP}: \`blockTable\``),
       seqLens: opts.seqLens.nativeRef(`${OP}: \`seqLens\``),
       qSeqLens: opts.qSeqLens?.nativeRef(`${OP}: \`qSeqLens\``),
@@ -437,7 +436,7 @@ export function decode(opts: DecodeOptions): DecodeResult {
       runPlan: phases === 'all',
       runCombine: phases === 'all',
       kernel: KERNEL_CODE[kernel],
-    });
+    }));
   });
 }
 
@@ -463,13 +462,18 @@ export function launchSplitKv(
   try {
     lse = opts.lse ?? DeviceTensor.empty([geo.tokens, geo.numHeads], 'f32');
     if (geo.tokens === 0) return { out, lse };
-    const workspace = ws ?? (temp = makeWorkspace());
+    const w = (ws ?? (temp = makeWorkspace())).nativeArgs();
+    // One literal of fixed shape, which the op's launch completes with Object.assign: an object
+    // spread here cost V8 a new hidden class on every call (more than the native call itself).
     launch({
       q: opts.q.nativeRef(`${op}: \`q\``),
       cache: opts.cache.nativeRef(`${op}: \`cache\``),
       out: out.nativeRef(`${op}: \`out\``),
       lse: lse.nativeRef(`${op}: \`lse\``),
-      ...workspace.nativeArgs(),
+      workspace: w.workspace,
+      wsMaxBatch: w.wsMaxBatch,
+      wsPartialRows: w.wsPartialRows,
+      wsMaxParts: w.wsMaxParts,
       scale: geo.scale,
       stream: opts.stream?.nativeHandle(),
     });

@@ -407,7 +407,7 @@ export function prefill(opts: PrefillOptions): PrefillResult {
         const qLen = pl.plan[b * 4 + 1]!;
         const part = scratch!.slice(0, 0, qLen);
         const partLse = scratchLse!.slice(0, 0, qLen);
-        attnOp({ ...common, out: part.nativeRef(), lse: partLse.nativeRef(), reqBegin: b, reqCount: 1, outRowBase: qStart, maxQLen: qLen });
+        attnOp(Object.assign({ out: part.nativeRef(), lse: partLse.nativeRef(), reqBegin: b, reqCount: 1, outRowBase: qStart, maxQLen: qLen }, common));
         mergeOp({
           out: out.slice(0, qStart, qStart + qLen).nativeRef(), lse: lse.slice(0, qStart, qStart + qLen).nativeRef(),
           part: part.nativeRef(), partLse: partLse.nativeRef(), stream: nativeStream,
@@ -417,7 +417,7 @@ export function prefill(opts: PrefillOptions): PrefillResult {
       // Requests are grid z (at most 65535 per launch).
       for (let r0 = rb; r0 < c.reqEnd && c.maxQLen > 0; r0 += MAX_GRID_Z) {
         const r1 = Math.min(c.reqEnd, r0 + MAX_GRID_Z);
-        attnOp({ ...common, out: outRef, lse: lseRef, reqBegin: r0, reqCount: r1 - r0, outRowBase: 0, maxQLen: c.maxQLen });
+        attnOp(Object.assign({ out: outRef, lse: lseRef, reqBegin: r0, reqCount: r1 - r0, outRowBase: 0, maxQLen: c.maxQLen }, common));
       }
     }
     return { out, lse };
@@ -551,7 +551,7 @@ export function prefillAttention(opts: PrefillAttentionOptions): PrefillResult {
       out: out.nativeRef('prefillAttention: `out`'), lse: lse.nativeRef('prefillAttention: `lse`'), plan: planT.nativeRef(),
       g0: 0, g1: Tk, outRowBase: 0, maxQLen: maxQ, scale: opts.scale, stream: opts.stream?.nativeHandle(),
     };
-    for (let r0 = 0; r0 < B && maxQ > 0; r0 += MAX_GRID_Z) nativeOp('prefillAttention')({ ...args, reqBegin: r0, reqCount: Math.min(B, r0 + MAX_GRID_Z) - r0 });
+    for (let r0 = 0; r0 < B && maxQ > 0; r0 += MAX_GRID_Z) nativeOp('prefillAttention')(Object.assign({ reqBegin: r0, reqCount: Math.min(B, r0 + MAX_GRID_Z) - r0 }, args));
     return { out, lse };
   } catch (err) {
     disposeUnlessGiven({ out, lse }, opts);

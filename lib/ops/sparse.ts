@@ -137,14 +137,13 @@ export function sparse(opts: SparseOptions): SparseResult {
   }
 
   return launchSplitKv(OP, opts, geo, ws, () => new DecodeWorkspace({ maxBatch: geo.tokens, maxHeads: geo.numHeads }), (io) => {
-    nativeOp(OP)({
-      ...io,
+    nativeOp(OP)(Object.assign(io, {
       indices: opts.indices.nativeRef(`${OP}: \`indices\``),
       topkLength: opts.topkLength?.nativeRef(`${OP}: \`topkLength\``),
       attnSink: opts.attnSink?.nativeRef(`${OP}: \`attnSink\``),
       runPlan: phases === 'all',
       runCombine: phases === 'all',
-    });
+    }));
   });
 }
 

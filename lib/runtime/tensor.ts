@@ -47,6 +47,10 @@ function checkDType(dtype: unknown, what: string): asserts dtype is DType {
   if (!isDType(dtype)) throw new MlaError('ERR_DTYPE', `${what}: unknown dtype ${String(dtype)}`);
 }
 
+// Allocations their owner freed, so that a view's `disposed` (read by every op's checks) is a
+// JS lookup instead of a native property read; only DeviceTensor.dispose frees a buffer.
+const freedBuffers = new WeakSet<NativeDeviceBuffer>();
+
 /**
  * A typed, possibly strided window onto device memory. Views (slice, select, reshape,
  * permute) share the allocation and keep it alive; dispose() on the tensor that allocated it
@@ -61,6 +65,7 @@ export class DeviceTensor implements TensorMeta {
   #buffer: NativeDeviceBuffer;
   #owner: boolean;
   #disposed = false;
+  #ref: NativeTensorRef | undefined;
 
   private constructor(buffer: NativeDeviceBuffer, owner: boolean, dtype: DType, shape: readonly number[],
     strides: readonly number[], offset: number) {
@@ -152,7 +157,7 @@ export class DeviceTensor implements TensorMeta {
   }
 
   get disposed(): boolean {
-    return this.#disposed || this.#buffer.freed;
+    return this.#disposed || freedBuffers.has(this.#buffer);
   }
   get ndim(): number {
     return this.shape.length;
@@ -173,10 +178,23 @@ export class DeviceTensor implements TensorMeta {
     if (this.disposed) throw new MlaError('ERR_DISPOSED', `${what} was disposed`);
   }
 
-  /** @internal The descriptor native ops read (see csrc/binding/napi_util.cc). */
+  /**
+   * @internal The descriptor native ops read (see csrc/binding/napi_util.cc), made once: a
+   * tensor's geometry never changes, and ops run per layer per step.
+   */
   nativeRef(what = 'tensor'): NativeTensorRef {
     this.assertAlive(what);
-    return { buffer: this.#buffer, offset: this.offset, dtype: DTYPE_CODE[this.dtype], shape: this.shape, strides: this.strides };
+    if (this.#ref) return this.#ref;
+    const n = this.shape.length;
+    const desc = new Float64Array(3 + 2 * n);
+    desc[0] = this.offset;
+    desc[1] = DTYPE_CODE[this.dtype];
+    desc[2] = n;
+    for (let i = 0; i < n; i++) {
+      desc[3 + i] = this.shape[i]!;
+      desc[3 + n + i] = this.strides[i]!;
+    }
+    return (this.#ref = { buffer: this.#buffer, desc });
   }
 
   #dim(dim: number, what: string): number {
@@ -340,7 +358,9 @@ export class DeviceTensor implements TensorMeta {
   dispose(): void {
     if (this.#disposed) return;
     this.#disposed = true;
-    if (this.#owner) this.#buffer.free();
+    if (!this.#owner) return;
+    freedBuffers.add(this.#buffer);
+    this.#buffer.free();
   }
 
   [Symbol.dispose](): void {
