@@ -77,6 +77,12 @@ export interface ForwardOptions {
    * The positions become cache slots on the host through the step's block table.
    */
   sparse?: SparseSelection;
+  /**
+   * GPU backend: [T, hidden_size] in the layer's dtype, contiguous; the output is written there
+   * and returned. Without it each call allocates the output, and disposing it frees device
+   * memory (cudaFree, which waits for the GPU): a serving loop passes one buffer per layer.
+   */
+  out?: DeviceTensor | undefined;
 }
 
 function checkSparseSelection(sel: SparseSelection, T: number): void {
@@ -193,6 +199,15 @@ export class MlaAttention implements Disposable {
       if (finite) checkFinite('MlaAttention.forward', '`hidden`', hidden.toHostSync({ stream: this.#stream }), [T, hid], this.dtype);
       x = hidden;
     }
+    const out = opts.out;
+    if (out !== undefined) {
+      if (this.backend === 'reference') fail('ERR_ARGUMENT', '`opts.out` is for the gpu backend (the reference backend returns a new Float64Array)');
+      if (!(out instanceof DeviceTensor)) fail('ERR_ARGUMENT', '`opts.out` must be a DeviceTensor');
+      out.assertAlive('MlaAttention.forward: `opts.out`');
+      if (out.shape.length !== 2 || out.shape[0] !== T || out.shape[1] !== hid) fail('ERR_SHAPE', `\`opts.out\` must have shape [${T}, ${hid}], got [${out.shape.join(', ')}]`);
+      if (out.dtype !== this.dtype) fail('ERR_DTYPE', `\`opts.out\` must be ${this.dtype}, got ${out.dtype}`);
+      if (!out.isContiguous) fail('ERR_SHAPE', '`opts.out` must be contiguous');
+    }
     const sparse = opts.sparse;
     if (sparse !== undefined) checkSparseSelection(sparse, T);
     if (isStep(batch) && !this.cache.isCurrentStep(batch)) fail('ERR_ARGUMENT', '`batch` is a CacheStep that is not the cache\'s latest plan (or its sequences changed since); call cache.planStep() for every step');
@@ -204,7 +219,7 @@ export class MlaAttention implements Disposable {
         if (p !== 'prefill' && p !== 'decode') fail('ERR_ARGUMENT', `\`pathRule\` returned ${String(p)} for sequence ${String(e.seqId)}; expected 'prefill' or 'decode'`);
         return p;
       });
-      return impl.forward(x, step, paths, sparse);
+      return impl.forward(x, step, paths, sparse, out);
     } catch (e) {
       // Give back exactly what this call reserved (state() as before, a copy-on-write page
       // included); the rows it may have written lie past the lengths.

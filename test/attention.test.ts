@@ -456,6 +456,67 @@ t.test('forward({ checkFinite: true }) on the gpu backend checks the downloaded 
   gc.dispose();
 });
 
+t.test('forward({ out }) writes the given buffer, bit for bit the output it would allocate', { skip: gpuSkip }, async (t) => {
+  const cfg: MlaConfig = mlaConfigFromHuggingFace({ hidden_size: 256, num_attention_heads: 4, q_lora_rank: 96, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 });
+  const weights = randomLayerWeights(cfg, 6);
+  const twins = [0, 1].map(() => {
+    const cache = new LatentCache({ config: cfg, numLayers: 1, numPages: 8, pageSize: 16, backend: 'gpu' });
+    const layer = MlaAttention.create({ config: cfg, weights, cache, layer: 0, backend: 'gpu' });
+    cache.addSequence('a');
+    cache.addSequence('b');
+    return { cache, layer };
+  });
+  const [fresh, given] = twins as [typeof twins[0], typeof twins[0]];
+  const out = DeviceTensor.empty([3, 256], 'bf16');
+  for (const [k, n] of [[0, 5], [1, 1], [2, 1]] as const) {
+    const batch = [{ seqId: 'a', numTokens: n }, { seqId: 'b', numTokens: n === 5 ? 3 : 2 }];
+    const T = batch[0]!.numTokens + batch[1]!.numTokens;
+    const h = DeviceTensor.fromArray(Float32Array.from(tokens(cfg, T, 40 + k)), [T, 256], 'bf16');
+    const want = fresh.layer.forward(h, batch);
+    const o = T === 3 ? out : DeviceTensor.empty([T, 256], 'bf16');
+    o.fill(Number.NaN);
+    const got = given.layer.forward(h, batch, { out: o });
+    t.equal(got, o, `step ${k}: returns \`out\` itself`);
+    t.same(new Uint16Array(got.toHostSync().buffer), new Uint16Array(want.toHostSync().buffer), `step ${k}: the same bits as the allocated output`);
+    want.dispose();
+    if (o !== out) o.dispose();
+    h.dispose();
+  }
+  const h = DeviceTensor.fromArray(Float32Array.from(tokens(cfg, 2, 9)), [2, 256], 'bf16');
+  const batch = [{ seqId: 'a', numTokens: 1 }, { seqId: 'b', numTokens: 1 }];
+  const before = given.cache.state();
+  const bad: [string, unknown, string, RegExp][] = [
+    ['shape', DeviceTensor.empty([3, 256], 'bf16'), 'ERR_SHAPE', /`opts\.out` must have shape \[2, 256\], got \[3, 256\]/],
+    ['dtype', DeviceTensor.empty([2, 256], 'f32'), 'ERR_DTYPE', /`opts\.out` must be bf16, got f32/],
+    ['strided', DeviceTensor.empty([2, 512], 'bf16').slice(1, 0, 256), 'ERR_SHAPE', /`opts\.out` must be contiguous/],
+    ['not a tensor', new Float32Array(512), 'ERR_ARGUMENT', /`opts\.out` must be a DeviceTensor/],
+  ];
+  const disposed = DeviceTensor.empty([2, 256], 'bf16');
+  disposed.dispose();
+  bad.push(['disposed', disposed, 'ERR_DISPOSED', /MlaAttention\.forward: `opts\.out` was disposed/]);
+  for (const [what, o, code, message] of bad) {
+    t.throws(() => given.layer.forward(h, batch, { out: o as DeviceTensor }), { code, message }, what);
+  }
+  t.same(given.cache.state(), before, 'a refused `out` reserves nothing');
+  h.dispose();
+  out.dispose();
+  for (const { cache, layer } of twins) {
+    layer.dispose();
+    cache.dispose();
+  }
+});
+
+t.test('forward({ out }) is refused on the reference backend', async (t) => {
+  const cfg: MlaConfig = mlaConfigFromHuggingFace({ hidden_size: 256, num_attention_heads: 4, q_lora_rank: 96, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 });
+  const cache = new LatentCache({ config: cfg, numLayers: 1, numPages: 4, pageSize: 16, backend: 'reference' });
+  const layer = MlaAttention.create({ config: cfg, weights: randomLayerWeights(cfg, 6), cache, layer: 0, backend: 'reference' });
+  cache.addSequence('a');
+  t.throws(() => layer.forward(new Float64Array(256), [{ seqId: 'a', numTokens: 1 }], { out: {} as DeviceTensor }), {
+    code: 'ERR_ARGUMENT', message: /`opts\.out` is for the gpu backend/,
+  });
+  t.equal(cache.length('a'), 0, 'nothing reserved');
+});
+
 t.test('layers of one model share a planned step', async (t) => {
   const cache = new LatentCache({ config: TINY, numLayers: 2, numPages: 16, pageSize: 4, backend: 'reference' });
   const w1 = randomLayerWeights(TINY, 99);

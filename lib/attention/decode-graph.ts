@@ -121,10 +121,10 @@ export class DecodeGraph implements Disposable {
     const paths = shape.entries.map(() => 'decode' as const);
     // The warm-up run sizes every buffer (allocation is impossible during the capture) and
     // does the one-time kernel setup; its slots are all -1, so it writes no cache row.
-    this.#output = backend.forward(this.#input, shape, paths, undefined, arena);
+    this.#output = backend.forward(this.#input, shape, paths, undefined, undefined, arena);
     stream.synchronize();
     this.#graph = stream.capture(() => {
-      backend.forward(this.#input, shape, paths, undefined, arena);
+      backend.forward(this.#input, shape, paths, undefined, undefined, arena);
     });
     backend.attachGraph();
   }

@@ -226,7 +226,7 @@ export class GpuBackend implements AttentionBackend {
    * arena.dev (nothing is allocated, uploaded or freed: what a graph capture needs); the
    * kernels and their arguments are otherwise the same as without, so both give the same bits.
    */
-  forward(hidden: DeviceTensor, step: CacheStep, paths: readonly AttentionPath[], sparse?: SparseSelection, arena?: StepArena): DeviceTensor {
+  forward(hidden: DeviceTensor, step: CacheStep, paths: readonly AttentionPath[], sparse?: SparseSelection, out?: DeviceTensor, arena?: StepArena): DeviceTensor {
     const w = this.#w;
     if (w === null) throw new MlaError('ERR_DISPOSED', 'MlaAttention was disposed');
     const cfg = this.#cfg;
@@ -335,7 +335,7 @@ export class GpuBackend implements AttentionBackend {
           absorbOutput(oLat, w.absorb, { out: o.slice(0, s.t0, s.t1), stream });
         }
       }
-      return linear(o.reshape([T, H * V]), w.oProj, { stream, out: arena?.take('y', [T, cfg.hiddenSize], this.#dtype) });
+      return linear(o.reshape([T, H * V]), w.oProj, { stream, out: out ?? arena?.take('y', [T, cfg.hiddenSize], this.#dtype) });
     } finally {
       // cudaFree waits for the kernels still reading these.
       for (const t of temps) t.dispose();

@@ -26,7 +26,7 @@ export interface AttentionBackend {
    * hidden is [T, hidden_size]; returns [T, hidden_size]. Writes the step's cache rows. With
    * `sparse`, every token takes the absorbed path over its selected positions (paths unused).
    */
-  forward(hidden: Float64Array | DeviceTensor, step: CacheStep, paths: readonly AttentionPath[], sparse?: SparseSelection): Float64Array | DeviceTensor;
+  forward(hidden: Float64Array | DeviceTensor, step: CacheStep, paths: readonly AttentionPath[], sparse?: SparseSelection, out?: DeviceTensor): Float64Array | DeviceTensor;
   dispose(): void;
 }
 
