@@ -234,9 +234,9 @@ const MUTANTS: readonly Mutant[] = [
   {
     // 67 KB of dynamic shared memory without the opt-in: CUDA refuses the launch (48 KB rule).
     id: 'prefill-no-smem-optin',
-    title: 'prefill: the cudaFuncSetAttribute(MaxDynamicSharedMemorySize) opt-in removed',
+    title: 'prefill: the shared-memory opt-in (cudaFuncSetAttribute MaxDynamicSharedMemorySize) removed',
     file: 'prefill.cu',
-    edits: [{ find: 'MLA_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes),', replace: 'MLA_CUDA_TRY(cudaSuccess,' }],
+    edits: [{ find: 'MLA_RETURN_IF_ERROR(optInSharedMemory<kernel>(kSmemBytes, "prefillAttention"));', replace: '' }],
     run: 'prefill',
     expect: { launchRefused: /prefillAttention: cudaErrorInvalidValue/ },
   },
