@@ -11,8 +11,9 @@
 # Phases, each under its own `timeout`, budgets in seconds (sum 455; the deadline cuts the last):
 #   env         20  nvidia-smi, the carried addon (build/gpu, sm_90) loads and sees the GPU, doctor;
 #                   rebuilds on the device only when the carried addon cannot run there (+150)
-#   hopper      20  scripts/hopper-smoke.mjs: one small decode per main kernel against the float64
-#                   reference, the sm_90a one first used here; if it fails or hangs, the later
+#   hopper      20  scripts/hopper-smoke.mjs: small decodes (4 shapes) per main kernel against the
+#                   float64 reference, the sm_90a one first used here, a wrong one localized by
+#                   request / head group / V quarter; if it fails or hangs, the later
 #                   phases test and time the portable kernel only (and this row says why)
 #   tests      100  kernel tests on the GPU (MLA_CUDA_DEVICE=cuda: never the emulator): runtime,
 #                   rope, rmsnorm, linear, decode, prefill, attention (v3slim incl. cache.latent/
@@ -201,7 +202,9 @@ phase_hopper() {
     export MLA_CUDA_DECODE_KERNEL=portable MLA_TEST_DECODE_KERNELS=portable
     DECODE_GRID=${DECODE_GRID/decode.kernel=portable,hopper/decode.kernel=portable}
   fi
-  local det; det=$(tr '\n' ';' < "$WORK/hopper.txt" | sed 's/;$//' | cut -c1-200)
+  # The summary line, and the first wrong case (hopper.txt in logs.tgz has the localization).
+  local det; det="$(tail -1 "$WORK/hopper.txt"; grep -m1 -E 'WRONG|FAILED' "$WORK/hopper.txt")"
+  det=$(tr '\n' ';' <<< "$det" | sed 's/;$//' | cut -c1-200)
   (( rc != 0 )) && det="$det; the later phases run the portable kernel only"
   record hopper "$(status_of $rc)" "${det:-no output (exit $rc)}"
 }
