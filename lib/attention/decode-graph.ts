@@ -41,6 +41,13 @@ export class DecodeGraph implements Disposable {
   readonly #p: Parts;
   readonly #buffers = new Map<string, DeviceTensor>();
   readonly #dev: DeviceCacheStep;
+  // The step's indices in one i32 allocation (#dev views it, #at says where), the per-step ones
+  // first, so a step is one host-to-device copy of #host[0, #stepInts) instead of five (each
+  // waits for the replay still reading them).
+  readonly #indices: DeviceTensor;
+  readonly #host: Int32Array;
+  readonly #at: Readonly<Record<keyof DeviceCacheStep, number>>;
+  readonly #stepInts: number;
   readonly #input: DeviceTensor;
   #output: DeviceTensor | null = null;
   #graph: CudaGraph | null = null;
@@ -54,23 +61,37 @@ export class DecodeGraph implements Disposable {
     this.maxSeqLen = maxSeqLen;
     this.maxPages = Math.ceil(maxSeqLen / parts.cache.pageSize);
     this.#p = parts;
+    const P = this.maxPages;
+    // Each part starts 16 bytes aligned, as its own allocation would.
+    const sizes = { positions: B, slotMapping: B, seqLens: B, contextLens: B, blockTable: B * P, qSeqLens: B, cuSeqLens: B + 1 };
+    const at = {} as Record<keyof DeviceCacheStep, number>;
+    let n = 0;
+    for (const k of Object.keys(sizes) as (keyof DeviceCacheStep)[]) {
+      at[k] = n;
+      n += Math.ceil(sizes[k] / 4) * 4;
+    }
+    this.#at = at;
+    this.#stepInts = at.qSeqLens;
+    const host = (this.#host = new Int32Array(n));
+    // Until the first step: indices that read page 0 and write nothing (slot -1), so the
+    // warm-up and the capture below cannot touch a sequence's cache rows.
+    host.fill(-1, at.slotMapping, at.slotMapping + B);
+    host.fill(1, at.seqLens, at.seqLens + B);
+    host.fill(1, at.qSeqLens, at.qSeqLens + B);
+    for (let i = 0; i <= B; i++) host[at.cuSeqLens + i] = i;
     const made: DeviceTensor[] = [];
-    const mk = (a: Int32Array, shape: readonly number[]): DeviceTensor => {
-      const t = DeviceTensor.fromArray(a, shape, 'i32');
-      made.push(t);
-      return t;
-    };
     try {
-      // Until the first step: indices that read page 0 and write nothing (slot -1), so the
-      // warm-up and the capture below cannot touch a sequence's cache rows.
+      this.#indices = DeviceTensor.fromArray(host, [n], 'i32');
+      made.push(this.#indices);
+      const view = (k: keyof DeviceCacheStep, shape: readonly number[]): DeviceTensor => this.#indices.slice(0, at[k], at[k] + sizes[k]).reshape(shape);
       this.#dev = {
-        positions: mk(new Int32Array(B), [B]),
-        slotMapping: mk(new Int32Array(B).fill(-1), [B]),
-        seqLens: mk(new Int32Array(B).fill(1), [B]),
-        contextLens: mk(new Int32Array(B), [B]),
-        qSeqLens: mk(new Int32Array(B).fill(1), [B]),
-        cuSeqLens: mk(Int32Array.from({ length: B + 1 }, (_, i) => i), [B + 1]),
-        blockTable: mk(new Int32Array(B * this.maxPages), [B, this.maxPages]),
+        positions: view('positions', [B]),
+        slotMapping: view('slotMapping', [B]),
+        seqLens: view('seqLens', [B]),
+        contextLens: view('contextLens', [B]),
+        blockTable: view('blockTable', [B, P]),
+        qSeqLens: view('qSeqLens', [B]),
+        cuSeqLens: view('cuSeqLens', [B + 1]),
       };
       this.#input = DeviceTensor.empty([B, parts.config.hiddenSize], parts.dtype);
       made.push(this.#input);
@@ -189,14 +210,14 @@ export class DecodeGraph implements Disposable {
           throw new MlaError('ERR_RANGE', `${OP}.step: sequence ${String(st.entries[i]!.seqId)} reaches RoPE position ${st.positions[i]}; the graph was captured for maxSeqLen ${this.maxSeqLen}`);
         }
       }
-      const table = new Int32Array(B * this.maxPages);
-      for (let b = 0; b < B; b++) table.set(st.blockTable.subarray(b * st.maxPages, (b + 1) * st.maxPages), b * this.maxPages);
-      const d = this.#dev;
-      d.positions.write(st.positions);
-      d.slotMapping.write(st.slotMapping);
-      d.seqLens.write(st.seqLens);
-      d.contextLens.write(st.contextLens);
-      d.blockTable.write(table);
+      const h = this.#host, at = this.#at;
+      h.set(st.positions, at.positions);
+      h.set(st.slotMapping, at.slotMapping);
+      h.set(st.seqLens, at.seqLens);
+      h.set(st.contextLens, at.contextLens);
+      h.fill(0, at.blockTable, this.#stepInts);
+      for (let b = 0; b < B; b++) h.set(st.blockTable.subarray(b * st.maxPages, (b + 1) * st.maxPages), at.blockTable + b * this.maxPages);
+      this.#indices.slice(0, 0, this.#stepInts).write(h.subarray(0, this.#stepInts));
       this.#input.copyFrom(hidden, { stream });
       graph.launch(stream);
     } catch (e) {
@@ -222,7 +243,7 @@ export class DecodeGraph implements Disposable {
     this.#p.backend.detachGraph();
     this.#output = null;
     this.#disposeBuffers();
-    for (const t of Object.values(this.#dev)) t.dispose();
+    this.#indices.dispose();
     this.#input.dispose();
   }
 
