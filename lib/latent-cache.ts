@@ -89,6 +89,60 @@ export interface DeviceCacheStep {
   blockTable: DeviceTensor;
 }
 
+/**
+ * Where a step's index arrays sit in one packed i32 buffer, in DeviceCacheStep's order, each part
+ * 16-byte aligned as its own allocation would be: a step's indices travel to the device in one
+ * copy (each synchronous upload waits for the kernels still reading the previous step's).
+ * `cols` is the block table's width (at least the step's maxPages; extra columns are 0).
+ */
+export interface StepIndexLayout {
+  tokens: number;
+  batch: number;
+  cols: number;
+  at: Readonly<Record<keyof DeviceCacheStep, number>>;
+  total: number;
+}
+
+export function stepIndexLayout(tokens: number, batch: number, cols: number): StepIndexLayout {
+  const sizes: Record<keyof DeviceCacheStep, number> = {
+    positions: tokens, slotMapping: tokens, seqLens: batch, contextLens: batch, qSeqLens: batch, cuSeqLens: batch + 1, blockTable: batch * cols,
+  };
+  const at = {} as Record<keyof DeviceCacheStep, number>;
+  let total = 0;
+  for (const k of Object.keys(sizes) as (keyof DeviceCacheStep)[]) {
+    at[k] = total;
+    total += Math.ceil(sizes[k] / 4) * 4;
+  }
+  return { tokens, batch, cols, at, total };
+}
+
+/** Writes `step`'s indices into `host` (at least layout.total long) at the layout's places. */
+export function packStepIndices(step: CacheStep, layout: StepIndexLayout, host: Int32Array): void {
+  const { at, cols } = layout;
+  host.set(step.positions, at.positions);
+  host.set(step.slotMapping, at.slotMapping);
+  host.set(step.seqLens, at.seqLens);
+  host.set(step.contextLens, at.contextLens);
+  host.set(step.qSeqLens, at.qSeqLens);
+  host.set(step.cuSeqLens, at.cuSeqLens);
+  if (cols === step.maxPages) host.set(step.blockTable, at.blockTable);
+  else {
+    const B = step.entries.length;
+    host.fill(0, at.blockTable, at.blockTable + B * cols);
+    for (let b = 0; b < B; b++) host.set(step.blockTable.subarray(b * step.maxPages, (b + 1) * step.maxPages), at.blockTable + b * cols);
+  }
+}
+
+/** DeviceCacheStep views of a buffer packed by `layout`. */
+export function stepIndexViews(buf: DeviceTensor, layout: StepIndexLayout): DeviceCacheStep {
+  const { tokens: T, batch: B, cols, at } = layout;
+  const v = (k: keyof DeviceCacheStep, shape: readonly number[]): DeviceTensor => buf.slice(0, at[k], at[k] + shape.reduce((a, b) => a * b, 1)).reshape(shape);
+  return {
+    positions: v('positions', [T]), slotMapping: v('slotMapping', [T]), seqLens: v('seqLens', [B]), contextLens: v('contextLens', [B]),
+    qSeqLens: v('qSeqLens', [B]), cuSeqLens: v('cuSeqLens', [B + 1]), blockTable: v('blockTable', [B, cols]),
+  };
+}
+
 /** A comparable picture of the allocator state (for tests and debugging). */
 export interface CacheState {
   pagesFree: number;
@@ -139,6 +193,7 @@ export class LatentCache implements Disposable {
   readonly #seqs = new Map<SequenceId, Seq>();
   #deviceStep: DeviceCacheStep | null = null;
   #deviceStepOf: CacheStep | null = null;
+  #stepBuffer: DeviceTensor | null = null; // the packed indices #deviceStep views
   #lastStep: CacheStep | null = null;
   // What the last plan changed: each planned sequence's pages and length before it, so a step
   // refused after planning can be undone exactly (truncate() would keep a copy-on-write page).
@@ -509,42 +564,29 @@ export class LatentCache implements Disposable {
     checkObject('LatentCache.uploadStep', 'step', step);
     if (!Array.isArray(step.entries)) throw new MlaError('ERR_ARGUMENT', 'LatentCache.uploadStep: `step` must be a CacheStep from planStep()');
     if (this.#deviceStepOf === step && this.#deviceStep !== null) return this.#deviceStep;
-    const B = step.entries.length;
-    const prev = this.#deviceStep;
-    // The previous step's tensor of the same shape is overwritten in place (a decode loop then
-    // allocates and frees nothing); the legacy-stream upload waits for the kernels reading it.
+    const layout = stepIndexLayout(step.numTokens, step.entries.length, step.maxPages);
+    const host = new Int32Array(layout.total);
+    packStepIndices(step, layout, host);
     this.#deviceStepOf = null;
-    const made: DeviceTensor[] = [];
-    try {
-      const mk = (key: keyof DeviceCacheStep, a: Int32Array, shape: readonly number[]): DeviceTensor => {
-        const old = prev?.[key];
-        if (old !== undefined && old.shape.length === shape.length && old.shape.every((d, i) => d === shape[i])) return old.write(a);
-        const t = DeviceTensor.fromArray(a, shape, 'i32');
-        made.push(t);
-        return t;
-      };
-      const next: DeviceCacheStep = {
-        positions: mk('positions', step.positions, [step.numTokens]),
-        slotMapping: mk('slotMapping', step.slotMapping, [step.numTokens]),
-        seqLens: mk('seqLens', step.seqLens, [B]),
-        contextLens: mk('contextLens', step.contextLens, [B]),
-        qSeqLens: mk('qSeqLens', step.qSeqLens, [B]),
-        cuSeqLens: mk('cuSeqLens', step.cuSeqLens, [B + 1]),
-        blockTable: mk('blockTable', step.blockTable, [B, step.maxPages]),
-      };
-      if (prev !== null) for (const [k, t] of Object.entries(prev) as [keyof DeviceCacheStep, DeviceTensor][]) if (next[k] !== t) t.dispose();
-      this.#deviceStep = next;
-      this.#deviceStepOf = step;
-      return next;
-    } catch (e) {
-      for (const t of made) t.dispose();
-      throw e;
+    this.#deviceStep = null;
+    // The previous step's buffer is overwritten in place when it is large enough (a decode loop
+    // then allocates and frees nothing); the legacy-stream upload waits for the kernels reading it.
+    let buf = this.#stepBuffer;
+    const have = buf?.shape[0] ?? 0;
+    if (buf === null || have < layout.total) {
+      buf?.dispose();
+      this.#stepBuffer = null;
+      buf = this.#stepBuffer = DeviceTensor.empty([Math.max(layout.total, 2 * have, 256)], 'i32');
     }
+    buf.slice(0, 0, layout.total).write(host);
+    this.#deviceStep = stepIndexViews(buf, layout);
+    this.#deviceStepOf = step;
+    return this.#deviceStep;
   }
 
   #disposeStep(): void {
-    if (this.#deviceStep === null) return;
-    for (const t of Object.values(this.#deviceStep)) t.dispose();
+    this.#stepBuffer?.dispose();
+    this.#stepBuffer = null;
     this.#deviceStep = null;
     this.#deviceStepOf = null;
   }

@@ -6,7 +6,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import { MLA_PRESETS } from '../lib/config.js';
 import { MlaError } from '../lib/errors.js';
-import { LatentCache, type CacheState, type LatentCacheOptions, type SequenceId } from '../lib/latent-cache.js';
+import { LatentCache, packStepIndices, stepIndexLayout, type CacheState, type LatentCacheOptions, type SequenceId } from '../lib/latent-cache.js';
 import { gpuSkip } from './helpers/gpu.js';
 
 const DIMS = { kvLoraRank: 6, qkRopeHeadDim: 2 };
@@ -181,6 +181,28 @@ t.test('validation of options', async (t) => {
   c.dispose();
 });
 
+t.test('a step\'s indices packed for one upload: 16-byte aligned parts, the block table widened with zeros', async (t) => {
+  const c = cache(8, 4);
+  c.addSequence('a');
+  c.addSequence('b', { positionOffset: 10 });
+  c.reserve('a', 5);
+  const step = c.planStep([{ seqId: 'b', numTokens: 3 }, { seqId: 'a', numTokens: 2 }]);
+  const layout = stepIndexLayout(step.numTokens, 2, 3);
+  t.same(layout.at, { positions: 0, slotMapping: 8, seqLens: 16, contextLens: 20, qSeqLens: 24, cuSeqLens: 28, blockTable: 32 });
+  t.equal(layout.total, 40);
+  const host = new Int32Array(layout.total).fill(-7);
+  packStepIndices(step, layout, host);
+  const part = (k: keyof typeof layout.at, n: number): number[] => [...host.subarray(layout.at[k], layout.at[k] + n)];
+  t.same(part('positions', 5), [...step.positions]);
+  t.same(part('slotMapping', 5), [...step.slotMapping]);
+  t.same(part('seqLens', 2), [...step.seqLens]);
+  t.same(part('contextLens', 2), [...step.contextLens]);
+  t.same(part('qSeqLens', 2), [...step.qSeqLens]);
+  t.same(part('cuSeqLens', 3), [...step.cuSeqLens]);
+  t.same(part('blockTable', 6), [2, 0, 0, 0, 1, 0], 'rows of 3 columns, the third zero');
+  c.dispose();
+});
+
 t.test('gpu storage: bf16 pages, device step arrays, forks copy on the device', { skip: gpuSkip }, async (t) => {
   const cfg = MLA_PRESETS['deepseek-v3'];
   const c = new LatentCache({ config: cfg, numLayers: 2, numPages: 4, pageSize: 64, backend: 'gpu' });
@@ -190,7 +212,9 @@ t.test('gpu storage: bf16 pages, device step arrays, forks copy on the device', 
   c.addSequence(0);
   const step = c.planStep([{ seqId: 0, numTokens: 70 }]);
   const dev = c.uploadStep(step);
-  t.same([...(dev.slotMapping.toHostSync() as Int32Array)], [...step.slotMapping]);
+  for (const k of ['positions', 'slotMapping', 'seqLens', 'contextLens', 'qSeqLens', 'cuSeqLens', 'blockTable'] as const) {
+    t.same([...(dev[k].toHostSync() as Int32Array)], [...step[k]], `device ${k}`);
+  }
   t.same(dev.blockTable.shape, [1, 2]);
   const src = c.pages(0)[1]!;
   c.deviceLayer(0).select(0, src).fill(3);

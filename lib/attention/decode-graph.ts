@@ -8,7 +8,7 @@
 // on the device from the lengths, so one graph serves every mix of lengths up to the maximum.
 import type { MlaConfig } from '../config.js';
 import { MlaError } from '../errors.js';
-import type { CacheDType, CacheStep, DeviceCacheStep, LatentCache, SequenceId } from '../latent-cache.js';
+import { packStepIndices, stepIndexLayout, stepIndexViews, type CacheDType, type CacheStep, type DeviceCacheStep, type LatentCache, type SequenceId, type StepIndexLayout } from '../latent-cache.js';
 import type { CudaGraph, Stream } from '../runtime/stream.js';
 import { DeviceTensor } from '../runtime/tensor.js';
 import type { GpuBackend, StepArena } from './gpu-backend.js';
@@ -41,13 +41,11 @@ export class DecodeGraph implements Disposable {
   readonly #p: Parts;
   readonly #buffers = new Map<string, DeviceTensor>();
   readonly #dev: DeviceCacheStep;
-  // The step's indices in one i32 allocation (#dev views it, #at says where), the per-step ones
-  // first, so a step is one host-to-device copy of #host[0, #stepInts) instead of five (each
-  // waits for the replay still reading them).
+  // The step's indices packed in one i32 allocation that #dev views: one host-to-device copy
+  // per step (lib/latent-cache.ts stepIndexLayout).
+  readonly #layout: StepIndexLayout;
   readonly #indices: DeviceTensor;
   readonly #host: Int32Array;
-  readonly #at: Readonly<Record<keyof DeviceCacheStep, number>>;
-  readonly #stepInts: number;
   readonly #input: DeviceTensor;
   #output: DeviceTensor | null = null;
   #graph: CudaGraph | null = null;
@@ -61,18 +59,9 @@ export class DecodeGraph implements Disposable {
     this.maxSeqLen = maxSeqLen;
     this.maxPages = Math.ceil(maxSeqLen / parts.cache.pageSize);
     this.#p = parts;
-    const P = this.maxPages;
-    // Each part starts 16 bytes aligned, as its own allocation would.
-    const sizes = { positions: B, slotMapping: B, seqLens: B, contextLens: B, blockTable: B * P, qSeqLens: B, cuSeqLens: B + 1 };
-    const at = {} as Record<keyof DeviceCacheStep, number>;
-    let n = 0;
-    for (const k of Object.keys(sizes) as (keyof DeviceCacheStep)[]) {
-      at[k] = n;
-      n += Math.ceil(sizes[k] / 4) * 4;
-    }
-    this.#at = at;
-    this.#stepInts = at.qSeqLens;
-    const host = (this.#host = new Int32Array(n));
+    const layout = (this.#layout = stepIndexLayout(B, B, this.maxPages));
+    const { at } = layout;
+    const host = (this.#host = new Int32Array(layout.total));
     // Until the first step: indices that read page 0 and write nothing (slot -1), so the
     // warm-up and the capture below cannot touch a sequence's cache rows.
     host.fill(-1, at.slotMapping, at.slotMapping + B);
@@ -81,18 +70,9 @@ export class DecodeGraph implements Disposable {
     for (let i = 0; i <= B; i++) host[at.cuSeqLens + i] = i;
     const made: DeviceTensor[] = [];
     try {
-      this.#indices = DeviceTensor.fromArray(host, [n], 'i32');
+      this.#indices = DeviceTensor.fromArray(host, [layout.total], 'i32');
       made.push(this.#indices);
-      const view = (k: keyof DeviceCacheStep, shape: readonly number[]): DeviceTensor => this.#indices.slice(0, at[k], at[k] + sizes[k]).reshape(shape);
-      this.#dev = {
-        positions: view('positions', [B]),
-        slotMapping: view('slotMapping', [B]),
-        seqLens: view('seqLens', [B]),
-        contextLens: view('contextLens', [B]),
-        blockTable: view('blockTable', [B, P]),
-        qSeqLens: view('qSeqLens', [B]),
-        cuSeqLens: view('cuSeqLens', [B + 1]),
-      };
+      this.#dev = stepIndexViews(this.#indices, layout);
       this.#input = DeviceTensor.empty([B, parts.config.hiddenSize], parts.dtype);
       made.push(this.#input);
       this.#capture();
@@ -210,14 +190,8 @@ export class DecodeGraph implements Disposable {
           throw new MlaError('ERR_RANGE', `${OP}.step: sequence ${String(st.entries[i]!.seqId)} reaches RoPE position ${st.positions[i]}; the graph was captured for maxSeqLen ${this.maxSeqLen}`);
         }
       }
-      const h = this.#host, at = this.#at;
-      h.set(st.positions, at.positions);
-      h.set(st.slotMapping, at.slotMapping);
-      h.set(st.seqLens, at.seqLens);
-      h.set(st.contextLens, at.contextLens);
-      h.fill(0, at.blockTable, this.#stepInts);
-      for (let b = 0; b < B; b++) h.set(st.blockTable.subarray(b * st.maxPages, (b + 1) * st.maxPages), at.blockTable + b * this.maxPages);
-      this.#indices.slice(0, 0, this.#stepInts).write(h.subarray(0, this.#stepInts));
+      packStepIndices(st, this.#layout, this.#host);
+      this.#indices.write(this.#host);
       this.#input.copyFrom(hidden, { stream });
       graph.launch(stream);
     } catch (e) {
