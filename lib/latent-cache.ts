@@ -143,6 +143,12 @@ export function stepIndexViews(buf: DeviceTensor, layout: StepIndexLayout): Devi
   };
 }
 
+interface UndoRecord {
+  length: number;
+  pageCount: number;
+  lastPage: number; // -1: the sequence had no page
+}
+
 /** A comparable picture of the allocator state (for tests and debugging). */
 export interface CacheState {
   pagesFree: number;
@@ -197,7 +203,10 @@ export class LatentCache implements Disposable {
   #lastStep: CacheStep | null = null;
   // What the last plan changed: each planned sequence's pages and length before it, so a step
   // refused after planning can be undone exactly (truncate() would keep a copy-on-write page).
-  #lastUndo: Map<SequenceId, { pages: number[]; length: number }> | null = null;
+  // What the latest plan changed per sequence: its length, its page count and its last page
+  // before a copy-on-write replaced it (a plan only appends pages and may replace that one), so
+  // the undo record does not grow with the context.
+  #lastUndo: Map<SequenceId, UndoRecord> | null = null;
   #disposed = false;
 
   constructor(opts: LatentCacheOptions) {
@@ -412,8 +421,11 @@ export class LatentCache implements Disposable {
       }
       seqs.push(s);
     }
-    const undo = new Map<SequenceId, { pages: number[]; length: number }>();
-    batch.forEach((e, b) => undo.set(e.seqId, { pages: [...seqs[b]!.pages], length: seqs[b]!.length }));
+    const undo = new Map<SequenceId, UndoRecord>();
+    batch.forEach((e, b) => {
+      const s = seqs[b]!;
+      undo.set(e.seqId, { length: s.length, pageCount: s.pages.length, lastPage: s.pages[s.pages.length - 1] ?? -1 });
+    });
     const B = batch.length;
     const entries: StepEntry[] = [];
     let T = 0;
@@ -455,14 +467,16 @@ export class LatentCache implements Disposable {
     if (!this.isCurrentStep(step) || this.#lastUndo === null) throw new MlaError('ERR_ARGUMENT', 'LatentCache.undoStep: `step` is not the latest plan (or its sequences changed since)');
     for (const e of step.entries) {
       const s = this.#seqs.get(e.seqId)!;
-      const old = this.#lastUndo.get(e.seqId)!;
+      const old: UndoRecord = this.#lastUndo.get(e.seqId)!;
       // Newest first, so the free list ends as it was before the plan popped from it.
-      for (let i = s.pages.length - 1; i >= 0; i--) {
-        if (s.pages[i] === old.pages[i]) continue;
-        this.#release(s.pages[i]!);
-        if (i < old.pages.length) this.#refs[old.pages[i]!]!++; // the copy-on-write source: still shared, never freed
+      for (let i = s.pages.length - 1; i >= old.pageCount; i--) this.#release(s.pages[i]!);
+      const last = old.pageCount - 1;
+      if (last >= 0 && s.pages[last] !== old.lastPage) {
+        this.#release(s.pages[last]!);
+        this.#refs[old.lastPage]!++; // the copy-on-write source: still shared, never freed
+        s.pages[last] = old.lastPage;
       }
-      s.pages = [...old.pages];
+      s.pages.length = old.pageCount;
       s.length = old.length;
     }
     this.#lastStep = null;
