@@ -139,11 +139,14 @@ bool ArgReader::optionalTensor(const char* name, TensorRef* out) const {
   return true;
 }
 
-int64_t ArgReader::i64(const char* name) const {
-  Napi::Value v = get(name);
-  if (!present(v)) fail(Code::Argument, name, "is required");
-  return integerOf(*this, v, name);
+// obj[name], which must be present (not undefined or null).
+static Napi::Value required(const ArgReader& r, const char* name) {
+  Napi::Value v = r.get(name);
+  if (!present(v)) r.fail(Code::Argument, name, "is required");
+  return v;
 }
+
+int64_t ArgReader::i64(const char* name) const { return integerOf(*this, required(*this, name), name); }
 int64_t ArgReader::i64(const char* name, int64_t fallback) const {
   Napi::Value v = get(name);
   return present(v) ? integerOf(*this, v, name) : fallback;
@@ -153,11 +156,7 @@ static double numberOf(const ArgReader& r, const Napi::Value& v, const char* nam
   if (!v.IsNumber()) r.fail(Code::Argument, name, "must be a number");
   return v.As<Napi::Number>().DoubleValue();
 }
-double ArgReader::f64(const char* name) const {
-  Napi::Value v = get(name);
-  if (!present(v)) fail(Code::Argument, name, "is required");
-  return numberOf(*this, v, name);
-}
+double ArgReader::f64(const char* name) const { return numberOf(*this, required(*this, name), name); }
 double ArgReader::f64(const char* name, double fallback) const {
   Napi::Value v = get(name);
   return present(v) ? numberOf(*this, v, name) : fallback;
