@@ -18,7 +18,8 @@ export interface NativeDeviceBuffer {
   readonly freed: boolean;
   readonly device: number;
   free(): void;
-  upload(view: ArrayBufferView, byteOffset: number): void;
+  /** Synchronous on the legacy stream; with `stream`, staged and copied in its order. */
+  upload(view: ArrayBufferView, byteOffset: number, stream?: NativeStream): void;
   download(byteOffset: number, bytes: number): ArrayBuffer;
   /** With `stream`: after the work queued there so far; the buffer stays in use until done. */
   downloadAsync(byteOffset: number, bytes: number, stream?: NativeStream): Promise<ArrayBuffer>;

@@ -304,6 +304,26 @@ t.test('native ops check forged descriptors before touching memory', { skip: gpu
   t.same([...(await x.toFloat32())], Array(16).fill(1), 'no refused call wrote anything');
 });
 
+t.test('write({ stream }): staged at the call, copied in the stream\'s order', { skip: gpuSkip }, async (t) => {
+  using stream = new Stream();
+  const src = new Int32Array(1000);
+  const dst = Array.from({ length: 7 }, () => DeviceTensor.empty([1000], 'i32'));
+  // More writes than staging slots, the same host array changed after each: every tensor gets
+  // what the array held when its write() returned.
+  dst.forEach((d, i) => {
+    src.fill(i * 11 + 1);
+    d.write(src, { stream });
+  });
+  stream.synchronize();
+  dst.forEach((d, i) => t.ok((d.toHostSync() as Int32Array).every((v) => v === i * 11 + 1), `write ${i}`));
+  // Ordered after a kernel queued before it on the same stream.
+  using f = DeviceTensor.empty([4096], 'f32');
+  f.fill(5, { stream });
+  f.slice(0, 0, 3).write(Float32Array.of(1, 2, 3), { stream });
+  t.same([...(await f.toFloat32({ stream }))].slice(0, 5), [1, 2, 3, 5, 5]);
+  for (const d of dst) d.dispose();
+});
+
 t.test('lifetime on the device: deferred free, OOM, finalizers', { skip: gpuSkip }, async (t) => {
   const d = DeviceTensor.fromArray(randn(1 << 20, 5), [1 << 20], 'f32');
   const pending = d.toHost();

@@ -80,7 +80,8 @@ static void checkRange(Napi::Env env, const DeviceBuffer* b, double offset, doub
     throwError(env, Code::Range, std::string(what) + ": byte range outside the buffer");
 }
 
-// upload(view: ArrayBufferView, byteOffset): synchronous host -> device copy.
+// upload(view: ArrayBufferView, byteOffset, stream?): host -> device copy; synchronous on the
+// legacy stream, or with `stream` in its order (staged, the host does not wait for the device).
 Napi::Value DeviceBuffer::Upload(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 2 || !info[0].IsTypedArray() || !info[1].IsNumber())
@@ -88,9 +89,11 @@ Napi::Value DeviceBuffer::Upload(const Napi::CallbackInfo& info) {
   Napi::TypedArray view = info[0].As<Napi::TypedArray>();
   double offset = info[1].As<Napi::Number>().DoubleValue();
   checkRange(env, this, offset, static_cast<double>(view.ByteLength()), "upload");
+  StreamHandle stream = info.Length() > 2 ? streamFrom(env, info[2], "upload", "stream") : nullptr;
   const char* src = static_cast<const char*>(view.ArrayBuffer().Data()) + view.ByteOffset();
-  throwIfError(env, gpu::copyHostToDevice(static_cast<char*>(ptr_) + static_cast<size_t>(offset), src,
-                                          view.ByteLength(), nullptr));
+  char* dst = static_cast<char*>(ptr_) + static_cast<size_t>(offset);
+  throwIfError(env, stream ? gpu::copyHostToDeviceAsync(dst, src, view.ByteLength(), stream)
+                           : gpu::copyHostToDevice(dst, src, view.ByteLength(), nullptr));
   return env.Undefined();
 }
 

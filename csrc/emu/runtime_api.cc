@@ -464,6 +464,21 @@ cudaError_t cudaFree(void* p) {
   return freeDevice(p);
 }
 
+// Page-locked host memory is plain host memory here: there is nothing to lock, and copies from it
+// are as synchronous as any other.
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  *p = nullptr;
+  MLA_EMU_STICKY();
+  if (tlCaptures > 0) return breakThreadCaptures();
+  *p = std::malloc(std::max<size_t>(bytes, 1));
+  return *p ? cudaSuccess : fail(cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void* p) {
+  if (tlCaptures > 0) return breakThreadCaptures();
+  std::free(p);
+  return cudaSuccess;
+}
+
 namespace {
 cudaError_t allocDevice(void** p, size_t bytes, bool pooled) {
   const DeviceSpec& s = device(tlDevice);

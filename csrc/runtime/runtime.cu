@@ -3,7 +3,9 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include "runtime/cuda_check.h"
 #include "runtime/no_device.h"
@@ -142,6 +144,49 @@ Status copyDeviceToHost(void* dst, const void* src, size_t bytes, StreamHandle s
 }
 Status copyDeviceToDevice(void* dst, const void* src, size_t bytes, StreamHandle stream) {
   return copy(dst, src, bytes, cudaMemcpyDeviceToDevice, stream, "copy device to device");
+}
+
+// Pinned staging for copyHostToDeviceAsync: a ring of slots per device, each reused once the copy
+// that last read it has run (its event), so up to kStagingSlots uploads are in flight before one
+// waits. Grown on demand (cudaMallocHost is slow, so sizes double), never shrunk or freed.
+namespace {
+constexpr int kStagingSlots = 4, kStagingDevices = 64;
+struct StagingSlot {
+  void* host = nullptr;
+  size_t bytes = 0;
+  cudaEvent_t done = nullptr;
+};
+struct StagingRing {
+  std::mutex mu;
+  StagingSlot slots[kStagingSlots];
+  int next = 0;
+};
+}  // namespace
+
+Status copyHostToDeviceAsync(void* dst, const void* src, size_t bytes, StreamHandle stream) {
+  if (bytes == 0) return Status::Ok();
+  static StagingRing rings[kStagingDevices];
+  int dev = 0;
+  MLA_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < 0 || dev >= kStagingDevices) return Status::Error(Code::Argument, "copy host to device: device ordinal out of range");
+  StagingRing& ring = rings[dev];
+  std::lock_guard<std::mutex> lock(ring.mu);
+  StagingSlot& slot = ring.slots[ring.next];
+  ring.next = (ring.next + 1) % kStagingSlots;
+  if (slot.done) MLA_CUDA_TRY(cudaEventSynchronize(slot.done), "copy host to device: staging slot");
+  else MLA_CUDA_TRY(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming), "copy host to device: staging event");
+  if (slot.bytes < bytes) {
+    const size_t grown = std::max<size_t>({bytes, 2 * slot.bytes, 4096});
+    if (slot.host) cudaFreeHost(slot.host);
+    slot.host = nullptr;
+    slot.bytes = 0;
+    MLA_CUDA_TRY(cudaMallocHost(&slot.host, grown), "copy host to device: pinned staging (" + std::to_string(grown) + " bytes)");
+    slot.bytes = grown;
+  }
+  std::memcpy(slot.host, src, bytes);
+  MLA_CUDA_TRY(cudaMemcpyAsync(dst, slot.host, bytes, cudaMemcpyHostToDevice, S(stream)), "copy host to device");
+  MLA_CUDA_TRY(cudaEventRecord(slot.done, S(stream)), "copy host to device: staging event");
+  return Status::Ok();
 }
 
 Status deviceSynchronize() {

@@ -42,6 +42,10 @@ void deviceFree(void* ptr);  // errors are ignored: it runs from finalizers
 Status copyHostToDevice(void* dst, const void* src, size_t bytes, StreamHandle stream);
 Status copyDeviceToHost(void* dst, const void* src, size_t bytes, StreamHandle stream);
 Status copyDeviceToDevice(void* dst, const void* src, size_t bytes, StreamHandle stream);
+// Host -> device in `stream`'s order without waiting for the device: `src` is staged into pinned
+// memory before this returns (so it may be reused at once), then copied when the stream gets
+// there. copyHostToDevice instead waits for the stream's earlier work.
+Status copyHostToDeviceAsync(void* dst, const void* src, size_t bytes, StreamHandle stream);
 Status deviceSynchronize();
 
 Status streamCreate(StreamHandle* stream);

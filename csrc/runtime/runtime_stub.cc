@@ -39,6 +39,7 @@ Status requireDevice() { return noCuda(); }
 Status deviceMalloc(void** p, size_t) { *p = nullptr; return noCuda(); }
 void deviceFree(void*) {}
 Status copyHostToDevice(void*, const void*, size_t, StreamHandle) { return noCuda(); }
+Status copyHostToDeviceAsync(void*, const void*, size_t, StreamHandle) { return noCuda(); }
 Status copyDeviceToHost(void*, const void*, size_t, StreamHandle) { return noCuda(); }
 Status copyDeviceToDevice(void*, const void*, size_t, StreamHandle) { return noCuda(); }
 Status deviceSynchronize() { return noCuda(); }

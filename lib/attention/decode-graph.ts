@@ -41,8 +41,8 @@ export class DecodeGraph implements Disposable {
   readonly #p: Parts;
   readonly #buffers = new Map<string, DeviceTensor>();
   readonly #dev: DeviceCacheStep;
-  // The step's indices packed in one i32 allocation that #dev views: one host-to-device copy
-  // per step (lib/latent-cache.ts stepIndexLayout).
+  // The step's indices packed in one i32 allocation that #dev views: one stream-ordered
+  // host-to-device copy per step (lib/latent-cache.ts stepIndexLayout).
   readonly #layout: StepIndexLayout;
   readonly #indices: DeviceTensor;
   readonly #host: Int32Array;
@@ -191,7 +191,9 @@ export class DecodeGraph implements Disposable {
         }
       }
       packStepIndices(st, this.#layout, this.#host);
-      this.#indices.write(this.#host);
+      // In the graph's stream order: after the previous replay that reads these, without the host
+      // waiting for it (a model steps each layer's graph in turn).
+      this.#indices.write(this.#host, { stream });
       this.#input.copyFrom(hidden, { stream });
       graph.launch(stream);
     } catch (e) {

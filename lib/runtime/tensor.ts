@@ -142,17 +142,19 @@ export class DeviceTensor implements TensorMeta {
   /**
    * Overwrites this (contiguous) tensor's elements with host data, converted as fromArray does;
    * the memory stays the same, which is what a captured CUDA graph needs between replays.
-   * Synchronous, on the legacy default stream: it waits for work already queued on other
-   * (blocking) streams, and later work waits for it.
+   * Without `stream`: synchronous, on the legacy default stream (it waits for work already queued
+   * on other, blocking, streams, and later work waits for it). With `stream`: in that stream's
+   * order, without waiting for the device (`data` is staged in pinned memory before this returns
+   * and may be reused at once); work on other streams is not ordered with it.
    */
-  write(data: ArrayLike<number> | HostArray | Float64Array): this {
+  write(data: ArrayLike<number> | HostArray | Float64Array, opts: StreamOption = {}): this {
     this.assertAlive('write: `this`');
     refuseDuringCapture('DeviceTensor.write', 'write the inputs before launch(), outside the capture');
     if (!this.isContiguous) throw new MlaError('ERR_SHAPE', 'DeviceTensor.write: `this` must be contiguous');
     if (data.length !== this.numel) {
       throw new MlaError('ERR_SHAPE', `DeviceTensor.write: \`data\` has ${data.length} elements but the tensor [${this.shape.join(', ')}] has ${this.numel}`);
     }
-    this.#buffer.upload(encodeHost(data, this.dtype), this.offset * DTYPE_SIZE[this.dtype]);
+    this.#buffer.upload(encodeHost(data, this.dtype), this.offset * DTYPE_SIZE[this.dtype], opts.stream?.nativeHandle());
     return this;
   }
 
