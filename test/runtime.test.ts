@@ -1,7 +1,7 @@
 // Device runtime: build info, device status, host conversions, tensor views and lifetime,
 // validation. The GPU parts skip with a visible reason where there is no device.
 import t from 'tap';
-import { cuda, DeviceTensor, Event, MlaError, Stream } from '../lib/index.js';
+import { cuda, DeviceTensor, Event, linear, MlaError, rmsNorm, Stream } from '../lib/index.js';
 import type { DType } from '../lib/index.js';
 import { native, nativeOp } from '../lib/native.js';
 import type { NativeDeviceBuffer } from '../lib/native.js';
@@ -322,6 +322,27 @@ t.test('write({ stream }): staged at the call, copied in the stream\'s order', {
   f.slice(0, 0, 3).write(Float32Array.of(1, 2, 3), { stream });
   t.same([...(await f.toFloat32({ stream }))].slice(0, 5), [1, 2, 3, 5, 5]);
   for (const d of dst) d.dispose();
+});
+
+t.test('a `stream` option that is not a live Stream is a typed error naming the op', { skip: gpuSkip }, async (t) => {
+  using x = DeviceTensor.zeros([4, 8], 'bf16');
+  using w = DeviceTensor.zeros([8], 'bf16');
+  using m = DeviceTensor.zeros([8, 8], 'bf16');
+  const dead = new Stream();
+  dead.dispose();
+  const calls: [string, (stream: unknown) => unknown][] = [
+    ['fill', (stream) => x.fill(1, { stream } as never)],
+    ['copyFrom', (stream) => x.copyFrom(x, { stream } as never)],
+    ['DeviceTensor.write', (stream) => x.write(new Float32Array(32), { stream } as never)],
+    ['toHostSync', (stream) => x.toHostSync({ stream } as never)],
+    ['rmsNorm', (stream) => rmsNorm(x, w, 1e-6, { stream } as never)],
+    ['linear', (stream) => linear(x, m, { stream } as never)],
+  ];
+  for (const [op, call] of calls) {
+    await rejects(t, () => call(5), 'ERR_ARGUMENT', new RegExp(`^${op}: \`stream\` must be a Stream`));
+    await rejects(t, () => call(dead), 'ERR_DISPOSED', new RegExp(`^${op}: \`stream\` was disposed`));
+  }
+  await rejects(t, () => x.toHost({ stream: {} } as never), 'ERR_ARGUMENT', /^toHost: `stream` must be a Stream/);
 });
 
 t.test('lifetime on the device: deferred free, OOM, finalizers', { skip: gpuSkip }, async (t) => {

@@ -2,6 +2,7 @@
 // latent cache (FlashMLA's problem), split-KV with a device-side plan. Kernel design:
 // docs/decode-kernel.md; float64 oracle: lib/reference/decode.ts.
 import { MlaError } from '../errors.js';
+import { nativeStream } from '../runtime/stream.js';
 import { native, nativeLimits, nativeOp } from '../native.js';
 import { FALLBACK_LIMITS } from '../native-contract.js';
 import type { NativeDecodeConfig, NativeDecodeWorkspaceArgs, NativeStreamArg } from '../native-contract.js';
@@ -475,7 +476,7 @@ export function launchSplitKv(
       wsPartialRows: w.wsPartialRows,
       wsMaxParts: w.wsMaxParts,
       scale: geo.scale,
-      stream: opts.stream?.nativeHandle(),
+      stream: nativeStream(op, opts.stream),
     });
     return { out, lse };
   } catch (err) {

@@ -2,6 +2,7 @@
 // weights, and the absorbed MLA per-head products, which are the same kernel batched over heads.
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
+import { nativeStream } from '../runtime/stream.js';
 import { nativeOp } from '../native.js';
 import { disposeAll, disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
@@ -100,7 +101,7 @@ function runMatmul(x: DeviceTensor, weight: DeviceTensor, plan: MatmulPlan, out:
       x: x.nativeRef('linear: `x`'),
       weight: weight.nativeRef('linear: `weight`'),
       out: y.nativeRef('linear: `out`'),
-      stream: opts.stream?.nativeHandle(),
+      stream: nativeStream('linear', opts.stream),
     });
   } catch (err) {
     disposeUnlessGiven({ out: y }, { out });

@@ -6,6 +6,7 @@
 // bounded (see docs/prefill-kernel.md).
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
+import { nativeStream } from '../runtime/stream.js';
 import { nativeOp } from '../native.js';
 import { disposeAll, disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
@@ -343,7 +344,7 @@ export function prefill(opts: PrefillOptions): PrefillResult {
     lse = opts.lse ?? DeviceTensor.empty([Tq, H], 'f32');
     if (Tq === 0 || pl.chunks.length === 0) return { out, lse };
     const stream = opts.stream;
-    const nativeStream = stream?.nativeHandle();
+    const streamHandle = nativeStream(op, stream);
     const plan = DeviceTensor.fromArray(pl.plan, [dims.batch, 4], 'i32');
     temps.push(plan);
     const rowsMax = pl.maxChunkRows;
@@ -376,7 +377,7 @@ export function prefill(opts: PrefillOptions): PrefillResult {
     for (const c of pl.chunks) {
       const rows = c.g1 - c.g0;
       const buf = gathered.slice(0, 0, rows);
-      gatherOp({ cache: cacheRef, blockTable: btRef, plan: planRef, dst: buf.nativeRef(), g0: c.g0, g1: c.g1, stream: nativeStream });
+      gatherOp({ cache: cacheRef, blockTable: btRef, plan: planRef, dst: buf.nativeRef(), g0: c.g0, g1: c.g1, stream: streamHandle });
       const latent = buf.slice(1, 0, PREFILL_KV_LORA);
       const kRope = buf.slice(1, PREFILL_KV_LORA, PREFILL_CACHE_DIM);
       let kNope: DeviceTensor;
@@ -397,7 +398,7 @@ export function prefill(opts: PrefillOptions): PrefillResult {
       }
       const common = {
         q: qRef, kNope: kNope.nativeRef(), kRope: kRope.nativeRef(), v: v.nativeRef(), plan: planRef,
-        g0: c.g0, g1: c.g1, scale: dims.scale, stream: nativeStream,
+        g0: c.g0, g1: c.g1, scale: dims.scale, stream: streamHandle,
       };
       if (c.split) {
         // The first request continues from an earlier chunk: partial result to scratch, then
@@ -410,7 +411,7 @@ export function prefill(opts: PrefillOptions): PrefillResult {
         attnOp(Object.assign({ out: part.nativeRef(), lse: partLse.nativeRef(), reqBegin: b, reqCount: 1, outRowBase: qStart, maxQLen: qLen }, common));
         mergeOp({
           out: out.slice(0, qStart, qStart + qLen).nativeRef(), lse: lse.slice(0, qStart, qStart + qLen).nativeRef(),
-          part: part.nativeRef(), partLse: partLse.nativeRef(), stream: nativeStream,
+          part: part.nativeRef(), partLse: partLse.nativeRef(), stream: streamHandle,
         });
       }
       const rb = c.reqBegin + (c.split ? 1 : 0);
@@ -549,7 +550,7 @@ export function prefillAttention(opts: PrefillAttentionOptions): PrefillResult {
       q: opts.q.nativeRef('prefillAttention: `q`'), kNope: opts.kNope.nativeRef('prefillAttention: `kNope`'),
       kRope: opts.kRope.nativeRef('prefillAttention: `kRope`'), v: opts.v.nativeRef('prefillAttention: `v`'),
       out: out.nativeRef('prefillAttention: `out`'), lse: lse.nativeRef('prefillAttention: `lse`'), plan: planT.nativeRef(),
-      g0: 0, g1: Tk, outRowBase: 0, maxQLen: maxQ, scale: opts.scale, stream: opts.stream?.nativeHandle(),
+      g0: 0, g1: Tk, outRowBase: 0, maxQLen: maxQ, scale: opts.scale, stream: nativeStream('prefillAttention', opts.stream),
     };
     for (let r0 = 0; r0 < B && maxQ > 0; r0 += MAX_GRID_Z) nativeOp('prefillAttention')(Object.assign({ reqBegin: r0, reqCount: Math.min(B, r0 + MAX_GRID_Z) - r0 }, args));
     return { out, lse };
@@ -603,6 +604,6 @@ export function mergeAttnStates(opts: MergeAttnStatesOptions): void {
   nativeOp('mergeAttnStates')({
     out: opts.out.nativeRef('mergeAttnStates: `out`'), lse: opts.lse.nativeRef('mergeAttnStates: `lse`'),
     part: opts.part.nativeRef('mergeAttnStates: `part`'), partLse: opts.partLse.nativeRef('mergeAttnStates: `partLse`'),
-    stream: opts.stream?.nativeHandle(),
+    stream: nativeStream('mergeAttnStates', opts.stream),
   });
 }

@@ -4,6 +4,7 @@
 // with an emulated-device run. A diagnostic, not exported from lib/index.ts.
 import type { DType, HostArray } from '../dtype.js';
 import { MlaError } from '../errors.js';
+import { nativeStream } from '../runtime/stream.js';
 import { native, nativeOp } from '../native.js';
 import { isNativePrimitiveTensor, type NativePrimitivesArgs, type NativePrimitiveTensor } from '../native-contract.js';
 import { FILL_U32 } from '../reference/primitives.js';
@@ -52,7 +53,7 @@ function run(which: number, ins: Record<string, Upload>, outs: Record<string, Up
     return t;
   };
   try {
-    const args: NativePrimitivesArgs = { which, ...extra, stream: opts.stream?.nativeHandle() };
+    const args: NativePrimitivesArgs = { which, ...extra, stream: nativeStream(OP, opts.stream) };
     const bind = (k: string, t: DeviceTensor): void => {
       // Only the names primitives.h reads: anything else would be silently ignored natively.
       if (!isNativePrimitiveTensor(k)) throw new MlaError('ERR_ARGUMENT', `${OP}: no tensor \`${k}\``);

@@ -2,6 +2,7 @@
 // in fp32. Used for q_a_layernorm on the query latent.
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
+import { nativeStream } from '../runtime/stream.js';
 import { nativeOp } from '../native.js';
 import { disposeUnlessGiven } from '../runtime/dispose.js';
 import { DeviceTensor } from '../runtime/tensor.js';
@@ -57,7 +58,7 @@ export function rmsNorm(x: DeviceTensor, weight: DeviceTensor, eps: number, opts
       weight: weight.nativeRef('rmsNorm: `weight`'),
       out: out.nativeRef('rmsNorm: `out`'),
       eps,
-      stream: opts.stream?.nativeHandle(),
+      stream: nativeStream('rmsNorm', opts.stream),
     });
   } catch (err) {
     disposeUnlessGiven({ out }, opts);

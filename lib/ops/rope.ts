@@ -4,6 +4,7 @@
 import type { MlaConfig, YarnScaling } from '../config.js';
 import type { DType } from '../dtype.js';
 import { MlaError } from '../errors.js';
+import { nativeStream } from '../runtime/stream.js';
 import { nativeOp } from '../native.js';
 import type { NativeRopeLayout } from '../native-contract.js';
 import { ropeInvFreq, ropeLayoutOf } from '../reference/rope.js';
@@ -139,7 +140,7 @@ export class RopeTable implements RopeTableMeta, Disposable {
         table: table.nativeRef(`${op}: \`table\``),
         invFreq: invFreqDev.nativeRef(`${op}: \`invFreq\``),
         attentionFactor: cfg.attentionFactor ?? 1,
-        stream: opts.stream?.nativeHandle(),
+        stream: nativeStream(op, opts.stream),
       });
     } catch (err) {
       table?.dispose();
@@ -401,7 +402,7 @@ function launchRope(op: string, x: DeviceTensor, positions: DeviceTensor, table:
     positions: positions.nativeRef(`${op}: \`positions\``),
     table: table.table.nativeRef(`${op}: \`table\``),
     layout: LAYOUT_CODE[layout],
-    stream: opts.stream?.nativeHandle(),
+    stream: nativeStream(op, opts.stream),
   });
 }
 
@@ -471,6 +472,6 @@ export function appendLatent(args: AppendLatentOptions): void {
     table: table.table.nativeRef(`${op}: \`table\``),
     eps: args.eps,
     layout: LAYOUT_CODE[shape.layout],
-    stream: args.stream?.nativeHandle(),
+    stream: nativeStream(op, args.stream),
   });
 }

@@ -19,6 +19,17 @@ export function refuseDuringCapture(what: string, fix: string): void {
   if (captures > 0) throw new MlaError('ERR_ARGUMENT', `${what} is not allowed while a CUDA graph is being captured: ${fix}`);
 }
 
+/**
+ * The native handle for an op's `stream` option: undefined (or null) is the legacy default
+ * stream; anything but a live Stream throws ERR_ARGUMENT / ERR_DISPOSED naming `op`'s `stream`.
+ */
+export function nativeStream(op: string, stream: unknown): NativeStream | undefined {
+  if (stream === undefined || stream === null) return undefined;
+  if (!(stream instanceof Stream)) throw new MlaError('ERR_ARGUMENT', `${op}: \`stream\` must be a Stream`);
+  if (stream.disposed) throw new MlaError('ERR_DISPOSED', `${op}: \`stream\` was disposed`);
+  return stream.nativeHandle();
+}
+
 /** A CUDA stream: launches on one stream run in order; different streams may overlap. */
 export class Stream {
   #s: NativeStream | undefined;

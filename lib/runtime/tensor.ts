@@ -3,7 +3,7 @@ import type { DType, HostArray, HostArrayOf } from '../dtype.js';
 import { MlaError } from '../errors.js';
 import { native, nativeOp } from '../native.js';
 import type { NativeDeviceBuffer, NativeTensorRef } from '../native.js';
-import { refuseDuringCapture, type Stream } from './stream.js';
+import { nativeStream, refuseDuringCapture, type Stream } from './stream.js';
 
 /** What validation needs to know about a tensor (DeviceTensor, or a plain object in tests). */
 export interface TensorMeta {
@@ -154,7 +154,7 @@ export class DeviceTensor implements TensorMeta {
     if (data.length !== this.numel) {
       throw new MlaError('ERR_SHAPE', `DeviceTensor.write: \`data\` has ${data.length} elements but the tensor [${this.shape.join(', ')}] has ${this.numel}`);
     }
-    this.#buffer.upload(encodeHost(data, this.dtype), this.offset * DTYPE_SIZE[this.dtype], opts.stream?.nativeHandle());
+    this.#buffer.upload(encodeHost(data, this.dtype), this.offset * DTYPE_SIZE[this.dtype], nativeStream('DeviceTensor.write', opts.stream));
     return this;
   }
 
@@ -258,7 +258,7 @@ export class DeviceTensor implements TensorMeta {
   /** Sets every element to `value` (converted to the dtype). */
   fill(value: number, opts: StreamOption = {}): this {
     if (typeof value !== 'number') throw new MlaError('ERR_ARGUMENT', 'fill: `value` must be a number');
-    nativeOp('fill')({ dst: this.nativeRef('fill: `this`'), value, stream: opts.stream?.nativeHandle() });
+    nativeOp('fill')({ dst: this.nativeRef('fill: `this`'), value, stream: nativeStream('fill', opts.stream) });
     return this;
   }
 
@@ -272,7 +272,7 @@ export class DeviceTensor implements TensorMeta {
     // Integers copy bit-exactly or not at all: a float → int conversion would silently truncate.
     if ((!isFloatDType(src.dtype) || !isFloatDType(this.dtype)) && src.dtype !== this.dtype)
       throw new MlaError('ERR_DTYPE', `copyFrom: \`src\` cannot be converted from ${src.dtype} to ${this.dtype}`);
-    nativeOp('copy')({ dst, src: from, stream: opts.stream?.nativeHandle() });
+    nativeOp('copy')({ dst, src: from, stream: nativeStream('copyFrom', opts.stream) });
     return this;
   }
 
@@ -322,8 +322,7 @@ export class DeviceTensor implements TensorMeta {
   async toHost(opts: StreamOption = {}): Promise<HostArray> {
     // An async function runs synchronously up to its first await: the download starts now.
     refuseHostCopy();
-    if (opts.stream?.disposed) throw new MlaError('ERR_DISPOSED', 'toHost: `stream` was disposed');
-    const stream = opts.stream?.nativeHandle();
+    const stream = nativeStream('toHost', opts.stream);
     // Always a snapshot, stream or not. The host copy runs later on a libuv thread; its
     // legacy-stream memcpy is ordered after whatever any host thread has queued on the legacy
     // stream by *then* (CUDA orders the legacy stream by submission time, not by which JS call
@@ -341,7 +340,7 @@ export class DeviceTensor implements TensorMeta {
   /** Blocking variant of toHost(). */
   toHostSync(opts: StreamOption = {}): HostArray {
     refuseHostCopy();
-    opts.stream?.synchronize();
+    nativeStream('toHostSync', opts.stream)?.synchronize();
     const { result, temp } = this.#download((b, off, n) => b.download(off, n));
     temp?.dispose();
     return hostArrayFor(this.dtype, result);
