@@ -100,20 +100,21 @@ export interface StepIndexLayout {
   batch: number;
   cols: number;
   at: Readonly<Record<keyof DeviceCacheStep, number>>;
+  size: Readonly<Record<keyof DeviceCacheStep, number>>;
   total: number;
 }
 
 export function stepIndexLayout(tokens: number, batch: number, cols: number): StepIndexLayout {
-  const sizes: Record<keyof DeviceCacheStep, number> = {
+  const size: Record<keyof DeviceCacheStep, number> = {
     positions: tokens, slotMapping: tokens, seqLens: batch, contextLens: batch, qSeqLens: batch, cuSeqLens: batch + 1, blockTable: batch * cols,
   };
   const at = {} as Record<keyof DeviceCacheStep, number>;
   let total = 0;
-  for (const k of Object.keys(sizes) as (keyof DeviceCacheStep)[]) {
+  for (const k of Object.keys(size) as (keyof DeviceCacheStep)[]) {
     at[k] = total;
-    total += Math.ceil(sizes[k] / 4) * 4;
+    total += Math.ceil(size[k] / 4) * 4;
   }
-  return { tokens, batch, cols, at, total };
+  return { tokens, batch, cols, at, size, total };
 }
 
 /** Writes `step`'s indices into `host` (at least layout.total long) at the layout's places. */
@@ -135,8 +136,8 @@ export function packStepIndices(step: CacheStep, layout: StepIndexLayout, host: 
 
 /** DeviceCacheStep views of a buffer packed by `layout`. */
 export function stepIndexViews(buf: DeviceTensor, layout: StepIndexLayout): DeviceCacheStep {
-  const { tokens: T, batch: B, cols, at } = layout;
-  const v = (k: keyof DeviceCacheStep, shape: readonly number[]): DeviceTensor => buf.slice(0, at[k], at[k] + shape.reduce((a, b) => a * b, 1)).reshape(shape);
+  const { tokens: T, batch: B, cols, at, size } = layout;
+  const v = (k: keyof DeviceCacheStep, shape: readonly number[]): DeviceTensor => buf.slice(0, at[k], at[k] + size[k]).reshape(shape);
   return {
     positions: v('positions', [T]), slotMapping: v('slotMapping', [T]), seqLens: v('seqLens', [B]), contextLens: v('contextLens', [B]),
     qSeqLens: v('qSeqLens', [B]), cuSeqLens: v('cuSeqLens', [B + 1]), blockTable: v('blockTable', [B, cols]),
@@ -201,11 +202,10 @@ export class LatentCache implements Disposable {
   #deviceStepOf: CacheStep | null = null;
   #stepBuffer: DeviceTensor | null = null; // the packed indices #deviceStep views
   #lastStep: CacheStep | null = null;
-  // What the last plan changed: each planned sequence's pages and length before it, so a step
-  // refused after planning can be undone exactly (truncate() would keep a copy-on-write page).
-  // What the latest plan changed per sequence: its length, its page count and its last page
+  // What the latest plan changed per sequence, so a step refused after planning can be undone
+  // exactly (truncate() would keep a copy-on-write page): its length, page count and last page
   // before a copy-on-write replaced it (a plan only appends pages and may replace that one), so
-  // the undo record does not grow with the context.
+  // the record does not grow with the context.
   #lastUndo: Map<SequenceId, UndoRecord> | null = null;
   #disposed = false;
 

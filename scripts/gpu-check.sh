@@ -365,9 +365,9 @@ phase_bench() {
 phase_profile() {
   need_gpu profile && plan profile || return; phase_start profile
   command -v ncu > /dev/null || { record profile FAIL "ncu is not on the PATH"; return; }
-  local kernels=hopper rc=0 h k log det=()
+  local kernels="hopper portable" rc=0 h k log det=()
   [[ ${MLA_CUDA_DECODE_KERNEL:-} == portable ]] && kernels=portable   # the hopper phase failed
-  for k in $kernels portable; do
+  for k in $kernels; do
     for h in 128 16; do
       log="$WORK/profile-$k-h$h.txt"
       timeout -k 5 $(( T / 4 )) ncu --clock-control none -k "regex:$([[ $k == hopper ]] && echo decodeMainSm90Kernel || echo decodeMainKernel)" \
@@ -378,7 +378,6 @@ phase_profile() {
       local r=$?; (( r != 0 )) && rc=$r
       det+=("$k h$h: $(awk '/^ *Duration /{d=$NF" "$(NF-1)} /Compute \(SM\) Throughput/{c=$NF"%"} /^ *Memory Throughput /&&$(NF-1)=="%"{m=$NF"%"} END{print (d?d:"no report")", SM "c", mem "m}' "$log")")
     done
-    [[ $kernels == portable ]] && break
   done
   printf '%s\n' "${det[@]}" > "$WORK/profile.notes"
   record profile "$(status_of $rc)" "ncu, one launch per kernel and shape (logs: profile-*.txt)" "$WORK/profile.notes"

@@ -487,32 +487,31 @@ cudaError_t allocDevice(void** p, size_t bytes, bool pooled) {
     std::shared_lock<std::shared_mutex> lock(memMu);
     if (inUse[size_t(tlDevice)] + rounded > s.memoryBytes) return fail(cudaErrorMemoryAllocation);
   }
-  if (pooled) {
-    std::unique_lock<std::shared_mutex> lock(memMu);
-    for (size_t i = 0; i < pool.size(); ++i) {
-      const PooledBlock b = pool[i];
-      if (b.device != tlDevice || b.rounded != rounded) continue;
-      pool[i] = pool.back();
-      pool.pop_back();
-      pooledBytes -= b.mapped;
-      void* m = static_cast<char*>(b.mapping) + (b.mapped - pageBytes() - rounded);
-      allocations[reinterpret_cast<uintptr_t>(m)] = Allocation{bytes, tlDevice, b.mapping, b.mapped};
-      inUse[size_t(tlDevice)] += rounded;
-      *p = m;
-      return cudaSuccess;
-    }
-  }
   // 256-byte aligned like cudaMalloc; the exact size is what is registered.
   void* m = nullptr;
   void* mapping = nullptr;
   size_t mapped = 0;
-  if (kGuardPages) {
+  if (pooled) {
+    std::unique_lock<std::shared_mutex> lock(memMu);
+    for (size_t i = 0; i < pool.size(); ++i) {
+      if (pool[i].device != tlDevice || pool[i].rounded != rounded) continue;
+      mapping = pool[i].mapping;
+      mapped = pool[i].mapped;
+      pooledBytes -= mapped;
+      pool[i] = pool.back();
+      pool.pop_back();
+      break;
+    }
+  }
+  if (kGuardPages && !mapping) {
     const size_t page = pageBytes();
     mapped = (rounded + page - 1) / page * page + page;
     mapping = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (mapping == MAP_FAILED) return fail(cudaErrorMemoryAllocation);
     mprotect(static_cast<char*>(mapping) + mapped - page, page, PROT_NONE);
-    m = static_cast<char*>(mapping) + (mapped - page - rounded);
+  }
+  if (mapping) {
+    m = static_cast<char*>(mapping) + (mapped - pageBytes() - rounded);  // ends at the guard page
   } else {
     m = std::aligned_alloc(256, rounded);
     if (!m) return fail(cudaErrorMemoryAllocation);

@@ -625,26 +625,25 @@ int tierFor(int smemOptin, bool sparse = false) {
 // The plan's fixed cost of a split, in tiles of bn keys (about 5 tiles of 64 keys).
 constexpr int overheadFor(int bn) { return (5 * 64 + bn - 1) / bn; }
 
-// A main kernel's shared-memory attribute and occupancy query are per device; both are cached
-// (per kernel and device ordinal) so a decode call per layer does not repeat them.
+// A main kernel's shared-memory opt-in (device_props.h) and its occupancy, both asked once per
+// device (the occupancy cached here per kernel and device ordinal), so a decode call per layer
+// does not repeat them.
 template <auto Kernel>
 Status prepareMainKernel(int smemBytes, int threads, int* ctasPerSm) {
+  MLA_RETURN_IF_ERROR(optInSharedMemory<Kernel>(smemBytes, "decode"));
   static std::mutex mu;
-  static int cached[64] = {};
+  static int cached[kMaxCachedDevices] = {};
   int dev = 0;
   MLA_CUDA_TRY(cudaGetDevice(&dev), "decode: cudaGetDevice");
+  if (dev < 0 || dev >= kMaxCachedDevices) return Status::Error(Code::Argument, "decode: device ordinal out of range");
   std::lock_guard<std::mutex> lock(mu);
-  if (dev >= 0 && dev < 64 && cached[dev] > 0) {
-    *ctasPerSm = cached[dev];
-    return Status::Ok();
+  if (cached[dev] == 0) {
+    int n = 0;
+    MLA_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, threads, smemBytes), "decode: occupancy");
+    if (n < 1) return Status::Error(Code::Cuda, "decode: the main kernel does not fit on this device (occupancy 0)");
+    cached[dev] = n;
   }
-  MLA_CUDA_TRY(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smemBytes),
-               "decode: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-  int n = 0;
-  MLA_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, Kernel, threads, smemBytes), "decode: occupancy");
-  if (n < 1) return Status::Error(Code::Cuda, "decode: the main kernel does not fit on this device (occupancy 0)");
-  if (dev >= 0 && dev < 64) cached[dev] = n;
-  *ctasPerSm = n;
+  *ctasPerSm = cached[dev];
   return Status::Ok();
 }
 

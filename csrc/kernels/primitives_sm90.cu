@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint
                      // write their operands after its own wait
   }
   if (mode >= 2 && tid == 0) {  // overwrites (part of) B while the wgmma may still read it
-    const int k = mode == 3 ? 0 : mode == 4 ? K - 16 : 0;  // the first element of a k16 slice of B
+    const int k = mode == 4 ? K - 16 : 0;  // the first element of a k16 slice of B
     cpAsync16(tileB + ((swizzled(baseB + offsetOf(lb, 0, k), lb.span) - baseB) & ~15u), b);
     cpAsyncCommit();
     cpAsyncWait<0>();

@@ -229,6 +229,7 @@ export class DecodeWorkspace {
   readonly partialRows: number;
   readonly bytes: number;
   #buffer: DeviceTensor;
+  #args: NativeDecodeWorkspaceArgs | undefined;
 
   constructor(opts: DecodeWorkspaceOptions) {
     const where = 'DecodeWorkspace';
@@ -266,12 +267,14 @@ export class DecodeWorkspace {
 
   /** @internal Arguments the native op reads. */
   nativeArgs(): NativeDecodeWorkspaceArgs {
-    return {
-      workspace: this.#buffer.nativeRef(`${OP}: \`workspace\``),
+    this.#buffer.assertAlive('decode: `workspace`');
+    // Made once: the buffer and its sizes never change, and decode runs per layer per step.
+    return (this.#args ??= {
+      workspace: this.#buffer.nativeRef(),
       wsMaxBatch: this.maxBatch,
       wsPartialRows: this.partialRows,
       wsMaxParts: this.maxParts,
-    };
+    });
   }
 
   /**
