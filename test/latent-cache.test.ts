@@ -63,12 +63,17 @@ t.test('bytes per token and storage layout', async (t) => {
   t.throws(() => c.deviceLayer(0), { code: 'ERR_ARGUMENT', message: /reference backend/ });
 });
 
-t.test('planStep: all-or-nothing reservation and step arrays', async (t) => {
+// 'a' holds 5 tokens, 'b' (positions from 10) none; the step adds 3 to 'b' and 2 to 'a'.
+function twoSequenceStep(): { c: LatentCache; step: ReturnType<LatentCache['planStep']> } {
   const c = cache(8, 4);
   c.addSequence('a');
   c.addSequence('b', { positionOffset: 10 });
   c.reserve('a', 5);
-  const step = c.planStep([{ seqId: 'b', numTokens: 3 }, { seqId: 'a', numTokens: 2 }]);
+  return { c, step: c.planStep([{ seqId: 'b', numTokens: 3 }, { seqId: 'a', numTokens: 2 }]) };
+}
+
+t.test('planStep: all-or-nothing reservation and step arrays', async (t) => {
+  const { c, step } = twoSequenceStep();
   t.equal(step.numTokens, 5);
   t.same([...step.positions], [10, 11, 12, 5, 6]);
   t.same([...step.contextLens], [0, 5]);
@@ -182,11 +187,7 @@ t.test('validation of options', async (t) => {
 });
 
 t.test('a step\'s indices packed for one upload: 16-byte aligned parts, the block table widened with zeros', async (t) => {
-  const c = cache(8, 4);
-  c.addSequence('a');
-  c.addSequence('b', { positionOffset: 10 });
-  c.reserve('a', 5);
-  const step = c.planStep([{ seqId: 'b', numTokens: 3 }, { seqId: 'a', numTokens: 2 }]);
+  const { c, step } = twoSequenceStep();
   const layout = stepIndexLayout(step.numTokens, 2, 3);
   t.same(layout.at, { positions: 0, slotMapping: 8, seqLens: 16, contextLens: 20, qSeqLens: 24, cuSeqLens: 28, blockTable: 32 });
   t.equal(layout.total, 40);
