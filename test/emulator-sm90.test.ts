@@ -56,6 +56,16 @@ t.test('reading a TMA destination before its mbarrier wait is a fault', { skip: 
   t.match(r.message, /tmaKernel.*faulted.*ldmatrix at .*primitives_sm90\.cu:\d+ .*reads shared memory that a TMA load is still writing/);
 });
 
+t.test('a TMA box whose innermost coordinate is not 16-byte aligned is a fault (an illegal instruction on a GPU)', { skip: emuSkip }, async (t) => {
+  const load = (x: number): string => `p.tmaConformance(new Uint16Array(40 * 72), [40, 72], [16, 8], 0, [[${x}, 1]])`;
+  t.same(inChild(load(8)), { ok: true }, 'x = 8 elements (16 bytes) runs');
+  for (const x of [3, -5]) {
+    const r = inChild(load(x));
+    t.equal(r.code, 'ERR_CUDA', `x = ${x}`);
+    t.match(r.message, new RegExp(`tmaKernel.*faulted.*primitives_sm90\\.cu:\\d+: cp\\.async\\.bulk\\.tensor: the box's innermost coordinate ${x} is ${2 * x} bytes in, not a multiple of 16`));
+  }
+});
+
 t.test('a wait for an mbarrier phase that never completes is a deadlock naming the barrier and line', { skip: emuSkip }, async (t) => {
   const r = inChild('p.mbarrierConformance(new Uint16Array(512), { mode: 1 })');
   t.equal(r.code, 'ERR_CUDA');

@@ -91,9 +91,13 @@ t.test('what a capture cannot hold throws ERR_ARGUMENT before reaching CUDA, and
       'ERR_ARGUMENT', /decode: `checkIndices` must be false while a CUDA graph is being captured/);
     decodeStep(b, out, lse, ws, s)();
     dropped.dispose(); // held back until the capture ends: cudaFree would break it
-    t.equal(cuda.deviceInfo(0).freeMemory, freeBefore, 'the free waits for the end of the capture');
+    // The emulated device's free memory moves only with our allocations; a GPU's driver also
+    // reserves memory for the capture, so there the 4 MiB must just not have come back yet.
+    const freeDuring = cuda.deviceInfo(0).freeMemory;
+    if (emulated) t.equal(freeDuring, freeBefore, 'the free waits for the end of the capture');
+    else t.ok(freeDuring < freeBefore + 4 * 2 ** 20, `the free waits for the end of the capture (free ${freeBefore} -> ${freeDuring} bytes)`);
     using graph = s.endCapture();
-    t.ok(cuda.deviceInfo(0).freeMemory > freeBefore, 'and happens then');
+    t.ok(cuda.deviceInfo(0).freeMemory >= freeDuring + 4 * 2 ** 20, 'and happens then');
     poison(out);
     graph.launch(s);
     s.synchronize();

@@ -624,6 +624,11 @@ void tmaLoad(void* dst, const void* tensorMap, int rank, const int32_t* coords, 
   MBarrier& b = barAt(bar, "cp.async.bulk.tensor (complete_tx)", file, line);
   const uint32_t barOff = barOffset(bar, "cp.async.bulk.tensor", file, line);
   const uint32_t eb = m.elemBytes, rowBytes = m.box[0] * eb;
+  // Measured on an H200 (2026-11-28): an innermost coordinate whose byte offset is not a multiple
+  // of 16 (in bounds or not) raises an illegal instruction, whatever the swizzle.
+  if ((int64_t(coords[0]) * eb) % 16 != 0)
+    faultAt(file, line, format("cp.async.bulk.tensor: the box's innermost coordinate %d is %lld bytes in, not a multiple "
+                               "of 16 (a GPU raises an illegal instruction)", coords[0], (long long)(int64_t(coords[0]) * eb)));
   uint64_t rows = 1;
   for (uint32_t i = 1; i < m.rank; ++i) rows *= m.box[i];
   const uint64_t bytes = rows * rowBytes;
