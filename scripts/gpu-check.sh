@@ -361,7 +361,8 @@ phase_bench() {
 }
 
 # One launch of a main kernel per shape under Nsight Compute. The bench around it checks the result
-# against the reference first and runs a handful of launches; ncu replays only the one it profiles.
+# against the reference first (a small decode: the first main-kernel launch, skipped) and runs a
+# handful of launches; ncu replays only the one it profiles.
 phase_profile() {
   need_gpu profile && plan profile || return; phase_start profile
   command -v ncu > /dev/null || { record profile FAIL "ncu is not on the PATH"; return; }
@@ -371,7 +372,7 @@ phase_profile() {
     for h in 128 16; do
       log="$WORK/profile-$k-h$h.txt"
       timeout -k 5 $(( T / 4 )) ncu --clock-control none -k "regex:$([[ $k == hopper ]] && echo decodeMainSm90Kernel || echo decodeMainKernel)" \
-        --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+        --launch-skip 1 --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats \
         node dist/cli/main.js bench decode --b 128 --h $h --sq 1 --sk 8192 --grid decode.kernel=$k --warmup 1 --repeats 2 \
         --max-instances 1 --bandwidth-tbs 3 --matmul-tflops 700 > "$log" 2>&1
