@@ -30,7 +30,7 @@ export interface NativeDecodeWorkspaceArgs {
   wsMaxParts: number;
 }
 
-/** Which of the plan / main / combine launches run (all by default; benchmarks time main alone). */
+/** Which of the plan / main / combine launches run (all by default; benchmarks and tests run one alone). */
 export interface NativePhaseArgs {
   runPlan?: boolean | undefined;
   runMain?: boolean | undefined;

@@ -217,6 +217,154 @@ t.test('decode: a long sequence split over every part, next to short ones', { sk
   tt.end();
 });
 
+// The split plan alone (phases 'plan'), read back from the workspace and checked against its
+// rules rather than against one particular cut: every KV block of every request in exactly one
+// part, in order, parts contiguous; one partial slot per piece of a split request, each used
+// once, at most 2 per part; no part over its share P = ceil(total / numParts) plus one
+// request's overhead. Random batches (empty, short and long requests, ragged query counts), the
+// error rules (bad lengths, queries past `tokens`), and a batch past the shared-memory staging.
+interface PlanCase {
+  label: string;
+  H: number;
+  pageSize: number;
+  seqLens: number[];
+  qLens: number[];
+  /** Rows of q (default: the sum of qLens). */
+  tokens?: number;
+  maxParts: number;
+  kernel: 'portable' | 'hopper';
+}
+
+function checkPlan(tt: Test, c: PlanCase): void {
+  const B = c.seqLens.length;
+  const tokens = c.tokens ?? c.qLens.reduce((a, b) => a + b, 0);
+  const maxQ = Math.max(1, ...c.qLens);
+  const cfg = decodeConfig(c.H, maxQ, c.maxParts, { kernel: c.kernel });
+  // H · maxQ <= 64: the workspace's partial rows never cap the parts below the config's.
+  const numParts = cfg.numParts;
+  const blockN = cfg.blockN;
+  const overhead = Math.ceil(320 / blockN);
+  const maxPages = Math.max(1, ...c.seqLens.map((L) => Math.ceil(Math.max(L, 0) / c.pageSize)));
+  const numPages = 7;
+  const r = rng(B * 31 + c.H);
+  const table = Int32Array.from({ length: B * maxPages }, () => Math.floor(r() * numPages));
+  const ws = new DecodeWorkspace({ maxBatch: B, maxHeads: c.H, maxQSeqLen: maxQ, maxParts: c.maxParts });
+  const tensors = [
+    DeviceTensor.empty([tokens, c.H, D], 'bf16'),
+    DeviceTensor.empty([numPages, c.pageSize, D], 'bf16'),
+    DeviceTensor.fromArray(table, [B, maxPages], 'i32'),
+    DeviceTensor.fromArray(Int32Array.from(c.seqLens), [B], 'i32'),
+    DeviceTensor.fromArray(Int32Array.from(c.qLens), [B], 'i32'),
+  ] as const;
+  const [q, cache, blockTable, seqLens, qSeqLens] = tensors;
+  try {
+    const res = decode({ q, cache, blockTable, seqLens, qSeqLens, scale: 0.1, causal: true, workspace: ws, checkIndices: false, maxQSeqLen: maxQ, phases: 'plan', kernel: c.kernel });
+    res.out.dispose();
+    res.lse.dispose();
+    const { parts, requests } = ws.planSnapshot();
+    const errorBits = ws.checkErrors().bits;
+    const at = (b: number, f: number): number => requests[b * 8 + f]!;
+
+    // Request fields, with the documented error rules applied in order.
+    let qs = 0;
+    let expectBits = 0;
+    let total = 0;
+    const blocks: number[] = [];
+    let fieldsOk = true;
+    for (let b = 0; b < B; b++) {
+      const L = c.seqLens[b]!;
+      let bad = L < 0 || L > maxPages * c.pageSize ? 1 : 0;
+      const sq = c.qLens[b]!;
+      if (sq < 0 || sq > maxQ || qs + sq > tokens) bad |= 4;
+      expectBits |= bad;
+      const qStart = qs;
+      if (!(bad & 4)) qs += sq;
+      const qLen = bad & 4 ? 0 : sq;
+      const nb = bad || qLen === 0 ? 0 : Math.ceil(L / blockN);
+      blocks.push(nb);
+      if (nb > 0) total += nb + overhead;
+      const want = [nb, qStart, qLen, L];
+      const got = [at(b, 0), at(b, 3), at(b, 4), at(b, 5)];
+      if (want.some((v, i) => v !== got[i])) {
+        fieldsOk = false;
+        tt.fail(`${c.label}: request ${b} [blocks, qStart, qLen, seqLen] ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
+        break;
+      }
+    }
+    tt.ok(fieldsOk, `${c.label}: request fields`);
+    tt.equal(errorBits, expectBits, `${c.label}: error bits`);
+
+    const P = Math.max(1, Math.ceil(total / numParts));
+    const next = new Array<number>(B).fill(0);
+    const pieces = new Array<number>(B).fill(0);
+    const slots = new Set<number>();
+    const problems: string[] = [];
+    let maxUnits = 0;
+    for (let p = 0; p < numParts; p++) {
+      const m = parts.subarray(p * 8, p * 8 + 5);
+      if (p > 0 && (m[0] !== parts[(p - 1) * 8 + 2] || m[1] !== parts[(p - 1) * 8 + 3])) problems.push(`part ${p} does not begin where part ${p - 1} ends`);
+      let units = 0;
+      let partials = 0;
+      for (let b = m[0]!; b <= Math.min(m[2]!, B - 1); b++) {
+        const blk0 = b === m[0] ? m[1]! : 0;
+        const blk1 = b === m[2] ? m[3]! : blocks[b]!;
+        if (blk1 <= blk0) continue;
+        if (blk0 !== next[b] || blk1 > blocks[b]!) problems.push(`part ${p}: request ${b} blocks [${blk0}, ${blk1}) after ${next[b]} of ${blocks[b]}`);
+        next[b] = blk1;
+        pieces[b]!++;
+        units += blk1 - blk0 + overhead;
+        const ns = at(b, 1);
+        if (ns > 1) {
+          partials++;
+          const slot = at(b, 2) + (b === m[0] ? m[4]! : 0);
+          if (slot < at(b, 2) || slot >= at(b, 2) + ns || slots.has(slot)) problems.push(`part ${p}: request ${b} slot ${slot}`);
+          slots.add(slot);
+        }
+      }
+      if (partials > 2) problems.push(`part ${p} has ${partials} partial slots`);
+      maxUnits = Math.max(maxUnits, units);
+    }
+    const lastEnd = parts.subarray((numParts - 1) * 8 + 2, (numParts - 1) * 8 + 4);
+    if (lastEnd[0] !== B || lastEnd[1] !== 0) problems.push(`the last part ends at (${lastEnd[0]}, ${lastEnd[1]})`);
+    for (let b = 0; b < B; b++) {
+      if (next[b] !== blocks[b]) problems.push(`request ${b}: ${next[b]} of ${blocks[b]} blocks covered`);
+      if (blocks[b]! > 0 && pieces[b] !== at(b, 1)) problems.push(`request ${b}: ${pieces[b]} pieces, plan says ${at(b, 1)} splits`);
+    }
+    if ([...slots].some((s) => s >= 2 * numParts)) problems.push('a slot past 2 · numParts');
+    tt.same(problems.slice(0, 5), [], `${c.label}: ${numParts} parts cover every block once, slots distinct`);
+    tt.ok(maxUnits <= P + overhead, `${c.label}: busiest part ${maxUnits} units <= share ${P} + overhead ${overhead}`);
+  } finally {
+    ws.dispose();
+    for (const x of tensors) x.dispose();
+  }
+}
+
+t.test('decode plan: every block in one part, slots once, parts balanced', { skip: gpuSkip }, (tt) => {
+  const r = rng(4242);
+  const kernel = kernels[kernels.length - 1]!;
+  let n = 0;
+  for (const maxParts of [1, 2, 5, 17, 132]) {
+    for (let rep = 0; rep < 4; rep++, n++) {
+      const B = 1 + Math.floor(r() * (rep === 3 ? 300 : 40));
+      const H = [1, 16, 32, 64][rep]!;
+      const maxQ = H === 64 ? 1 : 2;
+      const pageSize = [16, 64, 256][n % 3]!;
+      const seqLens = Array.from({ length: B }, () => (r() < 0.2 ? 0 : r() < 0.2 ? 20000 + Math.floor(r() * 40000) : Math.floor(r() * 3000)));
+      // Request 0 has a query: a call without any launches nothing.
+      const qLens = Array.from({ length: B }, (_, i) => (i > 0 && r() < 0.1 ? 0 : 1 + Math.floor(r() * maxQ)));
+      checkPlan(tt, { label: `#${n} ${kernel} parts ${maxParts} B${B} H${H}`, H, pageSize, seqLens, qLens, maxParts, kernel });
+    }
+  }
+  checkPlan(tt, { label: 'one long request', H: 16, pageSize: 64, seqLens: [100000], qLens: [1], maxParts: 132, kernel });
+  checkPlan(tt, { label: 'all empty', H: 16, pageSize: 64, seqLens: [0, 0, 0], qLens: [1, 1, 1], maxParts: 7, kernel });
+  checkPlan(tt, { label: 'bad lengths', H: 16, pageSize: 16, seqLens: [50, -1, 70, 1 << 20, 30], qLens: [1, 1, 1, 1, 1], maxParts: 4, kernel });
+  // 2 + 2 > 3 rows: request 1 owns none, request 2 (1 query) still fits after request 0.
+  checkPlan(tt, { label: 'queries past tokens', H: 8, pageSize: 16, seqLens: [40, 50, 60], qLens: [2, 2, 1], tokens: 3, maxParts: 4, kernel });
+  const big = Array.from({ length: 1600 }, (_, i) => (i * 37) % 90);
+  checkPlan(tt, { label: 'B 1600 (plan state in global memory)', H: 1, pageSize: 16, seqLens: big, qLens: big.map(() => 1), maxParts: 9, kernel });
+  tt.end();
+});
+
 // A page's rows past the request's length, and pages no request uses, hold whatever the cache
 // allocator left there; NaN there must not reach P·V (0 · NaN is NaN).
 t.test('decode: cache rows past each length hold NaN, and the outputs do not see it', { skip: gpuSkip }, (tt) => {

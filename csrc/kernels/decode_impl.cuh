@@ -96,25 +96,56 @@ __device__ __forceinline__ int swz(int row, int col) {
 
 // ---- plan --------------------------------------------------------------------------------
 // Per-request plan state: staged in shared memory (field-major) when the batch fits, so the
-// sequential part runs at shared-memory latency; otherwise worked on in place in reqInfo.
+// passes below run at shared-memory latency; otherwise worked on in place in reqInfo.
 constexpr int kRiFields = 7;
-constexpr int kPlanSmemBatch = 1536;  // 7 * 4 * 1536 = 43 KB, under the 48 KB default
+constexpr int kPlanSmemBatch = 1536;  // 7 * 4 * 1536 = 43 KB (+ the scan scratch), under the 48 KB default
+constexpr int kPlanScanBytes = kPlanThreads / 32 * 8;
 struct ReqStore {
   int32_t* base;
   int bStride, fieldStride;
   __device__ int32_t& at(int field, int b) const { return base[field * fieldStride + b * bStride]; }
 };
 
+// Exclusive prefix sum of v over the CTA (every thread calls it); *total gets the CTA's sum.
+// scratch: one int64 per warp in shared memory.
+__device__ __forceinline__ int64_t planScan(int64_t v, int64_t* scratch, int64_t* total) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  int64_t x = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int64_t y = __shfl_up_sync(0xffffffffu, x, o);
+    if (lane >= o) x += y;
+  }
+  __syncthreads();  // the previous scan's readers of scratch are done
+  if (lane == 31) scratch[warp] = x;
+  __syncthreads();
+  int64_t before = 0, sum = 0;
+  for (int w = 0; w < nw; ++w) {
+    const int64_t t = scratch[w];
+    if (w < warp) before += t;
+    sum += t;
+  }
+  *total = sum;
+  return before + x - v;
+}
+
 // One CTA. Validates every request (seqLen range, used page indices, query counts), then
-// FlashMLA's balancing: request b costs nBlocks_b + overhead units, every part gets
-// ceil(total / numParts) + overhead units of a contiguous walk over (request, block); the last
-// part takes whatever is left so coverage never depends on the rounding. Requests whose
-// blocks land in >= 2 parts get partial slots (at most 2 per part: its first and last segment).
+// balances the work FlashMLA's way, in parallel: request b costs c_b = nBlocks_b + overhead
+// units and owns [C_b, C_b + c_b) of a line of total units (C = exclusive prefix sum of c);
+// part p gets [p·P, (p+1)·P), P = ceil(total / numParts), so no part holds more than P units
+// plus the overhead of a request it continues. Position x maps to (b, clamp(x - C_b - overhead,
+// 0, nBlocks_b)); a part starting inside b's overhead starts at b's block 0. Requests whose
+// blocks land in >= 2 parts get one partial slot per part (at most 2 per part: its first and
+// last segment). A single thread walking the parts (FlashMLA's metadata kernel; ours before)
+// costs tens of microseconds at B = 128: every step waits on the previous one.
 __global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeKernelArgs a) {
-  MLA_DYNAMIC_SMEM(int32_t, planSmem, 16);
+  MLA_DYNAMIC_SMEM(int64_t, planSmem, 16);
+  int64_t* scan = planSmem;
   const bool staged = a.B <= kPlanSmemBatch;
-  const ReqStore st = staged ? ReqStore{planSmem, 1, a.B} : ReqStore{a.reqInfo, 8, 1};
-  for (int b = threadIdx.x; b < a.B; b += blockDim.x) {
+  int32_t* fields = reinterpret_cast<int32_t*>(planSmem + kPlanThreads / 32);
+  const ReqStore st = staged ? ReqStore{fields, 1, a.B} : ReqStore{a.reqInfo, 8, 1};
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (int b = tid; b < a.B; b += nt) {
     int L, sq, bad = 0;
     if (a.sparse) {
       // Sparse: one query per request; topkLength n keeps entries k < n (n <= 0: none, n >= topk: all).
@@ -131,78 +162,118 @@ __global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeKernelArg
     st.at(kRiBad, b) = bad;
   }
   __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+  const int warp = tid / 32, lane = tid % 32, nw = nt / 32;
   for (int b = warp; b < a.B && !a.sparse; b += nw) {  // sparse slots are checked per key instead
     if (st.at(kRiBad, b) & kDecodeErrSeqLen) continue;
     const int64_t np = (int64_t(st.at(kRiSeqLen, b)) + a.pageSize - 1) >> a.pageShift;
+    const int32_t* row = a.bt + b * a.btStride;
     bool badPage = false;
-    for (int64_t i = lane; i < np; i += 32) {
-      const int pg = a.bt[b * a.btStride + i];
-      badPage |= unsigned(pg) >= unsigned(a.numPages);
-    }
+#pragma unroll 4
+    for (int64_t i = lane; i < np; i += 32) badPage |= unsigned(row[i]) >= unsigned(a.numPages);
     if (__any_sync(0xffffffffu, badPage) && lane == 0) st.at(kRiBad, b) |= kDecodeErrPage;
   }
   __syncthreads();
 
-  if (threadIdx.x == 0) {
-    int64_t qs = 0, total = 0;
-    int errs = 0;
-    for (int b = 0; b < a.B; ++b) {
-      int bad = st.at(kRiBad, b);
-      const int sq = st.at(kRiQLen, b), L = st.at(kRiSeqLen, b);
-      if (!(bad & kDecodeErrQSeqLen) && qs + sq > a.tokens) bad |= kDecodeErrQSeqLen;
-      st.at(kRiQStart, b) = int(qs);
-      if (bad & kDecodeErrQSeqLen) st.at(kRiQLen, b) = 0;  // owns no rows: never read or written
-      else qs += sq;
-      const int nb = (bad || st.at(kRiQLen, b) == 0) ? 0 : (L + a.blockN - 1) / a.blockN;
-      st.at(kRiBlocks, b) = nb;
-      st.at(kRiSplits, b) = 0;
-      st.at(kRiBad, b) = bad;
-      errs |= bad;
-      if (nb > 0) total += nb + a.overhead;
-    }
-    if (errs) atomicOr(a.err, errs);
-
-    const int64_t payload = total > 0 ? (total + a.numParts - 1) / a.numParts + a.overhead : 0;
-    int b = 0, blk = 0;
-    for (int p = 0; p < a.numParts; ++p) {
-      while (b < a.B && st.at(kRiBlocks, b) == 0) ++b;
-      int32_t* meta = a.partMeta + p * 8;
-      meta[0] = b;
-      meta[1] = blk;
-      meta[4] = b < a.B ? st.at(kRiSplits, b) : 0;
-      int64_t remain = p == a.numParts - 1 ? INT64_MAX / 2 : payload;
-      while (b < a.B) {
-        const int nb = st.at(kRiBlocks, b);
-        if (nb == 0) { ++b; blk = 0; continue; }
-        const int64_t left = nb - blk;
-        if (remain >= left + a.overhead) {
-          st.at(kRiSplits, b) += 1;
-          remain -= left + a.overhead;
-          ++b;
-          blk = 0;
-        } else {
-          const int64_t take = remain - a.overhead;
-          if (take > 0) {
-            st.at(kRiSplits, b) += 1;
-            blk += int(take);
-          }
-          break;
-        }
+  // Query offsets: the prefix sum of the valid requests' query counts.
+  int64_t queries = 0;
+  for (int base = 0; base < a.B; base += nt) {
+    const int b = base + tid;
+    const int sq = b < a.B && !(st.at(kRiBad, b) & kDecodeErrQSeqLen) ? st.at(kRiQLen, b) : 0;
+    int64_t chunk;
+    const int64_t before = queries + planScan(sq, scan, &chunk);
+    if (b < a.B) st.at(kRiQStart, b) = int(min(before, int64_t(INT32_MAX)));
+    queries += chunk;
+  }
+  if (queries > a.tokens) {
+    // An error (some requests' queries lie past `tokens`): in order, a request that does not
+    // fit after the ones before it owns no rows. Rare, so one thread.
+    __syncthreads();
+    if (tid == 0) {
+      int64_t qs = 0;
+      for (int b = 0; b < a.B; ++b) {
+        const int sq = st.at(kRiQLen, b);
+        if (!(st.at(kRiBad, b) & kDecodeErrQSeqLen) && qs + sq > a.tokens) st.at(kRiBad, b) |= kDecodeErrQSeqLen;
+        st.at(kRiQStart, b) = int(qs);
+        if (!(st.at(kRiBad, b) & kDecodeErrQSeqLen)) qs += sq;
       }
-      meta[2] = b;
-      meta[3] = blk;
     }
-    int slots = 0;
-    for (int r = 0; r < a.B; ++r) {
-      const int ns = st.at(kRiSplits, r);
-      st.at(kRiSplitStart, r) = ns >= 2 ? slots : -1;
-      if (ns >= 2) slots += ns;
+    __syncthreads();
+  }
+
+  // Blocks per request (0 for a bad or query-less one) and the total cost.
+  int64_t total = 0;
+  int errs = 0;
+  for (int base = 0; base < a.B; base += nt) {
+    const int b = base + tid;
+    int nb = 0;
+    if (b < a.B) {
+      const int bad = st.at(kRiBad, b);
+      if (bad & kDecodeErrQSeqLen) st.at(kRiQLen, b) = 0;  // owns no rows: never read or written
+      nb = (bad || st.at(kRiQLen, b) == 0) ? 0 : (st.at(kRiSeqLen, b) + a.blockN - 1) / a.blockN;
+      st.at(kRiBlocks, b) = nb;
+      errs |= bad;
     }
+    int64_t chunk;
+    planScan(nb > 0 ? nb + a.overhead : 0, scan, &chunk);
+    total += chunk;
+  }
+  if (errs) atomicOr(a.err, errs);
+
+  // The line: each request's splits and slots, and the parts that begin inside it.
+  const int numParts = a.numParts;
+  const int64_t P = total > 0 ? (total + numParts - 1) / numParts : 1;
+  auto setBegin = [&](int p, int b, int blk, int firstSplit) {
+    int32_t* m = a.partMeta + p * 8;
+    m[0] = b;
+    m[1] = blk;
+    m[4] = firstSplit;
+    if (p > 0) {  // where part p begins, part p - 1 ends
+      a.partMeta[(p - 1) * 8 + 2] = b;
+      a.partMeta[(p - 1) * 8 + 3] = blk;
+    }
+  };
+  int64_t lineBefore = 0, slotsBefore = 0;
+  for (int base = 0; base < a.B; base += nt) {
+    const int b = base + tid;
+    const int nb = b < a.B ? st.at(kRiBlocks, b) : 0;
+    const int64_t cost = nb > 0 ? nb + a.overhead : 0;
+    int64_t chunk;
+    const int64_t C = lineBefore + planScan(cost, scan, &chunk);
+    lineBefore += chunk;
+    int ns = 0, pFirst = 0;
+    if (nb > 0) {
+      pFirst = int(min((C + a.overhead) / P, int64_t(numParts - 1)));
+      ns = int(min((C + a.overhead + nb - 1) / P, int64_t(numParts - 1))) - pFirst + 1;
+    }
+    const int64_t slot0 = slotsBefore + planScan(ns >= 2 ? ns : 0, scan, &chunk);
+    slotsBefore += chunk;
+    if (b < a.B) {
+      st.at(kRiSplits, b) = ns;
+      st.at(kRiSplitStart, b) = ns >= 2 ? int(slot0) : -1;
+    }
+    // The warp writes the parts beginning in each of its lanes' requests, 32 parts at a time
+    // (one request may begin all of them).
+    for (int j = 0; j < 32; ++j) {
+      const int64_t Cj = __shfl_sync(0xffffffffu, C, j), costJ = __shfl_sync(0xffffffffu, cost, j);
+      const int nbJ = __shfl_sync(0xffffffffu, nb, j), firstJ = __shfl_sync(0xffffffffu, pFirst, j);
+      if (costJ == 0) continue;
+      const int64_t pEnd = min((Cj + costJ + P - 1) / P, int64_t(numParts));
+      for (int64_t p = (Cj + P - 1) / P + lane; p < pEnd; p += 32) {
+        const int64_t blk = min(max(p * P - Cj - a.overhead, int64_t(0)), int64_t(nbJ));
+        setBegin(int(p), base + warp * 32 + j, int(blk), max(int(p) - firstJ, 0));
+      }
+    }
+  }
+  // Parts past the line's end are empty; the last part ends past the last request.
+  for (int p = tid; p < numParts; p += nt)
+    if (total == 0 || int64_t(p) * P >= total) setBegin(p, a.B, 0, 0);
+  if (tid == 0) {
+    a.partMeta[(numParts - 1) * 8 + 2] = a.B;
+    a.partMeta[(numParts - 1) * 8 + 3] = 0;
   }
   if (!staged) return;
   __syncthreads();
-  for (int b = threadIdx.x; b < a.B; b += blockDim.x)
+  for (int b = tid; b < a.B; b += nt)
 #pragma unroll
     for (int f = 0; f < kRiFields; ++f) a.reqInfo[b * 8 + f] = st.at(f, b);
 }
@@ -672,7 +743,7 @@ Status planFor(int64_t rowsBound, int64_t wsMaxParts, const DeviceProps& dp, Pla
 template <typename T, bool SP, class LaunchMain>
 Status runSplitKv(DecodeKernelArgs a, Phases p, cudaStream_t s, LaunchMain&& launchMain) {
   if (p.plan) {
-    const size_t planSmem = a.B <= kPlanSmemBatch ? size_t(kRiFields) * a.B * sizeof(int32_t) : 0;
+    const size_t planSmem = kPlanScanBytes + (a.B <= kPlanSmemBatch ? size_t(kRiFields) * a.B * sizeof(int32_t) : 0);
     MLA_LAUNCH_KERNEL(1, kPlanThreads, planSmem, s, decodePlanKernel)(a);
     MLA_CHECK_LAUNCH("decode: plan kernel");
   }

@@ -5,7 +5,7 @@ import { MlaError } from '../errors.js';
 import { nativeStream } from '../runtime/stream.js';
 import { native, nativeLimits, nativeOp } from '../native.js';
 import { FALLBACK_LIMITS } from '../native-contract.js';
-import type { NativeDecodeConfig, NativeDecodeWorkspaceArgs, NativeStreamArg } from '../native-contract.js';
+import type { NativeDecodeConfig, NativeDecodeWorkspaceArgs, NativeDecodeWorkspaceLayout, NativePhaseArgs, NativeStreamArg } from '../native-contract.js';
 import type { NativeTensorRef } from '../native.js';
 import type { DType } from '../dtype.js';
 import type { Stream } from '../runtime/stream.js';
@@ -229,6 +229,7 @@ export class DecodeWorkspace {
   readonly partialRows: number;
   readonly bytes: number;
   #buffer: DeviceTensor;
+  #layout: NativeDecodeWorkspaceLayout;
   #args: NativeDecodeWorkspaceArgs | undefined;
 
   constructor(opts: DecodeWorkspaceOptions) {
@@ -243,8 +244,8 @@ export class DecodeWorkspace {
     this.maxRows = this.maxHeads * this.maxQSeqLen;
     // A call uses ~SMs / ceil(rows / BM) parts (BM ≤ 64) with ≤ 2 slots of `rows` each.
     this.partialRows = Math.max(2 * this.maxParts * Math.min(64, this.maxRows), 2 * this.maxRows);
-    const layout = nativeOp('decodeWorkspaceBytes')({ maxBatch: this.maxBatch, partialRows: this.partialRows, maxParts: this.maxParts });
-    this.bytes = layout.totalBytes;
+    this.#layout = nativeOp('decodeWorkspaceBytes')({ maxBatch: this.maxBatch, partialRows: this.partialRows, maxParts: this.maxParts });
+    this.bytes = this.#layout.totalBytes;
     this.#buffer = DeviceTensor.empty([this.bytes], 'u8');
     // Only the error word needs a value; every call rewrites the plan before reading it and
     // reads only the partial rows it wrote.
@@ -295,6 +296,19 @@ export class DecodeWorkspace {
     return { ok: bits === 0, bits, messages };
   }
 
+  /**
+   * @internal Tests: the split plan the last call wrote, int32 [maxParts][8] per part (begin
+   * request, begin block, end request, end block, first split) and [maxBatch][8] per request
+   * (blocks, splits, first slot, query start, queries, keys, error bits). Blocking.
+   */
+  planSnapshot(opts: StreamOption = {}): { parts: Int32Array; requests: Int32Array } {
+    const read = (offset: number, count: number): Int32Array => {
+      const bytes = this.#buffer.slice(0, offset, offset + 4 * count).toHostSync(opts) as Uint8Array;
+      return new Int32Array(Uint8Array.from(bytes).buffer);
+    };
+    return { parts: read(this.#layout.partMetaOffset, 8 * this.maxParts), requests: read(this.#layout.reqInfoOffset, 8 * this.maxBatch) };
+  }
+
   /** Like checkErrors() but throws ERR_RANGE with the messages. */
   throwIfErrors(opts: StreamOption = {}): void {
     const r = this.checkErrors(opts);
@@ -342,8 +356,11 @@ export interface DecodeOptions extends StreamOption {
    * kernels still guard every index and report through workspace.checkErrors().
    */
   checkIndices?: boolean | undefined;
-  /** @internal Benchmarks: launch only the main kernel (the plan must be current). */
-  phases?: 'all' | 'main' | undefined;
+  /**
+   * @internal Benchmarks and tests: launch one of the three kernels alone ('main' and
+   * 'combine' need the plan of an earlier call with the same arguments in the workspace).
+   */
+  phases?: SplitKvPhases | undefined;
   /**
    * The main kernel: 'hopper' (sm_90a: wgmma + TMA; compute capability 9.0, 16-bit cache),
    * 'portable' (mma.sync, every GPU), or 'auto' (default; MLA_CUDA_DECODE_KERNEL overrides):
@@ -351,6 +368,14 @@ export interface DecodeOptions extends StreamOption {
    */
   kernel?: DecodeKernelChoice | undefined;
 }
+
+export type SplitKvPhases = 'all' | 'plan' | 'main' | 'combine';
+const PHASES: Readonly<Record<SplitKvPhases, NativePhaseArgs>> = {
+  all: { runPlan: true, runMain: true, runCombine: true },
+  plan: { runPlan: true, runMain: false, runCombine: false },
+  main: { runPlan: false, runMain: true, runCombine: false },
+  combine: { runPlan: false, runMain: false, runCombine: true },
+};
 
 export type DecodeKernelChoice = 'auto' | 'portable' | 'hopper';
 // csrc/kernels/decode.h DecodeKernel.
@@ -384,16 +409,16 @@ export interface DecodeResult {
  * The options decode and sparse share (both run the split-KV kernels): checkIndices (refused
  * during a graph capture), phases and the workspace, checked and with their defaults.
  */
-export function splitKvCallOptions(op: string, opts: { checkIndices?: unknown; phases?: unknown; workspace?: unknown }): { checkIndices: boolean; phases: 'all' | 'main'; ws: DecodeWorkspace | undefined } {
+export function splitKvCallOptions(op: string, opts: { checkIndices?: unknown; phases?: unknown; workspace?: unknown }): { checkIndices: boolean; phases: NativePhaseArgs; ws: DecodeWorkspace | undefined } {
   const checkIndices = opts.checkIndices ?? true;
   if (typeof checkIndices !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${op}: \`checkIndices\` must be a boolean`);
   refuseIndexCheckDuringCapture(op, checkIndices);
   const phases = opts.phases ?? 'all';
-  if (phases !== 'all' && phases !== 'main') throw new MlaError('ERR_ARGUMENT', `${op}: \`phases\` must be 'all' or 'main'`);
+  if (typeof phases !== 'string' || !Object.hasOwn(PHASES, phases)) throw new MlaError('ERR_ARGUMENT', `${op}: \`phases\` must be 'all', 'plan', 'main' or 'combine'`);
   const ws = opts.workspace;
   if (ws !== undefined && !(ws instanceof DecodeWorkspace)) throw new MlaError('ERR_ARGUMENT', `${op}: \`workspace\` must be a DecodeWorkspace`);
   if (ws?.disposed) throw new MlaError('ERR_DISPOSED', `${op}: \`workspace\` was disposed`);
-  return { checkIndices, phases, ws };
+  return { checkIndices, phases: PHASES[phases as SplitKvPhases], ws };
 }
 
 export function decode(opts: DecodeOptions): DecodeResult {
@@ -437,8 +462,9 @@ export function decode(opts: DecodeOptions): DecodeResult {
       causal: geo.causal,
       uniformQSeqLen: geo.sQ ?? 0,
       maxQSeqLen: rowsQ,
-      runPlan: phases === 'all',
-      runCombine: phases === 'all',
+      runPlan: phases.runPlan,
+      runMain: phases.runMain,
+      runCombine: phases.runCombine,
       kernel: KERNEL_CODE[kernel],
     }));
   });

@@ -8,6 +8,7 @@ import { DeviceTensor } from '../runtime/tensor.js';
 import type { StreamOption } from '../runtime/tensor.js';
 import { checkInt, checkNumber, checkTensor } from './validate.js';
 import { checkSplitKvOutputs, checkSplitKvQueryCache, DECODE_DIM_QK, DECODE_DIM_V, DECODE_MAX_HEADS, DecodeWorkspace, launchSplitKv, splitKvCallOptions } from './decode.js';
+import type { SplitKvPhases } from './decode.js';
 
 const OP = 'sparse';
 
@@ -109,8 +110,8 @@ export interface SparseOptions extends StreamOption {
    * capture and serving loops: every value has a defined meaning and the kernel guards every slot.
    */
   checkIndices?: boolean | undefined;
-  /** @internal Benchmarks: launch only the main kernel (the plan must be current). */
-  phases?: 'all' | 'main' | undefined;
+  /** @internal Benchmarks and tests: one kernel alone, as decode's `phases`. */
+  phases?: SplitKvPhases | undefined;
 }
 
 export interface SparseResult {
@@ -141,8 +142,9 @@ export function sparse(opts: SparseOptions): SparseResult {
       indices: opts.indices.nativeRef(`${OP}: \`indices\``),
       topkLength: opts.topkLength?.nativeRef(`${OP}: \`topkLength\``),
       attnSink: opts.attnSink?.nativeRef(`${OP}: \`attnSink\``),
-      runPlan: phases === 'all',
-      runCombine: phases === 'all',
+      runPlan: phases.runPlan,
+      runMain: phases.runMain,
+      runCombine: phases.runCombine,
     }));
   });
 }
