@@ -35,6 +35,10 @@ export interface NativeStream {
   endCapture(): NativeGraph;
   endCapture(into: NativeGraph): boolean;
   isCapturing(): boolean;
+  /** False where nothing can hold (nothing queued). */
+  hold(timeoutMs: number): boolean;
+  /** False when the hold's timeout ended it before the release. */
+  release(): boolean;
   destroy(): void;
 }
 

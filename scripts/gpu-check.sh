@@ -31,7 +31,7 @@
 #   bench       50  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy; layer includes
 #                   the step as a CUDA graph), then scripts/host-overhead.mjs (host µs per op)
 # Not in `all` (a second call's, for tuning once the numbers are in):
-#   profile     90  Nsight Compute (ncu --clock-control none) on one launch of each decode main
+#   profile     90  Nsight Compute (ncu --clock-control none) on one call (plan, main, combine) of each decode main
 #                   kernel at H 128 and H 16 (s_q 1, s_k 8192, B 128): throughputs, pipe use,
 #                   warp stalls; the table shows duration and SM / memory throughput per launch
 # A global deadline (GPU_CHECK_DEADLINE, default 450 s after GPU_CHECK_T0, else after this
@@ -360,9 +360,9 @@ phase_bench() {
   record bench "$(status_of $rc)" "$(bench_counts "$OUT/bench-quick.json" "$WORK/bench.txt")"
 }
 
-# One launch of a main kernel per shape under Nsight Compute. The bench around it checks the result
-# against the reference first (a small decode: the first main-kernel launch, skipped) and runs a
-# handful of launches; ncu replays only the one it profiles.
+# One call (plan, main kernel, combine) per kernel and shape under Nsight Compute: the first
+# three matching launches are the bench's check (a small decode), skipped; the next three are the
+# setup's full call. --no-hold: ncu serializes launches, so a held stream would wait out its hold.
 phase_profile() {
   need_gpu profile && plan profile || return; phase_start profile
   command -v ncu > /dev/null || { record profile FAIL "ncu is not on the PATH"; return; }
@@ -371,17 +371,24 @@ phase_profile() {
   for k in $kernels; do
     for h in 128 16; do
       log="$WORK/profile-$k-h$h.txt"
-      timeout -k 5 $(( T / 4 )) ncu --clock-control none -k "regex:$([[ $k == hopper ]] && echo decodeMainSm90Kernel || echo decodeMainKernel)" \
-        --launch-skip 1 --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+      timeout -k 5 $(( T / 4 )) ncu --clock-control none \
+        -k "regex:$([[ $k == hopper ]] && echo decodeMainSm90Kernel || echo decodeMainKernel)|decodePlanKernel|decodeCombineKernel" \
+        --launch-skip 3 --launch-count 3 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats \
         node dist/cli/main.js bench decode --b 128 --h $h --sq 1 --sk 8192 --grid decode.kernel=$k --warmup 1 --repeats 2 \
-        --max-instances 1 --bandwidth-tbs 3 --matmul-tflops 700 > "$log" 2>&1
+        --max-instances 1 --no-hold --bandwidth-tbs 3 --matmul-tflops 700 > "$log" 2>&1
       local r=$?; (( r != 0 )) && rc=$r
-      det+=("$k h$h: $(awk '/^ *Duration /{d=$NF" "$(NF-1)} /Compute \(SM\) Throughput/{c=$NF"%"} /^ *Memory Throughput /&&$(NF-1)=="%"{m=$NF"%"} END{print (d?d:"no report")", SM "c", mem "m}' "$log")")
+      det+=("$k h$h: $(awk '
+        / Context [0-9]+, Stream / { n = ($0 ~ /decodePlanKernel/) ? "plan" : ($0 ~ /decodeCombineKernel/) ? "combine" : "main" }
+        /^ *Duration / { d[n] = $NF " " $(NF-1) }
+        /Compute \(SM\) Throughput/ { c[n] = $NF "%" }
+        /^ *Memory Throughput / && $(NF-1) == "%" { m[n] = $NF "%" }
+        END { if (!("main" in d)) { print "no report"; exit }
+              printf "main %s (SM %s, mem %s), plan %s, combine %s\n", d["main"], c["main"], m["main"], ("plan" in d) ? d["plan"] : "-", ("combine" in d) ? d["combine"] : "-" }' "$log")")
     done
   done
   printf '%s\n' "${det[@]}" > "$WORK/profile.notes"
-  record profile "$(status_of $rc)" "ncu, one launch per kernel and shape (logs: profile-*.txt)" "$WORK/profile.notes"
+  record profile "$(status_of $rc)" "ncu, one call (plan, main, combine) per kernel and shape (logs: profile-*.txt)" "$WORK/profile.notes"
 }
 
 # ---- the comparison and the table ------------------------------------------------------------------

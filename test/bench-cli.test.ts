@@ -15,8 +15,11 @@ import {
 } from '../lib/bench/formulas.js';
 import { fmtNum, formatTable, gitCommit, packageInfo, REPORT_SCHEMA, reportJson, resultFileStem } from '../lib/bench/report.js';
 import type { BenchReport } from '../lib/bench/report.js';
-import { measureCase, rotationCount, runCase } from '../lib/bench/runner.js';
-import type { CaseResult, RunnerEnv, Timer } from '../lib/bench/runner.js';
+import { eventTimer, measureCase, rotationCount, runCase } from '../lib/bench/runner.js';
+import { DeviceTensor } from '../lib/runtime/tensor.js';
+import { Stream } from '../lib/runtime/stream.js';
+import { emulated, gpuSkip } from './helpers/gpu.js';
+import type { CaseResult, RunnerEnv, TimedRuns, Timer } from '../lib/bench/runner.js';
 import { median, percentile, summarize } from '../lib/bench/stats.js';
 import { loadSuite, SUITE_NAMES, SuiteUnavailableError } from '../lib/bench/suites.js';
 import { decadeLabel, escapeXml, rooflineSvg } from '../lib/bench/svg.js';
@@ -28,7 +31,6 @@ import type { BenchDeps } from '../lib/cli/bench.js';
 import { MlaError } from '../lib/errors.js';
 import { emulatorAddonPath } from '../lib/native.js';
 import type { DeviceInfo, DeviceStatus } from '../lib/runtime/cuda.js';
-import type { Stream } from '../lib/runtime/stream.js';
 
 // ---- arguments ----------------------------------------------------------------------------
 
@@ -185,19 +187,30 @@ function fakeEnv(runMs: number, l2Bytes = 50e6, free = 80e9): RunnerEnv & { call
   const env = {
     stream: fakeStream, l2Bytes, calls: 0, freeBytes: () => free,
     timer: {
-      each(n: number, body: (i: number) => void): number[] {
-        const out: number[] = [];
+      each(n: number, body: (i: number) => void): TimedRuns {
+        const ms: number[] = [];
         for (let i = 0; i < n; i++) {
           body(i);
           env.calls++;
-          out.push(runMs * (1 + (i % 3) / 10));
+          ms.push(runMs * (1 + (i % 3) / 10));
         }
-        return out;
+        return { ms, hostMs: ms.map(() => runMs / 10), hold: 'held' };
       },
     } satisfies Timer,
   };
   return env;
 }
+
+t.test('eventTimer: runs queued in held batches, host time kept apart', { skip: gpuSkip }, async (t) => {
+  using stream = new Stream();
+  using x = DeviceTensor.empty([1024], 'f32');
+  const r = eventTimer(stream).each(40, (i) => x.fill(i, { stream }));
+  t.same([r.ms.length, r.hostMs.length], [40, 40], 'a device and a host time per run (two batches)');
+  t.ok(r.ms.every((v) => v >= 0) && r.hostMs.every((v) => v > 0), 'times are sane');
+  t.equal(r.hold, emulated ? 'unheld' : 'held', emulated ? 'the emulated device cannot hold' : 'every batch held until released');
+  t.equal(x.select(0, 3).toFloat32Sync({ stream })[0], 39, 'every run ran, in order');
+  t.equal(eventTimer(stream, { hold: false }).each(2, (i) => x.fill(i, { stream })).hold, 'unheld');
+});
 
 interface FakeLog {
   setups: number;
@@ -346,7 +359,7 @@ t.test('resolveCeilings: flags, then file, then measurement', async (t) => {
   const time = (c: BenchCase) => {
     timed.push(c.name);
     // Copy: 2 GiB moved in 1 ms → 2.147 TB/s; linear: 1e12 FLOP in 2 ms → 500 TFLOP/s.
-    return { instances: 2, rotatedBytes: 0, pastL2: true, warmupRuns: 1, run: summarize([c.flops > 0 ? 2000 : 1000]) };
+    return { instances: 2, rotatedBytes: 0, pastL2: true, warmupRuns: 1, hold: 'held' as const, run: summarize([c.flops > 0 ? 2000 : 1000]), host: summarize([5]) };
   };
   const linear: BenchSuite = {
     name: 'linear', description: '',
@@ -561,7 +574,7 @@ function fakeSuite(name: string, n = 2): BenchSuite {
   return { name, description: `fake ${name}`, cases: () => Array.from({ length: n }, (_, i) => fakeCase(`${name} case${i}`, 10e6, { main: name === 'decode' })) };
 }
 
-function deps(over: Partial<BenchDeps> = {}): BenchDeps & { out: string; err: string; files: Map<string, string>; opened: number } {
+function deps(over: Partial<BenchDeps> = {}): BenchDeps & { out: string; err: string; files: Map<string, string>; opened: number; holds: boolean[] } {
   const d = {
     out: '', err: '', files: new Map<string, string>(), opened: 0,
     stdout: (s: string) => void (d.out += s),
@@ -569,8 +582,10 @@ function deps(over: Partial<BenchDeps> = {}): BenchDeps & { out: string; err: st
     interactive: false,
     status: () => GPU,
     build: () => ({ addonLoaded: true, compiledWithCuda: true, cudaDisabled: false, emulated: false, cudaArchitectures: '90-real', hopperDecode: true, nvccVersion: '13.0.88', runtimeVersion: 13000, ops: [] }),
-    openDevice: () => {
+    holds: [] as boolean[],
+    openDevice: (_index: number, opts: { hold: boolean }) => {
       d.opened++;
+      d.holds.push(opts.hold);
       return { info: H100, env: fakeEnv(0.05), dispose: () => {} };
     },
     loadSuite: async (name: string) => {
@@ -643,6 +658,14 @@ t.test('bench with an injected device: table, JSON file, SVG file, metadata', as
   t.equal(report.meta.date, '2026-11-23T10:00:00.000Z');
   t.equal(report.results[0]!.run!.us.n, 4);
   t.ok(report.results[0]!.main, 'runMain timed too');
+  t.same([report.results[0]!.hold, report.results[0]!.hostUs?.n], ['held', 4], 'the host time of each call, and how the runs were timed');
+  t.match(d.out, /host µs/);
+  t.match(report.meta.settings.timing, /under a stream hold/);
+  t.same(d.holds, [true], 'the stream is held by default');
+  const noHold = deps();
+  t.equal(await runBench(['copy', '--quick', '--no-hold', '--matmul-tflops', '1', '--bandwidth-tbs', '1', '--json', 'n.json'], noHold), 0);
+  t.same(noHold.holds, [false], '--no-hold');
+  t.match((JSON.parse(noHold.files.get('n.json')!) as BenchReport).meta.settings.timing, /host gaps included/);
   t.same(checkXml(d.files.get('r.svg')!), []);
   t.equal(report.meta.dirty, false);
   const saved = deps();

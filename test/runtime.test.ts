@@ -278,6 +278,39 @@ t.test('streams, events and timing', { skip: gpuSkip }, async (t) => {
   t.equal(cuda.devices().length, cuda.deviceCount());
 });
 
+t.test('hold / release: queued work waits for the release, and a forgotten hold times out', { skip: gpuSkip }, async (t) => {
+  using s = new Stream();
+  using x = DeviceTensor.empty([1 << 12], 'f32');
+  await rejects(t, () => s.release(), 'ERR_ARGUMENT', /release: this stream is not held/);
+  await rejects(t, () => s.hold({ timeoutMs: 0 }), 'ERR_RANGE', /Stream.hold: `timeoutMs`/);
+  const held = s.hold();
+  if (emulated) {
+    t.equal(held, false, 'the emulated device runs each launch as it is made: nothing to hold');
+    await rejects(t, () => s.release(), 'ERR_ARGUMENT', /not held/);
+    return;
+  }
+  t.equal(held, true, 'held');
+  using other = new Stream();
+  await rejects(t, () => other.hold(), 'ERR_ARGUMENT', /already held/);
+  x.fill(3, { stream: s });
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(s.query(), false, 'the fill waits behind the hold');
+  t.equal(s.release(), true, 'released in time');
+  s.synchronize();
+  t.equal((x.select(0, 100).toFloat32Sync())[0], 3, 'then runs');
+  t.equal(s.hold({ timeoutMs: 20 }), true);
+  x.fill(4, { stream: s });
+  await new Promise((r) => setTimeout(r, 200));
+  t.equal(s.release(), false, 'the timeout ended the hold first');
+  t.equal((x.select(0, 7).toFloat32Sync({ stream: s }))[0], 4);
+  // A stream disposed while held releases its hold (the next hold would refuse otherwise).
+  const d = new Stream();
+  d.hold();
+  d.dispose();
+  t.equal(other.hold(), true, 'a disposed stream gave its hold back');
+  t.equal(other.release(), true);
+});
+
 t.test('native ops check forged descriptors before touching memory', { skip: gpuSkip }, async (t) => {
   // The bindings trust nothing of a descriptor: every window must lie inside its allocation,
   // including ones whose size x stride products would wrap int64 (entries go up to 2^53).

@@ -14,6 +14,7 @@ Napi::Function Stream::Define(Napi::Env env) {
                       InstanceMethod<&Stream::BeginCapture>("beginCapture"),
                       InstanceMethod<&Stream::EndCapture>("endCapture"),
                       InstanceMethod<&Stream::IsCapturing>("isCapturing"),
+                      InstanceMethod<&Stream::Hold>("hold"), InstanceMethod<&Stream::Release>("release"),
                       InstanceMethod<&Stream::Destroy>("destroy")});
 }
 
@@ -26,6 +27,7 @@ Stream::Stream(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Stream>(info) 
 }
 
 Stream::~Stream() {
+  endHold();
   if (!destroyed_ && handle_) gpu::streamDestroy(handle_);
   endCaptureState();
 }
@@ -105,6 +107,29 @@ Napi::Value Stream::WaitEvent(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// hold(timeoutMs): true when the device now waits for release() before running what is
+// queued next on this stream; false where nothing can hold (nothing was queued).
+Napi::Value Stream::Hold(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  checkAlive(env, destroyed_);
+  if (info.Length() < 1 || !info[0].IsNumber()) throwError(env, Code::Argument, "hold: `timeoutMs` must be a number");
+  if (capturing_) throwError(env, Code::Argument, "hold: the stream is capturing a graph");
+  bool held = false;
+  throwIfError(env, gpu::streamHold(handle_, info[0].As<Napi::Number>().Int32Value(), &held));
+  held_ = held;
+  return Napi::Boolean::New(env, held);
+}
+
+// release(): true when the hold lasted until now, false when its timeout had ended it.
+Napi::Value Stream::Release(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!held_) throwError(env, Code::Argument, "release: this stream is not held");
+  held_ = false;
+  bool inTime = false;
+  throwIfError(env, gpu::streamRelease(&inTime));
+  return Napi::Boolean::New(env, inTime);
+}
+
 Napi::Value Stream::BeginCapture(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   checkAlive(env, destroyed_);
@@ -148,7 +173,16 @@ Napi::Value Stream::IsCapturing(const Napi::CallbackInfo& info) {
 
 // destroy(): idempotent. Work already queued still completes (cudaStreamDestroy semantics); a
 // capture in progress is abandoned.
+// The hold ends before its stream: nothing queued behind it would ever be released.
+void Stream::endHold() {
+  if (!held_) return;
+  held_ = false;
+  bool inTime = false;
+  gpu::streamRelease(&inTime);
+}
+
 Napi::Value Stream::Destroy(const Napi::CallbackInfo& info) {
+  endHold();
   if (!destroyed_ && handle_) gpu::streamDestroy(handle_);
   destroyed_ = true;
   endCaptureState();

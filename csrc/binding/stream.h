@@ -22,12 +22,16 @@ class Stream : public Napi::ObjectWrap<Stream> {
   Napi::Value BeginCapture(const Napi::CallbackInfo& info);
   Napi::Value EndCapture(const Napi::CallbackInfo& info);
   Napi::Value IsCapturing(const Napi::CallbackInfo& info);
+  Napi::Value Hold(const Napi::CallbackInfo& info);
+  Napi::Value Release(const Napi::CallbackInfo& info);
   Napi::Value Destroy(const Napi::CallbackInfo& info);
   void endCaptureState();
+  void endHold();
   StreamHandle handle_ = nullptr;
   int device_ = 0;
   bool destroyed_ = false;
   bool capturing_ = false;
+  bool held_ = false;
 };
 
 // An instantiated CUDA graph (Stream.endCapture): launch(stream) replays everything captured.

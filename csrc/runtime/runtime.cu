@@ -4,6 +4,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -248,6 +249,95 @@ Status eventElapsedMs(void* start, void* end, float* ms) {
 }
 Status streamWaitEvent(StreamHandle stream, void* event) {
   MLA_CUDA_TRY(cudaStreamWaitEvent(S(stream), static_cast<cudaEvent_t>(event), 0), "cudaStreamWaitEvent");
+  return Status::Ok();
+}
+
+// Stream holds: per device, a pair of pinned, device-mapped words (allocated once: freeing
+// pinned memory synchronizes the device, which would wait for the hold itself) and an event
+// recorded after the hold kernel. flags[0]: the generation the host released; flags[1]: the
+// generation whose hold timed out.
+namespace {
+constexpr int kHoldDevices = 64;
+struct HoldState {
+  volatile uint32_t* flags = nullptr;
+  uint32_t* deviceFlags = nullptr;
+  cudaEvent_t ended = nullptr;
+  uint32_t generation = 0;
+};
+HoldState& holdState(int dev) {
+  static HoldState states[kHoldDevices];
+  return states[dev];
+}
+int heldDevice = -1;  // the device of the hold in progress (one at a time per process)
+std::mutex heldMu;
+
+#ifndef MLA_EMULATE
+// Spins until the host publishes `want` in flags[0], or timeoutNs of the global timer pass
+// (then flags[1] = want). The sleep keeps the spinning warp off the SM's issue slots.
+__global__ void holdKernel(volatile uint32_t* flags, uint32_t want, unsigned long long timeoutNs) {
+  unsigned long long t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  while (flags[0] != want) {
+    __nanosleep(2000);
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    if (t - t0 > timeoutNs) {
+      flags[1] = want;
+      return;
+    }
+  }
+}
+#endif
+}  // namespace
+
+Status streamHold(StreamHandle stream, int timeoutMs, bool* held) {
+  *held = false;
+  if (timeoutMs < 1) return Status::Error(Code::Range, "hold: `timeoutMs` must be at least 1");
+  std::lock_guard<std::mutex> lock(heldMu);
+  if (heldDevice >= 0) return Status::Error(Code::Argument, "hold: a stream is already held (release it first)");
+#ifdef MLA_EMULATE
+  (void)stream;
+  return Status::Ok();
+#else
+  int dev = 0;
+  MLA_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
+  if (dev < 0 || dev >= kHoldDevices) return Status::Error(Code::Argument, "hold: device ordinal out of range");
+  HoldState& h = holdState(dev);
+  if (!h.flags) {
+    void* host = nullptr;
+    MLA_CUDA_TRY(cudaHostAlloc(&host, 2 * sizeof(uint32_t), cudaHostAllocMapped), "hold: pinned flags");
+    std::memset(host, 0, 2 * sizeof(uint32_t));
+    void* devPtr = nullptr;
+    if (cudaHostGetDevicePointer(&devPtr, host, 0) != cudaSuccess || cudaEventCreateWithFlags(&h.ended, cudaEventDisableTiming) != cudaSuccess) {
+      cudaFreeHost(host);  // nothing is queued yet: nothing to wait for
+      h.ended = nullptr;
+      return Status::Error(Code::Cuda, "hold: mapping the pinned flags failed");
+    }
+    h.flags = static_cast<volatile uint32_t*>(host);
+    h.deviceFlags = static_cast<uint32_t*>(devPtr);
+  }
+  const uint32_t want = ++h.generation;
+  holdKernel<<<1, 1, 0, S(stream)>>>(h.deviceFlags, want, static_cast<unsigned long long>(timeoutMs) * 1000000ull);
+  MLA_CUDA_TRY(cudaGetLastError(), "hold: launch");
+  MLA_CUDA_TRY(cudaEventRecord(h.ended, S(stream)), "hold: event");
+  heldDevice = dev;
+  *held = true;
+  return Status::Ok();
+#endif
+}
+
+Status streamRelease(bool* inTime) {
+  *inTime = false;
+  std::lock_guard<std::mutex> lock(heldMu);
+  if (heldDevice < 0) return Status::Error(Code::Argument, "release: no stream is held");
+  HoldState& h = holdState(heldDevice);
+  heldDevice = -1;
+  const uint32_t want = h.generation;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  h.flags[0] = want;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Only the hold kernel is waited for; the work queued behind it keeps running.
+  MLA_CUDA_TRY(cudaEventSynchronize(h.ended), "release: hold event");
+  *inTime = h.flags[1] != want;
   return Status::Ok();
 }
 

@@ -61,6 +61,15 @@ Status eventQuery(void* event, bool* done);
 Status eventElapsedMs(void* start, void* end, float* ms);
 Status streamWaitEvent(StreamHandle stream, void* event);
 
+// Benchmarks: holds `stream` on the device (a kernel that waits for the host, nvbench's
+// "blocking kernel") so the work queued behind it runs back to back once released, and its
+// timings exclude the host's cost of queuing it. One hold per device at a time. *held is false
+// where nothing can hold (the emulated device runs each launch when it is made). The hold ends
+// by itself after timeoutMs (a host that never releases cannot hang the device); streamRelease's
+// *inTime says whether the release came first.
+Status streamHold(StreamHandle stream, int timeoutMs, bool* held);
+Status streamRelease(bool* inTime);
+
 // The error the last launch left (after a launcher returned), as a Status.
 Status lastLaunchError(const char* what);
 

@@ -54,6 +54,8 @@ Status eventSynchronize(void*) { return noCuda(); }
 Status eventQuery(void*, bool* d) { *d = true; return noCuda(); }
 Status eventElapsedMs(void*, void*, float* ms) { *ms = 0; return noCuda(); }
 Status streamWaitEvent(StreamHandle, void*) { return noCuda(); }
+Status streamHold(StreamHandle, int, bool* held) { *held = false; return noCuda(); }
+Status streamRelease(bool* inTime) { *inTime = false; return noCuda(); }
 Status fillTensor(const TensorRef&, double, StreamHandle) { return noCuda(); }
 Status copyTensor(const TensorRef&, const TensorRef&, StreamHandle) { return noCuda(); }
 Status lastLaunchError(const char*) { return noCuda(); }

@@ -74,11 +74,11 @@ export function fmtNum(x: number | null | undefined): string {
   return x.toExponential(1);
 }
 
-const HEAD = ['suite', 'case', 'median µs', 'p10–p90 µs', 'TB/s', '% BW', 'TFLOP/s', '% MM', 'FLOP/B', '% roof'];
+const HEAD = ['suite', 'case', 'median µs', 'p10–p90 µs', 'host µs', 'TB/s', '% BW', 'TFLOP/s', '% MM', 'FLOP/B', '% roof'];
 
-function timingCells(t: TimingResult): string[] {
+function timingCells(t: TimingResult, hostUs: number | undefined): string[] {
   return [
-    fmtNum(t.us.median), `${fmtNum(t.us.p10)}–${fmtNum(t.us.p90)}`, fmtNum(t.tbps), fmtNum(t.pctBandwidth),
+    fmtNum(t.us.median), `${fmtNum(t.us.p10)}–${fmtNum(t.us.p90)}`, fmtNum(hostUs), fmtNum(t.tbps), fmtNum(t.pctBandwidth),
     fmtNum(t.tflops), fmtNum(t.pctMatmul),
   ];
 }
@@ -91,9 +91,9 @@ export function tableRows(results: readonly CaseResult[]): string[][] {
       rows.push([r.suite, r.name, `error: ${r.error ?? 'not measured'}`]);
       continue;
     }
-    const note = r.pastL2 === false ? ' *' : '';
-    rows.push([r.suite, r.name + note, ...timingCells(r.run), fmtNum(r.intensity), fmtNum(r.run.pctRoofline)]);
-    if (r.main) rows.push(['', '  main kernel', ...timingCells(r.main), fmtNum(r.intensity), fmtNum(r.main.pctRoofline)]);
+    const note = (r.pastL2 === false ? ' *' : '') + (r.hold === 'expired' ? ' †' : '');
+    rows.push([r.suite, r.name + note, ...timingCells(r.run, r.hostUs?.median), fmtNum(r.intensity), fmtNum(r.run.pctRoofline)]);
+    if (r.main) rows.push(['', '  main kernel', ...timingCells(r.main, undefined), fmtNum(r.intensity), fmtNum(r.main.pctRoofline)]);
   }
   return rows;
 }
@@ -124,9 +124,11 @@ export function formatTable(r: BenchReport): string {
     formatRows(HEAD, tableRows(r.results)),
   ];
   if (r.results.some((x) => x.pastL2 === false)) lines.push('', '* inputs of the rotation fit in 2×L2 (memory or instance cap): times may be cache hits');
+  if (r.results.some((x) => x.hold === 'expired')) lines.push('† a stream hold timed out while runs were being queued: times may include waits for the host');
+  if (r.results.some((x) => x.hold === 'unheld')) lines.push('(runs timed as they were queued, without a stream hold: times include waits for the host)');
   for (const u of r.unavailable) lines.push(`(${u.reason})`);
   lines.push('', `median of ${r.meta.settings.repeats} runs after ${r.meta.settings.warmupMs} ms warm-up, ${r.meta.settings.timing}; ` +
-    '% BW / % MM: share of the measured ceilings; % roof: share of min(BW · FLOP/B, MM)');
+    'host µs: the JavaScript call that queues a run; % BW / % MM: share of the measured ceilings; % roof: share of min(BW · FLOP/B, MM)');
   return `${lines.join('\n')}\n`;
 }
 

@@ -12,34 +12,70 @@ import { scaleSummary, summarize } from './stats.js';
 import type { Summary } from './stats.js';
 import type { BenchCase, BenchInstance, BenchParams } from './types.js';
 
-/** Device time of consecutive runs; the real one uses CUDA events, tests use a fake. */
-export interface Timer {
-  /** Enqueues body(0..n-1) in order and returns each one's device time in ms. */
-  each(n: number, body: (i: number) => void): number[];
+/** How a batch of runs was timed (see eventTimer). */
+export type HoldOutcome = 'held' | 'expired' | 'unheld';
+
+export interface TimedRuns {
+  /** Device time of each run, ms. */
+  ms: number[];
+  /** Host time of each body(i) call (queuing the run), ms. */
+  hostMs: number[];
+  /**
+   * 'held': every run was queued under a stream hold, so ms is device time alone; 'expired': a
+   * hold's timeout ended it while runs were still being queued (the device may have waited for
+   * the host in between); 'unheld': the device cannot hold (the emulated one).
+   */
+  hold: HoldOutcome;
 }
 
+/** Device and host time of consecutive runs; the real one uses CUDA events, tests use a fake. */
+export interface Timer {
+  /** Enqueues body(0..n-1) in order and times each. */
+  each(n: number, body: (i: number) => void): TimedRuns;
+}
+
+/** Runs queued under one hold: bounded so the launch queue never fills (that blocks the host). */
+const HOLD_BATCH = 32;
+const HOLD_TIMEOUT_MS = 1000;
+
 /**
- * n + 1 events recorded between the runs: run i is the time from event i to event i + 1.
- * Nothing synchronizes until all runs are queued, so host launch overhead overlaps with
- * device work as it would in an application.
+ * Runs are queued in batches behind a stream hold (Stream.hold), with an event between
+ * consecutive runs; released, they run back to back, so run i's time (event i to i + 1) is
+ * the device's alone even for kernels shorter than their host call (otherwise a 2 µs kernel
+ * measures the ~20 µs the host takes to launch it). The host time of each call is kept apart.
+ * Without `hold` (profilers that serialize launches would wait for the hold's timeout), runs
+ * are timed as they are queued and the outcome is 'unheld'.
  */
-export function eventTimer(stream: Stream): Timer {
+export function eventTimer(stream: Stream, opts: { hold: boolean } = { hold: true }): Timer {
   return {
     each(n, body) {
-      const events: Event[] = [];
-      try {
-        for (let i = 0; i <= n; i++) events.push(new Event());
-        events[0]!.record(stream);
-        for (let i = 0; i < n; i++) {
-          body(i);
-          events[i + 1]!.record(stream);
+      const ms: number[] = [];
+      const hostMs: number[] = [];
+      let hold: HoldOutcome = 'held';
+      for (let start = 0; start < n; start += HOLD_BATCH) {
+        const m = Math.min(HOLD_BATCH, n - start);
+        const events: Event[] = [];
+        try {
+          for (let i = 0; i <= m; i++) events.push(new Event());
+          const held = opts.hold && stream.hold({ timeoutMs: HOLD_TIMEOUT_MS });
+          if (!held) hold = 'unheld';
+          try {
+            events[0]!.record(stream);
+            for (let i = 0; i < m; i++) {
+              const t0 = performance.now();
+              body(start + i);
+              hostMs.push(performance.now() - t0);
+              events[i + 1]!.record(stream);
+            }
+          } finally {
+            if (held && !stream.release()) hold = 'expired';
+          }
+          for (let i = 0; i < m; i++) ms.push(events[i]!.elapsedMs(events[i + 1]!));
+        } finally {
+          for (const e of events) e.dispose();
         }
-        const ms: number[] = [];
-        for (let i = 0; i < n; i++) ms.push(events[i]!.elapsedMs(events[i + 1]!));
-        return ms;
-      } finally {
-        for (const e of events) e.dispose();
       }
+      return { ms, hostMs, hold };
     },
   };
 }
@@ -87,8 +123,12 @@ export interface CaseTiming {
   /** rotatedBytes ≥ 2 · L2: the timings are not cache hits. */
   pastL2: boolean;
   warmupRuns: number;
+  /** How the runs were timed (the worse of run's and runMain's). */
+  hold: HoldOutcome;
   /** Per-run device time of run(), microseconds. */
   run: Summary;
+  /** Host time of each run() call, microseconds: what queuing it costs JavaScript. */
+  host: Summary;
   /** Per-run device time of runMain(), microseconds, when the case has one. */
   main?: Summary | undefined;
 }
@@ -111,7 +151,7 @@ function warmUp(timer: Timer, warmupMs: number, body: (i: number) => void): numb
   let spent = 0;
   let batch = 1;
   do {
-    const ms = timer.each(batch, (i) => body(runs + i));
+    const { ms } = timer.each(batch, (i) => body(runs + i));
     runs += batch;
     spent += ms.reduce((a, b) => a + b, 0);
     batch = Math.min(batch * 2, MAX_WARMUP_BATCH, MAX_WARMUP_RUNS - runs);
@@ -129,15 +169,20 @@ export function runCase(c: BenchCase, env: RunnerEnv, opts: RunnerOptions): Case
     const pick = (i: number): BenchInstance => instances[i % n]!;
     const warmupRuns = warmUp(env.timer, opts.warmupMs, (i) => pick(i).run(env.stream));
     const run = env.timer.each(opts.repeats, (i) => pick(i).run(env.stream));
-    let main: Summary | undefined;
+    let main: TimedRuns | undefined;
     if (instances[0]!.runMain) {
       const runMain = (i: number): void => pick(i).runMain!(env.stream);
       // A shorter warm-up: the kernels are already loaded and the clocks are up.
       warmUp(env.timer, opts.warmupMs / 4, runMain);
-      main = scaleSummary(summarize(env.timer.each(opts.repeats, runMain)), 1000);
+      main = env.timer.each(opts.repeats, runMain);
     }
     const rotatedBytes = n * c.footprintBytes;
-    return { instances: n, rotatedBytes, pastL2: rotatedBytes >= 2 * env.l2Bytes, warmupRuns, run: scaleSummary(summarize(run), 1000), main };
+    const us = (ms: number[]): Summary => scaleSummary(summarize(ms), 1000);
+    const hold = run.hold === 'held' && main && main.hold !== 'held' ? main.hold : run.hold;
+    return {
+      instances: n, rotatedBytes, pastL2: rotatedBytes >= 2 * env.l2Bytes, warmupRuns, hold,
+      run: us(run.ms), host: us(run.hostMs), main: main && us(main.ms),
+    };
   } finally {
     for (const inst of instances) inst.dispose();
   }
@@ -156,6 +201,10 @@ export interface CaseResult {
   pastL2?: boolean | undefined;
   run?: TimingResult | undefined;
   main?: TimingResult | undefined;
+  /** Host time of each run() call, microseconds. */
+  hostUs?: Summary | undefined;
+  /** How the runs were timed (TimedRuns.hold). */
+  hold?: HoldOutcome | undefined;
   /** Why the case could not be measured (its check failed, setup failed, unsupported...). */
   error?: string | undefined;
   /** Names of the kernel checks that passed before the case was timed. */
@@ -183,6 +232,8 @@ export function measureCase(suite: string, c: BenchCase, env: RunnerEnv, opts: R
       pastL2: t.pastL2,
       run: metricsFor(c.flops, c.bytes, t.run, ceilings),
       main: t.main ? metricsFor(c.flops, c.bytes, t.main, ceilings) : undefined,
+      hostUs: t.host,
+      hold: t.hold,
     };
   } catch (err) {
     const why = err instanceof MlaError ? `${err.code}: ${err.message}` : err instanceof Error ? err.message : String(err);

@@ -41,6 +41,7 @@ const FLAGS: Record<string, FlagDef> = {
   'bandwidth-tbs': { type: 'number' },
   device: { type: 'int' },
   'max-instances': { type: 'int' },
+  'no-hold': { type: 'boolean' },
   ...Object.fromEntries(GRID_FLAGS.map((k): [string, FlagDef] => [k, { type: 'string', repeatable: true }])),
 };
 
@@ -66,6 +67,8 @@ export interface BenchArgs {
   bandwidthTBs?: number | undefined;
   device: number;
   maxInstances?: number | undefined;
+  /** Queue runs without holding the stream (--no-hold). */
+  noHold: boolean;
 }
 
 export const BENCH_USAGE = `usage: mla-cuda bench [suite...] [flags]
@@ -88,6 +91,9 @@ Timing:
   --repeats N               timed runs per case; the median is reported (default ${DEFAULTS.repeats})
   --device N                CUDA device index (default 0)
   --max-instances N         cap on input sets rotated to get past L2 (default 256)
+  --no-hold                 time runs as they are queued, host gaps included (by default the stream
+                            is held while a batch is queued, so times are the device's alone;
+                            profilers that serialize launches, such as ncu, need this flag)
 
 Ceilings (measured on the device unless given):
   --matmul-tflops N         matmul rate, e.g. from bench/torch_ceilings.py (else our linear suite)
@@ -157,6 +163,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchArgs {
     bandwidthTBs: positive('bandwidth-tbs', num('bandwidth-tbs'), false),
     device,
     maxInstances: positive('max-instances', num('max-instances'), true),
+    noHold: lastValue(p, 'no-hold') === true,
   };
 }
 
@@ -180,8 +187,8 @@ export interface BenchDeps {
   interactive: boolean;
   status(): DeviceStatus;
   build(): BuildInfo;
-  /** Selects the device and prepares a stream and timer on it. */
-  openDevice(index: number): BenchDevice;
+  /** Selects the device and prepares a stream and timer on it (holding the stream unless told not to). */
+  openDevice(index: number, opts: { hold: boolean }): BenchDevice;
   loadSuite(name: string): Promise<BenchSuite>;
   writeFile(path: string, text: string): void;
   now(): Date;
@@ -190,13 +197,13 @@ export interface BenchDeps {
   commandLine: string;
 }
 
-function openDevice(index: number): BenchDevice {
+function openDevice(index: number, opts: { hold: boolean }): BenchDevice {
   setDevice(index);
   const info = deviceInfo(index);
   const stream = new Stream();
   return {
     info,
-    env: { stream, timer: eventTimer(stream), l2Bytes: info.l2CacheBytes, freeBytes: () => deviceInfo(index).freeMemory },
+    env: { stream, timer: eventTimer(stream, opts), l2Bytes: info.l2CacheBytes, freeBytes: () => deviceInfo(index).freeMemory },
     dispose: () => stream.dispose(),
   };
 }
@@ -347,7 +354,7 @@ export async function runBench(argv: readonly string[], deps: BenchDeps = defaul
 
   let dev: BenchDevice;
   try {
-    dev = deps.openDevice(args.device);
+    dev = deps.openDevice(args.device, { hold: !args.noHold });
   } catch (err) {
     deps.stderr(`mla-cuda bench: cannot use device ${args.device} (${status.deviceCount} visible): ${err instanceof Error ? err.message : String(err)}\n`);
     return 1;
@@ -408,7 +415,7 @@ export async function runBench(argv: readonly string[], deps: BenchDeps = defaul
         driverVersion: versionString(status.driverVersion),
         runtimeVersion: versionString(status.runtimeVersion),
         build: { cudaArchitectures: build.cudaArchitectures, nvccVersion: build.nvccVersion },
-        settings: { warmupMs: args.warmupMs, repeats: args.repeats, quick: args.quick, filters: args.filters, timing: 'CUDA events per run, inputs rotated past 2×L2' },
+        settings: { warmupMs: args.warmupMs, repeats: args.repeats, quick: args.quick, filters: args.filters, timing: `CUDA events per run, ${args.noHold ? 'queued as they come (host gaps included)' : 'queued under a stream hold (device time alone)'}, inputs rotated past 2×L2` },
       },
       ceilings,
       results,

@@ -1,3 +1,4 @@
+import { checkInteger } from '../check.js';
 import { MlaError } from '../errors.js';
 import { native } from '../native.js';
 import type { NativeEvent, NativeGraph, NativeStream } from '../native.js';
@@ -70,6 +71,26 @@ export class Stream {
   /** Later work on this stream waits for `event`. */
   waitEvent(event: Event): void {
     this.nativeHandle().waitEvent(event.nativeHandle());
+  }
+
+  /**
+   * For benchmarks: holds this stream on the device until release(), so the work queued
+   * meanwhile then runs back to back, and events recorded between it time the device alone
+   * rather than the host's cost of queuing it (nvbench's blocking kernel). One stream per
+   * process is held at a time. The hold ends by itself after `timeoutMs` (default 2000), so a
+   * host that never releases cannot hang the device; queue at most a few hundred launches under
+   * it, since a full launch queue blocks the host until then. Returns false where nothing can
+   * hold: the emulated device runs each launch as it is made.
+   */
+  hold(opts: { timeoutMs?: number } = {}): boolean {
+    refuseDuringCapture('Stream.hold', 'hold the stream before or after the capture');
+    const timeoutMs = checkInteger('Stream.hold', 'timeoutMs', opts.timeoutMs ?? 2000, 1, 600_000);
+    return this.nativeHandle().hold(timeoutMs);
+  }
+
+  /** Ends hold(): true when the hold lasted until now, false when its timeout had ended it. */
+  release(): boolean {
+    return this.nativeHandle().release();
   }
 
   /** True while this stream records a graph (between beginCapture and endCapture). */
