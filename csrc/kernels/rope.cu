@@ -293,21 +293,28 @@ __global__ void __launch_bounds__(kAppendWarps * 32) appendLatentKernel(AppendAr
     // Same address in every lane: one broadcast transaction; the skip is warp-uniform.
     const int32_t slot = a.slots[t * a.slotStride];
     const int32_t pos = a.positions[t * a.posStride];
-    if (slot < 0 || slot >= a.numSlots || pos < 0 || pos >= a.maxPos) continue;
     const TIn* src = static_cast<const TIn*>(a.kvDown) + t * a.kvStride;
-    TOut* dst = static_cast<TOut*>(a.cache) + (slot / a.pageSize) * a.pageStride + (slot % a.pageSize) * a.rowStride;
-
-    float v[kMaxChunks][kChunk];
-    float ss = 0.f;
+    // The row and the weights are loaded before the slot is known to be valid (row t always
+    // exists): the loads overlap instead of costing three memory latencies in a row, which at a
+    // few thousand tokens is most of the kernel.
+    float v[kMaxChunks][kChunk], w[kMaxChunks][kChunk];
 #pragma unroll
     for (int k = 0; k < kMaxChunks; ++k) {
       const int c = lane + 32 * k;
       if (c < nChunks) {
         loadF<TIn, kChunk>(src + c * kChunk, v[k], a.vec);
-#pragma unroll
-        for (int i = 0; i < kChunk; ++i) ss += v[k][i] * v[k][i];
+        loadAnyF<kChunk>(a.weight, a.weightType, static_cast<int64_t>(c) * kChunk, w[k], a.vec);
       }
     }
+    if (slot < 0 || slot >= a.numSlots || pos < 0 || pos >= a.maxPos) continue;
+    TOut* dst = static_cast<TOut*>(a.cache) + (slot / a.pageSize) * a.pageStride + (slot % a.pageSize) * a.rowStride;
+
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < kMaxChunks; ++k)
+      if (lane + 32 * k < nChunks)
+#pragma unroll
+        for (int i = 0; i < kChunk; ++i) ss += v[k][i] * v[k][i];
     // The rope key is independent of the reduction: issue it before the shuffles.
     if (lane < nUnits) ropeUnit<TIn, TOut, kPairs>(src + a.C, dst + a.C, half, lane * kPairs,
                                                     a.table + static_cast<int64_t>(pos) * a.R, a.neox, a.vec);
@@ -317,10 +324,8 @@ __global__ void __launch_bounds__(kAppendWarps * 32) appendLatentKernel(AppendAr
     for (int k = 0; k < kMaxChunks; ++k) {
       const int c = lane + 32 * k;
       if (c < nChunks) {
-        float w[kChunk];
-        loadAnyF<kChunk>(a.weight, a.weightType, static_cast<int64_t>(c) * kChunk, w, a.vec);
 #pragma unroll
-        for (int i = 0; i < kChunk; ++i) v[k][i] = v[k][i] * inv * w[i];
+        for (int i = 0; i < kChunk; ++i) v[k][i] = v[k][i] * inv * w[k][i];
         storeF<TOut, kChunk>(dst + c * kChunk, v[k], a.vec);
       }
     }
@@ -343,19 +348,23 @@ __global__ void __launch_bounds__(kAppendWarps * 32) appendLatentFp8Kernel(Appen
   for (int64_t t = firstWarp; t < a.T; t += numWarps) {
     const int32_t slot = a.slots[t * a.slotStride];
     const int32_t pos = a.positions[t * a.posStride];
-    if (slot < 0 || slot >= a.numSlots || pos < 0 || pos >= a.maxPos) continue;
     const TIn* src = static_cast<const TIn*>(a.kvDown) + t * a.kvStride;
-    // pageStride / rowStride are in bytes here (the cache is a u8 tensor).
-    unsigned char* dst = static_cast<unsigned char*>(a.cache) + (slot / a.pageSize) * a.pageStride + (slot % a.pageSize) * a.rowStride;
-
-    float v[2][kChunk];
-    float ss = 0.f;
+    // Loads before the slot check, as appendLatentKernel.
+    float v[2][kChunk], w[2][kChunk];
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       loadF<TIn, kChunk>(src + (lane + 32 * k) * kChunk, v[k], a.vec);
+      loadAnyF<kChunk>(a.weight, a.weightType, static_cast<int64_t>(lane + 32 * k) * kChunk, w[k], a.vec);
+    }
+    if (slot < 0 || slot >= a.numSlots || pos < 0 || pos >= a.maxPos) continue;
+    // pageStride / rowStride are in bytes here (the cache is a u8 tensor).
+    unsigned char* dst = static_cast<unsigned char*>(a.cache) + (slot / a.pageSize) * a.pageStride + (slot % a.pageSize) * a.rowStride;
+
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < 2; ++k)
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) ss += v[k][i] * v[k][i];
-    }
     if (lane < a.R / (2 * kPairs))
       ropeUnit<TIn, __nv_bfloat16, kPairs>(src + kC, reinterpret_cast<__nv_bfloat16*>(dst + kFp8RopeOffset), half, lane * kPairs,
                                             a.table + static_cast<int64_t>(pos) * a.R, a.neox, a.vec);
@@ -364,12 +373,10 @@ __global__ void __launch_bounds__(kAppendWarps * 32) appendLatentFp8Kernel(Appen
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
       const int c = lane + 32 * k;
-      float w[kChunk];
-      loadAnyF<kChunk>(a.weight, a.weightType, static_cast<int64_t>(c) * kChunk, w, a.vec);
       float amax = 0.f;
 #pragma unroll
       for (int i = 0; i < kChunk; ++i) {
-        v[k][i] = v[k][i] * inv * w[i];
+        v[k][i] = v[k][i] * inv * w[k][i];
         const float m = fabsf(v[k][i]);
         if (m <= 3.402823466e38f) amax = fmaxf(amax, m);  // false for NaN and Inf
       }
