@@ -611,10 +611,17 @@ __global__ void __launch_bounds__(256, 1) decodeCombineKernel(DecodeKernelArgs a
   const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
   if (row >= int64_t(a.tokens) * a.H) return;
   const int tok = int(row / a.H), h = int(row - int64_t(tok) * a.H);
-  int lo = 0, hi = a.B - 1, b = -1;
-  while (lo <= hi) {
-    const int mid = (lo + hi) >> 1;
-    if (a.reqInfo[mid * 8 + kRiQStart] <= tok) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
+  // The owning request. A uniform s_q (decode without qSeqLens; sparse) puts request b's queries
+  // at b·s_q in every plan: one load instead of a search's chain of dependent ones.
+  int b = -1;
+  if (!a.hasQ && a.uniformQ > 0) {
+    b = min(tok / a.uniformQ, a.B - 1);
+  } else {
+    int lo = 0, hi = a.B - 1;
+    while (lo <= hi) {
+      const int mid = (lo + hi) >> 1;
+      if (a.reqInfo[mid * 8 + kRiQStart] <= tok) { b = mid; lo = mid + 1; } else { hi = mid - 1; }
+    }
   }
   int ns = 0, idx = 0, slot0 = 0;
   if (b >= 0) {
