@@ -4,7 +4,7 @@ import t, { type Test } from 'tap';
 import { fileURLToPath } from 'node:url';
 import { cuda, DeviceTensor } from '../lib/index.js';
 import type { TensorMeta } from '../lib/index.js';
-import { checkDecodeIndices, decode, decodeConfig, DecodeWorkspace, validateDecodeArgs } from '../lib/ops/decode.js';
+import { checkDecodeIndices, decode, decodeConfig, DecodeWorkspace, splitKvCallOptions, validateDecodeArgs } from '../lib/ops/decode.js';
 import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { build, checkOutputs, D, decodeKernels, disposeBuilt, DV, runBuilt, type CaseSpec } from './helpers/decode-cases.js';
@@ -108,6 +108,14 @@ t.test('DecodeWorkspace validates its sizes before touching the device', (tt) =>
 function fixturePath(name: string): string {
   return fileURLToPath(new URL(`./fixtures/${name}.safetensors`, import.meta.url));
 }
+
+t.test('phases: one launch alone, or a typed error naming the option', (tt) => {
+  tt.same(splitKvCallOptions('decode', { phases: 'plan', checkIndices: false }).phases, { runPlan: true, runMain: false, runCombine: false });
+  tt.same(splitKvCallOptions('decode', {}).phases, { runPlan: true, runMain: true, runCombine: true });
+  expectError(tt, () => splitKvCallOptions('decode', { phases: 'mains' }), 'ERR_ARGUMENT', 'phases', 'unknown phase');
+  expectError(tt, () => splitKvCallOptions('sparse', { phases: 3 }), 'ERR_ARGUMENT', 'phases', 'not a string');
+  tt.end();
+});
 
 t.test('the tiny fixture (kv_lora 32, rope 16) is rejected: only 512 + 64 is supported', (tt) => {
   const f = SafetensorsFile.open(fixturePath('mla-tiny'));

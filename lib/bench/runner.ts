@@ -23,7 +23,8 @@ export interface TimedRuns {
   /**
    * 'held': every run was queued under a stream hold, so ms is device time alone; 'expired': a
    * hold's timeout ended it while runs were still being queued (the device may have waited for
-   * the host in between); 'unheld': the device cannot hold (the emulated one).
+   * the host in between); 'unheld': timed as queued (no hold asked for, or the device cannot
+   * hold: the emulated one).
    */
   hold: HoldOutcome;
 }
