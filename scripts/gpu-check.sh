@@ -28,7 +28,7 @@
 #                   h_q 16..128, s_k 4k..32k
 #   decode      85  our decode at the same 32 shapes, portable and Hopper kernels (mla-cuda bench
 #                   decode --grid decode.kernel=portable,hopper)
-#   bench       50  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy; layer includes
+#   bench       60  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy; layer at b 1, 8, 64 includes
 #                   the step as a CUDA graph), then scripts/host-overhead.mjs (host µs per op)
 # Not in `all` (a second call's, for tuning once the numbers are in):
 #   profile     90  Nsight Compute (ncu --clock-control none) on one call (plan, main, combine) of each decode main
@@ -60,7 +60,7 @@ FLASHMLA=$ROOT/.gpu/anchors/flashmla/bench_flashmla.sh
 ALL_PHASES=(env hopper tests demo primitives memcheck racecheck ceilings flashmla decode bench)
 TABLE_PHASES=("${ALL_PHASES[@]}" profile)
 declare -A BUDGET=([env]=20 [hopper]=20 [tests]=100 [demo]=20 [primitives]=30 [memcheck]=25 [racecheck]=25
-  [ceilings]=35 [flashmla]=45 [decode]=85 [bench]=50 [rebuild]=150 [profile]=90)
+  [ceilings]=35 [flashmla]=45 [decode]=85 [bench]=60 [rebuild]=150 [profile]=90)
 KERNEL_TESTS="test/runtime.test.ts test/rope.test.ts test/rmsnorm.test.ts test/linear.test.ts test/decode.test.ts test/prefill.test.ts test/attention.test.ts test/demo.test.ts test/graph.test.ts test/fp8-cache.test.ts"
 # The sanitizer subset: one small subtest per kernel family (tap --grep on top-level subtests).
 SAN_FILES="test/decode.test.ts test/prefill.test.ts test/linear.test.ts test/rmsnorm.test.ts test/rope.test.ts"
@@ -352,12 +352,18 @@ phase_decode() {
 phase_bench() {
   need_gpu bench && plan bench || return; phase_start bench
   rm -f "$OUT/bench-quick.json" "$OUT/roofline.svg"
-  timeout -k 5 "$T" node dist/cli/main.js bench prefill rope linear layer copy --quick $(ceiling_args "$OUT/decode.json") \
-    --json "$OUT/bench-quick.json" --svg "$OUT/roofline.svg" > "$WORK/bench.txt" 2>&1
+  # The layer at batch 1, 8 and 64 (issue 17): eager step vs graph, device µs and host µs per step.
+  timeout -k 5 "$T" node dist/cli/main.js bench prefill rope linear layer copy --quick --grid layer.b=1,8,64 \
+    $(ceiling_args "$OUT/decode.json") --json "$OUT/bench-quick.json" --svg "$OUT/roofline.svg" > "$WORK/bench.txt" 2>&1
   local rc=$?
   # Host cost per op, eager step vs graph launch (issue 17); a few seconds, logged in logs.tgz.
   timeout -k 5 60 node scripts/host-overhead.mjs --json "$WORK/host-overhead.json" > "$WORK/host-overhead.txt" 2>&1
-  record bench "$(status_of $rc)" "$(bench_counts "$OUT/bench-quick.json" "$WORK/bench.txt")"
+  node -e '
+    const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    for (const c of r.results.filter((c) => c.suite === "layer" && c.run && ["step", "graph"].includes(c.params.stage)))
+      console.log(`${c.name}: ${c.run.us.median.toFixed(1)} us device, ${c.hostUs ? c.hostUs.median.toFixed(1) : "-"} us host per call (${c.hold ?? "-"})`);
+  ' "$OUT/bench-quick.json" > "$WORK/bench.notes" 2>/dev/null
+  record bench "$(status_of $rc)" "$(bench_counts "$OUT/bench-quick.json" "$WORK/bench.txt")" "$WORK/bench.notes"
 }
 
 # One call (plan, main kernel, combine) per kernel and shape under Nsight Compute: the first
