@@ -213,6 +213,8 @@ export interface NativePrimitivesArgs extends NativeStreamArg, Partial<Record<Na
   swizzle?: number | undefined;
   /** Fault variants of the sm_90a kernels for emulator tests (primitives.h); 0 = none. */
   mode?: number | undefined;
+  /** mbarrier: 0 named-barrier hand-over, 1 mbarrier hand-over. */
+  handover?: number | undefined;
 }
 
 /** Every op of the addon (`ops` of csrc/binding/module.cc; each registers itself). */

@@ -285,8 +285,14 @@ phase_sanitizer() { # memcheck | racecheck
   procs=$(grep -c 'ERROR SUMMARY' "$log")
   counts=$(tap_counts "$log")
   refused=$(grep -m1 -iE 'Device not supported|Internal Sanitizer Error|Sanitizer is not supported|Unable to (initialize|connect)|error 999|unknown error' "$log" | sed 's/^=* *//' | cut -c1-120)
-  grep -E '^=+ +(Invalid|Race|Error|Warning|.*[Hh]azard|Program hit|Uninitialized|Address)' "$log" \
-    | sed -E 's/^=+ +//; s/0x[0-9a-f]+/0x../g' | sort | uniq -c | sort -rn | head -6 > "$WORK/$tool.summary"
+  {
+    # racecheck: which kernels the reports name (the conformance kernel's named-barrier and
+    # mbarrier hand-overs are two kernels, mbarrierKernel<0> and <1>, to tell the tool's view apart).
+    [[ $tool == racecheck ]] && grep -E 'Race reported between' "$log" | grep -oE '[A-Za-z0-9_]+Kernel(<[^>]*>)?\(' | sed 's/($//' \
+      | sort | uniq -c | sort -rn | awk '{printf "%s%s x%s", (NR > 1 ? ", " : "reports by kernel: "), $2, $1} END {if (NR) print ""}'
+    grep -E '^=+ +(Invalid|Race|Error|Warning|.*[Hh]azard|Program hit|Uninitialized|Address)' "$log" \
+      | sed -E 's/^=+ +//; s/0x[0-9a-f]+/0x../g' | sort | uniq -c | sort -rn | head -6
+  } > "$WORK/$tool.summary"
   if [[ -n $refused && $errors == 0 ]]; then
     echo "$tool refused: $refused" > "$WORK/sanitizer-refused"
     record "$tool" SKIP "the sanitizer refused this machine: $refused"; return

@@ -260,6 +260,7 @@ t.test('sm_90a validation (no GPU needed)', async (t) => {
   throwsNaming(t, () => tmaConformance(new Uint16Array(64), [8, 8], [8], 0, [[0, 0]]), 'ERR_SHAPE', 'box');
   throwsNaming(t, () => tmaConformance(new Uint16Array(64), [8, 8], [8, 8], 0, [[0]]), 'ERR_SHAPE', 'coords[0]');
   throwsNaming(t, () => mbarrierConformance(new Uint16Array(10)), 'ERR_SHAPE', 'src');
+  throwsNaming(t, () => mbarrierConformance(new Uint16Array(512), { handover: 'bar' as 'named' }), 'ERR_ARGUMENT', 'handover');
   // The ISA's swizzle at a glance: 128B moves chunk 0 of 128-byte row 3 to chunk 3, 32B only by row parity.
   t.equal(swizzleAddress(3 * 128, 128), 3 * 128 + 3 * 16);
   t.equal(swizzleAddress(3 * 128 + 16, 32), 3 * 128);
@@ -365,7 +366,11 @@ t.test(`mbarrier phases, parity and expect_tx (${sm90Label})`, { skip: gpuSkip |
   const src = Uint16Array.from({ length: 512 }, (_, i) => (i * 13 + 5) & 0xffff);
   const got = mbarrierConformance(src), want = mbarrierReference(src);
   t.same(record('mbarrier/waits', got.waits), want.waits, `try_wait sequence ${Array.from(want.waits.subarray(0, 10)).join('')} on both threads`);
-  t.same(got.tile, want.tile, 'the TMA box that completed the expect_tx phase');
+  t.same(got.tile, want.tile, 'the TMA box that completed the expect_tx phase, handed over through named barriers');
+  // The same hand-over through mbarriers (a kernel of its own: racecheck reports name it).
+  const viaMbarrier = mbarrierConformance(src, { handover: 'mbarrier' });
+  t.same(record('mbarrier/handover-mbarrier/waits', viaMbarrier.waits), want.waits, 'the same try_wait sequence');
+  t.same(viaMbarrier.tile, want.tile, 'the box, handed over through mbarriers');
 });
 
 // Last: everything above has recorded its outputs by now (tap runs a file's subtests in order).

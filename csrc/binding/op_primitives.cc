@@ -7,7 +7,7 @@ namespace mla::binding {
 namespace {
 
 // primitives({ which, ...the tensors of that primitive (see primitives.h), num?, trans?, the sm_90a
-// integers (n, k, swizzleA, swizzleB, tnspB, lboRows, rs, scaleD, box0-2, swizzle, mode), stream? })
+// integers (n, k, swizzleA, swizzleB, tnspB, lboRows, rs, scaleD, box0-2, swizzle, mode, handover), stream? })
 Napi::Value PrimitivesOp(const Napi::CallbackInfo& info) {
   ArgReader a(info, "primitives");
   PrimitivesParams p;
@@ -71,6 +71,7 @@ Napi::Value PrimitivesOp(const Napi::CallbackInfo& info) {
       p.tile = a.tensor("tile");
       p.waits = a.tensor("waits");
       p.mode = static_cast<int>(a.i64("mode", 0));
+      p.handover = static_cast<int>(a.i64("handover", 0));
       break;
     default: break;  // an unknown `which` reads nothing; the launcher refuses it
   }

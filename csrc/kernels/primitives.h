@@ -52,8 +52,10 @@ struct PrimitivesParams {
   // corners innermost first; box[0..rank) innermost first; swizzle (a span, as above); out [m, box
   // elements] bf16: each load's shared bytes, raw, in shared-address order.
   // Mbarrier: src [8, 64] bf16; tile [8, 64] bf16 (a TMA box of all of it completing on the
-  // barrier); waits [2, 10] i32: the scripted try_wait results of threads 0 and 32.
+  // barrier); waits [2, 10] i32: the scripted try_wait results of threads 0 and 32. handover:
+  // how warp 0 hands the box to warp 1, 0 named barriers, 1 mbarriers.
   TensorRef coords, tile, waits;
+  int handover = 0;
   int box[3] = {1, 1, 1};
   int swizzle = 0;
   // Emulator test variants (0: none; the launcher refuses others on a GPU). Wgmma 1: no

@@ -192,17 +192,24 @@ __global__ void __launch_bounds__(128) tmaKernel(const __grid_constant__ CUtenso
 
 // mbarrier phases, scripted across two warps (threads 0 and 32 arrive; count 2). waits[t][s] is
 // try_wait.parity of step s as thread 0 (t = 0) and 32 (t = 1) see it; see lib/reference.
-// The TMA box then leaves through a named-barrier handshake: warp 0 stages each half of it in
-// shared memory and bar.arrive's barrier 1; warp 1 bar.sync's it, writes the half out, and hands
-// the staging buffer back on barrier 2 (barrier 1 completes twice: two generations).
+// The TMA box then leaves through a handshake: warp 0 stages each half of it in shared memory and
+// signals "full"; warp 1 waits for it, writes the half out, and hands the staging buffer back by
+// signalling "empty". kMbarrierHandover picks how: named barriers (bar.arrive barrier 1 / bar.sync,
+// barrier 2 back; barrier 1 completes twice) or mbarriers (32 arrivals each, waited on by parity),
+// as the decode kernel could hand its scales over. Both are ordered by the PTX memory model; each
+// is its own kernel, so a racecheck report names the one it flags.
 // Fault modes (emulator only): 1 an mbarrier wait that never completes, 2 bar.arrive and bar.sync
 // on one generation with different counts, 3 a bar.sync that never completes.
 constexpr int kWaitSteps = 10;
+enum : int { kNamedHandover = 0, kMbarrierHandover = 1 };
+template <int Handover>
 __global__ void __launch_bounds__(64) mbarrierKernel(const __grid_constant__ CUtensorMap map, uint32_t boxBytes,
                                                      uint16_t* tileOut, int* waits, int mode) {
   MLA_DYNAMIC_SMEM(unsigned char, smem, 1024);
   unsigned char* base = aligned1024(smem);
   uint64_t* bar = reinterpret_cast<uint64_t*>(base);
+  uint64_t* full = bar + 1;   // kMbarrierHandover: a staged half is ready
+  uint64_t* empty = bar + 2;  // kMbarrierHandover: the staging buffer is free again
   unsigned char* tile = base + 1024;
   const int tid = threadIdx.x;
   int step = 0;
@@ -217,6 +224,10 @@ __global__ void __launch_bounds__(64) mbarrierKernel(const __grid_constant__ CUt
 #endif
   if (tid == 0) {
     mbarrierInit(bar, 2);
+    if (Handover == kMbarrierHandover) {
+      mbarrierInit(full, 32);
+      mbarrierInit(empty, 32);
+    }
     fenceMbarrierInit();
   }
   __syncthreads();
@@ -254,13 +265,21 @@ __global__ void __launch_bounds__(64) mbarrierKernel(const __grid_constant__ CUt
   const uint32_t half = boxBytes / 4;                               // elements
   for (uint32_t h = 0; h < 2; ++h) {
     if (tid < 32) {
-      if (h > 0) namedBarrierSync(2, 64);  // warp 1 is done reading the previous half
+      if (h > 0) {  // warp 1 is done reading the previous half
+        if (Handover == kNamedHandover) namedBarrierSync(2, 64);
+        else mbarrierWait(empty, 0);
+      }
       for (uint32_t j = tid; j < half; j += 32) stage[j] = t16[h * half + j];
-      namedBarrierArrive(1, 64);
+      if (Handover == kNamedHandover) namedBarrierArrive(1, 64);
+      else mbarrierArrive(full);
     } else {
-      namedBarrierSync(1, 64);
+      if (Handover == kNamedHandover) namedBarrierSync(1, 64);
+      else mbarrierWait(full, h);
       for (uint32_t j = tid - 32; j < half; j += 32) tileOut[h * half + j] = stage[j];
-      if (h == 0) namedBarrierArrive(2, 64);
+      if (h == 0) {
+        if (Handover == kNamedHandover) namedBarrierArrive(2, 64);
+        else mbarrierArrive(empty);
+      }
     }
   }
   __syncthreads();
@@ -389,8 +408,10 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
       CUtensorMap map;
       const int box[3] = {64, 8, 1};
       MLA_RETURN_IF_ERROR(encodeBf16(&map, p.src, box, 0));
-      MLA_LAUNCH_KERNEL(1, 64, 2048 + 1024 + 512, s, mbarrierKernel)(map, 1024u, p.tile.ptr<uint16_t>(), p.waits.ptr<int>(),
-                                                               p.mode);
+      if (p.handover == kMbarrierHandover)
+        MLA_LAUNCH_KERNEL(1, 64, 2048 + 1024 + 512, s, mbarrierKernel<kMbarrierHandover>)(map, 1024u, p.tile.ptr<uint16_t>(), p.waits.ptr<int>(), p.mode);
+      else
+        MLA_LAUNCH_KERNEL(1, 64, 2048 + 1024 + 512, s, mbarrierKernel<kNamedHandover>)(map, 1024u, p.tile.ptr<uint16_t>(), p.waits.ptr<int>(), p.mode);
       MLA_CHECK_LAUNCH("primitives(mbarrier)");
       return Status::Ok();
     }

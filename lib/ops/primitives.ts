@@ -249,20 +249,26 @@ export function tmaConformance(src: Uint16Array, shape: readonly number[], box: 
   return out as Uint16Array;
 }
 
+const HANDOVER = { named: 0, mbarrier: 1 } as const;
+
 /**
  * The scripted mbarrier phases of primitives_sm90.cu (count 2, arrivals by threads 0 and 32, a
  * phase that also waits for a TMA box of `src` [8,64] bf16): `waits` [2 threads][10 steps] are the
  * try_wait.parity results, `tile` the box the TMA delivered, handed from warp 0 to warp 1 in two
- * halves through named barriers (bar.arrive / bar.sync) before it is written out.
+ * halves before it is written out: through named barriers (bar.arrive / bar.sync; `handover`
+ * 'named', the default) or through mbarriers ('mbarrier'), each a kernel of its own, so that
+ * `compute-sanitizer --tool racecheck` reports tell which hand-over the tool accepts.
  * `mode` (emulated device only): 1 an mbarrier wait that never completes, 2 a named barrier
  * generation joined with two different counts, 3 a bar.sync that never completes.
  */
-export function mbarrierConformance(src: Uint16Array, opts: StreamOption & { mode?: 0 | 1 | 2 | 3 } = {}): { waits: Uint32Array; tile: Uint16Array } {
+export function mbarrierConformance(src: Uint16Array, opts: StreamOption & { mode?: 0 | 1 | 2 | 3; handover?: 'named' | 'mbarrier' } = {}): { waits: Uint32Array; tile: Uint16Array } {
   const fn = 'mbarrierConformance';
   checkArray(fn, 'src', src, Uint16Array, 512);
+  const handover = opts.handover ?? 'named';
+  if (typeof handover !== 'string' || !Object.hasOwn(HANDOVER, handover)) throw new MlaError('ERR_ARGUMENT', `${fn}: \`handover\` must be 'named' or 'mbarrier'`);
   const [tile, waits] = run(WHICH.mbarrier, { src: { data: src, shape: [8, 64], dtype: 'bf16' } }, {
     tile: { data: new Uint16Array(512).fill(0xffff), shape: [8, 64], dtype: 'bf16' },
     waits: { data: filledI32(20), shape: [2, 10], dtype: 'i32' },
-  }, { mode: checkMode(fn, opts.mode ?? 0, 3) }, opts);
+  }, { mode: checkMode(fn, opts.mode ?? 0, 3), handover: HANDOVER[handover] }, opts);
   return { waits: asU32(waits!), tile: tile as Uint16Array };
 }
