@@ -113,7 +113,6 @@ Napi::Value Stream::Hold(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   checkAlive(env, destroyed_);
   if (info.Length() < 1 || !info[0].IsNumber()) throwError(env, Code::Argument, "hold: `timeoutMs` must be a number");
-  if (capturing_) throwError(env, Code::Argument, "hold: the stream is capturing a graph");
   bool held = false;
   throwIfError(env, gpu::streamHold(handle_, info[0].As<Napi::Number>().Int32Value(), &held));
   held_ = held;
@@ -171,8 +170,6 @@ Napi::Value Stream::IsCapturing(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), capturing);
 }
 
-// destroy(): idempotent. Work already queued still completes (cudaStreamDestroy semantics); a
-// capture in progress is abandoned.
 // The hold ends before its stream: nothing queued behind it would ever be released.
 void Stream::endHold() {
   if (!held_) return;
@@ -181,6 +178,8 @@ void Stream::endHold() {
   gpu::streamRelease(&inTime);
 }
 
+// destroy(): idempotent. Work already queued still completes (cudaStreamDestroy semantics); a
+// capture in progress is abandoned, a hold released.
 Napi::Value Stream::Destroy(const Napi::CallbackInfo& info) {
   endHold();
   if (!destroyed_ && handle_) gpu::streamDestroy(handle_);

@@ -712,8 +712,7 @@ Status prepareMainKernel(int smemBytes, int threads, int* ctasPerSm) {
   static std::mutex mu;
   static int cached[kMaxCachedDevices] = {};
   int dev = 0;
-  MLA_CUDA_TRY(cudaGetDevice(&dev), "decode: cudaGetDevice");
-  if (dev < 0 || dev >= kMaxCachedDevices) return Status::Error(Code::Argument, "decode: device ordinal out of range");
+  MLA_RETURN_IF_ERROR(currentDeviceIndex(&dev));
   std::lock_guard<std::mutex> lock(mu);
   if (cached[dev] == 0) {
     int n = 0;

@@ -3,11 +3,19 @@
 // round trip. For .cu files (and their emulated twins) only.
 #pragma once
 #include <mutex>
+#include <string>
 #include "runtime/cuda_check.h"
 
 namespace mla::gpu {
 
 constexpr int kMaxCachedDevices = 64;
+
+// The current device's ordinal, checked to index the per-device caches.
+inline Status currentDeviceIndex(int* dev) {
+  MLA_CUDA_TRY(cudaGetDevice(dev), "cudaGetDevice");
+  if (*dev < 0 || *dev >= kMaxCachedDevices) return Status::Error(Code::Argument, "device ordinal " + std::to_string(*dev) + " is out of range");
+  return Status::Ok();
+}
 
 struct DeviceProps {
   int smCount = 0, smemOptin = 0, smemPerSm = 0, major = 0, minor = 0;
@@ -19,8 +27,7 @@ inline Status currentDeviceProps(DeviceProps* out) {
   static std::mutex mu;
   static DeviceProps cache[kMaxCachedDevices];
   int dev = 0;
-  MLA_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev < 0 || dev >= kMaxCachedDevices) return Status::Error(Code::Argument, "device ordinal " + std::to_string(dev) + " is out of range");
+  MLA_RETURN_IF_ERROR(currentDeviceIndex(&dev));
   std::lock_guard<std::mutex> lock(mu);
   if (cache[dev].smCount == 0) {
     DeviceProps p;
@@ -46,8 +53,7 @@ Status optInSharedMemory(int bytes, const char* what) {
   static std::mutex mu;
   static bool done[kMaxCachedDevices] = {};
   int dev = 0;
-  MLA_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev < 0 || dev >= kMaxCachedDevices) return Status::Error(Code::Argument, "device ordinal " + std::to_string(dev) + " is out of range");
+  MLA_RETURN_IF_ERROR(currentDeviceIndex(&dev));
   std::lock_guard<std::mutex> lock(mu);
   if (!done[dev]) {
     MLA_CUDA_TRY(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), std::string(what) + ": shared memory opt-in");

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 #include "runtime/cuda_check.h"
+#include "runtime/device_props.h"
 #include "runtime/no_device.h"
 #include "runtime/runtime.h"
 
@@ -151,7 +152,7 @@ Status copyDeviceToDevice(void* dst, const void* src, size_t bytes, StreamHandle
 // that last read it has run (its event), so up to kStagingSlots uploads are in flight before one
 // waits. Grown on demand (cudaMallocHost is slow, so sizes double), never shrunk or freed.
 namespace {
-constexpr int kStagingSlots = 4, kStagingDevices = 64;
+constexpr int kStagingSlots = 4;
 struct StagingSlot {
   void* host = nullptr;
   size_t bytes = 0;
@@ -166,10 +167,9 @@ struct StagingRing {
 
 Status copyHostToDeviceAsync(void* dst, const void* src, size_t bytes, StreamHandle stream) {
   if (bytes == 0) return Status::Ok();
-  static StagingRing rings[kStagingDevices];
+  static StagingRing rings[kMaxCachedDevices];
   int dev = 0;
-  MLA_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev < 0 || dev >= kStagingDevices) return Status::Error(Code::Argument, "copy host to device: device ordinal out of range");
+  MLA_RETURN_IF_ERROR(currentDeviceIndex(&dev));
   StagingRing& ring = rings[dev];
   std::lock_guard<std::mutex> lock(ring.mu);
   StagingSlot& slot = ring.slots[ring.next];
@@ -257,7 +257,6 @@ Status streamWaitEvent(StreamHandle stream, void* event) {
 // recorded after the hold kernel. flags[0]: the generation the host released; flags[1]: the
 // generation whose hold timed out.
 namespace {
-constexpr int kHoldDevices = 64;
 struct HoldState {
   volatile uint32_t* flags = nullptr;
   uint32_t* deviceFlags = nullptr;
@@ -265,7 +264,7 @@ struct HoldState {
   uint32_t generation = 0;
 };
 HoldState& holdState(int dev) {
-  static HoldState states[kHoldDevices];
+  static HoldState states[kMaxCachedDevices];
   return states[dev];
 }
 int heldDevice = -1;  // the device of the hold in progress (one at a time per process)
@@ -291,7 +290,6 @@ __global__ void holdKernel(volatile uint32_t* flags, uint32_t want, unsigned lon
 
 Status streamHold(StreamHandle stream, int timeoutMs, bool* held) {
   *held = false;
-  if (timeoutMs < 1) return Status::Error(Code::Range, "hold: `timeoutMs` must be at least 1");
   std::lock_guard<std::mutex> lock(heldMu);
   if (heldDevice >= 0) return Status::Error(Code::Argument, "hold: a stream is already held (release it first)");
 #ifdef MLA_EMULATE
@@ -299,8 +297,7 @@ Status streamHold(StreamHandle stream, int timeoutMs, bool* held) {
   return Status::Ok();
 #else
   int dev = 0;
-  MLA_CUDA_TRY(cudaGetDevice(&dev), "cudaGetDevice");
-  if (dev < 0 || dev >= kHoldDevices) return Status::Error(Code::Argument, "hold: device ordinal out of range");
+  MLA_RETURN_IF_ERROR(currentDeviceIndex(&dev));
   HoldState& h = holdState(dev);
   if (!h.flags) {
     void* host = nullptr;
@@ -316,7 +313,7 @@ Status streamHold(StreamHandle stream, int timeoutMs, bool* held) {
     h.deviceFlags = static_cast<uint32_t*>(devPtr);
   }
   const uint32_t want = ++h.generation;
-  holdKernel<<<1, 1, 0, S(stream)>>>(h.deviceFlags, want, static_cast<unsigned long long>(timeoutMs) * 1000000ull);
+  holdKernel<<<1, 1, 0, S(stream)>>>(h.deviceFlags, want, static_cast<unsigned long long>(std::max(timeoutMs, 1)) * 1000000ull);
   MLA_CUDA_TRY(cudaGetLastError(), "hold: launch");
   MLA_CUDA_TRY(cudaEventRecord(h.ended, S(stream)), "hold: event");
   heldDevice = dev;
