@@ -136,7 +136,7 @@ const MUTANTS: readonly Mutant[] = [
     id: 'hopper-s-no-wait',
     title: 'decode sm_90a: the wgmma.wait_group after the first scores removed (read before they land)',
     file: 'decode_sm90.cu',
-    edits: [{ find: '      issueS(wg, 0, kNChunks);\n      wgmmaWait<0>();\n', replace: '      issueS(wg, 0, kNChunks);\n' }],
+    edits: [{ find: '      else issueS(1, kVChunks, kNChunks, true);\n      wgmmaWait<0>();\n', replace: '      else issueS(1, kVChunks, kNChunks, true);\n' }],
     run: 'decode-hopper',
     // In flight, the accumulators read NaN; a later wait_group covers the group, so no thread exits
     // with results unwaited.
@@ -327,6 +327,8 @@ interface RaceMutant {
   racy: readonly string[];
   /** Set where TSan is known not to report it: the gap, in words (the detection is a tap `todo`). */
   todo?: string;
+  /** Extra environment of the harness child, as Mutant's. */
+  env?: Readonly<Record<string, string>>;
 }
 
 const RACE_MUTANTS: readonly RaceMutant[] = [
@@ -422,6 +424,21 @@ const RACE_MUTANTS: readonly RaceMutant[] = [
     run: 'decode-hopper',
     racy: [
       '*reinterpret_cast<uint32_t*>(sP0 + tileOffset(rowOf[r], col)) = packPair<T>(s[i] * c[r], s[i + 1] * c[r]);',
+      'else wgmmaSS<T, 256, 0, 1>(o, smemDesc(aAddr + kk * 32, Swizzle::B128, 16, 1024), vDesc, 1);',
+    ],
+  },
+  {
+    // Warpgroup 0's P1·V1_L wgmma reads sP1 (Q's rope chunk) before warpgroup 1's plain stores
+    // of this pair's P1 are ordered before it.
+    id: 'hopper-no-pv1-issued-barrier',
+    title: 'decode sm_90a: P1\'s plain stores into sP1 read by warpgroup 0\'s P·V wgmma without the named barrier in between',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '          namedBarrierSync(kBarPv1Issued, kThreadsSm90);\n', replace: '' }],
+    run: 'decode-hopper',
+    // Pairs of tiles in one part (P1 exists only there): 3 SMs give parts of several pairs.
+    env: { MLA_EMU_DEVICES: 'sm_90:3' },
+    racy: [
+      '*reinterpret_cast<uint32_t*>(sP1 + tileOffset(rowOf[r], col)) = pb[i >> 1];',
       'else wgmmaSS<T, 256, 0, 1>(o, smemDesc(aAddr + kk * 32, Swizzle::B128, 16, 1024), vDesc, 1);',
     ],
   },

@@ -130,6 +130,22 @@ template <int N> __device__ __forceinline__ void cpAsyncWait() { asm volatile("c
 
 #endif  // MLA_EMULATE
 
+// 2^x for the softmax weights of the attention loops: one MUFU.EX2 (ex2.approx.ftz). exp2f
+// compiles to the non-ftz ex2.approx.f32, which wraps every MUFU in a range test and two
+// multiplies to keep subnormal results: three instructions more per weight on the loops'
+// critical path. A weight is relative to its row's running max (<= 1), so one below 2^-126
+// flushed to 0 changes no sum it enters.
+__device__ __forceinline__ float exp2Ftz(float x) {
+#ifdef MLA_EMULATE
+  const auto flush = [](float v) { return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.f, v) : v; };
+  return flush(std::exp2(flush(x)));
+#else
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+  return r;
+#endif
+}
+
 __device__ __forceinline__ float warpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -510,7 +510,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeKernelArgs
         for (int c = 0; c < CG; ++c) tm = fmaxf(tm, sRed[c * BM + rg * 16 + g + r * 8]);
         const float mNew = fmaxf(m[r], tm);
         mUse[r] = mNew == -INFINITY ? 0.f : mNew;  // no finite score yet: keep exp2 args at -inf
-        alpha[r] = exp2f(m[r] - mUse[r]);
+        alpha[r] = exp2Ftz(m[r] - mUse[r]);
         m[r] = mNew;
         l[r] *= alpha[r];
       }
@@ -520,7 +520,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeKernelArgs
         float p[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          p[e] = exp2f(s[i][e] - mUse[e >> 1]);
+          p[e] = exp2Ftz(s[i][e] - mUse[e >> 1]);
           l[e >> 1] += p[e];
         }
         if (NT_ALL % CG == 0 || j < NT_ALL) {

@@ -26,10 +26,10 @@ constexpr int kOffM = kOffP0 + kChunkBytes, kOffScale0 = kOffM + kBM * 4, kOffSc
 constexpr int kOffL = kOffScale1 + kBM * 4, kOffBar = kOffL + 2 * kBM * 4;
 static_assert(kOffBar + 2 * kNChunks * 8 + 1024 == kSm90SmemBytes, "decode_impl.cuh states the size for the launcher");
 
-// Named barriers between the warpgroups (0 is __syncthreads'): "scale0 / scale1 / P0 / P1 is
-// ready", each arrived at by its producer warpgroup and waited on by the other; and one per
-// warpgroup for its own 128 threads.
-enum : int { kBarScale0 = 1, kBarScale1 = 2, kBarP0 = 3, kBarP1 = 4, kBarLocal0 = 5 };
+// Named barriers between the warpgroups (0 is __syncthreads'): "scale0 / scale1 / P0 is ready"
+// and "warpgroup 1 has issued its P V products" (so sP1 is written too), each arrived at by its
+// producer warpgroup and waited on by the other; and one per warpgroup for its own 128 threads.
+enum : int { kBarScale0 = 1, kBarScale1 = 2, kBarP0 = 3, kBarPv1Issued = 4, kBarLocal0 = 5 };
 
 // Byte offset of (row, col) in a tile stored as 128-byte swizzled chunks: chunk col/64 holds
 // rows of 128 bytes whose 16-byte units are XOR-ed with row % 8 (TMA's and wgmma's SWIZZLE_128B
@@ -113,28 +113,32 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
 
   const uint32_t qAddr = sharedAddr(sQ), p0Addr = sharedAddr(sP0), p1Addr = sharedAddr(sP1);
   const uint32_t vAddr0 = sharedAddr(sK) + wg * kVChunks * kChunkBytes;  // this warpgroup's V, stage 0
-  // S = Q K^T of the tile in `stage`, chunks [cBegin, cEnd) of 9, 4 k-steps of 16 columns each
-  // (32 bytes inside the 128-byte row), each chunk as soon as its TMA load lands and committed as
-  // its own group (warpgroup 0 waits for an older group between chunks 3 and 4); chunk 8 (rope)
-  // takes A from registers.
+  // S = Q K^T of the tile in `stage` over `n` chunks from `first` (mod 9), 4 k-steps of 16
+  // columns each (32 bytes inside the 128-byte row), each chunk as soon as its TMA load lands and
+  // committed as its own group (warpgroup 0 waits for an older group between chunks 3 and 4);
+  // chunk 8 (rope) takes A from registers; the first product overwrites S when `fresh`.
+  // Warpgroup 1 starts at chunk 4: its stage's chunks 4-8 were requested long before 0-3
+  // (which wait for warpgroup 0's P1 V1_L), so five chunks of work overlap that load.
   uint32_t q8[16];  // Q[rows][512, 576) as wgmma A fragments, 4 k-steps x 4 registers
   float s[32];      // S (m64n64 accumulators): key 8(i/4) + 2q + (i&1), row g or g+8 by (i&2)
-  auto issueS = [&](int stage, int cBegin, int cEnd) {
+  auto issueS = [&](int stage, int first, int n, bool fresh) {
     const uint32_t kAddr = sharedAddr(sK) + stage * kTileBytes;
-    // Fully unrolled: an accumulator carried around a loop makes ptxas serialise the wgmmas.
+    // Fully unrolled (first and n are constants at every call): an accumulator carried around a
+    // loop makes ptxas serialise the wgmmas.
 #pragma unroll
-    for (int c = 0; c < kNChunks; ++c) {
-      if (c < cBegin || c >= cEnd) continue;
+    for (int i = 0; i < kNChunks; ++i) {
+      if (i >= n) continue;
+      const int c = (first + i) % kNChunks;
       mbarrierWait(&bar[stage * kNChunks + c], phase & 1u);
       wgmmaFence();  // after the wait loop, so ptxas need not insert its own
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
         const uint32_t off = c * kChunkBytes + kk * 32;
+        const int accumulate = !fresh || i > 0 || kk > 0;
         if (c < kNChunks - 1)
-          wgmmaSS<T, 64, 0, 0>(s, smemDesc(qAddr + off, Swizzle::B128, 16, 1024), smemDesc(kAddr + off, Swizzle::B128, 16, 1024),
-                               (c | kk) != 0);
+          wgmmaSS<T, 64, 0, 0>(s, smemDesc(qAddr + off, Swizzle::B128, 16, 1024), smemDesc(kAddr + off, Swizzle::B128, 16, 1024), accumulate);
         else
-          wgmmaRS<T, 64, 0>(s, &q8[4 * kk], smemDesc(kAddr + off, Swizzle::B128, 16, 1024), 1);
+          wgmmaRS<T, 64, 0>(s, &q8[4 * kk], smemDesc(kAddr + off, Swizzle::B128, 16, 1024), accumulate);
       }
       wgmmaCommit();
     }
@@ -150,7 +154,10 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
     __syncthreads();  // every wgmma of the previous request waited for; its sM / sL reads done
     if (tid == 0) {
       issueChunks(0, 0, kNChunks, btRow, kvBegin, L);
-      if (ntiles > 1) issueChunks(1, 0, kNChunks, btRow, kvBegin + kBN, L);
+      if (ntiles > 1) {  // chunks 4-8 first: warpgroup 1's S starts there (issueS)
+        issueChunks(1, kVChunks, kNChunks, btRow, kvBegin + kBN, L);
+        issueChunks(1, 0, kVChunks, btRow, kvBegin + kBN, L);
+      }
     }
     // Q tile, swizzled like the K tiles; rows past s_q*H are zeros. Written by ordinary stores,
     // read by wgmma: the proxy fence, then the barrier.
@@ -187,31 +194,39 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
     float l[2] = {0.f, 0.f};  // this thread's share of the row sums, relative to the running max
     uint32_t pb[16];          // this warpgroup's P as 16-bit pairs: wgmma A fragments, 4 k-steps
 
-    // Scores of tile t to base-2 logits with the causal / length mask; returns the row maxima.
+    // Tile t's row maxima in base-2 logits. Raw scores at or past a row's limit become -inf, on
+    // the tiles that reach a limit only (a request's last, a causal edge); the scale is applied
+    // to the maxima here and to each score in exponentiate's FFMA (scale > 0: max commutes).
+    const float scaleLog2 = a.scaleLog2;
+    const int rowLimMin = min(rowLim[0], rowLim[1]);
     auto maskScores = [&](int t, float mx[2]) {
       const int key0 = kvBegin + t * kBN;
+      if (key0 + kBN > rowLimMin) {
+#pragma unroll
+        for (int i = 0; i < 32; ++i) {
+          const int r = (i >> 1) & 1, key = key0 + (i >> 2) * 8 + 2 * q + (i & 1);
+          if (key >= rowLim[r]) s[i] = -INFINITY;
+        }
+      }
       mx[0] = mx[1] = -INFINITY;
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        const int r = (i >> 1) & 1, key = key0 + (i >> 2) * 8 + 2 * q + (i & 1);
-        s[i] = key < rowLim[r] ? s[i] * a.scaleLog2 : -INFINITY;
-        mx[r] = fmaxf(mx[r], s[i]);
-      }
+      for (int i = 0; i < 32; ++i) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], s[i]);
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        mx[r] *= scaleLog2;
       }
     };
-    // s = 2^(s - m) (a row without a finite score yet keeps exp2's argument at -inf), summed into
-    // l, and packed as this warpgroup's P fragments.
+    // s = 2^(s scale - m) (a row without a finite score yet keeps the argument at -inf), summed
+    // into l, and packed as this warpgroup's P fragments.
     auto exponentiate = [&](const float mNew[2]) {
 #pragma unroll
       for (int i = 0; i < 32; i += 2) {
         const int r = (i >> 1) & 1;
         const float mUse = mNew[r] == -INFINITY ? 0.f : mNew[r];
-        s[i] = exp2f(s[i] - mUse);
-        s[i + 1] = exp2f(s[i + 1] - mUse);
+        s[i] = exp2Ftz(fmaf(s[i], scaleLog2, -mUse));
+        s[i + 1] = exp2Ftz(fmaf(s[i + 1], scaleLog2, -mUse));
         l[r] += s[i] + s[i + 1];
         pb[i >> 1] = packPair<T>(s[i], s[i + 1]);
       }
@@ -234,7 +249,8 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
     // The first pair's scores.
     if (wg == 0 || ntiles > 1) {
       wgmmaFence();
-      issueS(wg, 0, kNChunks);
+      if (wg == 0) issueS(0, 0, kNChunks, true);  // constant arguments: see issueS
+      else issueS(1, kVChunks, kNChunks, true);
       wgmmaWait<0>();
       wgmmaFenceOperands<32>(s);
       ++phase;
@@ -251,7 +267,7 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         for (int r = 0; r < 2; ++r) {
           const float mOld = sM[rowOf[r]];
           mNew[r] = fmaxf(mOld, mx[r]);
-          c[r] = exp2f(mOld - (mNew[r] == -INFINITY ? 0.f : mNew[r]));
+          c[r] = exp2Ftz(mOld - (mNew[r] == -INFINITY ? 0.f : mNew[r]));
           l[r] *= c[r];
         }
         exponentiate(mNew);
@@ -288,7 +304,9 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
 #pragma unroll
         for (int i = 0; i < 128; ++i) o[i] *= c[(i >> 1) & 1];
         if (has1) {
-          namedBarrierSync(kBarP1, kThreadsSm90);
+          // After warpgroup 1's two P V products, so that the one freeing V0_R for the next
+          // tile's load is not queued behind this one and the next S0.
+          namedBarrierSync(kBarPv1Issued, kThreadsSm90);
           if (part1 >= 0) clearV(1, part1);
           wgmmaFenceOperands<128>(o);
           wgmmaFence();
@@ -298,10 +316,10 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         // next's chunks 0-3 into stage 1, then chunks 4-8 (loaded by warpgroup 1's thread).
         if (next0) {
           wgmmaFence();
-          issueS(0, 0, kVChunks);
+          issueS(0, 0, kVChunks, true);
           wgmmaWait<kVChunks>();
           if (tid == 0 && next1) issueChunks(1, 0, kVChunks, btRow, kvBegin + (t0 + 3) * kBN, L);
-          issueS(0, kVChunks, kNChunks);
+          issueS(0, kVChunks, kNChunks - kVChunks, false);
           ++phase;
         }
         wgmmaWait<0>();
@@ -316,7 +334,7 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         for (int r = 0; r < 2; ++r) {
           const float m0 = sM[rowOf[r]];
           mNew[r] = fmaxf(m0, mx[r]);
-          c[r] = has1 ? exp2f(m0 - (mNew[r] == -INFINITY ? 0.f : mNew[r])) : 1.f;
+          c[r] = has1 ? exp2Ftz(m0 - (mNew[r] == -INFINITY ? 0.f : mNew[r])) : 1.f;
           l[r] *= sScale0[rowOf[r]] * c[r];
         }
         if (has1) exponentiate(mNew);
@@ -334,14 +352,14 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         wgmmaFenceOperands<128>(o);
         if (has1) {
           // P1 for warpgroup 0 (sP1 = Q's chunk 8: its last reader, warpgroup 0's P1 V1_L of the
-          // previous pair, finished before warpgroup 0 arrived at kBarScale0).
+          // previous pair, finished before warpgroup 0 arrived at kBarScale0); visible to its
+          // wgmma once it passes kBarPv1Issued.
 #pragma unroll
           for (int i = 0; i < 32; i += 2) {
             const int r = (i >> 1) & 1, col = (i >> 2) * 8 + 2 * q;
             *reinterpret_cast<uint32_t*>(sP1 + tileOffset(rowOf[r], col)) = pb[i >> 1];
           }
           fenceProxyAsync();
-          namedBarrierArrive(kBarP1, kThreadsSm90);
           if (part1 >= 0) clearV(1, part1);
           wgmmaFence();
           issuePV(1, pb, 0);
@@ -350,6 +368,7 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         if (part0 >= 0) clearV(0, part0);
         wgmmaFence();
         issuePV(0, nullptr, p0Addr);
+        if (has1) namedBarrierArrive(kBarPv1Issued, kThreadsSm90);
         // V1_R done with: the tile after next's chunks 4-8 into stage 1; then V0_R: the next
         // tile's chunks 4-8 into stage 0.
         if (has1) {
@@ -361,7 +380,7 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         if (tid == 128 && next0) issueChunks(0, kVChunks, kNChunks, btRow, kvBegin + (t0 + 2) * kBN, L);
         if (next1) {
           wgmmaFence();
-          issueS(1, 0, kNChunks);
+          issueS(1, kVChunks, kNChunks, true);
           wgmmaWait<0>();
           wgmmaFenceOperands<32>(s);
           ++phase;

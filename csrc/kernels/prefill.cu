@@ -283,13 +283,13 @@ __global__ void __launch_bounds__(kThreads, 2) prefillAttentionKernel(AttnArgs a
       const float mNew = fmaxf(mRow[r], mx);
       // A row with nothing visible yet keeps m = −inf; subtracting 0 instead avoids inf − inf.
       const float mUse = mNew == -INFINITY ? 0.f : mNew;
-      const float corr = exp2f(mRow[r] - mUse);
+      const float corr = exp2Ftz(mRow[r] - mUse);
       mRow[r] = mNew;
       float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < kBN / 8; ++nt) {
-        const float e0 = exp2f(s[nt][2 * r] - mUse);
-        const float e1 = exp2f(s[nt][2 * r + 1] - mUse);
+        const float e0 = exp2Ftz(s[nt][2 * r] - mUse);
+        const float e1 = exp2Ftz(s[nt][2 * r + 1] - mUse);
         s[nt][2 * r] = e0;
         s[nt][2 * r + 1] = e1;
         sum += e0 + e1;
