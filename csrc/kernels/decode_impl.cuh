@@ -477,17 +477,22 @@ __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeKernelArgs
         }
       }
 
-      // Scale, mask, local row max (c0,c1: row g; c2,c3: row g+8; cols 2t, 2t+1).
+      // Mask, local row max (c0,c1: row g; c2,c3: row g+8; cols 2t, 2t+1) of the raw scores,
+      // then scaled (scale > 0: max commutes; each score takes it in the exponent's FFMA). The
+      // per-key test runs only on tiles that reach a row's limit, and always for sparse slots.
+      const bool edge = SP || key0 + BN > min(rowLim[0], rowLim[1]);
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int i = 0; i < NTS; ++i) {
         const int j = cg + i * CG;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int key = key0 + j * 8 + 2 * t + (e & 1);
-          bool ok = j < NT_ALL && key < rowLim[e >> 1];
-          if constexpr (SP) ok = ok && sValid[(it % ST) * BN + j * 8 + 2 * t + (e & 1)] != 0;
-          s[i][e] = ok ? s[i][e] * a.scaleLog2 : -INFINITY;
+          bool ok = j < NT_ALL;
+          if (edge) {
+            ok = ok && key0 + j * 8 + 2 * t + (e & 1) < rowLim[e >> 1];
+            if constexpr (SP) ok = ok && sValid[(it % ST) * BN + j * 8 + 2 * t + (e & 1)] != 0;
+          }
+          if (!ok) s[i][e] = -INFINITY;
           mx[e >> 1] = fmaxf(mx[e >> 1], s[i][e]);
         }
       }
@@ -495,6 +500,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeKernelArgs
       for (int r = 0; r < 2; ++r) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        mx[r] *= a.scaleLog2;
       }
       if (t == 0) {
         sRed[cg * BM + rg * 16 + g] = mx[0];
@@ -520,7 +526,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeKernelArgs
         float p[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          p[e] = exp2Ftz(s[i][e] - mUse[e >> 1]);
+          p[e] = exp2Ftz(fmaf(s[i][e], a.scaleLog2, -mUse[e >> 1]));
           l[e >> 1] += p[e];
         }
         if (NT_ALL % CG == 0 || j < NT_ALL) {
