@@ -98,5 +98,5 @@ cat <<EOF
     timeout_s: 500
   )
 [gpu-prepare] the table is printed last; under \$OUT: summary.txt, logs.tgz, torch-ceilings.json,
-[gpu-prepare] flashmla.jsonl, decode.json, bench-quick.json, roofline.svg (7 files).
+[gpu-prepare] flashmla.jsonl, decode.json, decode-reuse.json, bench-quick.json, roofline.svg (8 files).
 EOF

@@ -418,6 +418,15 @@ t.test('suite registry: known names, the copy suite, and missing files', async (
   }
 });
 
+t.test("decode suite: the `plan` grid key times the call on a plan made once (FlashMLA's metadata outside)", async (t) => {
+  const decodeSuite = await loadSuite('decode');
+  const cs = decodeSuite.cases({ quick: true, grid: { h: [128], kernel: ['hopper'], plan: ['compute', 'reuse'] } });
+  t.same(cs.map((c) => [c.name, c.params['plan']]), [['b16 h128 sq1 sk1024 bf16 hopper', 'compute'], ['b16 h128 sq1 sk1024 bf16 hopper plan-reused', 'reuse']]);
+  t.equal(cs[0]!.flops, cs[1]!.flops, 'the same work counted');
+  t.same(decodeSuite.cases({ quick: true }).map((c) => c.params['plan']), ['compute', 'compute'], "default: the whole call");
+  t.throws(() => decodeSuite.cases({ quick: true, grid: { plan: ['once'] } }), /plan must be compute or reuse, got once/);
+});
+
 // ---- report, JSON, table, SVG on synthetic results ---------------------------------------
 
 function timing(medianUs: number, flops: number, bytes: number) {

@@ -8,7 +8,7 @@ import { checkDecodeIndices, decode, decodeConfig, DecodeWorkspace, splitKvCallO
 import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { build, checkOutputs, D, decodeKernels, disposeBuilt, DV, runBuilt, type CaseSpec } from './helpers/decode-cases.js';
-import { gpuSkip, poison, relError, rng } from './helpers/gpu.js';
+import { gpuSkip, poison, randn, relError, rng } from './helpers/gpu.js';
 import { meta, throwsNaming as expectError } from './helpers/validation.js';
 
 
@@ -210,6 +210,53 @@ t.test('decode: variable query lengths (qSeqLens), causal, one shared workspace'
     tt.ok(ws.checkErrors().ok, 'no device-side index errors');
   } finally {
     ws.dispose();
+  }
+  tt.end();
+});
+
+t.test("decode plan 'reuse': one plan, several layers, bit for bit; refused for other sizes", { skip: gpuSkip }, (tt) => {
+  for (const kernel of kernels) {
+    const spec: CaseSpec = { B: 5, H: 16, pageSize: 64, seqLens: [300, 0, 1000, 70, 2], sQ: [1, 2, 1, 3, 1], causal: true, dtype: 'bf16', seed: 1300, kernel };
+    const b = build(spec);
+    const ws = new DecodeWorkspace({ maxBatch: 8, maxHeads: 16, maxQSeqLen: 4 });
+    // Layer 2: another cache of the same shape, read through the same table.
+    const cache2 = DeviceTensor.fromArray(randn(b.cache.numel, 1301), b.cache.shape, 'bf16');
+    const outs: DeviceTensor[] = [];
+    try {
+      const call = (cache: DeviceTensor, plan: 'compute' | 'reuse'): { out: Float32Array; lse: Float32Array } => {
+        const out = poison(DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16'));
+        const lse = poison(DeviceTensor.empty([b.tokens, spec.H], 'f32'));
+        outs.push(out, lse);
+        decode({ q: b.q, cache, blockTable: b.blockTable, seqLens: b.seqLens, qSeqLens: b.qSeqLens, scale: 0.1352337788608801, causal: true, out, lse, workspace: ws, kernel, plan });
+        return { out: out.toFloat32Sync(), lse: lse.toFloat32Sync() };
+      };
+      expectError(tt, () => call(cache2, 'reuse'), 'ERR_ARGUMENT', 'plan', `${kernel}: reuse before any plan`);
+      checkOutputs(tt, `${kernel} layer 1, planned`, call(b.cache, 'compute'), b.ref);
+      const planned2 = call(cache2, 'compute');
+      call(b.cache, 'compute');
+      const reused2 = call(cache2, 'reuse');
+      tt.same(Array.from(reused2.out), Array.from(planned2.out), `${kernel}: layer 2 on layer 1's plan = layer 2 planned, bit for bit (out)`);
+      tt.same(Array.from(reused2.lse), Array.from(planned2.lse), `${kernel}: ... and lse`);
+      // Refusals, each naming the option, before any launch.
+      const args = { q: b.q, cache: cache2, blockTable: b.blockTable, seqLens: b.seqLens, qSeqLens: b.qSeqLens, scale: 0.1, causal: true, kernel };
+      expectError(tt, () => decode({ ...args, plan: 'reuse' }), 'ERR_ARGUMENT', 'plan', `${kernel}: reuse without a workspace`);
+      expectError(tt, () => decode({ ...args, workspace: ws, plan: 'reuse', phases: 'main' }), 'ERR_ARGUMENT', 'plan', `${kernel}: reuse with phases`);
+      expectError(tt, () => decode({ ...args, workspace: ws, plan: 'again' as 'reuse' }), 'ERR_ARGUMENT', 'plan', `${kernel}: an unknown plan mode`);
+      const q8 = DeviceTensor.empty([b.tokens, 8, D], 'bf16');
+      outs.push(q8);
+      try {
+        decode({ ...args, q: q8, workspace: ws, plan: 'reuse' });
+        tt.fail(`${kernel}: reuse with 8 heads on a 16-head plan`);
+      } catch (err) {
+        tt.match((err as Error).message, /`plan` 'reuse'.*heads 16 → 8/, `${kernel}: a plan for 16 heads is not reused for 8 (${(err as Error).message})`);
+      }
+      tt.ok(ws.checkErrors().ok, `${kernel}: no device-side index errors`);
+    } finally {
+      for (const x of outs) x.dispose();
+      cache2.dispose();
+      ws.dispose();
+      disposeBuilt(b);
+    }
   }
   tt.end();
 });

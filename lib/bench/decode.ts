@@ -3,8 +3,9 @@
 // optionally FlashMLA's varlen lengths normal(mean, mean/2) clamped at s_q.
 // FLOPs and bytes are FlashMLA's (lib/bench/formulas.ts): s_q·Σseqlen·H·(576+512)·2 and
 // (Σseqlen·576 + B·s_q·H·576 + B·s_q·H·512)·2. `run` is the whole call (plan + split-KV main +
-// combine, checkIndices false); `runMain` is the main kernel alone, as FlashMLA's current
-// test reports it.
+// combine, checkIndices false), or with `plan` 'reuse' the call on a plan made once (main +
+// combine: what FlashMLA's benchmark times, its scheduler metadata made outside); `runMain` is
+// the main kernel alone, as FlashMLA's current test reports it.
 import { DTYPE_SIZE } from '../dtype.js';
 import { decode, DecodeWorkspace, type DecodeKernelChoice } from '../ops/decode.js';
 import { FP8_CACHE_ROW_BYTES } from '../ops/fp8-cache.js';
@@ -36,6 +37,8 @@ export interface DecodeBenchShape {
   cache?: 'model' | 'fp8';
   /** The main kernel (decode's `kernel` option): 'auto' lets decode choose. */
   kernel?: DecodeKernelChoice;
+  /** decode's `plan` option for the timed call: 'reuse' runs on the plan setup made. */
+  plan?: 'compute' | 'reuse';
   seed?: number;
 }
 
@@ -95,6 +98,7 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
   const fp8 = s.cache === 'fp8';
   if (fp8 && s.dtype !== 'bf16') throw new RangeError('decode: the fp8 cache is read with bf16 queries (dtype bf16)');
   const kernel = s.kernel ?? 'auto';
+  const plan = s.plan ?? 'compute';
   const rowBytes = fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK * e;
   const pagesOf = Array.from(seqLens, (L) => Math.ceil(L / PAGE_SIZE));
   const numPages = pagesOf.reduce((a, b) => a + b, 0);
@@ -103,8 +107,8 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
   const shape = { b: s.b, sQ: s.sQ, hQ: s.h, sumSeqlen: sum, elemBytes: e, cacheRowBytes: rowBytes };
   const wsEstimate = splitKvWorkspaceBytes(smCount, s.h * s.sQ, MLA_DV);
   return {
-    name: `b${s.b} h${s.h} sq${s.sQ} sk${s.sK}${s.varlen ? ' varlen' : ''}${s.causal ? '' : ' full'} ${s.dtype}${fp8 ? ' fp8-cache' : ''}${kernel === 'auto' ? '' : ` ${kernel}`}`,
-    params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, varlen: s.varlen, causal: s.causal, dtype: s.dtype, cache: fp8 ? 'fp8' : 'model', kernel, pageSize: PAGE_SIZE, sumSeqlen: sum },
+    name: `b${s.b} h${s.h} sq${s.sQ} sk${s.sK}${s.varlen ? ' varlen' : ''}${s.causal ? '' : ' full'} ${s.dtype}${fp8 ? ' fp8-cache' : ''}${kernel === 'auto' ? '' : ` ${kernel}`}${plan === 'reuse' ? ' plan-reused' : ''}`,
+    params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, varlen: s.varlen, causal: s.causal, dtype: s.dtype, cache: fp8 ? 'fp8' : 'model', kernel, plan, pageSize: PAGE_SIZE, sumSeqlen: sum },
     flops: mlaDecodeFlops(shape),
     bytes: mlaDecodeBytes(shape),
     footprintBytes: numPages * PAGE_SIZE * rowBytes + tokens * s.h * (MLA_DK + MLA_DV) * e + tokens * s.h * 4 + s.b * (maxPages + 1) * 4 + wsEstimate,
@@ -134,10 +138,10 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
       const workspace = new DecodeWorkspace({ maxBatch: s.b, maxHeads: s.h, maxQSeqLen: s.sQ });
       owned.push(workspace);
       const args = { q, cache, blockTable, seqLens: lens, scale: SCALE, causal: s.causal, out, lse, workspace, checkIndices: false, kernel };
-      // One full call so the plan runMain relies on is in the workspace.
+      // One full call so the plan runMain (and plan 'reuse') relies on is in the workspace.
       decode(args);
       return {
-        run: (stream) => decode({ ...args, stream }),
+        run: (stream) => decode({ ...args, stream, plan }),
         runMain: (stream) => decode({ ...args, stream, phases: 'main' }),
       };
     }),
@@ -146,7 +150,7 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
 
 export const suite: BenchSuite = {
   name: 'decode',
-  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8, kernel = auto | portable | hopper)",
+  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8, kernel = auto | portable | hopper, plan = compute | reuse)",
   cases(opts) {
     const quick = opts.quick;
     const bs = gridNumbers('decode', opts, 'b', quick ? [16] : [128]);
@@ -158,6 +162,7 @@ export const suite: BenchSuite = {
     const dtypes = gridDTypes('decode', opts);
     const caches = gridChoices('decode', opts, 'cache', ['model', 'fp8'], ['model']);
     const kernels = gridChoices('decode', opts, 'kernel', ['auto', 'portable', 'hopper'], ['auto']);
+    const plans = gridChoices('decode', opts, 'plan', ['compute', 'reuse'], ['compute']);
     const out: BenchCase[] = [];
     for (const cache of caches)
     for (const dtype of dtypes)
@@ -168,8 +173,9 @@ export const suite: BenchSuite = {
               for (const h of hs)
                 for (const sK of sks)
                   for (const kernel of kernels)
-                    // The FP8 cache: bf16 queries, portable kernel only.
-                    if (cache === 'model' || (dtype === 'bf16' && kernel !== 'hopper')) out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache, kernel }, opts.smCount));
+                    for (const plan of plans)
+                      // The FP8 cache: bf16 queries, portable kernel only.
+                      if (cache === 'model' || (dtype === 'bf16' && kernel !== 'hopper')) out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache, kernel, plan }, opts.smCount));
     return out;
   },
 };

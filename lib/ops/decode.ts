@@ -231,6 +231,8 @@ export class DecodeWorkspace {
   #buffer: DeviceTensor;
   #layout: NativeDecodeWorkspaceLayout;
   #args: NativeDecodeWorkspaceArgs | undefined;
+  /** The sizes of the plan the last planning call queued (decode's `plan: 'reuse'`). */
+  #planKey: PlanKey | undefined;
 
   constructor(opts: DecodeWorkspaceOptions) {
     const where = 'DecodeWorkspace';
@@ -264,6 +266,19 @@ export class DecodeWorkspace {
   /** Whether a call with this geometry fits (see decode()). */
   fits(batch: number, numHeads: number, maxQSeqLen: number): boolean {
     return batch <= this.maxBatch && numHeads * maxQSeqLen <= this.maxRows;
+  }
+
+  /** @internal A planning call queued a plan for these sizes (undefined: no usable plan). */
+  notePlan(key: PlanKey | undefined): void {
+    this.#planKey = key;
+  }
+
+  /** @internal Throws unless the workspace holds a plan cut for exactly these sizes. */
+  checkPlan(op: string, key: PlanKey): void {
+    const held = this.#planKey;
+    if (held === undefined) throw new MlaError('ERR_ARGUMENT', `${op}: \`plan\` 'reuse': \`workspace\` holds no decode plan (plan it with a call of \`plan\` 'compute' first)`);
+    const diff = key.flatMap((v, i) => (v === held[i] ? [] : [`${PLAN_KEY_NAMES[i]} ${held[i]} → ${v}`]));
+    if (diff.length > 0) throw new MlaError('ERR_ARGUMENT', `${op}: \`plan\` 'reuse': \`workspace\`'s plan was cut for other sizes (${diff.join(', ')})`);
   }
 
   /** @internal Arguments the native op reads. */
@@ -362,6 +377,15 @@ export interface DecodeOptions extends StreamOption {
    */
   phases?: SplitKvPhases | undefined;
   /**
+   * 'reuse': skip the split plan and run on the one an earlier decode() left in `workspace`: plan
+   * once per step, reuse it in every layer (FlashMLA's get_mla_metadata, FlashInfer's plan/run).
+   * The planning call must have had this call's geometry (batch, tokens, heads, query lengths,
+   * blockTable and cache shapes, kernel; checked, ERR_ARGUMENT) and the same seqLens, qSeqLens
+   * and used blockTable entries (not re-read: a change gives wrong outputs, never an access out
+   * of bounds, as the kernels guard every page). Default 'compute'.
+   */
+  plan?: 'compute' | 'reuse' | undefined;
+  /**
    * The main kernel: 'hopper' (sm_90a: wgmma + TMA; compute capability 9.0, 16-bit cache),
    * 'portable' (mma.sync, every GPU), or 'auto' (default; MLA_CUDA_DECODE_KERNEL overrides):
    * Hopper wherever it applies. Forcing 'hopper' where it cannot run throws ERR_ARGUMENT.
@@ -376,6 +400,11 @@ const PHASES: Readonly<Record<SplitKvPhases, NativePhaseArgs>> = {
   main: { runPlan: false, runMain: true, runCombine: false },
   combine: { runPlan: false, runMain: false, runCombine: true },
 };
+const PHASES_REUSE: NativePhaseArgs = { runPlan: false, runMain: true, runCombine: true };
+
+/** The sizes a split plan was cut for (decode's `plan: 'reuse'` compares them). */
+type PlanKey = readonly [batch: number, tokens: number, heads: number, sQ: number, maxQSeqLen: number, maxPages: number, pageSize: number, numPages: number, fp8: number, kernel: number];
+const PLAN_KEY_NAMES = ['batch', 'tokens', 'heads', 's_q (-1: qSeqLens)', 'maxQSeqLen', 'maxPages', 'pageSize', 'numPages', 'fp8 cache', 'kernel'] as const;
 
 export type DecodeKernelChoice = 'auto' | 'portable' | 'hopper';
 // csrc/kernels/decode.h DecodeKernel.
@@ -424,8 +453,17 @@ export function splitKvCallOptions(op: string, opts: { checkIndices?: unknown; p
 export function decode(opts: DecodeOptions): DecodeResult {
   if (typeof opts !== 'object' || opts === null) throw new MlaError('ERR_ARGUMENT', `${OP}: expected an options object`);
   const geo = validateDecodeArgs(opts);
-  const { checkIndices, phases, ws } = splitKvCallOptions(OP, opts);
+  const split = splitKvCallOptions(OP, opts);
+  const { checkIndices, ws } = split;
+  let phases = split.phases;
   const kernel = checkDecodeKernel(OP, opts.kernel);
+  const planMode = opts.plan ?? 'compute';
+  if (planMode !== 'compute' && planMode !== 'reuse') throw new MlaError('ERR_ARGUMENT', `${OP}: \`plan\` must be 'compute' or 'reuse'`);
+  if (planMode === 'reuse') {
+    if (!ws) throw new MlaError('ERR_ARGUMENT', `${OP}: \`plan\` 'reuse' needs the \`workspace\` an earlier call planned in`);
+    if (phases !== PHASES.all) throw new MlaError('ERR_ARGUMENT', `${OP}: \`plan\` 'reuse' runs every kernel but the plan; leave \`phases\` unset`);
+    phases = PHASES_REUSE;
+  }
 
   let maxQ: number;
   if (checkIndices) {
@@ -454,6 +492,11 @@ export function decode(opts: DecodeOptions): DecodeResult {
     throw new MlaError('ERR_RANGE', `${OP}: \`workspace\` (maxBatch ${ws.maxBatch}, ${ws.maxRows} rows) is too small for batch ${geo.batch} × ${geo.numHeads} heads × s_q ${rowsQ}`);
   }
 
+  // What the plan depends on besides the index values: the sizes it was cut for.
+  const planKey: PlanKey = [geo.batch, geo.tokens, geo.numHeads, geo.sQ ?? -1, rowsQ, geo.maxPages, geo.pageSize, geo.numPages, opts.cache.dtype === 'u8' ? 1 : 0, KERNEL_CODE[kernel]];
+  if (planMode === 'reuse') ws!.checkPlan(OP, planKey);
+  else if (phases.runPlan) ws?.notePlan(undefined);  // until this launch has queued a new one
+
   return launchSplitKv(OP, opts, geo, ws, () => new DecodeWorkspace({ maxBatch: Math.max(1, geo.batch), maxHeads: geo.numHeads, maxQSeqLen: rowsQ }), (io) => {
     nativeOp(OP)(Object.assign(io, {
       blockTable: opts.blockTable.nativeRef(`${OP}: \`blockTable\``),
@@ -467,6 +510,7 @@ export function decode(opts: DecodeOptions): DecodeResult {
       runCombine: phases.runCombine,
       kernel: KERNEL_CODE[kernel],
     }));
+    if (phases.runPlan) ws?.notePlan(planKey);
   });
 }
 

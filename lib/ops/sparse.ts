@@ -137,6 +137,7 @@ export function sparse(opts: SparseOptions): SparseResult {
     checkSparseIndices(geo, indices, topkLength);
   }
 
+  if (phases.runPlan) ws?.notePlan(undefined);  // its plan is not decode's
   return launchSplitKv(OP, opts, geo, ws, () => new DecodeWorkspace({ maxBatch: geo.tokens, maxHeads: geo.numHeads }), (io) => {
     nativeOp(OP)(Object.assign(io, {
       indices: opts.indices.nativeRef(`${OP}: \`indices\``),
