@@ -6,6 +6,7 @@ import { cuda, DeviceTensor } from '../lib/index.js';
 import type { TensorMeta } from '../lib/index.js';
 import { checkDecodeIndices, decode, decodeConfig, DecodeWorkspace, splitKvCallOptions, validateDecodeArgs } from '../lib/ops/decode.js';
 import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
+import { sparse } from '../lib/ops/sparse.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { build, checkOutputs, D, decodeKernels, disposeBuilt, DV, runBuilt, type CaseSpec } from './helpers/decode-cases.js';
 import { gpuSkip, poison, randn, relError, rng } from './helpers/gpu.js';
@@ -251,6 +252,12 @@ t.test("decode plan 'reuse': one plan, several layers, bit for bit; refused for 
         tt.match((err as Error).message, /`plan` 'reuse'.*heads 16 → 8/, `${kernel}: a plan for 16 heads is not reused for 8 (${(err as Error).message})`);
       }
       tt.ok(ws.checkErrors().ok, `${kernel}: no device-side index errors`);
+      // A sparse call on the workspace replaces the plan with its own.
+      const indices = DeviceTensor.fromArray(new Int32Array(b.tokens * 4), [b.tokens, 4], 'i32');
+      outs.push(indices);
+      const sp = sparse({ q: b.q, cache: cache2, indices, scale: 0.1, workspace: ws });
+      outs.push(sp.out, sp.lse);
+      expectError(tt, () => call(cache2, 'reuse'), 'ERR_ARGUMENT', 'plan', `${kernel}: reuse after a sparse call planned in the workspace`);
     } finally {
       for (const x of outs) x.dispose();
       cache2.dispose();
