@@ -382,7 +382,8 @@ export interface DecodeOptions extends StreamOption {
    * The planning call must have had this call's geometry (batch, tokens, heads, query lengths,
    * blockTable and cache shapes, kernel; checked, ERR_ARGUMENT) and the same seqLens, qSeqLens
    * and used blockTable entries (not re-read: a change gives wrong outputs, never an access out
-   * of bounds, as the kernels guard every page). Default 'compute'.
+   * of bounds, as the kernels guard every page). A plan captured into a CUDA graph exists once
+   * the graph runs: capture the planning call and the reusing ones together. Default 'compute'.
    */
   plan?: 'compute' | 'reuse' | undefined;
   /**
