@@ -70,6 +70,41 @@ t.test('a captured decode replays bit for bit like the eager call, and follows i
   }
 });
 
+t.test("two layers in one graph on one plan (plan 'reuse'): a replay after new lengths follows them in both", { skip: gpuSkip }, async (t) => {
+  const b = build(spec);
+  const next = build({ ...spec, seqLens: [120, 33, 180], seed: 8 });
+  using s = new Stream();
+  using ws = new DecodeWorkspace({ maxBatch: spec.B, maxHeads: spec.H });
+  using cache2 = DeviceTensor.fromArray(randn(b.cache.numel, 9), b.cache.shape, 'bf16');
+  const outs = [0, 1].map(() => [poison(DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16')), poison(DeviceTensor.empty([b.tokens, spec.H], 'f32'))] as const);
+  using want = DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16');
+  try {
+    const layer = (i: 0 | 1, plan: 'compute' | 'reuse'): void => {
+      decode({ q: b.q, cache: i === 0 ? b.cache : cache2, blockTable: b.blockTable, seqLens: b.seqLens, scale: SCALE, causal: true, out: outs[i]![0], lse: outs[i]![1], workspace: ws, checkIndices: false, stream: s, plan });
+    };
+    using graph = s.capture(() => {
+      layer(0, 'compute');
+      layer(1, 'reuse');
+    });
+    for (const [dst, src] of [[b.q, next.q], [b.cache, next.cache], [b.blockTable, next.blockTable], [b.seqLens, next.seqLens]] as const) dst.copyFrom(src, { stream: s });
+    graph.launch(s);
+    s.synchronize();
+    checkOutputs(t, 'layer 1 replayed on the new lengths', { out: outs[0]![0].toFloat32Sync(), lse: outs[0]![1].toFloat32Sync() }, next.ref);
+    want.copyFrom(outs[1]![0], { stream: s });
+    poison(outs[1]![0]);
+    layer(1, 'compute');
+    s.synchronize();
+    t.equal(differingBytes(want, outs[1]![0]), 0, 'layer 2 replayed on layer 1\'s plan equals layer 2 planned eagerly, bit for bit');
+  } finally {
+    for (const [o, l] of outs) {
+      o.dispose();
+      l.dispose();
+    }
+    disposeBuilt(b);
+    disposeBuilt(next);
+  }
+});
+
 t.test('what a capture cannot hold throws ERR_ARGUMENT before reaching CUDA, and the capture survives', { skip: gpuSkip }, async (t) => {
   const b = build(spec);
   using s = new Stream();
