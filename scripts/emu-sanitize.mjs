@@ -52,7 +52,7 @@ const sanitizerEnv = mode === 'address'
 const runs = [
   { files: ['test/runtime.test.ts', 'test/rmsnorm.test.ts', 'test/emulator.test.ts', 'test/emulator-sm90.test.ts', 'test/primitives.test.ts'] },
   // Both decode kernels (the portable and the sm_90a one) on the emulated sm_90.
-  { files: ['test/decode.test.ts'], grep: 'randomized grid|variable query lengths|empty sequences|rows past each length' },
+  { files: ['test/decode.test.ts'], grep: 'randomized grid|variable query lengths|empty sequences|rows past each length|one plan, several layers' },
   { files: ['test/linear.test.ts'], grep: 'odd sizes|prepareAbsorbWeights layout' },
   { files: ['test/prefill.test.ts'], grep: 'kernel alone|mergeAttnStates|reused workspace' },
   { files: ['test/rope.test.ts', 'test/attention.test.ts'], grep: 'appendLatent|table|gpu backend reproduces' },
