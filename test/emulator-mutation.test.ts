@@ -268,7 +268,7 @@ const MUTANTS: readonly Mutant[] = [
     id: 'prefill-causal-off-by-one',
     title: 'prefill: causal mask hides the diagonal key (pos >= diag + j)',
     file: 'prefill.cu',
-    edits: [{ find: 'pos > diag + j) x = -INFINITY;', replace: 'pos >= diag + j) x = -INFINITY;' }],
+    edits: [{ find: 'pos > diag + j) s[nt][e] = -INFINITY;', replace: 'pos >= diag + j) s[nt][e] = -INFINITY;' }],
     run: 'prefill',
     expect: { numeric: true },
   },

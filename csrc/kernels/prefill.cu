@@ -256,19 +256,19 @@ __global__ void __launch_bounds__(kThreads, 2) prefillAttentionKernel(AttnArgs a
     }
 
     const int p0 = kLo + t * kBN;
-    // Masking is needed only where some key is past kHi or past the first row's diagonal.
+    // Masking is needed only where some key is past kHi or past the first row's diagonal. The
+    // raw scores are masked and their max scaled (scale > 0: max commutes); each score takes the
+    // scale in its exponent's FFMA.
     const bool needMask = p0 + kBN > min(kHi, diag + int(j0) + 1);
+    if (needMask) {
 #pragma unroll
-    for (int nt = 0; nt < kBN / 8; ++nt) {
+      for (int nt = 0; nt < kBN / 8; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * a.scaleLog2;
-        if (needMask) {
+        for (int e = 0; e < 4; ++e) {
           const int pos = p0 + nt * 8 + (lane & 3) * 2 + (e & 1);
           const int j = jr0 + (e >> 1) * 8;
-          if (pos >= kHi || pos > diag + j) x = -INFINITY;
+          if (pos >= kHi || pos > diag + j) s[nt][e] = -INFINITY;
         }
-        s[nt][e] = x;
       }
     }
 
@@ -280,6 +280,7 @@ __global__ void __launch_bounds__(kThreads, 2) prefillAttentionKernel(AttnArgs a
       // The four lanes of a quad hold one row.
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx *= a.scaleLog2;
       const float mNew = fmaxf(mRow[r], mx);
       // A row with nothing visible yet keeps m = −inf; subtracting 0 instead avoids inf − inf.
       const float mUse = mNew == -INFINITY ? 0.f : mNew;
@@ -288,8 +289,8 @@ __global__ void __launch_bounds__(kThreads, 2) prefillAttentionKernel(AttnArgs a
       float sum = 0.f;
 #pragma unroll
       for (int nt = 0; nt < kBN / 8; ++nt) {
-        const float e0 = exp2Ftz(s[nt][2 * r] - mUse);
-        const float e1 = exp2Ftz(s[nt][2 * r + 1] - mUse);
+        const float e0 = exp2Ftz(fmaf(s[nt][2 * r], a.scaleLog2, -mUse));
+        const float e1 = exp2Ftz(fmaf(s[nt][2 * r + 1], a.scaleLog2, -mUse));
         s[nt][2 * r] = e0;
         s[nt][2 * r + 1] = e1;
         sum += e0 + e1;
