@@ -641,24 +641,38 @@ __global__ void __launch_bounds__(256, 1) decodeCombineKernel(DecodeKernelArgs a
   if (ns == 1) return;
   T* orow = static_cast<T*>(a.out) + int64_t(tok) * a.oTok + int64_t(h) * a.oHead;
   float* lrow = a.lse + int64_t(tok) * a.lTok + int64_t(h) * a.lHead;
-  float M = -INFINITY;
+  // One pass over the split LSEs (one memory latency, not two): each lane an online max and
+  // sum over its splits, then the warp's. Lane s keeps split s's LSE for the weights below, so
+  // the first 32 splits' weights need no load before their rows' loads.
+  float M = -INFINITY, sum = 0.f, mine = -INFINITY;
   if (ns >= 2) {
-    for (int s = lane; s < ns; s += 32) M = fmaxf(M, a.lsePart[int64_t(slot0 + s) * a.maxRows + idx]);
+    for (int s = lane; s < ns; s += 32) {
+      const float x = a.lsePart[int64_t(slot0 + s) * a.maxRows + idx];
+      if (s == lane) mine = x;
+      if (x > M) {
+        sum = sum * exp2f(M - x) + 1.f;
+        M = x;
+      } else if (x != -INFINITY) {
+        sum += exp2f(x - M);
+      }
+    }
+    const float mLane = M;
     M = warpMax(M);
+    sum = warpSum(mLane == -INFINITY ? 0.f : sum * exp2f(mLane - M));
   }
   float acc[16];
 #pragma unroll
   for (int i = 0; i < 16; ++i) acc[i] = 0.f;
   float lseOut = INFINITY;
   if (M != -INFINITY) {
-    float sum = 0.f;
-    for (int s = lane; s < ns; s += 32) sum += exp2f(a.lsePart[int64_t(slot0 + s) * a.maxRows + idx] - M);
-    const float lse2 = M + log2f(warpSum(sum));
+    const float lse2 = M + log2f(sum);
     float sinkMul = 1.f;
     if constexpr (SP)
       if (a.sink != nullptr) sinkMul = 1.f / (1.f + expf(a.sink[h * a.sinkStride] - lse2 * kLn2));
+#pragma unroll 4
     for (int s = 0; s < ns; ++s) {
-      const float w = exp2f(a.lsePart[int64_t(slot0 + s) * a.maxRows + idx] - lse2) * sinkMul;
+      const float x = s < 32 ? __shfl_sync(0xffffffffu, mine, s) : a.lsePart[int64_t(slot0 + s) * a.maxRows + idx];
+      const float w = exp2f(x - lse2) * sinkMul;
       const float* src = a.oPart + (int64_t(slot0 + s) * a.maxRows + idx) * kDV;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
