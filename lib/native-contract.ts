@@ -35,6 +35,8 @@ export interface NativePhaseArgs {
   runPlan?: boolean | undefined;
   runMain?: boolean | undefined;
   runCombine?: boolean | undefined;
+  /** Programmatic dependent launch of main and combine (sm_90+; ignored before). */
+  pdl?: boolean | undefined;
 }
 
 export interface NativeDecodeArgs extends NativeStreamArg, NativeDecodeWorkspaceArgs, NativePhaseArgs {

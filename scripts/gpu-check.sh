@@ -8,7 +8,7 @@
 #   export GPU_CHECK_T0=$(date +%s); source .gpu/setup.sh && bash scripts/gpu-check.sh all
 #
 # usage: bash scripts/gpu-check.sh [all | PHASE...]     (default all; `summary` reprints the table)
-# Phases, each under its own `timeout`, budgets in seconds (sum 485; the deadline cuts the last):
+# Phases, each under its own `timeout`, budgets in seconds (sum 495; the deadline cuts the last):
 #   env         20  nvidia-smi, the carried addon (build/gpu, sm_90) loads and sees the GPU, doctor;
 #                   rebuilds on the device only when the carried addon cannot run there (+150)
 #   hopper      20  scripts/hopper-smoke.mjs: small decodes (4 shapes) per main kernel against the
@@ -26,9 +26,10 @@
 #   ceilings    35  bench/torch_ceilings.py (copy bandwidth, bf16 matmul rate)
 #   flashmla    45  FlashMLA's own decode (.gpu/anchors/flashmla) at its grid: b128, s_q 1,2,
 #                   h_q 16..128, s_k 4k..32k
-#   decode     115  our decode at the same 32 shapes, portable and Hopper kernels (mla-cuda bench
+#   decode     125  our decode at the same 32 shapes, portable and Hopper kernels (mla-cuda bench
 #                   decode --grid decode.kernel=portable,hopper), then Hopper on a plan made once
-#                   (--grid decode.plan=reuse: FlashMLA's `us` leaves its metadata out)
+#                   (--grid decode.plan=reuse: FlashMLA's `us` leaves its metadata out), and an
+#                   A/B of programmatic dependent launch (--grid decode.pdl=off,on) at 2 shapes
 #   bench       60  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy; layer at b 1, 8, 64 includes
 #                   the step as a CUDA graph), then scripts/host-overhead.mjs (host µs per op)
 # Not in `all` (a second call's, for tuning once the numbers are in):
@@ -61,7 +62,7 @@ FLASHMLA=$ROOT/.gpu/anchors/flashmla/bench_flashmla.sh
 ALL_PHASES=(env hopper tests demo primitives memcheck racecheck ceilings flashmla decode bench)
 TABLE_PHASES=("${ALL_PHASES[@]}" profile)
 declare -A BUDGET=([env]=20 [hopper]=20 [tests]=100 [demo]=20 [primitives]=30 [memcheck]=25 [racecheck]=25
-  [ceilings]=35 [flashmla]=45 [decode]=115 [bench]=60 [rebuild]=150 [profile]=90)
+  [ceilings]=35 [flashmla]=45 [decode]=125 [bench]=60 [rebuild]=150 [profile]=90)
 KERNEL_TESTS="test/runtime.test.ts test/rope.test.ts test/rmsnorm.test.ts test/linear.test.ts test/decode.test.ts test/prefill.test.ts test/attention.test.ts test/demo.test.ts test/graph.test.ts test/fp8-cache.test.ts"
 # The sanitizer subset: one small subtest per kernel family (tap --grep on top-level subtests).
 SAN_FILES="test/decode.test.ts test/prefill.test.ts test/linear.test.ts test/rmsnorm.test.ts test/rope.test.ts"
@@ -364,7 +365,23 @@ phase_decode() {
     local rc2=$?
     (( rc == 0 )) && rc=$rc2
   fi
-  record decode "$(status_of $rc)" "$(bench_counts "$OUT/decode.json" "$WORK/decode.txt"); plan reused: $(bench_counts "$OUT/decode-reuse.json" "$WORK/decode-reuse.txt")"
+  # Programmatic dependent launch of main and combine (MLA_CUDA_PDL, off by default until
+  # measured): H 16 and 128, s_k 4096, plan reused, off and on (decode-pdl.json in logs.tgz).
+  rm -f "$WORK/decode.notes"
+  left=$(( T - ($(now) - PSTART) ))
+  if (( left > 10 )); then
+    timeout -k 5 "$left" node dist/cli/main.js bench decode --b 128 --h 16,128 --sq 1 --sk 4096 --grid "decode.kernel=${reuse##*decode.kernel=}" \
+      --grid decode.plan=reuse --grid decode.pdl=off,on $(ceiling_args) --json "$WORK/decode-pdl.json" > "$WORK/decode-pdl.txt" 2>&1
+    node -e '
+      const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).results.filter((c) => c.run);
+      for (const h of [16, 128]) {
+        const us = (p) => r.find((c) => c.params.h === h && c.params.pdl === p)?.run.us.median;
+        const off = us(false), on = us(true);
+        if (off && on) console.log(`pdl h${h}: ${off.toFixed(1)} us off, ${on.toFixed(1)} us on (${(on - off).toFixed(1)})`);
+      }
+    ' "$WORK/decode-pdl.json" > "$WORK/decode.notes" 2>/dev/null
+  fi
+  record decode "$(status_of $rc)" "$(bench_counts "$OUT/decode.json" "$WORK/decode.txt"); plan reused: $(bench_counts "$OUT/decode-reuse.json" "$WORK/decode-reuse.txt")" "$WORK/decode.notes"
 }
 phase_bench() {
   need_gpu bench && plan bench || return; phase_start bench

@@ -418,13 +418,15 @@ t.test('suite registry: known names, the copy suite, and missing files', async (
   }
 });
 
-t.test("decode suite: the `plan` grid key times the call on a plan made once (FlashMLA's metadata outside)", async (t) => {
+t.test("decode suite: the `plan` grid key times the call on a plan made once (FlashMLA's metadata outside), `pdl` forces dependent launch", async (t) => {
   const decodeSuite = await loadSuite('decode');
   const cs = decodeSuite.cases({ quick: true, grid: { h: [128], kernel: ['hopper'], plan: ['compute', 'reuse'] } });
   t.same(cs.map((c) => [c.name, c.params['plan']]), [['b16 h128 sq1 sk1024 bf16 hopper', 'compute'], ['b16 h128 sq1 sk1024 bf16 hopper plan-reused', 'reuse']]);
   t.equal(cs[0]!.flops, cs[1]!.flops, 'the same work counted');
   t.same(decodeSuite.cases({ quick: true }).map((c) => c.params['plan']), ['compute', 'compute'], "default: the whole call");
   t.throws(() => decodeSuite.cases({ quick: true, grid: { plan: ['once'] } }), /plan must be compute or reuse, got once/);
+  t.same(decodeSuite.cases({ quick: true, grid: { h: [16], pdl: ['off', 'on'] } }).map((c) => [c.name, c.params['pdl']]),
+    [['b16 h16 sq1 sk1024 bf16 no-pdl', false], ['b16 h16 sq1 sk1024 bf16 pdl', true]], 'pdl forced off and on (unset: MLA_CUDA_PDL)');
 });
 
 // ---- report, JSON, table, SVG on synthetic results ---------------------------------------

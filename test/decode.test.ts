@@ -4,7 +4,7 @@ import t, { type Test } from 'tap';
 import { fileURLToPath } from 'node:url';
 import { cuda, DeviceTensor } from '../lib/index.js';
 import type { TensorMeta } from '../lib/index.js';
-import { checkDecodeIndices, decode, decodeConfig, DecodeWorkspace, splitKvCallOptions, validateDecodeArgs } from '../lib/ops/decode.js';
+import { checkDecodeIndices, decode, decodeConfig, DecodeWorkspace, pdlFromEnv, splitKvCallOptions, validateDecodeArgs } from '../lib/ops/decode.js';
 import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
 import { sparse } from '../lib/ops/sparse.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
@@ -115,6 +115,11 @@ t.test('phases: one launch alone, or a typed error naming the option', (tt) => {
   tt.same(splitKvCallOptions('decode', {}).phases, { runPlan: true, runMain: true, runCombine: true });
   expectError(tt, () => splitKvCallOptions('decode', { phases: 'mains' }), 'ERR_ARGUMENT', 'phases', 'unknown phase');
   expectError(tt, () => splitKvCallOptions('sparse', { phases: 3 }), 'ERR_ARGUMENT', 'phases', 'not a string');
+  tt.equal(splitKvCallOptions('decode', { pdl: true }).pdl, true);
+  if (process.env['MLA_CUDA_PDL'] === undefined) tt.equal(splitKvCallOptions('decode', {}).pdl, false, 'programmatic dependent launch is off by default');
+  expectError(tt, () => splitKvCallOptions('decode', { pdl: 1 }), 'ERR_ARGUMENT', 'pdl', 'not a boolean');
+  tt.same([pdlFromEnv('decode', undefined), pdlFromEnv('decode', '0'), pdlFromEnv('decode', '1')], [false, false, true]);
+  tt.throws(() => pdlFromEnv('sparse', 'yes'), /sparse: MLA_CUDA_PDL must be '0' or '1', got "yes"/, 'a bad MLA_CUDA_PDL names the variable');
   tt.end();
 });
 
@@ -261,6 +266,42 @@ t.test("decode plan 'reuse': one plan, several layers, bit for bit; refused for 
     } finally {
       for (const x of outs) x.dispose();
       cache2.dispose();
+      ws.dispose();
+      disposeBuilt(b);
+    }
+  }
+  tt.end();
+});
+
+t.test('pdl (programmatic dependent launch of main and combine): the same bits as without', { skip: gpuSkip }, (tt) => {
+  for (const kernel of kernels) {
+    const spec: CaseSpec = { B: 4, H: 16, pageSize: 64, seqLens: [700, 3, 0, 1500], sQ: 2, causal: true, dtype: 'bf16', seed: 1400, kernel };
+    const b = build(spec);
+    const ws = new DecodeWorkspace({ maxBatch: 8, maxHeads: 16, maxQSeqLen: 2 });  // sparse: a request per token
+    const owned: DeviceTensor[] = [];
+    try {
+      const call = (pdl: boolean, plan: 'compute' | 'reuse'): { out: Float32Array; lse: Float32Array } => {
+        const out = poison(DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16'));
+        const lse = poison(DeviceTensor.empty([b.tokens, spec.H], 'f32'));
+        owned.push(out, lse);
+        decode({ q: b.q, cache: b.cache, blockTable: b.blockTable, seqLens: b.seqLens, scale: 0.1352337788608801, causal: true, out, lse, workspace: ws, kernel, plan, pdl });
+        return { out: out.toFloat32Sync(), lse: lse.toFloat32Sync() };
+      };
+      const plain = call(false, 'compute');
+      checkOutputs(tt, `${kernel} without pdl`, plain, b.ref);
+      for (const plan of ['compute', 'reuse'] as const) {
+        const withPdl = call(true, plan);
+        tt.same(Array.from(withPdl.out), Array.from(plain.out), `${kernel}, plan ${plan}: out with pdl = out without, bit for bit`);
+        tt.same(Array.from(withPdl.lse), Array.from(plain.lse), `${kernel}, plan ${plan}: lse too`);
+      }
+      // Sparse runs the same split-KV launches (its main kernel is always the portable one).
+      const indices = DeviceTensor.fromArray(Int32Array.from({ length: b.tokens * 8 }, (_, i) => (i * 37) % 1500), [b.tokens, 8], 'i32');
+      owned.push(indices);
+      const sp = [false, true].map((pdl) => sparse({ q: b.q, cache: b.cache, indices, scale: 0.1, workspace: ws, pdl }));
+      for (const r of sp) owned.push(r.out, r.lse);
+      tt.same(Array.from(sp[1]!.out.toFloat32Sync()), Array.from(sp[0]!.out.toFloat32Sync()), `${kernel}: sparse with pdl = without, bit for bit`);
+    } finally {
+      for (const x of owned) x.dispose();
       ws.dispose();
       disposeBuilt(b);
     }

@@ -70,7 +70,7 @@ t.test('a captured decode replays bit for bit like the eager call, and follows i
   }
 });
 
-t.test("two layers in one graph on one plan (plan 'reuse'): a replay after new lengths follows them in both", { skip: gpuSkip }, async (t) => {
+t.test("two layers in one graph on one plan (plan 'reuse'), with pdl: a replay after new lengths follows them in both", { skip: gpuSkip }, async (t) => {
   const b = build(spec);
   const next = build({ ...spec, seqLens: [120, 33, 180], seed: 8 });
   using s = new Stream();
@@ -79,12 +79,13 @@ t.test("two layers in one graph on one plan (plan 'reuse'): a replay after new l
   const outs = [0, 1].map(() => [poison(DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16')), poison(DeviceTensor.empty([b.tokens, spec.H], 'f32'))] as const);
   using want = DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16');
   try {
-    const layer = (i: 0 | 1, plan: 'compute' | 'reuse'): void => {
-      decode({ q: b.q, cache: i === 0 ? b.cache : cache2, blockTable: b.blockTable, seqLens: b.seqLens, scale: SCALE, causal: true, out: outs[i]![0], lse: outs[i]![1], workspace: ws, checkIndices: false, stream: s, plan });
+    // Captured with programmatic dependent launch (its graph edges on a GPU), compared without.
+    const layer = (i: 0 | 1, plan: 'compute' | 'reuse', pdl: boolean): void => {
+      decode({ q: b.q, cache: i === 0 ? b.cache : cache2, blockTable: b.blockTable, seqLens: b.seqLens, scale: SCALE, causal: true, out: outs[i]![0], lse: outs[i]![1], workspace: ws, checkIndices: false, stream: s, plan, pdl });
     };
     using graph = s.capture(() => {
-      layer(0, 'compute');
-      layer(1, 'reuse');
+      layer(0, 'compute', true);
+      layer(1, 'reuse', true);
     });
     for (const [dst, src] of [[b.q, next.q], [b.cache, next.cache], [b.blockTable, next.blockTable], [b.seqLens, next.seqLens]] as const) dst.copyFrom(src, { stream: s });
     graph.launch(s);
@@ -92,7 +93,7 @@ t.test("two layers in one graph on one plan (plan 'reuse'): a replay after new l
     checkOutputs(t, 'layer 1 replayed on the new lengths', { out: outs[0]![0].toFloat32Sync(), lse: outs[0]![1].toFloat32Sync() }, next.ref);
     want.copyFrom(outs[1]![0], { stream: s });
     poison(outs[1]![0]);
-    layer(1, 'compute');
+    layer(1, 'compute', false);
     s.synchronize();
     t.equal(differingBytes(want, outs[1]![0]), 0, 'layer 2 replayed on layer 1\'s plan equals layer 2 planned eagerly, bit for bit');
   } finally {

@@ -7,7 +7,7 @@ namespace {
 
 // decode({ q, cache, blockTable, seqLens, qSeqLens?, out, lse, workspace, scale, causal,
 //          uniformQSeqLen (ignored with qSeqLens), maxQSeqLen, wsMaxBatch, wsPartialRows,
-//          wsMaxParts, runPlan?, runMain?, runCombine?, kernel? (DecodeKernel), stream? })
+//          wsMaxParts, runPlan?, runMain?, runCombine?, pdl?, kernel? (DecodeKernel), stream? })
 // Converts only (core/check.h has the rule): the TS wrapper has validated everything it can
 // see; the launcher re-checks what memory safety depends on, so a direct call cannot fault the GPU.
 Napi::Value Decode(const Napi::CallbackInfo& info) {

@@ -6,7 +6,7 @@ namespace mla::binding {
 namespace {
 
 // sparse({ q, cache, indices, topkLength?, attnSink?, out, lse, workspace, scale, wsMaxBatch,
-//          wsPartialRows, wsMaxParts, runPlan?, runMain?, runCombine?, stream? })
+//          wsPartialRows, wsMaxParts, runPlan?, runMain?, runCombine?, pdl?, stream? })
 // Converts only (core/check.h has the rule): the TS wrapper has validated everything it can
 // see; the launcher re-checks what memory safety depends on, and the kernel guards every index,
 // so a direct call cannot fault the GPU.

@@ -20,6 +20,7 @@ void readSplitKvArgs(const ArgReader& a, Params& p) {
   p.runPlan = a.boolean("runPlan", true);
   p.runMain = a.boolean("runMain", true);
   p.runCombine = a.boolean("runCombine", true);
+  p.pdl = a.boolean("pdl", false);
 }
 
 }  // namespace mla::binding

@@ -164,6 +164,9 @@ constexpr int warpSize = 32;
 #define MLA_LAUNCH_KERNEL(grid, block, smem, stream, ...) \
   ::mla::emu::makeLauncher(__VA_ARGS__, grid, block, smem, stream, #__VA_ARGS__)
 #define MLA_DYNAMIC_SMEM(T, name, align) T* name = reinterpret_cast<T*>(::mla::emu::dynamicSmem())
+// Launches run in order here, so programmatic dependent launch changes nothing (common.cuh).
+#define MLA_LAUNCH_KERNEL_PDL(pdl, grid, block, smem, stream, ...) \
+  ((void)(pdl), ::mla::emu::makeLauncher(__VA_ARGS__, grid, block, smem, stream, #__VA_ARGS__))
 
 // ---- synchronisation and warp collectives -----------------------------------------------------
 #define __syncthreads() ::mla::emu::syncthreads(__FILE__, __LINE__)

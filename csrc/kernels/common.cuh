@@ -13,9 +13,61 @@
 #ifndef MLA_EMULATE
 #define MLA_LAUNCH_KERNEL(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
 #define MLA_DYNAMIC_SMEM(T, name, align) extern __shared__ __align__(align) T name[]
+// As MLA_LAUNCH_KERNEL, with programmatic dependent launch when `pdl` is set (see pdlWait).
+#define MLA_LAUNCH_KERNEL_PDL(pdl, grid, block, smem, stream, ...) \
+  ::mla::kernels::PdlLaunch<decltype(&__VA_ARGS__)>{&__VA_ARGS__, grid, block, smem, stream, pdl}
 #endif
 
 namespace mla::kernels {
+
+// ---- programmatic dependent launch (sm_90+) -------------------------------------------------
+// A kernel launched with the attribute may be scheduled while the previous kernel on its stream
+// is still running, once every CTA of that one has called pdlLaunchDependents() (or exited):
+// the next kernel's launch and CTA set-up then overlap the previous one's tail. pdlWait() returns
+// when the previous kernel has completed and its memory is visible, so a kernel that calls it
+// before touching global memory is ordered exactly as without the attribute. Both are no-ops
+// before sm_90 and on the emulated device, which runs launches in order.
+__device__ __forceinline__ void pdlWait() {
+#if !defined(MLA_EMULATE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdlLaunchDependents() {
+#if !defined(MLA_EMULATE) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+#ifndef MLA_EMULATE
+// MLA_LAUNCH_KERNEL_PDL's launcher: cudaLaunchKernelEx with cudaLaunchAttributeProgrammatic-
+// StreamSerialization, or <<<>>>; a failure surfaces through cudaGetLastError (MLA_CHECK_LAUNCH).
+template <class F>
+struct PdlLaunch {
+  F kernel;
+  dim3 grid, block;
+  size_t smem;
+  cudaStream_t stream;
+  bool pdl;
+  template <class... Args>
+  void operator()(Args&&... args) const {
+    if (!pdl) {
+      kernel<<<grid, block, smem, stream>>>(static_cast<Args&&>(args)...);
+      return;
+    }
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    (void)cudaLaunchKernelEx(&cfg, kernel, static_cast<Args&&>(args)...);
+  }
+};
+#endif
 
 // ---- element types ---------------------------------------------------------------------
 template <typename T> __device__ __forceinline__ float toFloat(T v);

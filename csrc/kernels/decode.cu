@@ -146,11 +146,11 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
 
 #if MLA_HAS_SM90A
   if (hopper)
-    return runDecodeSm90(a, q.dtype, rowsBound, p.wsMaxParts, p.wsPartialRows, dp, Phases{p.runPlan, p.runMain, p.runCombine},
+    return runDecodeSm90(a, q.dtype, rowsBound, p.wsMaxParts, p.wsPartialRows, dp, Phases{p.runPlan, p.runMain, p.runCombine, p.pdl && dp.major >= 9},
                          static_cast<cudaStream_t>(stream), nullptr);
 #endif
   SplitKvLauncher<false> launcher{"decode", a, q.dtype, fp8, rowsBound, p.wsMaxParts, p.wsPartialRows,
-                                  Phases{p.runPlan, p.runMain, p.runCombine}, &dp, static_cast<cudaStream_t>(stream)};
+                                  Phases{p.runPlan, p.runMain, p.runCombine, p.pdl && dp.major >= 9}, &dp, static_cast<cudaStream_t>(stream)};
   return withConfig(pickBlockM(rowsBound), tier, launcher);
 }
 

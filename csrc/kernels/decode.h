@@ -76,6 +76,7 @@ struct DecodeParams {
 
   // Which launches to issue (all by default); the benchmark times the main kernel alone.
   bool runPlan = true, runMain = true, runCombine = true;
+  bool pdl = false;  // programmatic dependent launch of main and combine (sm_90+; Phases)
   DecodeKernel kernel = DecodeKernel::Auto;
 };
 

@@ -43,8 +43,10 @@ struct DecodeKernelArgs {
 };
 
 // Which of the three launches to issue (all by default; benchmarks time the main kernel alone).
+// Which launches run, and whether main and combine use programmatic dependent launch (each
+// calls pdlWait() first; the plan and main kernels let their successor launch at once).
 struct Phases {
-  bool plan = true, main = true, combine = true;
+  bool plan = true, main = true, combine = true, pdl = false;
 };
 
 #if MLA_HAS_SM90A
@@ -139,6 +141,7 @@ __device__ __forceinline__ int64_t planScan(int64_t v, int64_t* scratch, int64_t
 // last segment). A single thread walking the parts (FlashMLA's metadata kernel; ours before)
 // costs tens of microseconds at B = 128: every step waits on the previous one.
 __global__ void __launch_bounds__(kPlanThreads) decodePlanKernel(DecodeKernelArgs a) {
+  pdlLaunchDependents();
   MLA_DYNAMIC_SMEM(int64_t, planSmem, 16);
   int64_t* scan = planSmem;
   const bool staged = a.B <= kPlanSmemBatch;
@@ -323,6 +326,8 @@ template <typename T, class C, bool KV8 = false, bool SP = false>
 __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeKernelArgs a) {
   constexpr int BM = C::BM, BN = C::BN, ST = C::ST, CG = C::CG, COLS = C::COLS;
   constexpr int NT_ALL = C::NT_ALL, NTS = C::NTS, PLD = C::PLD, NO = COLS / 8;
+  pdlWait();
+  pdlLaunchDependents();
   MLA_DYNAMIC_SMEM(unsigned char, smemRaw, 128);
   T* sQ = reinterpret_cast<T*>(smemRaw);
   T* sK = sQ + BM * kD;
@@ -613,6 +618,7 @@ __global__ void __launch_bounds__(kThreads, 1) decodeMainKernel(DecodeKernelArgs
 // output by 1 / (1 + exp(sink[h] - lse)), lse unchanged.
 template <typename T, bool SP = false>
 __global__ void __launch_bounds__(256, 1) decodeCombineKernel(DecodeKernelArgs a) {
+  pdlWait();
   const int lane = threadIdx.x & 31;
   const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);
   if (row >= int64_t(a.tokens) * a.H) return;
@@ -776,7 +782,7 @@ Status runSplitKv(DecodeKernelArgs a, Phases p, cudaStream_t s, LaunchMain&& lau
   if (p.main) MLA_RETURN_IF_ERROR(launchMain());
   if (p.combine) {
     const int64_t rows = int64_t(a.tokens) * a.H;
-    MLA_LAUNCH_KERNEL(unsigned((rows + 7) / 8), 256, 0, s, decodeCombineKernel<T, SP>)(a);
+    MLA_LAUNCH_KERNEL_PDL(p.pdl, unsigned((rows + 7) / 8), 256, 0, s, decodeCombineKernel<T, SP>)(a);
     MLA_CHECK_LAUNCH("decode: combine kernel");
   }
   return Status::Ok();
@@ -816,7 +822,7 @@ struct SplitKvLauncher {
     DecodeKernelArgs args = a;
     MLA_RETURN_IF_ERROR(fitPlan(op, wsPartialRows, rowsBound, &plan, &args));
     return runSplitKv<T, SP>(args, phases, s, [&]() -> Status {
-      MLA_LAUNCH_KERNEL(dim3(plan.numParts, plan.rowTiles), kThreads, C::smemFor(SP), s, decodeMainKernel<T, C, KV8, SP>)(args);
+      MLA_LAUNCH_KERNEL_PDL(phases.pdl, dim3(plan.numParts, plan.rowTiles), kThreads, C::smemFor(SP), s, decodeMainKernel<T, C, KV8, SP>)(args);
       MLA_CHECK_LAUNCH("decode: main kernel");
       return Status::Ok();
     });

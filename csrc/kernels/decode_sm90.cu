@@ -54,6 +54,8 @@ __device__ __forceinline__ int tileOffset(int row, int col) {
 // stays finite whatever the cache holds there.
 template <typename T>
 __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKernelArgs a, const __grid_constant__ CUtensorMap kv) {
+  pdlWait();
+  pdlLaunchDependents();
   MLA_DYNAMIC_SMEM(unsigned char, smemRaw, 128);  // realigned to 1024 below
   unsigned char* smem = smemRaw + ((1024u - (sharedAddr(smemRaw) & 1023u)) & 1023u);
   unsigned char* sQ = smem + kOffQ;
@@ -434,7 +436,7 @@ Status runSm90(DecodeKernelArgs a, const Plan& plan, Phases ph, cudaStream_t s) 
   MLA_RETURN_IF_ERROR(encodeTensorMapTiled(&kv, std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
                                            3, const_cast<void*>(a.cache), dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B));
   return runSplitKv<T, false>(a, ph, s, [&]() -> Status {
-    MLA_LAUNCH_KERNEL(dim3(plan.numParts, plan.rowTiles), kThreadsSm90, kSm90SmemBytes, s, decodeMainSm90Kernel<T>)(a, kv);
+    MLA_LAUNCH_KERNEL_PDL(ph.pdl, dim3(plan.numParts, plan.rowTiles), kThreadsSm90, kSm90SmemBytes, s, decodeMainSm90Kernel<T>)(a, kv);
     MLA_CHECK_LAUNCH("decode: sm_90a main kernel");
     return Status::Ok();
   });

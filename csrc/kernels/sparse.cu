@@ -73,7 +73,7 @@ Status launchSparse(const SparseParams& p, StreamHandle stream) {
   a.maxRows = H;
 
   SplitKvLauncher<true> launcher{"sparse", a, q.dtype, fp8, H, p.wsMaxParts, p.wsPartialRows,
-                                 Phases{p.runPlan, p.runMain, p.runCombine}, &dp, static_cast<cudaStream_t>(stream)};
+                                 Phases{p.runPlan, p.runMain, p.runCombine, p.pdl && dp.major >= 9}, &dp, static_cast<cudaStream_t>(stream)};
   return withConfig(pickBlockM(H), tier, launcher);
 }
 

@@ -23,6 +23,7 @@ struct SparseParams {
   TensorRef workspace;
   int64_t wsMaxBatch = 0, wsPartialRows = 0, wsMaxParts = 0;
   bool runPlan = true, runMain = true, runCombine = true;
+  bool pdl = false;  // as DecodeParams::pdl
 };
 
 namespace gpu {

@@ -39,6 +39,8 @@ export interface DecodeBenchShape {
   kernel?: DecodeKernelChoice;
   /** decode's `plan` option for the timed call: 'reuse' runs on the plan setup made. */
   plan?: 'compute' | 'reuse';
+  /** Programmatic dependent launch of main and combine (decode's internal `pdl`; MLA_CUDA_PDL when unset). */
+  pdl?: boolean;
   seed?: number;
 }
 
@@ -99,6 +101,7 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
   if (fp8 && s.dtype !== 'bf16') throw new RangeError('decode: the fp8 cache is read with bf16 queries (dtype bf16)');
   const kernel = s.kernel ?? 'auto';
   const plan = s.plan ?? 'compute';
+  const pdl = s.pdl;
   const rowBytes = fp8 ? FP8_CACHE_ROW_BYTES : MLA_DK * e;
   const pagesOf = Array.from(seqLens, (L) => Math.ceil(L / PAGE_SIZE));
   const numPages = pagesOf.reduce((a, b) => a + b, 0);
@@ -107,8 +110,8 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
   const shape = { b: s.b, sQ: s.sQ, hQ: s.h, sumSeqlen: sum, elemBytes: e, cacheRowBytes: rowBytes };
   const wsEstimate = splitKvWorkspaceBytes(smCount, s.h * s.sQ, MLA_DV);
   return {
-    name: `b${s.b} h${s.h} sq${s.sQ} sk${s.sK}${s.varlen ? ' varlen' : ''}${s.causal ? '' : ' full'} ${s.dtype}${fp8 ? ' fp8-cache' : ''}${kernel === 'auto' ? '' : ` ${kernel}`}${plan === 'reuse' ? ' plan-reused' : ''}`,
-    params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, varlen: s.varlen, causal: s.causal, dtype: s.dtype, cache: fp8 ? 'fp8' : 'model', kernel, plan, pageSize: PAGE_SIZE, sumSeqlen: sum },
+    name: `b${s.b} h${s.h} sq${s.sQ} sk${s.sK}${s.varlen ? ' varlen' : ''}${s.causal ? '' : ' full'} ${s.dtype}${fp8 ? ' fp8-cache' : ''}${kernel === 'auto' ? '' : ` ${kernel}`}${plan === 'reuse' ? ' plan-reused' : ''}${pdl === undefined ? '' : pdl ? ' pdl' : ' no-pdl'}`,
+    params: { b: s.b, h: s.h, sq: s.sQ, sk: s.sK, varlen: s.varlen, causal: s.causal, dtype: s.dtype, cache: fp8 ? 'fp8' : 'model', kernel, plan, pdl: pdl ?? 'env', pageSize: PAGE_SIZE, sumSeqlen: sum },
     flops: mlaDecodeFlops(shape),
     bytes: mlaDecodeBytes(shape),
     footprintBytes: numPages * PAGE_SIZE * rowBytes + tokens * s.h * (MLA_DK + MLA_DV) * e + tokens * s.h * 4 + s.b * (maxPages + 1) * 4 + wsEstimate,
@@ -137,7 +140,7 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
       owned.push(lse);
       const workspace = new DecodeWorkspace({ maxBatch: s.b, maxHeads: s.h, maxQSeqLen: s.sQ });
       owned.push(workspace);
-      const args = { q, cache, blockTable, seqLens: lens, scale: SCALE, causal: s.causal, out, lse, workspace, checkIndices: false, kernel };
+      const args = { q, cache, blockTable, seqLens: lens, scale: SCALE, causal: s.causal, out, lse, workspace, checkIndices: false, kernel, pdl };
       // One full call so the plan runMain (and plan 'reuse') relies on is in the workspace.
       decode(args);
       return {
@@ -150,7 +153,7 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
 
 export const suite: BenchSuite = {
   name: 'decode',
-  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8, kernel = auto | portable | hopper, plan = compute | reuse)",
+  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8, kernel = auto | portable | hopper, plan = compute | reuse, pdl = env | on | off)",
   cases(opts) {
     const quick = opts.quick;
     const bs = gridNumbers('decode', opts, 'b', quick ? [16] : [128]);
@@ -163,6 +166,8 @@ export const suite: BenchSuite = {
     const caches = gridChoices('decode', opts, 'cache', ['model', 'fp8'], ['model']);
     const kernels = gridChoices('decode', opts, 'kernel', ['auto', 'portable', 'hopper'], ['auto']);
     const plans = gridChoices('decode', opts, 'plan', ['compute', 'reuse'], ['compute']);
+    // Unset: decode's default (MLA_CUDA_PDL); on / off force it.
+    const pdls = gridChoices('decode', opts, 'pdl', ['env', 'on', 'off'], ['env']).map((p) => (p === 'env' ? undefined : p === 'on'));
     const out: BenchCase[] = [];
     for (const cache of caches)
     for (const dtype of dtypes)
@@ -174,8 +179,9 @@ export const suite: BenchSuite = {
                 for (const sK of sks)
                   for (const kernel of kernels)
                     for (const plan of plans)
-                      // The FP8 cache: bf16 queries, portable kernel only.
-                      if (cache === 'model' || (dtype === 'bf16' && kernel !== 'hopper')) out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache, kernel, plan }, opts.smCount));
+                      for (const pdl of pdls)
+                        // The FP8 cache: bf16 queries, portable kernel only.
+                        if (cache === 'model' || (dtype === 'bf16' && kernel !== 'hopper')) out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache, kernel, plan, ...(pdl === undefined ? {} : { pdl }) }, opts.smCount));
     return out;
   },
 };

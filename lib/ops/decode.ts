@@ -376,6 +376,8 @@ export interface DecodeOptions extends StreamOption {
    * 'combine' need the plan of an earlier call with the same arguments in the workspace).
    */
   phases?: SplitKvPhases | undefined;
+  /** @internal Benchmarks and tests: as MLA_CUDA_PDL (splitKvCallOptions). */
+  pdl?: boolean | undefined;
   /**
    * 'reuse': skip the split plan and run on the one an earlier decode() left in `workspace`: plan
    * once per step, reuse it in every layer (FlashMLA's get_mla_metadata, FlashInfer's plan/run).
@@ -411,8 +413,9 @@ export type DecodeKernelChoice = 'auto' | 'portable' | 'hopper';
 // csrc/kernels/decode.h DecodeKernel.
 const KERNEL_CODE: Readonly<Record<DecodeKernelChoice, number>> = { auto: 0, portable: 1, hopper: 2 };
 
-// Read once: decode runs per layer per step, and the variable is a process-wide setting.
+// Read once: decode runs per layer per step, and the variables are process-wide settings.
 const ENV_KERNEL = process.env['MLA_CUDA_DECODE_KERNEL'];
+const ENV_PDL = process.env['MLA_CUDA_PDL'];
 
 /** The `kernel` option checked, with its default (MLA_CUDA_DECODE_KERNEL at load, else 'auto'). */
 export function checkDecodeKernel(op: string, kernel: unknown): DecodeKernelChoice {
@@ -437,9 +440,12 @@ export interface DecodeResult {
  */
 /**
  * The options decode and sparse share (both run the split-KV kernels): checkIndices (refused
- * during a graph capture), phases and the workspace, checked and with their defaults.
+ * during a graph capture), phases, the workspace and pdl, checked and with their defaults. pdl:
+ * programmatic dependent launch of the main and combine kernels (each waits for its predecessor
+ * before its first memory access, so only their launch overlaps; sm_90+), from MLA_CUDA_PDL=1;
+ * off by default until a GPU run has measured it.
  */
-export function splitKvCallOptions(op: string, opts: { checkIndices?: unknown; phases?: unknown; workspace?: unknown }): { checkIndices: boolean; phases: NativePhaseArgs; ws: DecodeWorkspace | undefined } {
+export function splitKvCallOptions(op: string, opts: { checkIndices?: unknown; phases?: unknown; workspace?: unknown; pdl?: unknown }): { checkIndices: boolean; phases: NativePhaseArgs; ws: DecodeWorkspace | undefined; pdl: boolean } {
   const checkIndices = opts.checkIndices ?? true;
   if (typeof checkIndices !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${op}: \`checkIndices\` must be a boolean`);
   refuseIndexCheckDuringCapture(op, checkIndices);
@@ -448,14 +454,24 @@ export function splitKvCallOptions(op: string, opts: { checkIndices?: unknown; p
   const ws = opts.workspace;
   if (ws !== undefined && !(ws instanceof DecodeWorkspace)) throw new MlaError('ERR_ARGUMENT', `${op}: \`workspace\` must be a DecodeWorkspace`);
   if (ws?.disposed) throw new MlaError('ERR_DISPOSED', `${op}: \`workspace\` was disposed`);
-  return { checkIndices, phases: PHASES[phases as SplitKvPhases], ws };
+  let pdl: boolean;
+  if (opts.pdl === undefined) pdl = pdlFromEnv(op, ENV_PDL);
+  else if (typeof opts.pdl === 'boolean') pdl = opts.pdl;
+  else throw new MlaError('ERR_ARGUMENT', `${op}: \`pdl\` must be a boolean`);
+  return { checkIndices, phases: PHASES[phases as SplitKvPhases], ws, pdl };
+}
+
+/** MLA_CUDA_PDL's value as the `pdl` default: '1' on; '0' or unset off; anything else refused. */
+export function pdlFromEnv(op: string, value: string | undefined): boolean {
+  if (value !== undefined && value !== '0' && value !== '1') throw new MlaError('ERR_ARGUMENT', `${op}: MLA_CUDA_PDL must be '0' or '1', got ${JSON.stringify(value)}`);
+  return value === '1';
 }
 
 export function decode(opts: DecodeOptions): DecodeResult {
   if (typeof opts !== 'object' || opts === null) throw new MlaError('ERR_ARGUMENT', `${OP}: expected an options object`);
   const geo = validateDecodeArgs(opts);
   const split = splitKvCallOptions(OP, opts);
-  const { checkIndices, ws } = split;
+  const { checkIndices, ws, pdl } = split;
   let phases = split.phases;
   const kernel = checkDecodeKernel(OP, opts.kernel);
   const planMode = opts.plan ?? 'compute';
@@ -509,6 +525,7 @@ export function decode(opts: DecodeOptions): DecodeResult {
       runPlan: phases.runPlan,
       runMain: phases.runMain,
       runCombine: phases.runCombine,
+      pdl,
       kernel: KERNEL_CODE[kernel],
     }));
     if (phases.runPlan) ws?.notePlan(planKey);

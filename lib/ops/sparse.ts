@@ -112,6 +112,8 @@ export interface SparseOptions extends StreamOption {
   checkIndices?: boolean | undefined;
   /** @internal Benchmarks and tests: one kernel alone, as decode's `phases`. */
   phases?: SplitKvPhases | undefined;
+  /** @internal Benchmarks and tests: as decode's `pdl`. */
+  pdl?: boolean | undefined;
 }
 
 export interface SparseResult {
@@ -127,7 +129,7 @@ export interface SparseResult {
 export function sparse(opts: SparseOptions): SparseResult {
   if (typeof opts !== 'object' || opts === null) throw new MlaError('ERR_ARGUMENT', `${OP}: expected an options object`);
   const geo = validateSparseArgs(opts);
-  const { checkIndices, phases, ws } = splitKvCallOptions(OP, opts);
+  const { checkIndices, phases, ws, pdl } = splitKvCallOptions(OP, opts);
   if (ws && !ws.fits(geo.tokens, geo.numHeads, 1)) {
     throw new MlaError('ERR_RANGE', `${OP}: \`workspace\` (maxBatch ${ws.maxBatch}, ${ws.maxRows} rows) is too small for ${geo.tokens} tokens × ${geo.numHeads} heads`);
   }
@@ -146,6 +148,7 @@ export function sparse(opts: SparseOptions): SparseResult {
       runPlan: phases.runPlan,
       runMain: phases.runMain,
       runCombine: phases.runCombine,
+      pdl,
     }));
   });
 }
