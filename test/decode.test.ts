@@ -229,13 +229,7 @@ t.test("decode plan 'reuse': one plan, several layers, bit for bit; refused for 
     const cache2 = DeviceTensor.fromArray(randn(b.cache.numel, 1301), b.cache.shape, 'bf16');
     const outs: DeviceTensor[] = [];
     try {
-      const call = (cache: DeviceTensor, plan: 'compute' | 'reuse'): { out: Float32Array; lse: Float32Array } => {
-        const out = poison(DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16'));
-        const lse = poison(DeviceTensor.empty([b.tokens, spec.H], 'f32'));
-        outs.push(out, lse);
-        decode({ q: b.q, cache, blockTable: b.blockTable, seqLens: b.seqLens, qSeqLens: b.qSeqLens, scale: 0.1352337788608801, causal: true, out, lse, workspace: ws, kernel, plan });
-        return { out: out.toFloat32Sync(), lse: lse.toFloat32Sync() };
-      };
+      const call = (cache: DeviceTensor, plan: 'compute' | 'reuse'): { out: Float32Array; lse: Float32Array } => runBuilt(b, spec, ws, { cache, plan });
       expectError(tt, () => call(cache2, 'reuse'), 'ERR_ARGUMENT', 'plan', `${kernel}: reuse before any plan`);
       checkOutputs(tt, `${kernel} layer 1, planned`, call(b.cache, 'compute'), b.ref);
       const planned2 = call(cache2, 'compute');
@@ -280,13 +274,7 @@ t.test('pdl (programmatic dependent launch of main and combine): the same bits a
     const ws = new DecodeWorkspace({ maxBatch: 8, maxHeads: 16, maxQSeqLen: 2 });  // sparse: a request per token
     const owned: DeviceTensor[] = [];
     try {
-      const call = (pdl: boolean, plan: 'compute' | 'reuse'): { out: Float32Array; lse: Float32Array } => {
-        const out = poison(DeviceTensor.empty([b.tokens, spec.H, DV], 'bf16'));
-        const lse = poison(DeviceTensor.empty([b.tokens, spec.H], 'f32'));
-        owned.push(out, lse);
-        decode({ q: b.q, cache: b.cache, blockTable: b.blockTable, seqLens: b.seqLens, scale: 0.1352337788608801, causal: true, out, lse, workspace: ws, kernel, plan, pdl });
-        return { out: out.toFloat32Sync(), lse: lse.toFloat32Sync() };
-      };
+      const call = (pdl: boolean, plan: 'compute' | 'reuse'): { out: Float32Array; lse: Float32Array } => runBuilt(b, spec, ws, { plan, pdl });
       const plain = call(false, 'compute');
       checkOutputs(tt, `${kernel} without pdl`, plain, b.ref);
       for (const plan of ['compute', 'reuse'] as const) {

@@ -1,7 +1,7 @@
 // Decode cases shared by test/decode.test.ts and test/emulator.test.ts: random inputs over
 // shuffled pages, the float64 reference, a poisoned run, and the comparison.
 import { cuda, DeviceTensor } from '../../lib/index.js';
-import { decode, DecodeWorkspace, type DecodeKernelChoice } from '../../lib/ops/decode.js';
+import { decode, DecodeWorkspace, type DecodeKernelChoice, type DecodeOptions } from '../../lib/ops/decode.js';
 import { shuffledBlockTable } from '../../lib/reference/testing.js';
 import { poison, randn, relError, rng, roundTo } from './gpu.js';
 import type { Asserts } from './validation.js';
@@ -112,7 +112,8 @@ export function checkOutputs(tt: Asserts, label: string, got: { out: Float32Arra
   tt.equal(emptyBad, 0, `${label}: rows without keys are exactly 0`);
 }
 
-export function runBuilt(b: Built, spec: CaseSpec, ws?: DecodeWorkspace): { out: Float32Array; lse: Float32Array } {
+/** decode() of a built case into poisoned outputs, read back; `over` replaces the cache or adds options. */
+export function runBuilt(b: Built, spec: CaseSpec, ws?: DecodeWorkspace, over: Partial<Pick<DecodeOptions, 'cache' | 'plan' | 'pdl'>> = {}): { out: Float32Array; lse: Float32Array } {
   const H = spec.H;
   const out = poison(DeviceTensor.empty([b.tokens, H, DV], spec.dtype));
   const lse = poison(DeviceTensor.empty([b.tokens, H], 'f32'));
@@ -129,6 +130,7 @@ export function runBuilt(b: Built, spec: CaseSpec, ws?: DecodeWorkspace): { out:
       lse,
       workspace: ws,
       kernel: spec.kernel,
+      ...over,
     });
     return { out: res.out.toFloat32Sync(), lse: res.lse.toFloat32Sync() };
   } finally {
