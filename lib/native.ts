@@ -35,7 +35,7 @@ export interface NativeStream {
   endCapture(): NativeGraph;
   endCapture(into: NativeGraph): boolean;
   isCapturing(): boolean;
-  /** False where nothing can hold (nothing queued). */
+  /** False where nothing can hold (the emulated device). */
   hold(timeoutMs: number): boolean;
   /** False when the hold's timeout ended it before the release. */
   release(): boolean;

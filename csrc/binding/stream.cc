@@ -108,7 +108,8 @@ Napi::Value Stream::WaitEvent(const Napi::CallbackInfo& info) {
 }
 
 // hold(timeoutMs): true when the device now waits for release() before running what is
-// queued next on this stream; false where nothing can hold (nothing was queued).
+// queued next on this stream; false where nothing can hold (the emulated device runs each
+// launch as it is made).
 Napi::Value Stream::Hold(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   checkAlive(env, destroyed_);

@@ -42,9 +42,9 @@ struct DecodeKernelArgs {
   int64_t numSlots;
 };
 
-// Which of the three launches to issue (all by default; benchmarks time the main kernel alone).
-// Which launches run, and whether main and combine use programmatic dependent launch (each
-// calls pdlWait() first; the plan and main kernels let their successor launch at once).
+// Which of the three launches run (all by default; benchmarks and tests run one alone), and
+// whether main and combine use programmatic dependent launch (each calls pdlWait() first; the
+// plan and main kernels let their successor launch at once).
 struct Phases {
   bool plan = true, main = true, combine = true, pdl = false;
 };

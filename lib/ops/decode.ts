@@ -509,9 +509,10 @@ export function decode(opts: DecodeOptions): DecodeResult {
     throw new MlaError('ERR_RANGE', `${OP}: \`workspace\` (maxBatch ${ws.maxBatch}, ${ws.maxRows} rows) is too small for batch ${geo.batch} × ${geo.numHeads} heads × s_q ${rowsQ}`);
   }
 
-  // What the plan depends on besides the index values: the sizes it was cut for.
-  const planKey: PlanKey = [geo.batch, geo.tokens, geo.numHeads, geo.sQ ?? -1, rowsQ, geo.maxPages, geo.pageSize, geo.numPages, opts.cache.dtype === 'u8' ? 1 : 0, KERNEL_CODE[kernel]];
-  if (planMode === 'reuse') ws!.checkPlan(OP, planKey);
+  // What the plan depends on besides the index values: the sizes it was cut for (kept only in a
+  // caller's workspace: a temporary one is gone after the call).
+  const planKey: PlanKey | undefined = ws && [geo.batch, geo.tokens, geo.numHeads, geo.sQ ?? -1, rowsQ, geo.maxPages, geo.pageSize, geo.numPages, opts.cache.dtype === 'u8' ? 1 : 0, KERNEL_CODE[kernel]];
+  if (planMode === 'reuse') ws!.checkPlan(OP, planKey!);
   else if (phases.runPlan) ws?.notePlan(undefined);  // until this launch has queued a new one
 
   return launchSplitKv(OP, opts, geo, ws, () => new DecodeWorkspace({ maxBatch: Math.max(1, geo.batch), maxHeads: geo.numHeads, maxQSeqLen: rowsQ }), (io) => {
