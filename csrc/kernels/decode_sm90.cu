@@ -161,18 +161,23 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         issueChunks(1, 0, kVChunks, btRow, kvBegin + kBN, L);
       }
     }
-    // Q tile, swizzled like the K tiles; rows past s_q*H are zeros. Written by ordinary stores,
-    // read by wgmma: the proxy fence, then the barrier.
+    // Q tile, swizzled like the K tiles; rows past s_q*H are zero-filled. cp.async puts all 18
+    // of a thread's 16-byte copies in flight at once (loads into registers would be 18 dependent
+    // round trips: a guarded load is not hoisted above the previous store). Written by the
+    // generic proxy, read by wgmma: the wait, the proxy fence, then the barrier.
     for (int u = tid; u < kBM * kChunks; u += kThreadsSm90) {
       const int r = u / kChunks, ch = u - r * kChunks, idx = row0 + r;
-      uint4 v = make_uint4(0u, 0u, 0u, 0u);
-      if (idx < rows) {
+      const bool valid = idx < rows;
+      const T* src = qBase;
+      if (valid) {
         const int j = idx / a.H, h = idx - j * a.H;
-        v = *reinterpret_cast<const uint4*>(qBase + int64_t(qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8);
+        src = qBase + int64_t(qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8;
       }
-      *reinterpret_cast<uint4*>(sQ + tileOffset(r, ch * 8)) = v;
+      cpAsync16(sQ + tileOffset(r, ch * 8), src, valid);
     }
+    cpAsyncCommit();
     if (tid < kBM) sM[tid] = -INFINITY;
+    cpAsyncWait<0>();
     fenceProxyAsync();
     __syncthreads();
 
