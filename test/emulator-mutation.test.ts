@@ -194,6 +194,16 @@ const MUTANTS: readonly Mutant[] = [
     // Wrong only where the max grows after the first pair of tiles: 3 SMs give parts of several pairs.
     env: { MLA_EMU_DEVICES: 'sm_90:3' },
   },
+  {
+    // The Q tile's cp.async copies are waited for by nobody: S's wgmma reads them in flight.
+    id: 'hopper-q-no-cp-async-wait',
+    title: 'decode sm_90a: the cp.async wait for the Q tile removed',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '    if (tid < kBM) sM[tid] = -INFINITY;\n    cpAsyncWait<0>();\n', replace: '    if (tid < kBM) sM[tid] = -INFINITY;\n' }],
+    run: 'decode-hopper',
+    expect: { fault: /wgmma operand \S+ reads shared offset \d+ while a cp\.async of thread \d+ into it is in flight/ },
+    faultLine: 'wgmmaSS<T, 64, 0, 0>(s, ',
+  },
   // No mutant removes a fenceProxyAsync(): the emulator cannot see it (fibers are sequentially
   // consistent and keep no record of plain stores since the last proxy fence; docs/emulator.md,
   // sm_90a "Not checked"), so it would only ever be a todo. racecheck on a GPU is the check.
@@ -440,6 +450,20 @@ const RACE_MUTANTS: readonly RaceMutant[] = [
     racy: [
       '*reinterpret_cast<uint32_t*>(sP1 + tileOffset(rowOf[r], col)) = pb[i >> 1];',
       'else wgmmaSS<T, 256, 0, 1>(o, smemDesc(aAddr + kk * 32, Swizzle::B128, 16, 1024), vDesc, 1);',
+    ],
+  },
+  {
+    // The next request's running-max reset races with this request's epilogue reads. The case's
+    // three requests have 5 tiles each: with 2 SMs a part covers two of them.
+    id: 'hopper-no-request-end-barrier',
+    title: 'decode sm_90a: the next request\'s running max reset without the barrier after this request\'s epilogue',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '    __syncthreads();  // sM and sL read before the next request resets them\n', replace: '' }],
+    run: 'decode-hopper',
+    env: { MLA_EMU_DEVICES: 'sm_90:2' },
+    racy: [
+      'if (tid < kBM) sM[tid] = -INFINITY;',
+      'const float lt = sL[row] + sL[kBM + row], m = sM[row];',
     ],
   },
   {

@@ -146,36 +146,48 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
     }
   };
 
-  for (int b = meta[0]; b <= lastReq; ++b) {
-    ReqWork w;
-    if (!reqWork(a, meta, b, row0, w)) continue;
-    const int sq = w.sq, L = w.L, qStart = w.qStart, rows = w.rows, slot = w.slot;
-    const int kvBegin = w.blk0 * kBN, ntiles = w.blk1 - w.blk0;
+  // The first request from b on in which this CTA has work (lastReq + 1 when none).
+  auto nextWork = [&](int b, ReqWork& w) {
+    while (b <= lastReq && !reqWork(a, meta, b, row0, w)) ++b;
+    return b;
+  };
+  // Request b's first two K tiles (stage 1's chunks 4-8 first: warpgroup 1's S starts there) and
+  // its Q tile, swizzled like the K tiles, rows past s_q*H zero-filled. cp.async puts all 18 of a
+  // thread's 16-byte Q copies in flight at once (loads into registers would be 18 dependent round
+  // trips: a guarded load is not hoisted above the previous store). Issued once every wgmma of
+  // the previous request is done, before its outputs are stored, so the stores overlap the loads.
+  auto startLoads = [&](int b, const ReqWork& w) {
+    const int kv0 = w.blk0 * kBN;
     const int32_t* btRow = a.bt + b * a.btStride;
-
-    __syncthreads();  // every wgmma of the previous request waited for; its sM / sL reads done
     if (tid == 0) {
-      issueChunks(0, 0, kNChunks, btRow, kvBegin, L);
-      if (ntiles > 1) {  // chunks 4-8 first: warpgroup 1's S starts there (issueS)
-        issueChunks(1, kVChunks, kNChunks, btRow, kvBegin + kBN, L);
-        issueChunks(1, 0, kVChunks, btRow, kvBegin + kBN, L);
+      issueChunks(0, 0, kNChunks, btRow, kv0, w.L);
+      if (w.blk1 - w.blk0 > 1) {
+        issueChunks(1, kVChunks, kNChunks, btRow, kv0 + kBN, w.L);
+        issueChunks(1, 0, kVChunks, btRow, kv0 + kBN, w.L);
       }
     }
-    // Q tile, swizzled like the K tiles; rows past s_q*H are zero-filled. cp.async puts all 18
-    // of a thread's 16-byte copies in flight at once (loads into registers would be 18 dependent
-    // round trips: a guarded load is not hoisted above the previous store). Written by the
-    // generic proxy, read by wgmma: the wait, the proxy fence, then the barrier.
     for (int u = tid; u < kBM * kChunks; u += kThreadsSm90) {
       const int r = u / kChunks, ch = u - r * kChunks, idx = row0 + r;
-      const bool valid = idx < rows;
+      const bool valid = idx < w.rows;
       const T* src = qBase;
       if (valid) {
         const int j = idx / a.H, h = idx - j * a.H;
-        src = qBase + int64_t(qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8;
+        src = qBase + int64_t(w.qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8;
       }
       cpAsync16(sQ + tileOffset(r, ch * 8), src, valid);
     }
     cpAsyncCommit();
+  };
+
+  ReqWork w;
+  int b = nextWork(meta[0], w);
+  if (b <= lastReq) startLoads(b, w);
+  while (b <= lastReq) {
+    const int sq = w.sq, L = w.L, qStart = w.qStart, rows = w.rows, slot = w.slot;
+    const int kvBegin = w.blk0 * kBN, ntiles = w.blk1 - w.blk0;
+    const int32_t* btRow = a.bt + b * a.btStride;
+
+    // Q written by the generic proxy, read by wgmma: the wait, the proxy fence, then the barrier.
     if (tid < kBM) sM[tid] = -INFINITY;
     cpAsyncWait<0>();
     fenceProxyAsync();
@@ -402,7 +414,10 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
       l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
       if (q == 0) sL[wg * kBM + rowOf[r]] = l[r];
     }
-    __syncthreads();
+    __syncthreads();  // every wgmma of this request done: Q and both K stages are free
+    ReqWork wNext;
+    const int bNext = nextWork(b + 1, wNext);
+    if (bNext <= lastReq) startLoads(bNext, wNext);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int row = rowOf[r], idx = row0 + row;
@@ -425,6 +440,9 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         if (wg == 0 && q == 0) a.lsePart[int64_t(slot) * a.maxRows + idx] = lse2;
       }
     }
+    __syncthreads();  // sM and sL read before the next request resets them
+    b = bNext;
+    w = wNext;
   }
 }
 
