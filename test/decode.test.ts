@@ -8,7 +8,7 @@ import { checkDecodeIndices, decode, decodeConfig, DecodeWorkspace, pdlFromEnv, 
 import type { DecodeArgsMeta, DecodeGeometry } from '../lib/ops/decode.js';
 import { sparse } from '../lib/ops/sparse.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
-import { build, checkOutputs, D, decodeKernels, disposeBuilt, DV, runBuilt, type CaseSpec } from './helpers/decode-cases.js';
+import { build, checkOutputs, D, decodeKernels, disposeBuilt, DV, runBuilt, type CaseSpec, type TestedDecodeKernel } from './helpers/decode-cases.js';
 import { gpuSkip, poison, randn, relError, rng } from './helpers/gpu.js';
 import { meta, throwsNaming as expectError } from './helpers/validation.js';
 
@@ -160,6 +160,10 @@ t.test('decode picks the Hopper kernel where it applies, and refuses to force it
   if (hopper) {
     const cfg = decodeConfig(128, 1, undefined, { kernel: 'hopper' });
     tt.same([cfg.blockM, cfg.blockN, cfg.rowTiles], [64, 64, 2], 'hopper: 64-row x 64-key tiles, H=128 in two row tiles');
+    const rowsOf = (h: number, sq: number, kernel: 'hopper' | 'hopper-wide'): number => decodeConfig(h, sq, undefined, { kernel }).blockM;
+    tt.same([rowsOf(16, 1, 'hopper'), rowsOf(3, 5, 'hopper'), rowsOf(16, 2, 'hopper'), rowsOf(32, 1, 'hopper'), rowsOf(33, 1, 'hopper')], [16, 16, 32, 32, 64],
+      'hopper: the few-rows kernel (16 or 32 rows) up to s_q·H = 32, the 64-row one above');
+    tt.same([rowsOf(16, 1, 'hopper-wide'), rowsOf(1, 1, 'hopper-wide')], [64, 64], "'hopper-wide': the 64-row kernel for any row count");
     expectError(tt, () => decodeConfig(16, 1, undefined, { kernel: 'hopper', fp8Cache: true }), 'ERR_ARGUMENT', 'kernel', 'FP8 cache forced onto the Hopper kernel');
   } else {
     expectError(tt, () => decodeConfig(16, 1, undefined, { kernel: 'hopper' }), 'ERR_ARGUMENT', 'kernel', 'no Hopper kernel here');
@@ -173,7 +177,7 @@ t.test('decode matches the float64 reference on a randomized grid', { skip: gpuS
   tt.end();
 });
 
-function gridCases(tt: Test, kernel: 'portable' | 'hopper'): void {
+function gridCases(tt: Test, kernel: TestedDecodeKernel): void {
   const r = rng(1234);
   const heads = [1, 3, 16, 64, 128];
   const pages = [16, 64, 256];
@@ -323,7 +327,7 @@ interface PlanCase {
   /** Rows of q (default: the sum of qLens). */
   tokens?: number;
   maxParts: number;
-  kernel: 'portable' | 'hopper';
+  kernel: TestedDecodeKernel;
 }
 
 function checkPlan(tt: Test, c: PlanCase): void {

@@ -27,8 +27,8 @@ Status pickKernel(DecodeKernel want, bool fp8, const DeviceProps& dp, bool* hopp
   why = "is not in this build (the addon was not compiled for sm_90)";
 #endif
   *hopper = want != DecodeKernel::Portable && why == nullptr;
-  if (want == DecodeKernel::Hopper && why != nullptr)
-    return Status::Error(Code::Argument, std::string("decode: `kernel`: 'hopper' ") + why);
+  if ((want == DecodeKernel::Hopper || want == DecodeKernel::HopperWide) && why != nullptr)
+    return Status::Error(Code::Argument, std::string("decode: `kernel`: '") + (want == DecodeKernel::Hopper ? "hopper" : "hopper-wide") + "' " + why);
   return Status::Ok();
 }
 
@@ -66,7 +66,7 @@ Status decodeConfigFor(int64_t numHeads, int64_t maxQSeqLen, int64_t wsMaxParts,
   MLA_RETURN_IF_ERROR(pickKernel(kernel, fp8Cache, dp, &hopper));
 #if MLA_HAS_SM90A
   if (hopper) {
-    MLA_RETURN_IF_ERROR(runDecodeSm90(DecodeKernelArgs{}, DType::BF16, rowsBound, wsMaxParts, int64_t(1) << 31, dp, Phases{}, nullptr, info));
+    MLA_RETURN_IF_ERROR(runDecodeSm90(DecodeKernelArgs{}, DType::BF16, rowsBound, kernel == DecodeKernel::HopperWide, wsMaxParts, int64_t(1) << 31, dp, Phases{}, nullptr, info));
     info->hopper = true;
     return Status::Ok();
   }
@@ -146,7 +146,7 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
 
 #if MLA_HAS_SM90A
   if (hopper)
-    return runDecodeSm90(a, q.dtype, rowsBound, p.wsMaxParts, p.wsPartialRows, dp, Phases{p.runPlan, p.runMain, p.runCombine, p.pdl && dp.major >= 9},
+    return runDecodeSm90(a, q.dtype, rowsBound, p.kernel == DecodeKernel::HopperWide, p.wsMaxParts, p.wsPartialRows, dp, Phases{p.runPlan, p.runMain, p.runCombine, p.pdl && dp.major >= 9},
                          static_cast<cudaStream_t>(stream), nullptr);
 #endif
   SplitKvLauncher<false> launcher{"decode", a, q.dtype, fp8, rowsBound, p.wsMaxParts, p.wsPartialRows,

@@ -54,8 +54,10 @@ inline DecodeWorkspaceLayout decodeWorkspaceLayout(int64_t maxBatch, int64_t par
 
 // Which main kernel runs: Auto takes the Hopper path (decode_sm90.cu: wgmma + TMA) where it
 // applies (compute capability 9.0, a 16-bit cache, a build with sm_90a code) and the portable
-// mma.sync path elsewhere; the other two force one (Hopper where it cannot run is an error).
-enum class DecodeKernel : int32_t { Auto = 0, Portable = 1, Hopper = 2 };
+// mma.sync path elsewhere; the others force one (Hopper where it cannot run is an error).
+// The Hopper path runs its few-rows kernel for s_q * H <= 32; HopperWide, its 64-row kernel
+// for any row count (benchmarks compare the two).
+enum class DecodeKernel : int32_t { Auto = 0, Portable = 1, Hopper = 2, HopperWide = 3 };
 
 struct DecodeParams {
   TensorRef q;           // [tokens, H, 576] bf16/f16, last dim contiguous

@@ -53,7 +53,7 @@ struct Phases {
 // decode_sm90.cu: the Hopper path's plan, main kernel (wgmma + TMA) and combine launches, for a
 // compute capability 9.0 device. With `info`, only its config is computed and nothing launches.
 constexpr int kSm90SmemBytes = 231824;
-Status runDecodeSm90(DecodeKernelArgs a, DType dtype, int64_t rowsBound, int64_t wsMaxParts, int64_t wsPartialRows,
+Status runDecodeSm90(DecodeKernelArgs a, DType dtype, int64_t rowsBound, bool wide, int64_t wsMaxParts, int64_t wsPartialRows,
                      const DeviceProps& dp, Phases phases, cudaStream_t s, DecodeConfigInfo* info);
 #endif
 

@@ -38,6 +38,23 @@ __device__ __forceinline__ int tileOffset(int row, int col) {
   return (col >> 6) * kChunkBytes + row * 128 + ((((col & 63) >> 3) ^ (row & 7)) << 4) + (col & 7) * 2;
 }
 
+// One thread: chunks [c0, c1) of the 64-key tile from key0 into `tile` (9 chunks of 8 KB), chunk
+// c completing on bar[c] (box = 64 columns x min(page, 64) rows of one page). A page outside the
+// cache (past the request's pages, or one the plan flagged) is sent as numPages: TMA zero-fills
+// it and reads nothing.
+__device__ __forceinline__ void issueKvChunks(const DecodeKernelArgs& a, const CUtensorMap* kv, unsigned char* tile, uint64_t* bar,
+                                              int c0, int c1, const int32_t* btRow, int key0, int L) {
+  for (int c = c0; c < c1; ++c) mbarrierArriveExpectTx(&bar[c], kChunkBytes);
+  const int rowsPerBox = min(a.pageSize, kBN);
+  for (int k = key0; k < key0 + kBN; k += rowsPerBox) {
+    int pg = k < L ? btRow[k >> a.pageShift] : a.numPages;
+    if (unsigned(pg) >= unsigned(a.numPages)) pg = a.numPages;
+    const int r0 = k & (a.pageSize - 1);
+#pragma unroll 1
+    for (int c = c0; c < c1; ++c) tmaLoad3d(tile + c * kChunkBytes + (k - key0) * 128, kv, c * 64, r0, pg, &bar[c]);
+  }
+}
+
 // CTA (part, rowTile) walks its part's (request, block) range like decodeMainKernel, taking the
 // 64-key tiles two at a time: tile 2p in K stage 0, tile 2p+1 in stage 1. Warpgroup 0 owns the
 // output columns [0, 256) (O_L), warpgroup 1 [256, 512) (O_R); V_L / V_R are those columns of a
@@ -86,21 +103,8 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
   // S on stage w only, so each stage's barriers are waited on by one warpgroup.
   uint32_t phase = 0;
 
-  // One thread: chunks [c0, c1) of a tile into a stage (box = 64 columns x min(page, 64) rows of
-  // one page). A page outside the cache (past the request's pages, or one the plan flagged) is
-  // sent as numPages: TMA zero-fills it and reads nothing.
   auto issueChunks = [&](int stage, int c0, int c1, const int32_t* btRow, int key0, int L) {
-    unsigned char* dst = sK + stage * kTileBytes;
-    for (int c = c0; c < c1; ++c) mbarrierArriveExpectTx(&bar[stage * kNChunks + c], kChunkBytes);
-    const int rowsPerBox = min(a.pageSize, kBN);
-    for (int k = key0; k < key0 + kBN; k += rowsPerBox) {
-      int pg = k < L ? btRow[k >> a.pageShift] : a.numPages;
-      if (unsigned(pg) >= unsigned(a.numPages)) pg = a.numPages;
-      const int r0 = k & (a.pageSize - 1);
-#pragma unroll 1
-      for (int c = c0; c < c1; ++c)
-        tmaLoad3d(dst + c * kChunkBytes + (k - key0) * 128, &kv, c * 64, r0, pg, &bar[stage * kNChunks + c]);
-    }
+    issueKvChunks(a, &kv, sK + stage * kTileBytes, bar + stage * kNChunks, c0, c1, btRow, key0, L);
   };
   // Rows [first, 64) of this warpgroup's V chunks of a stage to zeros, visible to its next wgmma.
   auto clearV = [&](int stage, int first) {
@@ -446,10 +450,282 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
   }
 }
 
+// ---- few query rows (s_q * H <= 32) ---------------------------------------------------------
+// wgmma's M is 64, so the kernel above always computes 64 query rows; at H 16, s_q 1 three
+// quarters of its tensor work is padding, and on an H200 that work, not memory, bounds it (about
+// 4,850 SM cycles per 64-key tile against the ~4,600 that the tile's 72 KB take at copy
+// bandwidth). Here the products are transposed, so a tile's 64 keys fill M and the NR (16 or 32)
+// query rows are N:
+//   S^T = K Q^T        m64nNRk16 x 36: A = the K tile (K-major), B = Q (K-major)
+//   O^T += V^T P^T     per 64 V columns, m64nNRk16 x 4: A = V^T, MN-major straight from the K
+//                      tile; B = P, K-major, through shared memory
+// NR/64 of the multiply-adds. Each warpgroup runs its own online softmax over alternate tiles
+// (tile t: stage t % 2, warpgroup t % 2); a tile's row maxima go through shared memory between
+// the warpgroup's 4 warps (each holds 16 of the 64 keys). At the end of a request the two
+// warpgroups' (m, l, O) are merged through the free K stages and stored row by row.
+template <int NR>
+struct Narrow {
+  static constexpr int kQChunk = NR * 128;                  // 64 columns of NR rows, 128-byte swizzled
+  static constexpr int kOffQ = 2 * kTileBytes;              // after the 2 K stages
+  static constexpr int kOffP = kOffQ + kNChunks * kQChunk;  // P [2 warpgroups][NR rows][64 keys]
+  static constexpr int kOffRed = kOffP + 2 * kQChunk;       // tile row maxima f32 [2][4 warps][NR]
+  static constexpr int kOffBar = kOffRed + 2 * 4 * NR * 4;
+  static constexpr int kSmem = kOffBar + 2 * kNChunks * 8 + 1024;
+  // The merge, over the K stages: each warpgroup's scaled O f32 [NR][kPitch] (the pad spreads a
+  // warp's stores over all banks), its running maxima [NR] and row sums [4 warps][NR].
+  static constexpr int kPitch = kDV + 4;
+  static constexpr int kOffMergeM = 2 * NR * kPitch * 4;
+  static constexpr int kOffMergeL = kOffMergeM + 2 * NR * 4;
+  static_assert(kOffMergeL + 2 * 4 * NR * 4 <= 2 * kTileBytes, "the merge fits in the K stages");
+  static_assert(kSmem <= kSm90SmemBytes, "no more shared memory than the wide kernel");
+};
+
+template <typename T, int NR>
+__global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(DecodeKernelArgs a, const __grid_constant__ CUtensorMap kv) {
+  using N = Narrow<NR>;
+  // A thread's S^T / O^T accumulators of one m64nNR: s[i] is key 16 wi + g + 8 (i>>1 & 1) of the
+  // tile (or V column, in O^T) and query row colOf(ci(i)); it holds NC distinct rows.
+  constexpr int NS = NR / 2, NC = NR / 4;
+  pdlWait();
+  pdlLaunchDependents();
+  MLA_DYNAMIC_SMEM(unsigned char, smemRaw, 128);  // realigned to 1024 below
+  unsigned char* smem = smemRaw + ((1024u - (sharedAddr(smemRaw) & 1023u)) & 1023u);
+  const int part = blockIdx.x;
+  if (part >= a.numParts) return;
+  const int tid = threadIdx.x, wi = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);  // warp-uniform, as in the kernel above
+  const bool issuer = (tid & 127) == 0;                   // this warpgroup's TMA thread
+  unsigned char* sQ = smem + N::kOffQ;
+  unsigned char* tile = smem + wg * kTileBytes;           // this warpgroup's K stage
+  unsigned char* sP = smem + N::kOffP + wg * N::kQChunk;
+  float* sRed = reinterpret_cast<float*>(smem + N::kOffRed) + wg * 4 * NR;
+  uint64_t* bar = reinterpret_cast<uint64_t*>(smem + N::kOffBar);
+  uint64_t* tileBar = bar + wg * kNChunks;
+  const T* qBase = static_cast<const T*>(a.q);
+  const int32_t* meta = a.partMeta + part * 8;
+  const int lastReq = min(meta[2], a.B - 1);
+
+  if (tid < 2 * kNChunks) mbarrierInit(&bar[tid], 1);
+  fenceMbarrierInit();
+  __syncthreads();
+  uint32_t phase = 0;  // tiles this warpgroup has consumed: the parity of its next wait
+  const uint32_t qAddr = sharedAddr(sQ), pAddr = sharedAddr(sP), kAddr = sharedAddr(tile);
+  auto ci = [](int i) { return 2 * (i >> 2) + (i & 1); };           // accumulator -> row slot
+  auto colOf = [&](int c) { return 8 * (c >> 1) + 2 * q + (c & 1); };  // row slot -> query row
+  // Byte offset of (row, col) in an NR-row tile of 128-byte swizzled 64-column chunks.
+  auto nrOffset = [](int row, int col) {
+    return (col >> 6) * N::kQChunk + row * 128 + ((((col & 63) >> 3) ^ (row & 7)) << 4) + (col & 7) * 2;
+  };
+  const int keyA = 16 * wi + g;  // this thread's keys in a tile: keyA and keyA + 8
+  float s[NS];
+  float o[8 * NS];
+
+  for (int b = meta[0]; b <= lastReq; ++b) {
+    ReqWork w;
+    if (!reqWork(a, meta, b, 0, w)) continue;
+    const int sq = w.sq, L = w.L, rows = w.rows, slot = w.slot, qStart = w.qStart;
+    const int kvBegin = w.blk0 * kBN, ntiles = w.blk1 - w.blk0;
+    const int32_t* btRow = a.bt + b * a.btStride;
+
+    __syncthreads();  // the previous request's merge is done with the K stages
+    if (issuer && wg < ntiles) issueKvChunks(a, &kv, tile, tileBar, 0, kNChunks, btRow, kvBegin + wg * kBN, L);
+    // Q, rows past s_q*H zero-filled; all of a thread's copies in flight at once.
+    for (int u = tid; u < NR * kChunks; u += kThreadsSm90) {
+      const int r = u / kChunks, ch = u - r * kChunks;
+      const T* src = qBase;
+      if (r < rows) {
+        const int j = r / a.H, h = r - j * a.H;
+        src = qBase + int64_t(qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8;
+      }
+      cpAsync16(sQ + nrOffset(r, ch * 8), src, r < rows);
+    }
+    cpAsyncCommit();
+    cpAsyncWait<0>();
+    fenceProxyAsync();
+    __syncthreads();
+
+    int rowLim[NC], rowLimMin = INT32_MAX;
+    float m[NC], l[NC];  // running max (base-2 logits) and this thread's share of the row sums
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const int r = colOf(c);
+      const int lim = a.causal ? L - sq + r / a.H + 1 : L;
+      rowLim[c] = r < rows ? min(lim, L) : 0;
+      rowLimMin = min(rowLimMin, rowLim[c]);
+      m[c] = -INFINITY;
+      l[c] = 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < 8 * NS; ++i) o[i] = 0.f;
+
+    for (int t = wg; t < ntiles; t += 2) {
+      const int key0 = kvBegin + t * kBN;
+      const bool reload = t + 2 < ntiles;
+      // S^T, each chunk as its load lands.
+#pragma unroll
+      for (int c = 0; c < kNChunks; ++c) {
+        mbarrierWait(&tileBar[c], phase & 1u);
+        wgmmaFence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmmaSS<T, NR, 0, 0>(s, smemDesc(kAddr + c * kChunkBytes + kk * 32, Swizzle::B128, 16, 1024),
+                               smemDesc(qAddr + c * N::kQChunk + kk * 32, Swizzle::B128, 16, 1024), c > 0 || kk > 0);
+      }
+      wgmmaCommit();
+      wgmmaWait<0>();
+      wgmmaFenceOperands<NS>(s);
+      ++phase;
+
+      // Row maxima of the raw scores (masked on the tiles that reach a row's limit): the
+      // thread's 2 keys, the warp's 16 (lanes of equal q), then the 4 warps' through sRed.
+      if (key0 + kBN > rowLimMin) {
+#pragma unroll
+        for (int i = 0; i < NS; ++i)
+          if (key0 + keyA + 8 * ((i >> 1) & 1) >= rowLim[ci(i)]) s[i] = -INFINITY;
+      }
+      float mx[NC];
+#pragma unroll
+      for (int c = 0; c < NC; ++c) mx[c] = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < NS; ++i) mx[ci(i)] = fmaxf(mx[ci(i)], s[i]);
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+#pragma unroll
+        for (int x = 4; x < 32; x <<= 1) mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], x));
+        if (g == 0) sRed[wi * NR + colOf(c)] = mx[c];
+      }
+      namedBarrierSync(kBarLocal0 + wg, 128);
+      // Chunk 8 (rope) is read by S only: the tile after next's may load now.
+      if (issuer && reload) issueKvChunks(a, &kv, tile, tileBar, kNChunks - 1, kNChunks, btRow, key0 + 2 * kBN, L);
+      const float scaleLog2 = a.scaleLog2;
+      float mUse[NC];
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        const int r = colOf(c);
+        const float tm = fmaxf(fmaxf(sRed[r], sRed[NR + r]), fmaxf(sRed[2 * NR + r], sRed[3 * NR + r])) * scaleLog2;
+        const float mNew = fmaxf(m[c], tm);
+        mUse[c] = mNew == -INFINITY ? 0.f : mNew;
+        const float sc = exp2Ftz(m[c] - mUse[c]);
+        l[c] *= sc;
+        m[c] = mNew;
+        mx[c] = sc;
+      }
+#pragma unroll
+      for (int i = 0; i < 8 * NS; ++i) o[i] *= mx[ci(i % NS)];
+      // P = 2^(s scale - m) as bf16 / f16 into this warpgroup's sP (row = query, col = key).
+#pragma unroll
+      for (int i = 0; i < NS; ++i) {
+        const float p = exp2Ftz(fmaf(s[i], scaleLog2, -mUse[ci(i)]));
+        l[ci(i)] += p;
+        *reinterpret_cast<T*>(sP + nrOffset(colOf(ci(i)), keyA + 8 * ((i >> 1) & 1))) = fromFloat<T>(p);
+      }
+      // A partial last tile: its V rows past L to zeros (whatever the cache holds there, NaN
+      // included, must not meet P's zeros), after S has read them.
+      const int first = key0 + kBN > L ? max(L - key0, 0) : kBN;
+      for (int u = tid & 127; u < (kBN - first) * 8 * 8; u += 128) {
+        const int r = first + u / 64, c8 = u % 64;
+        *reinterpret_cast<uint4*>(tile + (c8 >> 3) * kChunkBytes + r * 128 + (((c8 & 7) ^ (r & 7)) << 4)) = make_uint4(0u, 0u, 0u, 0u);
+      }
+      fenceProxyAsync();
+      namedBarrierSync(kBarLocal0 + wg, 128);  // P and the cleared rows visible to the wgmmas
+
+      // O^T += V^T P^T, 64 V columns (one chunk) per accumulator block.
+      wgmmaFenceOperands<8 * NS>(o);
+      wgmmaFence();
+#pragma unroll
+      for (int cb = 0; cb < 8; ++cb)
+#pragma unroll
+        for (int kk = 0; kk < kBN / 16; ++kk)
+          wgmmaSS<T, NR, 1, 0>(o + cb * NS, smemDesc(kAddr + cb * kChunkBytes + kk * 16 * 128, Swizzle::B128, kChunkBytes, 1024),
+                               smemDesc(pAddr + kk * 32, Swizzle::B128, 16, 1024), 1);
+      wgmmaCommit();
+      wgmmaWait<0>();
+      wgmmaFenceOperands<8 * NS>(o);
+      if (issuer && reload) issueKvChunks(a, &kv, tile, tileBar, 0, kNChunks - 1, btRow, key0 + 2 * kBN, L);
+    }
+
+    // Merge the two warpgroups: M = max(m0, m1), O = sum_w O_w 2^(m_w - M) / sum_w l_w 2^(m_w - M).
+    __syncthreads();  // both warpgroups' last P·V done: the K stages are free
+    float* sO = reinterpret_cast<float*>(smem);  // [2][NR][kPitch]
+    float* sMm = reinterpret_cast<float*>(smem + N::kOffMergeM);
+    float* sLm = reinterpret_cast<float*>(smem + N::kOffMergeL);
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      float ls = l[c];
+#pragma unroll
+      for (int x = 4; x < 32; x <<= 1) ls += __shfl_xor_sync(0xffffffffu, ls, x);
+      if (g == 0) sLm[(wg * 4 + wi) * NR + colOf(c)] = ls;
+      if (g == 0 && wi == 0) sMm[wg * NR + colOf(c)] = m[c];
+    }
+    __syncthreads();
+    // Row r's merged max and sum (every thread that needs them computes them).
+    auto merged = [&](int r, float* mOut, float* lOut, float* f) {
+      const float m0 = sMm[r], m1 = sMm[NR + r], mm = fmaxf(m0, m1), mu = mm == -INFINITY ? 0.f : mm;
+      f[0] = exp2Ftz(m0 - mu);
+      f[1] = exp2Ftz(m1 - mu);
+      float l0 = 0.f, l1 = 0.f;
+#pragma unroll
+      for (int x = 0; x < 4; ++x) l0 += sLm[x * NR + r], l1 += sLm[(4 + x) * NR + r];
+      *mOut = mm;
+      *lOut = f[0] * l0 + f[1] * l1;
+    };
+    float fac[NC];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      float mm, lt, f[2];
+      merged(colOf(c), &mm, &lt, f);
+      fac[c] = lt > 0.f ? (wg ? f[1] : f[0]) / lt : 0.f;
+    }
+#pragma unroll
+    for (int cb = 0; cb < 8; ++cb)
+#pragma unroll
+      for (int i = 0; i < NS; ++i)
+        sO[(wg * NR + colOf(ci(i))) * N::kPitch + cb * 64 + keyA + 8 * ((i >> 1) & 1)] = o[cb * NS + i] * fac[ci(i)];
+    __syncthreads();
+    const bool out16 = ((reinterpret_cast<uintptr_t>(a.out) | uintptr_t(a.oTok | a.oHead) * sizeof(T)) & 15) == 0;
+    for (int u = tid; u < NR * (kDV / 8); u += kThreadsSm90) {
+      const int r = u / (kDV / 8), c0 = (u % (kDV / 8)) * 8;
+      if (r >= rows) continue;
+      const float4* x0 = reinterpret_cast<const float4*>(sO + r * N::kPitch + c0);
+      const float4* x1 = reinterpret_cast<const float4*>(sO + (NR + r) * N::kPitch + c0);
+      const float4 a0 = x0[0], a1 = x0[1], b0 = x1[0], b1 = x1[1];
+      const float v[8] = {a0.x + b0.x, a0.y + b0.y, a0.z + b0.z, a0.w + b0.w, a1.x + b1.x, a1.y + b1.y, a1.z + b1.z, a1.w + b1.w};
+      const int j = r / a.H, h = r - j * a.H;
+      if (slot < 0) {
+        T* orow = static_cast<T*>(a.out) + int64_t(qStart + j) * a.oTok + int64_t(h) * a.oHead + c0;
+        const uint4 pk = make_uint4(packPair<T>(v[0], v[1]), packPair<T>(v[2], v[3]), packPair<T>(v[4], v[5]), packPair<T>(v[6], v[7]));
+        if (out16) {
+          *reinterpret_cast<uint4*>(orow) = pk;
+        } else {  // out is only 4-byte aligned (launchDecode's guarantee)
+          uint32_t* o4 = reinterpret_cast<uint32_t*>(orow);
+          o4[0] = pk.x, o4[1] = pk.y, o4[2] = pk.z, o4[3] = pk.w;
+        }
+      } else {
+        float4* prow = reinterpret_cast<float4*>(a.oPart + (int64_t(slot) * a.maxRows + r) * kDV + c0);
+        prow[0] = make_float4(v[0], v[1], v[2], v[3]);
+        prow[1] = make_float4(v[4], v[5], v[6], v[7]);
+      }
+    }
+    if (tid < rows && tid < NR) {
+      float mm, lt, f[2];
+      merged(tid, &mm, &lt, f);
+      const float lse2 = lt > 0.f ? mm + log2f(lt) : -INFINITY;
+      const int j = tid / a.H, h = tid - j * a.H;
+      if (slot < 0) a.lse[int64_t(qStart + j) * a.lTok + int64_t(h) * a.lHead] = lt > 0.f ? lse2 * kLn2 : INFINITY;
+      else a.lsePart[int64_t(slot) * a.maxRows + tid] = lse2;
+    }
+    fenceProxyAsync();  // the merge's plain accesses before the next request's TMA writes there
+  }
+}
+
+// The main kernel the plan was made for (the 64-row one or the few-rows one, NR = blockM) on the
+// cache's tensor map, with the shared plan and combine launches around it.
 template <typename T>
 Status runSm90(DecodeKernelArgs a, const Plan& plan, Phases ph, cudaStream_t s) {
   int ctas = 0;
-  MLA_RETURN_IF_ERROR((prepareMainKernel<decodeMainSm90Kernel<T>>(kSm90SmemBytes, kThreadsSm90, &ctas)));
+  if (plan.blockM == 16) MLA_RETURN_IF_ERROR((prepareMainKernel<decodeNarrowSm90Kernel<T, 16>>(plan.smem, kThreadsSm90, &ctas)));
+  else if (plan.blockM == 32) MLA_RETURN_IF_ERROR((prepareMainKernel<decodeNarrowSm90Kernel<T, 32>>(plan.smem, kThreadsSm90, &ctas)));
+  else MLA_RETURN_IF_ERROR((prepareMainKernel<decodeMainSm90Kernel<T>>(plan.smem, kThreadsSm90, &ctas)));
   CUtensorMap kv;
   // The cache as [numPages][pageSize][576] with its strides; one box = 64 columns of
   // min(pageSize, 64) rows of one page, 128-byte swizzled (the tile layout above).
@@ -459,7 +735,10 @@ Status runSm90(DecodeKernelArgs a, const Plan& plan, Phases ph, cudaStream_t s) 
   MLA_RETURN_IF_ERROR(encodeTensorMapTiled(&kv, std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
                                            3, const_cast<void*>(a.cache), dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B));
   return runSplitKv<T, false>(a, ph, s, [&]() -> Status {
-    MLA_LAUNCH_KERNEL_PDL(ph.pdl, dim3(plan.numParts, plan.rowTiles), kThreadsSm90, kSm90SmemBytes, s, decodeMainSm90Kernel<T>)(a, kv);
+    const dim3 grid(plan.numParts, plan.rowTiles);
+    if (plan.blockM == 16) MLA_LAUNCH_KERNEL_PDL(ph.pdl, grid, kThreadsSm90, size_t(plan.smem), s, decodeNarrowSm90Kernel<T, 16>)(a, kv);
+    else if (plan.blockM == 32) MLA_LAUNCH_KERNEL_PDL(ph.pdl, grid, kThreadsSm90, size_t(plan.smem), s, decodeNarrowSm90Kernel<T, 32>)(a, kv);
+    else MLA_LAUNCH_KERNEL_PDL(ph.pdl, grid, kThreadsSm90, size_t(plan.smem), s, decodeMainSm90Kernel<T>)(a, kv);
     MLA_CHECK_LAUNCH("decode: sm_90a main kernel");
     return Status::Ok();
   });
@@ -467,15 +746,16 @@ Status runSm90(DecodeKernelArgs a, const Plan& plan, Phases ph, cudaStream_t s) 
 
 }  // namespace
 
-Status runDecodeSm90(DecodeKernelArgs a, DType dtype, int64_t rowsBound, int64_t wsMaxParts, int64_t wsPartialRows,
+Status runDecodeSm90(DecodeKernelArgs a, DType dtype, int64_t rowsBound, bool wide, int64_t wsMaxParts, int64_t wsPartialRows,
                      const DeviceProps& dp, Phases phases, cudaStream_t s, DecodeConfigInfo* info) {
   Plan plan;
-  plan.blockM = kBM;
+  // At most 32 query rows take the transposed kernel (wide: the 64-row one regardless).
+  plan.blockM = !wide && rowsBound <= 16 ? 16 : !wide && rowsBound <= 32 ? 32 : kBM;
   plan.blockN = kBN;
   plan.stages = 2;
-  plan.smem = kSm90SmemBytes;
+  plan.smem = plan.blockM == 16 ? Narrow<16>::kSmem : plan.blockM == 32 ? Narrow<32>::kSmem : kSm90SmemBytes;
   plan.ctasPerSm = 1;
-  plan.rowTiles = int((rowsBound + kBM - 1) / kBM);
+  plan.rowTiles = int((rowsBound + plan.blockM - 1) / plan.blockM);
   plan.numParts = int(std::max<int64_t>(1, std::min<int64_t>(int64_t(dp.smCount) / std::max(1, plan.rowTiles), wsMaxParts)));
   plan.overhead = overheadFor(kBN);
   MLA_RETURN_IF_ERROR(fitPlan("decode", wsPartialRows, rowsBound, &plan, &a));

@@ -392,6 +392,8 @@ export interface DecodeOptions extends StreamOption {
    * The main kernel: 'hopper' (sm_90a: wgmma + TMA; compute capability 9.0, 16-bit cache),
    * 'portable' (mma.sync, every GPU), or 'auto' (default; MLA_CUDA_DECODE_KERNEL overrides):
    * Hopper wherever it applies. Forcing 'hopper' where it cannot run throws ERR_ARGUMENT.
+   * The Hopper path takes its few-rows kernel when s_q·H <= 32; 'hopper-wide' forces its
+   * 64-row kernel for any row count (for benchmarks).
    */
   kernel?: DecodeKernelChoice | undefined;
 }
@@ -409,9 +411,9 @@ const PHASES_REUSE: NativePhaseArgs = { runPlan: false, runMain: true, runCombin
 type PlanKey = readonly [batch: number, tokens: number, heads: number, sQ: number, maxQSeqLen: number, maxPages: number, pageSize: number, numPages: number, fp8: number, kernel: number];
 const PLAN_KEY_NAMES = ['batch', 'tokens', 'heads', 's_q (-1: qSeqLens)', 'maxQSeqLen', 'maxPages', 'pageSize', 'numPages', 'fp8 cache', 'kernel'] as const;
 
-export type DecodeKernelChoice = 'auto' | 'portable' | 'hopper';
+export type DecodeKernelChoice = 'auto' | 'portable' | 'hopper' | 'hopper-wide';
 // csrc/kernels/decode.h DecodeKernel.
-const KERNEL_CODE: Readonly<Record<DecodeKernelChoice, number>> = { auto: 0, portable: 1, hopper: 2 };
+const KERNEL_CODE: Readonly<Record<DecodeKernelChoice, number>> = { auto: 0, portable: 1, hopper: 2, 'hopper-wide': 3 };
 
 // Read once: decode runs per layer per step, and the variables are process-wide settings.
 const ENV_KERNEL = process.env['MLA_CUDA_DECODE_KERNEL'];
@@ -423,7 +425,7 @@ export function checkDecodeKernel(op: string, kernel: unknown): DecodeKernelChoi
   const v = kernel ?? ENV_KERNEL ?? 'auto';
   if (typeof v !== 'string' || !Object.hasOwn(KERNEL_CODE, v)) {
     const name = fromEnv ? 'MLA_CUDA_DECODE_KERNEL' : '`kernel`';
-    throw new MlaError('ERR_ARGUMENT', `${op}: ${name} must be 'auto', 'portable' or 'hopper', got ${JSON.stringify(v)}`);
+    throw new MlaError('ERR_ARGUMENT', `${op}: ${name} must be 'auto', 'portable', 'hopper' or 'hopper-wide', got ${JSON.stringify(v)}`);
   }
   return v as DecodeKernelChoice;
 }

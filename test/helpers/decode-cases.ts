@@ -25,15 +25,20 @@ export interface CaseSpec {
   kernel?: DecodeKernelChoice;
 }
 
+/** A decode main kernel a test forces (decode's `kernel` option). */
+export type TestedDecodeKernel = 'portable' | 'hopper' | 'hopper-wide';
+
 /**
- * The decode main kernels to test on the current device: both on compute capability 9.0 (a real
- * H100/H200 or the emulated sm_90; the Hopper path must exist there), the portable one elsewhere.
+ * The decode main kernels to test on the current device: on compute capability 9.0 (a real
+ * H100/H200 or the emulated sm_90; the Hopper path must exist there) the portable one and the
+ * Hopper path twice, as chosen ('hopper': its few-rows kernel where s_q·H <= 32) and with its
+ * 64-row kernel forced ('hopper-wide'); the portable one elsewhere.
  * MLA_TEST_DECODE_KERNELS=portable narrows it (scripts/gpu-check.sh, after the Hopper kernel
  * failed its smoke test there; `note` says so in the test output).
  */
-export function decodeKernels(note: (msg: string) => void): Array<'portable' | 'hopper'> {
+export function decodeKernels(note: (msg: string) => void): TestedDecodeKernel[] {
   const d = cuda.deviceInfo(cuda.currentDevice());
-  const all: Array<'portable' | 'hopper'> = d.computeCapability === '9.0' ? ['portable', 'hopper'] : ['portable'];
+  const all: TestedDecodeKernel[] = d.computeCapability === '9.0' ? ['portable', 'hopper', 'hopper-wide'] : ['portable'];
   const only = process.env['MLA_TEST_DECODE_KERNELS'];
   if (only === undefined) return all;
   const kept = all.filter((k) => only.split(',').includes(k));
