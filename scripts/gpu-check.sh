@@ -26,10 +26,11 @@
 #   ceilings    35  bench/torch_ceilings.py (copy bandwidth, bf16 matmul rate)
 #   flashmla    45  FlashMLA's own decode (.gpu/anchors/flashmla) at its grid: b128, s_q 1,2,
 #                   h_q 16..128, s_k 4k..32k
-#   decode     125  our decode at the same 32 shapes, portable and Hopper kernels (mla-cuda bench
+#   decode     140  our decode at the same 32 shapes, portable and Hopper kernels (mla-cuda bench
 #                   decode --grid decode.kernel=portable,hopper), then Hopper on a plan made once
-#                   (--grid decode.plan=reuse: FlashMLA's `us` leaves its metadata out), and an
-#                   A/B of programmatic dependent launch (--grid decode.pdl=off,on) at 2 shapes
+#                   (--grid decode.plan=reuse: FlashMLA's `us` leaves its metadata out), an A/B of
+#                   programmatic dependent launch (--grid decode.pdl=off,on) at 2 shapes, and one
+#                   of the few-rows Hopper kernel against the 64-row one (hopper-wide) at 4
 #   bench       60  the rest of `mla-cuda bench --quick` (prefill rope linear layer copy; layer at b 1, 8, 64 includes
 #                   the step as a CUDA graph), then scripts/host-overhead.mjs (host µs per op)
 # Not in `all` (a second call's, for tuning once the numbers are in):
@@ -62,7 +63,7 @@ FLASHMLA=$ROOT/.gpu/anchors/flashmla/bench_flashmla.sh
 ALL_PHASES=(env hopper tests demo primitives memcheck racecheck ceilings flashmla decode bench)
 TABLE_PHASES=("${ALL_PHASES[@]}" profile)
 declare -A BUDGET=([env]=20 [hopper]=20 [tests]=100 [demo]=20 [primitives]=30 [memcheck]=25 [racecheck]=25
-  [ceilings]=35 [flashmla]=45 [decode]=125 [bench]=60 [rebuild]=150 [profile]=90)
+  [ceilings]=35 [flashmla]=45 [decode]=140 [bench]=60 [rebuild]=150 [profile]=90)
 KERNEL_TESTS="test/runtime.test.ts test/rope.test.ts test/rmsnorm.test.ts test/linear.test.ts test/decode.test.ts test/prefill.test.ts test/attention.test.ts test/demo.test.ts test/graph.test.ts test/fp8-cache.test.ts"
 # The sanitizer subset: one small subtest per kernel family (tap --grep on top-level subtests).
 SAN_FILES="test/decode.test.ts test/prefill.test.ts test/linear.test.ts test/rmsnorm.test.ts test/rope.test.ts"
@@ -380,6 +381,22 @@ phase_decode() {
         if (off && on) console.log(`pdl h${h}: ${off.toFixed(1)} us off, ${on.toFixed(1)} us on (${(on - off).toFixed(1)})`);
       }
     ' "$WORK/decode-pdl.json" > "$WORK/decode.notes" 2>/dev/null
+  fi
+  # The Hopper path's few-rows kernel (its choice for s_q·H <= 32, not yet measured) against its
+  # 64-row kernel forced ('hopper-wide') in one call: H 16, s_q 1 and 2, s_k 4k and 32k, plan
+  # reused; main kernel and whole call (decode-rows.json in logs.tgz).
+  left=$(( T - ($(now) - PSTART) ))
+  if [[ $reuse == *decode.kernel=hopper* ]] && (( left > 10 )); then
+    timeout -k 5 "$left" node dist/cli/main.js bench decode --b 128 --h 16 --sq 1,2 --sk 4096,32768 --grid decode.kernel=hopper,hopper-wide \
+      --grid decode.plan=reuse $(ceiling_args) --json "$WORK/decode-rows.json" > "$WORK/decode-rows.txt" 2>&1
+    node -e '
+      const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).results.filter((c) => c.run);
+      const f = (c) => c ? `${c.run.us.median.toFixed(1)} us (${c.run.pctBandwidth.toFixed(0)} % of copy), main ${c.main ? c.main.us.median.toFixed(1) : "?"} us` : "-";
+      for (const sq of [1, 2]) for (const sk of [4096, 32768]) {
+        const at = (k) => r.find((c) => c.params.sq === sq && c.params.sk === sk && c.params.kernel === k);
+        if (at("hopper") || at("hopper-wide")) console.log(`h16 sq${sq} sk${sk}: few-rows ${f(at("hopper"))}; 64-row ${f(at("hopper-wide"))}`);
+      }
+    ' "$WORK/decode-rows.json" >> "$WORK/decode.notes" 2>/dev/null
   fi
   record decode "$(status_of $rc)" "$(bench_counts "$OUT/decode.json" "$WORK/decode.txt"); plan reused: $(bench_counts "$OUT/decode-reuse.json" "$WORK/decode-reuse.txt")" "$WORK/decode.notes"
 }

@@ -204,6 +204,44 @@ const MUTANTS: readonly Mutant[] = [
     expect: { fault: /wgmma operand \S+ reads shared offset \d+ while a cp\.async of thread \d+ into it is in flight/ },
     faultLine: 'wgmmaSS<T, 64, 0, 0>(s, ',
   },
+  // ---- decode_sm90.cu's few-rows kernel (decodeNarrowSm90Kernel) ----
+  {
+    id: 'narrow-no-mbarrier-wait',
+    title: 'decode sm_90a few rows: the mbarrier wait for a K chunk\'s TMA load removed',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '        mbarrierWait(&tileBar[c], phase & 1u);\n', replace: '' }],
+    run: 'decode-narrow',
+    // The K tile is the A operand here.
+    expect: { fault: /wgmma operand A reads shared offset \d+ while a TMA load into it is in flight/ },
+    faultLine: 'wgmmaSS<T, NR, 0, 0>(s, ',
+  },
+  {
+    id: 'narrow-no-partial-clear',
+    title: 'decode sm_90a few rows: the clearing of the V rows past L in a partial tile disabled',
+    file: 'decode_sm90.cu',
+    edits: [{ find: 'const int first = key0 + kBN > L ? max(L - key0, 0) : kBN;', replace: 'const int first = kBN;' }],
+    run: 'decode-narrow',
+    // The rows of the last page past L are NaN in the case's cache: 0 · NaN reaches P·V.
+    expect: { numeric: true },
+  },
+  {
+    id: 'narrow-v-not-transposed',
+    title: 'decode sm_90a few rows: V^T read K-major instead of MN-major (the A transpose bit cleared)',
+    file: 'decode_sm90.cu',
+    edits: [{ find: 'wgmmaSS<T, NR, 1, 0>(o + cb * NS, ', replace: 'wgmmaSS<T, NR, 0, 0>(o + cb * NS, ' }],
+    run: 'decode-narrow',
+    expect: { numeric: true },
+  },
+  {
+    // The other three warps' maxima are read before they are written: a tile max too small
+    // overflows P (or a stale one from the tile before).
+    id: 'narrow-no-max-exchange-barrier',
+    title: 'decode sm_90a few rows: the warpgroup barrier after the row-max exchange removed',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '      namedBarrierSync(kBarLocal0 + wg, 128);\n      // Chunk 8 (rope)', replace: '      // Chunk 8 (rope)' }],
+    run: 'decode-narrow',
+    expect: { numeric: true },
+  },
   // No mutant removes a fenceProxyAsync(): the emulator cannot see it (fibers are sequentially
   // consistent and keep no record of plain stores since the last proxy fence; docs/emulator.md,
   // sm_90a "Not checked"), so it would only ever be a todo. racecheck on a GPU is the check.
@@ -450,6 +488,32 @@ const RACE_MUTANTS: readonly RaceMutant[] = [
     racy: [
       '*reinterpret_cast<uint32_t*>(sP1 + tileOffset(rowOf[r], col)) = pb[i >> 1];',
       'else wgmmaSS<T, 256, 0, 1>(o, smemDesc(aAddr + kk * 32, Swizzle::B128, 16, 1024), vDesc, 1);',
+    ],
+  },
+  {
+    // P's plain stores into sP read by the warpgroup's P·V wgmma (another warp's rows) unordered.
+    id: 'narrow-no-p-barrier',
+    title: 'decode sm_90a few rows: P\'s stores read by the P·V wgmma without the warpgroup barrier in between',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '      namedBarrierSync(kBarLocal0 + wg, 128);  // P and the cleared rows visible to the wgmmas\n', replace: '' }],
+    run: 'decode-narrow',
+    todo: 'the emulated wgmma runs when all 4 warps of the warpgroup have issued it (a rendezvous), which orders every ' +
+      'warp\'s earlier P stores before the operand reads; on a GPU only the barrier (with the proxy fence) does',
+    racy: [
+      '*reinterpret_cast<T*>(sP + nrOffset(colOf(ci(i)), keyA + 8 * ((i >> 1) & 1))) = fromFloat<T>(p);',
+      'wgmmaSS<T, NR, 1, 0>(o + cb * NS, smemDesc(kAddr + cb * kChunkBytes + kk * 16 * 128, Swizzle::B128, kChunkBytes, 1024),',
+    ],
+  },
+  {
+    // The merged rows read (another warpgroup's half included) before they are all written.
+    id: 'narrow-no-merge-barrier',
+    title: 'decode sm_90a few rows: the merged output read back without the barrier after both warpgroups wrote it',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '    __syncthreads();\n    const bool out16', replace: '    const bool out16' }],
+    run: 'decode-narrow',
+    racy: [
+      'sO[(wg * NR + colOf(ci(i))) * N::kPitch + cb * 64 + keyA + 8 * ((i >> 1) & 1)] = o[cb * NS + i] * fac[ci(i)];',
+      'const float4 a0 = x0[0], a1 = x0[1], b0 = x1[0], b1 = x1[1];',
     ],
   },
   {

@@ -153,7 +153,7 @@ export function decodeCase(s: DecodeBenchShape, smCount?: number): BenchCase {
 
 export const suite: BenchSuite = {
   name: 'decode',
-  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8, kernel = auto | portable | hopper, plan = compute | reuse, pdl = env | on | off)",
+  description: "absorbed MLA decode over a paged cache on FlashMLA's shapes (grid keys: b, h, sq, sk, varlen, causal, dtype, cache = model | fp8, kernel = auto | portable | hopper | hopper-wide, plan = compute | reuse, pdl = env | on | off)",
   cases(opts) {
     const quick = opts.quick;
     const bs = gridNumbers('decode', opts, 'b', quick ? [16] : [128]);
@@ -164,7 +164,7 @@ export const suite: BenchSuite = {
     const causals = gridBooleans('decode', opts, 'causal', [true]);
     const dtypes = gridDTypes('decode', opts);
     const caches = gridChoices('decode', opts, 'cache', ['model', 'fp8'], ['model']);
-    const kernels = gridChoices('decode', opts, 'kernel', ['auto', 'portable', 'hopper'], ['auto']);
+    const kernels = gridChoices('decode', opts, 'kernel', ['auto', 'portable', 'hopper', 'hopper-wide'], ['auto']);
     const plans = gridChoices('decode', opts, 'plan', ['compute', 'reuse'], ['compute']);
     // Unset: decode's default (MLA_CUDA_PDL); on / off force it.
     const pdls = gridChoices('decode', opts, 'pdl', ['env', 'on', 'off'], ['env']).map((p) => (p === 'env' ? undefined : p === 'on'));
@@ -181,7 +181,7 @@ export const suite: BenchSuite = {
                     for (const plan of plans)
                       for (const pdl of pdls)
                         // The FP8 cache: bf16 queries, portable kernel only.
-                        if (cache === 'model' || (dtype === 'bf16' && kernel !== 'hopper')) out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache, kernel, plan, ...(pdl === undefined ? {} : { pdl }) }, opts.smCount));
+                        if (cache === 'model' || (dtype === 'bf16' && !kernel.startsWith('hopper'))) out.push(decodeCase({ b, h, sQ, sK, varlen, causal, dtype, cache, kernel, plan, ...(pdl === undefined ? {} : { pdl }) }, opts.smCount));
     return out;
   },
 };

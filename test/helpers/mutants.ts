@@ -399,9 +399,9 @@ export async function packageJs(root: string, scratch: string): Promise<Timed<{ 
 
 // ---- the child: one harness case on one addon -------------------------------------------------
 
-export type HarnessCase = 'decode' | 'decode-hopper' | 'linear' | 'prefill' | 'merge' | 'linear-skinny';
+export type HarnessCase = 'decode' | 'decode-hopper' | 'decode-narrow' | 'linear' | 'prefill' | 'merge' | 'linear-skinny';
 /** The cases the default mode's control runs (each mutant names its own). */
-export const HARNESS_CASES: readonly HarnessCase[] = ['decode', 'decode-hopper', 'linear', 'prefill', 'merge'];
+export const HARNESS_CASES: readonly HarnessCase[] = ['decode', 'decode-hopper', 'decode-narrow', 'linear', 'prefill', 'merge'];
 /**
  * The TSan mode's control: also linear's skinny kernel (M <= 16), whose only shared memory is the
  * static `red` array of the cross-warp split-K reduction, a plain-access race site that no
@@ -461,7 +461,7 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
     return { pass: e < 1e-4, relError: e, detail: `rel err ${e.toExponential(2)} (tol 1e-4)` };
   };
   type Verdict = { pass: boolean; relError: number; detail: string };
-  const decodeCase = (kernel: 'portable' | 'hopper', nanUnused: boolean): Verdict => {
+  const decodeCase = (kernel: 'portable' | 'hopper' | 'hopper-wide', nanUnused: boolean): Verdict => {
     const B = 3, H = 16, ps = 64, D = 576, DV = 512, sQ = 2, seqLens = [300, 257, 320];
     const { table, maxPages, numPages } = ref.shuffledBlockTable(seqLens, ps, util.mulberry32(5));
     const tokens = B * sQ;
@@ -499,10 +499,13 @@ export async function harnessMain(jsDir: string, which: string): Promise<void> {
     // split over several parts (combine kernel included).
     // The portable kernel (decode.cu's mutants): on the emulated sm_90 decode would take the Hopper path.
     decode: () => decodeCase('portable', false),
-    // The same on the sm_90a kernel (decode_sm90.cu's mutants: wgmma, TMA, mbarrier), with every
-    // cache row no request reads (a partial last page's rows past L, the unused pages) NaN, as in
-    // test/decode.test.ts's "NaN past the lengths": a kernel that lets them reach P·V fails.
-    'decode-hopper': () => decodeCase('hopper', true),
+    // The same on the sm_90a 64-row kernel (decode_sm90.cu's mutants: wgmma, TMA, mbarrier),
+    // forced (s_q·H = 32 would take the few-rows one), with every cache row no request reads (a
+    // partial last page's rows past L, the unused pages) NaN, as in test/decode.test.ts's "NaN
+    // past the lengths": a kernel that lets them reach P·V fails.
+    'decode-hopper': () => decodeCase('hopper-wide', true),
+    // The same on the sm_90a few-rows kernel (32 rows: its NR = 32 instance).
+    'decode-narrow': () => decodeCase('hopper', true),
     // Tiled kernel (M > 16) with split-K (2 output tiles << SM count: 8 splits) and a K that is
     // no multiple of the 32-wide k-tile; f32 out.
     linear: () => linearCase(40, 256, 2040, 11),
