@@ -14,7 +14,8 @@ import { DeviceTensor } from '../lib/runtime/tensor.js';
 import { SafetensorsFile } from '../lib/safetensors.js';
 import { loadMlaConfig, loadMlaWeights, type MlaWeights } from '../lib/weights.js';
 import { gpuSkip, roundTo } from './helpers/gpu.js';
-import { checkGpuGeometry } from '../lib/attention/gpu-backend.js';
+import { checkGpuGeometry, sharedPlanCounts } from '../lib/attention/gpu-backend.js';
+import { Stream } from '../lib/runtime/stream.js';
 import { randomLayerWeights } from '../lib/reference/testing.js';
 
 const TOL = 1e-5;
@@ -538,4 +539,56 @@ t.test('layers of one model share a planned step', async (t) => {
   const old = cache.planStep([{ seqId: 0, numTokens: 1 }]);
   cache.planStep([{ seqId: 0, numTokens: 1 }]);
   t.throws(() => l0.forward(tokens(TINY, 1, 1), old), { code: 'ERR_ARGUMENT', message: /latest plan/ }, 'a stale plan is refused');
+});
+
+t.test('gpu layers on one stream plan a decode step once (the others reuse it); layers on their own streams plan their own', { skip: gpuSkip }, async (t) => {
+  const cfg: MlaConfig = mlaConfigFromHuggingFace({ hidden_size: 256, num_attention_heads: 4, q_lora_rank: 96, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 });
+  const weights = [0, 1, 2].map((l) => randomLayerWeights(cfg, 70 + l));
+  const shared = new Stream();
+  const apart = [new Stream(), new Stream(), new Stream()];
+  // Two models over identical caches and inputs: all layers on `shared`, or each on its own stream.
+  const model = (streams: readonly Stream[]): { cache: LatentCache; layers: MlaAttention[] } => {
+    const cache = new LatentCache({ config: cfg, numLayers: 3, numPages: 16, pageSize: 16, backend: 'gpu' });
+    const layers = weights.map((w, l) => MlaAttention.create({ config: cfg, weights: w, cache, layer: l, backend: 'gpu', stream: streams[l] }));
+    cache.addSequence('a');
+    cache.addSequence('b');
+    return { cache, layers };
+  };
+  const one = model([shared, shared, shared]);
+  const sep = model(apart);
+  const run = (m: typeof one, streams: readonly Stream[], batch: BatchEntry[], seed: number): Uint16Array => {
+    const T = batch.reduce((n, e) => n + e.numTokens, 0);
+    const step = m.cache.planStep(batch);
+    let h = DeviceTensor.fromArray(Float32Array.from(tokens(cfg, T, seed)), [T, 256], 'bf16');
+    m.layers.forEach((layer, l) => {
+      const next = layer.forward(h, step);
+      streams[l]!.synchronize(); // the next layer may run on another stream
+      h.dispose();
+      h = next;
+    });
+    const bits = new Uint16Array(h.toHostSync().buffer);
+    h.dispose();
+    return bits;
+  };
+  try {
+    run(one, [shared, shared, shared], [{ seqId: 'a', numTokens: 21 }, { seqId: 'b', numTokens: 9 }], 80);
+    run(sep, apart, [{ seqId: 'a', numTokens: 21 }, { seqId: 'b', numTokens: 9 }], 80);
+    for (let k = 0; k < 3; k++) {
+      const batch = [{ seqId: 'a', numTokens: 1 }, { seqId: 'b', numTokens: 1 }];
+      const before = [sharedPlanCounts(one.cache, shared), ...apart.map((s) => sharedPlanCounts(sep.cache, s))];
+      const got = run(one, [shared, shared, shared], batch, 81 + k);
+      const want = run(sep, apart, batch, 81 + k);
+      t.same(got, want, `decode step ${k}: three layers on one plan give the bits of three layers planning their own`);
+      const after = [sharedPlanCounts(one.cache, shared), ...apart.map((s) => sharedPlanCounts(sep.cache, s))];
+      const delta = after.map((c, i) => [c.planned - before[i]!.planned, c.reused - before[i]!.reused]);
+      t.same(delta, [[1, 2], [1, 0], [1, 0], [1, 0]], `decode step ${k}: planned once and reused twice on the shared stream; once per layer on their own`);
+    }
+  } finally {
+    for (const m of [one, sep]) {
+      for (const l of m.layers) l.dispose();
+      m.cache.dispose();
+    }
+    for (const s of [shared, ...apart]) s.dispose();
+  }
+  t.same(sharedPlanCounts(one.cache, shared), { planned: 0, reused: 0 }, 'the shared workspace went with the last layer');
 });

@@ -141,6 +141,61 @@ function uploadWeights(cfg: MlaConfig, w: MlaWeights | MlaLayerWeights, dtype: C
   }
 }
 
+/**
+ * A decode workspace shared by the layers of a model that decode on one stream (every GpuBackend
+ * on the same cache and stream): the first layer to decode a step's requests plans the split,
+ * the others run on that plan (decode's plan 'reuse'; FlashMLA's metadata once per step). The
+ * stream orders it: a layer's kernels read the plan and the partial buffers after the previous
+ * layer's are done with them, so layers on other streams get a plan of their own. Captured steps
+ * (DecodeGraph) keep each layer's own workspace and plan.
+ */
+class SharedDecodePlan {
+  ws: DecodeWorkspace | null = null;
+  refs = 0;
+  /** What the workspace's plan was made for: the step, its request range, the head count. */
+  step: CacheStep | null = null;
+  b0 = 0;
+  b1 = 0;
+  heads = 0;
+  /** Plans computed and reused (tests and diagnostics). */
+  planned = 0;
+  reused = 0;
+
+  workspace(batch: number, heads: number, maxQ: number): DecodeWorkspace {
+    const ws = this.ws;
+    if (ws !== null && ws.fits(batch, heads, maxQ)) return ws;
+    // Freeing the outgrown one (cudaFree) waits for the kernels still using it.
+    ws?.dispose();
+    this.ws = null;
+    this.step = null;
+    this.ws = new DecodeWorkspace({ maxBatch: Math.max(batch, ws?.maxBatch ?? 0), maxHeads: heads, maxQSeqLen: Math.max(maxQ, ws?.maxQSeqLen ?? 1) });
+    return this.ws;
+  }
+}
+const sharedPlans = new WeakMap<LatentCache, Map<Stream | undefined, SharedDecodePlan>>();
+
+function acquireSharedPlan(cache: LatentCache, stream: Stream | undefined): SharedDecodePlan {
+  let byStream = sharedPlans.get(cache);
+  if (byStream === undefined) sharedPlans.set(cache, (byStream = new Map()));
+  let sp = byStream.get(stream);
+  if (sp === undefined) byStream.set(stream, (sp = new SharedDecodePlan()));
+  sp.refs++;
+  return sp;
+}
+
+function releaseSharedPlan(cache: LatentCache, stream: Stream | undefined, sp: SharedDecodePlan): void {
+  if (--sp.refs > 0) return;
+  sp.ws?.dispose();
+  sp.ws = null;
+  sharedPlans.get(cache)?.delete(stream);
+}
+
+/** @internal How many decode plans the layers on (cache, stream) computed and reused (tests). */
+export function sharedPlanCounts(cache: LatentCache, stream?: Stream): { planned: number; reused: number } {
+  const sp = sharedPlans.get(cache)?.get(stream);
+  return { planned: sp?.planned ?? 0, reused: sp?.reused ?? 0 };
+}
+
 export class GpuBackend implements AttentionBackend {
   readonly #cfg: MlaConfig;
   readonly #cache: LatentCache;
@@ -150,6 +205,7 @@ export class GpuBackend implements AttentionBackend {
   #w: DeviceWeights | null;
   #rope: RopeTable | null = null;
   #workspace: DecodeWorkspace | null = null;
+  readonly #sharedPlan: SharedDecodePlan;
   // Eager steps reuse their intermediates: a decode loop of one batch shape allocates nothing
   // after its first step (each cudaFree would also wait for the GPU). Stream order makes the
   // reuse safe: a step's kernels run after the previous step's on the layer's stream.
@@ -167,6 +223,7 @@ export class GpuBackend implements AttentionBackend {
     this.#dtype = opts.dtype;
     this.#stream = opts.stream;
     this.#w = w;
+    this.#sharedPlan = acquireSharedPlan(opts.cache, opts.stream);
   }
 
   static create(opts: GpuBackendOptions): GpuBackend {
@@ -317,6 +374,11 @@ export class GpuBackend implements AttentionBackend {
             if (step.qSeqLens[b] !== step.qSeqLens[s.b0]) uniform = false;
           }
           const oLat = tmp('oLat', [Td, H, C]);
+          // Eager steps share one plan per step across the layers on this stream; a captured one
+          // plans with the layer's own workspace.
+          const sp = arena ? null : this.#sharedPlan;
+          const workspace = sp ? sp.workspace(s.b1 - s.b0, H, maxQ) : this.#decodeWorkspace(s.b1 - s.b0, maxQ);
+          const reuse = sp !== null && sp.step === step && sp.b0 === s.b0 && sp.b1 === s.b1 && sp.heads === H && this.#cache.isCurrentStep(step);
           decode({
             q: qAbs,
             cache,
@@ -328,10 +390,20 @@ export class GpuBackend implements AttentionBackend {
             causal: true,
             out: oLat,
             lse: tmp('lse', [Td, H], 'f32'),
-            workspace: this.#decodeWorkspace(s.b1 - s.b0, maxQ),
+            workspace,
+            plan: reuse ? 'reuse' : 'compute',
             checkIndices: false,
             stream,
           });
+          if (sp !== null && reuse) {
+            sp.reused++;
+          } else if (sp !== null) {
+            sp.step = step;
+            sp.b0 = s.b0;
+            sp.b1 = s.b1;
+            sp.heads = H;
+            sp.planned++;
+          }
           absorbOutput(oLat, w.absorb, { out: o.slice(0, s.t0, s.t1), stream });
         }
       }
@@ -364,6 +436,7 @@ export class GpuBackend implements AttentionBackend {
     this.#rope = null;
     this.#workspace?.dispose();
     this.#workspace = null;
+    releaseSharedPlan(this.#cache, this.#stream, this.#sharedPlan);
     for (const x of this.#retired.splice(0)) x[Symbol.dispose]();
   }
 }
