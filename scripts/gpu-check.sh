@@ -59,6 +59,7 @@ export MLA_CUDA_DEVICE=cuda CI=true
 TAP=$ROOT/node_modules/.bin/tap
 NCPU=$(nproc 2>/dev/null || echo 4)
 FLASHMLA=$ROOT/.gpu/anchors/flashmla/bench_flashmla.sh
+HOPPER_KERNELS=all  # after a failed smoke: hopper-wide (the few-rows kernel failed) or portable
 
 ALL_PHASES=(env hopper tests demo primitives memcheck racecheck ceilings flashmla decode bench)
 TABLE_PHASES=("${ALL_PHASES[@]}" profile)
@@ -199,16 +200,25 @@ phase_env() {
 phase_hopper() {
   need_gpu hopper && plan hopper || return; phase_start hopper
   timeout -k 5 "$T" node scripts/hopper-smoke.mjs > "$WORK/hopper.txt" 2>&1
-  local rc=$?
+  local rc=$? fallback=portable last
   if [[ $rc == 2 ]]; then record hopper SKIP "$(tail -1 "$WORK/hopper.txt" | cut -c1-140)"; return; fi
   if [[ $rc != 0 ]]; then
-    export MLA_CUDA_DECODE_KERNEL=portable MLA_TEST_DECODE_KERNELS=portable
-    DECODE_GRID=${DECODE_GRID/decode.kernel=portable,hopper/decode.kernel=portable}
+    # The few-rows kernel wrong, or hung right after a good 64-row run: the 64-row one alone, in
+    # a fresh process (a fault loses the context), and the later phases on it if it passes.
+    last=$(tail -1 "$WORK/hopper.txt")
+    if grep -q 'failed kernel: hopper)$' "$WORK/hopper.txt" || [[ $rc == 124 && $last == *" hopper-wide: out rel err"* && $last != *WRONG* ]]; then
+      MLA_SMOKE_KERNELS=hopper-wide timeout -k 5 20 node scripts/hopper-smoke.mjs > "$WORK/hopper-wide.txt" 2>&1 && fallback=hopper-wide
+    fi
+    HOPPER_KERNELS=$fallback
+    local ks=portable
+    [[ $fallback == hopper-wide ]] && ks=portable,hopper-wide
+    export MLA_CUDA_DECODE_KERNEL=$fallback MLA_TEST_DECODE_KERNELS=$ks
+    DECODE_GRID=${DECODE_GRID/decode.kernel=portable,hopper/decode.kernel=$ks}
   fi
   # The summary line, and the first wrong case (hopper.txt in logs.tgz has the localization).
   local det; det="$(tail -1 "$WORK/hopper.txt"; grep -m1 -E 'WRONG|FAILED' "$WORK/hopper.txt")"
   det=$(tr '\n' ';' <<< "$det" | sed 's/;$//' | cut -c1-200)
-  (( rc != 0 )) && det="$det; the later phases run the portable kernel only"
+  (( rc != 0 )) && det="$det; the later phases run the $fallback kernel (and the portable one)"
   record hopper "$(status_of $rc)" "${det:-no output (exit $rc)}"
 }
 
@@ -358,7 +368,7 @@ phase_decode() {
   local rc=$?
   # FlashMLA's `us` leaves its scheduler metadata out (made once per shape): the same calls on a
   # plan made once (decode's plan 'reuse'), Hopper kernel (portable if Hopper failed its smoke).
-  local reuse=${DECODE_GRID/decode.kernel=portable,hopper/decode.kernel=hopper} left
+  local reuse=${DECODE_GRID/decode.kernel=portable,/decode.kernel=} left
   rm -f "$OUT/decode-reuse.json"
   left=$(( T - ($(now) - PSTART) ))
   if (( left > 15 )); then
@@ -386,7 +396,7 @@ phase_decode() {
   # 64-row kernel forced ('hopper-wide') in one call: H 16, s_q 1 and 2, s_k 4k and 32k, plan
   # reused; main kernel and whole call (decode-rows.json in logs.tgz).
   left=$(( T - ($(now) - PSTART) ))
-  if [[ $reuse == *decode.kernel=hopper* ]] && (( left > 10 )); then
+  if [[ $HOPPER_KERNELS == all ]] && (( left > 10 )); then
     timeout -k 5 "$left" node dist/cli/main.js bench decode --b 128 --h 16 --sq 1,2 --sk 4096,32768 --grid decode.kernel=hopper,hopper-wide \
       --grid decode.plan=reuse $(ceiling_args) --json "$WORK/decode-rows.json" > "$WORK/decode-rows.txt" 2>&1
     node -e '
@@ -424,12 +434,13 @@ phase_profile() {
   need_gpu profile && plan profile || return; phase_start profile
   command -v ncu > /dev/null || { record profile FAIL "ncu is not on the PATH"; return; }
   local kernels="hopper portable" rc=0 h k log det=()
-  [[ ${MLA_CUDA_DECODE_KERNEL:-} == portable ]] && kernels=portable   # the hopper phase failed
+  [[ $HOPPER_KERNELS == portable ]] && kernels=portable   # the hopper phase failed
+  [[ $HOPPER_KERNELS == hopper-wide ]] && kernels="hopper-wide portable"
   for k in $kernels; do
     for h in 128 16; do
       log="$WORK/profile-$k-h$h.txt"
       timeout -k 5 $(( T / 4 )) ncu --clock-control none \
-        -k "regex:$([[ $k == hopper ]] && echo decodeMainSm90Kernel || echo decodeMainKernel)|decodePlanKernel|decodeCombineKernel" \
+        -k "regex:$([[ $k == hopper* ]] && echo 'decodeMainSm90Kernel|decodeNarrowSm90Kernel' || echo decodeMainKernel)|decodePlanKernel|decodeCombineKernel" \
         --launch-skip 3 --launch-count 3 --section SpeedOfLight --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
         --section WarpStateStats --section Occupancy --section LaunchStats \
         node dist/cli/main.js bench decode --b 128 --h $h --sq 1 --sk 8192 --grid decode.kernel=$k --warmup 1 --repeats 2 \
@@ -459,8 +470,10 @@ const theirs = new Map();
 for (const line of fs.readFileSync(fm, 'utf8').split('\n')) {
   try { const r = JSON.parse(line); if (r.us !== undefined) theirs.set(key(r.b, r.s_q, r.h_q, r.s_k), r); } catch {}
 }
-// Ours per kernel (portable, hopper; 'auto' when the grid did not name one).
+// Ours per kernel (portable, hopper; 'auto' when the grid did not name one). After a failed
+// smoke the Hopper column is the 64-row kernel's (hopper-wide).
 const mine = { portable: new Map(), hopper: new Map(), auto: new Map() };
+mine['hopper-wide'] = mine.hopper;
 try {
   for (const r of JSON.parse(fs.readFileSync(ours, 'utf8')).results) {
     if (r.run) mine[r.params.kernel ?? 'auto']?.set(key(r.params.b, r.params.sq, r.params.h, r.params.sk), { us: r.run.us.median, main: r.main?.us.median, tbps: r.run.tbps });
@@ -468,7 +481,7 @@ try {
 } catch {
   // no report (timed out?): the progress lines "[i/n] decode b128 h16 sq1 sk4096 bf16 hopper: 123 µs"
   try {
-    for (const m of fs.readFileSync(oursLog, 'utf8').matchAll(/decode b(\d+) h(\d+) sq(\d+) sk(\d+) bf16( portable| hopper)?: ([\d.]+) µs/g)) {
+    for (const m of fs.readFileSync(oursLog, 'utf8').matchAll(/decode b(\d+) h(\d+) sq(\d+) sk(\d+) bf16( portable| hopper| hopper-wide)?: ([\d.]+) µs/g)) {
       mine[(m[5] ?? ' auto').trim()].set(key(m[1], m[3], m[2], m[4]), { us: Number(m[6]) });
     }
   } catch {}

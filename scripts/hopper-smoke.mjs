@@ -1,11 +1,13 @@
 #!/usr/bin/env node
-// A few small decode calls per main kernel (portable, then the sm_90a one) against the float64
-// reference: the first thing scripts/gpu-check.sh runs on a Hopper GPU, under a short timeout,
+// A few small decode calls per main kernel (portable, then the sm_90a ones: the 64-row kernel
+// forced, then the Hopper path's own choice, which takes the few-rows kernel for s_q·H <= 32)
+// against the float64 reference: the first thing scripts/gpu-check.sh runs on a Hopper GPU, under a short timeout,
 // so that a Hopper kernel that faults or hangs there costs seconds, not the session's device time.
 // A wrong result is localized (which requests, heads, output quarters, LSEs), since the session
 // that sees it first has minutes to act on it: the quarter says which warpgroup's half of V
 // (columns 0-255: warpgroup 0, 256-511: warpgroup 1), the heads which row tile.
-// Exit 0: all match; 1: a kernel is wrong or failed; 2: no usable device / not compute capability 9.0.
+// Exit 0: all match; 1: a kernel is wrong or failed (the last line names it); 2: no usable device /
+// not compute capability 9.0. MLA_SMOKE_KERNELS=a,b runs only those (gpu-check's second try).
 // Also runs on the emulated device (MLA_CUDA_DEVICE=emulator), to rehearse it.
 import { cuda, decode, DeviceTensor, reference } from '../dist/index.js';
 import { shuffledBlockTable } from '../dist/reference/testing.js';
@@ -23,6 +25,8 @@ if (dev.computeCapability !== '9.0') {
 }
 
 const D = 576, DV = 512, scale = 0.1352337788608801;
+const KERNELS = (process.env['MLA_SMOKE_KERNELS'] ?? 'portable,hopper-wide,hopper').split(',');
+let failed = '';
 // decode.test.ts's patterns: shuffled pages, lengths off the tile grid; the first case is the
 // gate (fast), the others add many tile pairs per part, 2 row tiles, small and large pages.
 const CASES = [
@@ -70,7 +74,8 @@ for (const [ci, c] of CASES.entries()) {
   const blockTable = up(table, [B, maxPages], 'i32');
   const lens = up(Int32Array.from(seqLens), [B], 'i32');
   const name = `H ${H}, page ${ps}, s_q ${sQ}, lengths [${seqLens.join(', ')}]`;
-  for (const kernel of ['portable', 'hopper']) {
+  for (const kernel of KERNELS) {
+    if (failed) break; // a fault loses the context: what runs after it says nothing
     checked++;
     const out = up(new Float32Array(tokens * H * DV).fill(Number.NaN), [tokens, H, DV], 'bf16');
     const lse = up(new Float32Array(tokens * H).fill(Number.NaN), [tokens, H], 'f32');
@@ -86,6 +91,7 @@ for (const [ci, c] of CASES.entries()) {
       console.log(`case ${ci} (${name}) ${kernel}: out rel err ${eo.toExponential(2)}, lse rel err ${el.toExponential(2)}${ok ? '' : ' WRONG'} (${(performance.now() - t0).toFixed(0)} ms)`);
       if (!ok) {
         bad++;
+        failed = kernel;
         const t = (i) => Math.floor(i / (H * DV));
         console.log(`  ${worstGroups(o, want.out, tokens, t, 'by token (request = token / s_q)')}`);
         console.log(`  ${worstGroups(o, want.out, Math.ceil(H / 16), (i) => Math.floor((i / DV) % H / 16), 'by 16-head group')}`);
@@ -94,11 +100,12 @@ for (const [ci, c] of CASES.entries()) {
       }
     } catch (err) {
       bad++;
+      failed = kernel;
       console.log(`case ${ci} (${name}) ${kernel}: FAILED: ${err instanceof Error ? err.message : String(err)}`);
     }
   }
   for (const t of owned) t.dispose();
   if (bad) break; // the gate: a later phase's time is worth more than more evidence
 }
-console.log(`hopper-smoke: ${checked - bad} of ${checked} kernel runs match the float64 reference${bad ? ` (${bad} wrong or failed)` : ''}`);
+console.log(`hopper-smoke: ${checked - bad} of ${checked} kernel runs match the float64 reference${bad ? ` (${bad} wrong or failed; failed kernel: ${failed})` : ''}`);
 process.exit(bad ? 1 : 0);
