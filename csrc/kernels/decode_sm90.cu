@@ -599,20 +599,21 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
       // Chunk 8 (rope) is read by S only: the tile after next's may load now.
       if (issuer && reload) issueKvChunks(a, &kv, tile, tileBar, kNChunks - 1, kNChunks, btRow, key0 + 2 * kBN, L);
       const float scaleLog2 = a.scaleLog2;
-      float mUse[NC];
+      // The new running max (a row without a finite score yet keeps the exponents at -inf) and
+      // the factor that rescales what was summed under the old one.
+      float mUse[NC], corr[NC];
 #pragma unroll
       for (int c = 0; c < NC; ++c) {
         const int r = colOf(c);
         const float tm = fmaxf(fmaxf(sRed[r], sRed[NR + r]), fmaxf(sRed[2 * NR + r], sRed[3 * NR + r])) * scaleLog2;
         const float mNew = fmaxf(m[c], tm);
         mUse[c] = mNew == -INFINITY ? 0.f : mNew;
-        const float sc = exp2Ftz(m[c] - mUse[c]);
-        l[c] *= sc;
+        corr[c] = exp2Ftz(m[c] - mUse[c]);
+        l[c] *= corr[c];
         m[c] = mNew;
-        mx[c] = sc;
       }
 #pragma unroll
-      for (int i = 0; i < 8 * NS; ++i) o[i] *= mx[ci(i % NS)];
+      for (int i = 0; i < 8 * NS; ++i) o[i] *= corr[ci(i % NS)];
       // P = 2^(s scale - m) as bf16 / f16 into this warpgroup's sP (row = query, col = key).
 #pragma unroll
       for (int i = 0; i < NS; ++i) {
