@@ -509,11 +509,25 @@ const RACE_MUTANTS: readonly RaceMutant[] = [
     id: 'narrow-no-merge-barrier',
     title: 'decode sm_90a few rows: the merged output read back without the barrier after both warpgroups wrote it',
     file: 'decode_sm90.cu',
-    edits: [{ find: '    __syncthreads();\n    const bool out16', replace: '    const bool out16' }],
+    edits: [{ find: '      __syncthreads();  // both warpgroups\' halves written\n', replace: '' }],
     run: 'decode-narrow',
     racy: [
-      'sO[(wg * NR + colOf(ci(i))) * N::kPitch + cb * 64 + keyA + 8 * ((i >> 1) & 1)] = o[cb * NS + i] * fac[ci(i)];',
+      'sO[(wg * NR + colOf(ci(i))) * N::kPitch + (cb * 64 - pass * N::kCols) + keyA + 8 * ((i >> 1) & 1)] = o[cb * NS + i] * fac[ci(i)];',
       'const float4 a0 = x0[0], a1 = x0[1], b0 = x1[0], b1 = x1[1];',
+    ],
+  },
+  {
+    // The next request's second tile lands in stage 1 while the merge still reads it there.
+    id: 'narrow-no-merge-end-barrier',
+    title: 'decode sm_90a few rows: the next request\'s second tile loaded into stage 1 without the barrier after the merge',
+    file: 'decode_sm90.cu',
+    edits: [{ find: '    __syncthreads();    // the merge is done with stage 1: the next request\'s second tile\n', replace: '' }],
+    run: 'decode-narrow',
+    // The case's three requests have 5 tiles each: with 2 SMs a part covers two of them.
+    env: { MLA_EMU_DEVICES: 'sm_90:2' },
+    racy: [
+      'const float4 a0 = x0[0], a1 = x0[1], b0 = x1[0], b1 = x1[1];',
+      'for (int c = c0; c < c1; ++c) tmaLoad3d(tile + c * kChunkBytes + (k - key0) * 128, kv, c * 64, r0, pg, &bar[c]);',
     ],
   },
   {

@@ -462,7 +462,8 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
 // NR/64 of the multiply-adds. Each warpgroup runs its own online softmax over alternate tiles
 // (tile t: stage t % 2, warpgroup t % 2); a tile's row maxima go through shared memory between
 // the warpgroup's 4 warps (each holds 16 of the 64 keys). At the end of a request the two
-// warpgroups' (m, l, O) are merged through the free K stages and stored row by row.
+// warpgroups' (m, l, O) are merged through K stage 1 and stored row by row, while the next
+// request's Q and first tile already load into the Q area and stage 0.
 template <int NR>
 struct Narrow {
   static constexpr int kQChunk = NR * 128;                  // 64 columns of NR rows, 128-byte swizzled
@@ -471,12 +472,14 @@ struct Narrow {
   static constexpr int kOffRed = kOffP + 2 * kQChunk;       // tile row maxima f32 [2][4 warps][NR]
   static constexpr int kOffBar = kOffRed + 2 * 4 * NR * 4;
   static constexpr int kSmem = kOffBar + 2 * kNChunks * 8 + 1024;
-  // The merge, over the K stages: each warpgroup's scaled O f32 [NR][kPitch] (the pad spreads a
-  // warp's stores over all banks), its running maxima [NR] and row sums [4 warps][NR].
-  static constexpr int kPitch = kDV + 4;
+  // The merge, in K stage 1 (stage 0 and Q already take the next request's loads): each
+  // warpgroup's scaled O f32 [NR][kPitch] for kCols columns a pass (the pad spreads a warp's
+  // stores over all banks), its running maxima [NR] and row sums [4 warps][NR].
+  static constexpr int kCols = NR == 16 ? kDV : kDV / 2;
+  static constexpr int kPitch = kCols + 4;
   static constexpr int kOffMergeM = 2 * NR * kPitch * 4;
   static constexpr int kOffMergeL = kOffMergeM + 2 * NR * 4;
-  static_assert(kOffMergeL + 2 * 4 * NR * 4 <= 2 * kTileBytes, "the merge fits in the K stages");
+  static_assert(kOffMergeL + 2 * 4 * NR * 4 <= kTileBytes, "the merge fits in one K stage");
   static_assert(kSmem <= kSm90SmemBytes, "no more shared memory than the wide kernel");
 };
 
@@ -520,29 +523,44 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
   float s[NS];
   float o[8 * NS];
 
-  for (int b = meta[0]; b <= lastReq; ++b) {
-    ReqWork w;
-    if (!reqWork(a, meta, b, 0, w)) continue;
-    const int sq = w.sq, L = w.L, rows = w.rows, slot = w.slot, qStart = w.qStart;
-    const int kvBegin = w.blk0 * kBN, ntiles = w.blk1 - w.blk0;
-    const int32_t* btRow = a.bt + b * a.btStride;
-
-    __syncthreads();  // the previous request's merge is done with the K stages
-    if (issuer && wg < ntiles) issueKvChunks(a, &kv, tile, tileBar, 0, kNChunks, btRow, kvBegin + wg * kBN, L);
-    // Q, rows past s_q*H zero-filled; all of a thread's copies in flight at once.
+  // The first request from b on in which this CTA has work (lastReq + 1 when none).
+  auto nextWork = [&](int b, ReqWork& w) {
+    while (b <= lastReq && !reqWork(a, meta, b, 0, w)) ++b;
+    return b;
+  };
+  // Request b's tile t (0 or 1) into stage t, by that warpgroup's TMA thread.
+  auto startTile = [&](int b, const ReqWork& w, int t) {
+    if (issuer && wg == t && t < w.blk1 - w.blk0)
+      issueKvChunks(a, &kv, tile, tileBar, 0, kNChunks, a.bt + b * a.btStride, (w.blk0 + t) * kBN, w.L);
+  };
+  // Its Q, rows past s_q*H zero-filled; all of a thread's copies in flight at once.
+  auto startQ = [&](const ReqWork& w) {
     for (int u = tid; u < NR * kChunks; u += kThreadsSm90) {
       const int r = u / kChunks, ch = u - r * kChunks;
       const T* src = qBase;
-      if (r < rows) {
+      if (r < w.rows) {
         const int j = r / a.H, h = r - j * a.H;
-        src = qBase + int64_t(qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8;
+        src = qBase + int64_t(w.qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8;
       }
-      cpAsync16(sQ + nrOffset(r, ch * 8), src, r < rows);
+      cpAsync16(sQ + nrOffset(r, ch * 8), src, r < w.rows);
     }
     cpAsyncCommit();
+  };
+
+  ReqWork w;
+  int b = nextWork(meta[0], w);
+  if (b <= lastReq) {
+    startTile(b, w, 0);
+    startTile(b, w, 1);
+    startQ(w);
+  }
+  while (b <= lastReq) {
+    const int sq = w.sq, L = w.L, rows = w.rows, slot = w.slot, qStart = w.qStart;
+    const int kvBegin = w.blk0 * kBN, ntiles = w.blk1 - w.blk0;
+    const int32_t* btRow = a.bt + b * a.btStride;
     cpAsyncWait<0>();
     fenceProxyAsync();
-    __syncthreads();
+    __syncthreads();  // Q visible to the wgmmas
 
     int rowLim[NC], rowLimMin = INT32_MAX;
     float m[NC], l[NC];  // running max (base-2 logits) and this thread's share of the row sums
@@ -646,11 +664,19 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
       if (issuer && reload) issueKvChunks(a, &kv, tile, tileBar, 0, kNChunks - 1, btRow, key0 + 2 * kBN, L);
     }
 
-    // Merge the two warpgroups: M = max(m0, m1), O = sum_w O_w 2^(m_w - M) / sum_w l_w 2^(m_w - M).
-    __syncthreads();  // both warpgroups' last P·V done: the K stages are free
-    float* sO = reinterpret_cast<float*>(smem);  // [2][NR][kPitch]
-    float* sMm = reinterpret_cast<float*>(smem + N::kOffMergeM);
-    float* sLm = reinterpret_cast<float*>(smem + N::kOffMergeL);
+    // The request's end: both warpgroups' last P·V done, so Q and stage 0 take the next request's
+    // Q and first tile now, while this one's rows are merged through stage 1 and stored.
+    __syncthreads();
+    ReqWork wNext;
+    const int bNext = nextWork(b + 1, wNext);
+    if (bNext <= lastReq) {
+      startTile(bNext, wNext, 0);
+      startQ(wNext);
+    }
+    // M = max(m0, m1), O = sum_w O_w 2^(m_w - M) / sum_w l_w 2^(m_w - M), per row.
+    unsigned char* merge = smem + kTileBytes;
+    float* sMm = reinterpret_cast<float*>(merge + N::kOffMergeM);
+    float* sLm = reinterpret_cast<float*>(merge + N::kOffMergeL);
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
       float ls = l[c];
@@ -678,34 +704,39 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
       merged(colOf(c), &mm, &lt, f);
       fac[c] = lt > 0.f ? (wg ? f[1] : f[0]) / lt : 0.f;
     }
-#pragma unroll
-    for (int cb = 0; cb < 8; ++cb)
-#pragma unroll
-      for (int i = 0; i < NS; ++i)
-        sO[(wg * NR + colOf(ci(i))) * N::kPitch + cb * 64 + keyA + 8 * ((i >> 1) & 1)] = o[cb * NS + i] * fac[ci(i)];
-    __syncthreads();
     const bool out16 = ((reinterpret_cast<uintptr_t>(a.out) | uintptr_t(a.oTok | a.oHead) * sizeof(T)) & 15) == 0;
-    for (int u = tid; u < NR * (kDV / 8); u += kThreadsSm90) {
-      const int r = u / (kDV / 8), c0 = (u % (kDV / 8)) * 8;
-      if (r >= rows) continue;
-      const float4* x0 = reinterpret_cast<const float4*>(sO + r * N::kPitch + c0);
-      const float4* x1 = reinterpret_cast<const float4*>(sO + (NR + r) * N::kPitch + c0);
-      const float4 a0 = x0[0], a1 = x0[1], b0 = x1[0], b1 = x1[1];
-      const float v[8] = {a0.x + b0.x, a0.y + b0.y, a0.z + b0.z, a0.w + b0.w, a1.x + b1.x, a1.y + b1.y, a1.z + b1.z, a1.w + b1.w};
-      const int j = r / a.H, h = r - j * a.H;
-      if (slot < 0) {
-        T* orow = static_cast<T*>(a.out) + int64_t(qStart + j) * a.oTok + int64_t(h) * a.oHead + c0;
-        const uint4 pk = make_uint4(packPair<T>(v[0], v[1]), packPair<T>(v[2], v[3]), packPair<T>(v[4], v[5]), packPair<T>(v[6], v[7]));
-        if (out16) {
-          *reinterpret_cast<uint4*>(orow) = pk;
-        } else {  // out is only 4-byte aligned (launchDecode's guarantee)
-          uint32_t* o4 = reinterpret_cast<uint32_t*>(orow);
-          o4[0] = pk.x, o4[1] = pk.y, o4[2] = pk.z, o4[3] = pk.w;
+    float* sO = reinterpret_cast<float*>(merge);  // [2 warpgroups][NR][kPitch], kCols columns a pass
+#pragma unroll
+    for (int pass = 0; pass < kDV / N::kCols; ++pass) {
+      if (pass > 0) __syncthreads();  // the previous pass's rows are read
+#pragma unroll
+      for (int cb = pass * N::kCols / 64; cb < (pass + 1) * N::kCols / 64; ++cb)
+#pragma unroll
+        for (int i = 0; i < NS; ++i)
+          sO[(wg * NR + colOf(ci(i))) * N::kPitch + (cb * 64 - pass * N::kCols) + keyA + 8 * ((i >> 1) & 1)] = o[cb * NS + i] * fac[ci(i)];
+      __syncthreads();  // both warpgroups' halves written
+      for (int u = tid; u < NR * (N::kCols / 8); u += kThreadsSm90) {
+        const int r = u / (N::kCols / 8), c0 = (u % (N::kCols / 8)) * 8;
+        if (r >= rows) continue;
+        const float4* x0 = reinterpret_cast<const float4*>(sO + r * N::kPitch + c0);
+        const float4* x1 = reinterpret_cast<const float4*>(sO + (NR + r) * N::kPitch + c0);
+        const float4 a0 = x0[0], a1 = x0[1], b0 = x1[0], b1 = x1[1];
+        const float v[8] = {a0.x + b0.x, a0.y + b0.y, a0.z + b0.z, a0.w + b0.w, a1.x + b1.x, a1.y + b1.y, a1.z + b1.z, a1.w + b1.w};
+        const int j = r / a.H, h = r - j * a.H, col = pass * N::kCols + c0;
+        if (slot < 0) {
+          T* orow = static_cast<T*>(a.out) + int64_t(qStart + j) * a.oTok + int64_t(h) * a.oHead + col;
+          const uint4 pk = make_uint4(packPair<T>(v[0], v[1]), packPair<T>(v[2], v[3]), packPair<T>(v[4], v[5]), packPair<T>(v[6], v[7]));
+          if (out16) {
+            *reinterpret_cast<uint4*>(orow) = pk;
+          } else {  // out is only 4-byte aligned (launchDecode's guarantee)
+            uint32_t* o4 = reinterpret_cast<uint32_t*>(orow);
+            o4[0] = pk.x, o4[1] = pk.y, o4[2] = pk.z, o4[3] = pk.w;
+          }
+        } else {
+          float4* prow = reinterpret_cast<float4*>(a.oPart + (int64_t(slot) * a.maxRows + r) * kDV + col);
+          prow[0] = make_float4(v[0], v[1], v[2], v[3]);
+          prow[1] = make_float4(v[4], v[5], v[6], v[7]);
         }
-      } else {
-        float4* prow = reinterpret_cast<float4*>(a.oPart + (int64_t(slot) * a.maxRows + r) * kDV + c0);
-        prow[0] = make_float4(v[0], v[1], v[2], v[3]);
-        prow[1] = make_float4(v[4], v[5], v[6], v[7]);
       }
     }
     if (tid < rows && tid < NR) {
@@ -716,7 +747,11 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
       if (slot < 0) a.lse[int64_t(qStart + j) * a.lTok + int64_t(h) * a.lHead] = lt > 0.f ? lse2 * kLn2 : INFINITY;
       else a.lsePart[int64_t(slot) * a.maxRows + tid] = lse2;
     }
-    fenceProxyAsync();  // the merge's plain accesses before the next request's TMA writes there
+    fenceProxyAsync();  // the merge's plain accesses before the TMA writes into stage 1
+    __syncthreads();    // the merge is done with stage 1: the next request's second tile
+    if (bNext <= lastReq) startTile(bNext, wNext, 1);
+    b = bNext;
+    w = wNext;
   }
 }
 
