@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // A few small decode calls per main kernel (portable, then the sm_90a ones: the 64-row kernel
 // forced, then the Hopper path's own choice, which takes the few-rows kernel for s_q·H <= 32)
-// against the float64 reference: the first thing scripts/gpu-check.sh runs on a Hopper GPU, under a short timeout,
-// so that a Hopper kernel that faults or hangs there costs seconds, not the session's device time.
+// against the float64 reference: the first thing scripts/gpu-check.sh runs on a Hopper GPU,
+// under a short timeout, so that a Hopper kernel that faults or hangs there costs seconds, not
+// the session's device time.
 // A wrong result is localized (which requests, heads, output quarters, LSEs), since the session
 // that sees it first has minutes to act on it: the quarter says which warpgroup's half of V
 // (columns 0-255: warpgroup 0, 256-511: warpgroup 1), the heads which row tile.

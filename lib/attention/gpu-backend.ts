@@ -164,7 +164,8 @@ class SharedDecodePlan {
   workspace(batch: number, heads: number, maxQ: number): DecodeWorkspace {
     const ws = this.ws;
     if (ws !== null && ws.fits(batch, heads, maxQ)) return ws;
-    // Freeing the outgrown one (cudaFree) waits for the kernels still using it.
+    // Freeing the outgrown one (cudaFree) waits for the kernels still using it; none is held
+    // while the new one is allocated, so a failed allocation leaves no freed workspace behind.
     ws?.dispose();
     this.ws = null;
     this.step = null;
