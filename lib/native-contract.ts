@@ -53,7 +53,7 @@ export interface NativeDecodeArgs extends NativeStreamArg, NativeDecodeWorkspace
   uniformQSeqLen?: number | undefined;
   /** Bound on every qSeqLens[b]: sizes the grid. */
   maxQSeqLen?: number | undefined;
-  /** csrc/kernels/decode.h DecodeKernel: 0 auto, 1 portable, 2 hopper. */
+  /** csrc/kernels/decode.h DecodeKernel: 0 auto, 1 portable, 2 hopper, 3 hopper-wide (its 64-row kernel). */
   kernel?: number | undefined;
 }
 
