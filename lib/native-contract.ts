@@ -204,6 +204,7 @@ export interface NativePrimitivesArgs extends NativeStreamArg, Partial<Record<Na
   k?: number | undefined;
   swizzleA?: number | undefined;
   swizzleB?: number | undefined;
+  tnspA?: number | undefined;
   tnspB?: number | undefined;
   lboRows?: number | undefined;
   rs?: boolean | undefined;

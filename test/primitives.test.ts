@@ -257,6 +257,8 @@ t.test('sm_90a validation (no GPU needed)', async (t) => {
   throwsNaming(t, () => wgmmaConformance(a, b, c, { ...spec, n: 24 as 16 }), 'ERR_RANGE', 'n');
   throwsNaming(t, () => wgmmaConformance(a, b, c, { ...spec, swizzleB: 16 as SwizzleSpan }), 'ERR_RANGE', 'swizzleB');
   throwsNaming(t, () => wgmmaConformance(a, new Uint16Array(10), c, spec), 'ERR_SHAPE', 'b');
+  throwsNaming(t, () => wgmmaConformance(a, b, c, { ...spec, tnspA: 2 as 1 }), 'ERR_RANGE', 'tnspA');
+  throwsNaming(t, () => wgmmaConformance(a, b, c, { ...spec, tnspA: 1, rs: true }), 'ERR_ARGUMENT', 'tnspA');
   throwsNaming(t, () => tmaConformance(new Uint16Array(64), [8, 8], [8], 0, [[0, 0]]), 'ERR_SHAPE', 'box');
   throwsNaming(t, () => tmaConformance(new Uint16Array(64), [8, 8], [8, 8], 0, [[0]]), 'ERR_SHAPE', 'coords[0]');
   throwsNaming(t, () => mbarrierConformance(new Uint16Array(10)), 'ERR_SHAPE', 'src');
@@ -333,6 +335,15 @@ t.test(`wgmma m64nNk16 vs PTX ISA (${sm90Label})`, { skip: gpuSkip || (sm90 ? fa
     wgmmaCase(t, `rs bf16 n32 k16 B ${tnspB ? 'MN' : 'K'}-major swizzle ${swizzleB}`, { dtype: 'bf16', n: 32, k: 16, swizzleA: 0, swizzleB, tnspB, rs: true, scaleD: true }, seed += 3);
   }
   wgmmaCase(t, 'rs f16 n32 k64 B K-major 128B', { dtype: 'f16', n: 32, k: 64, swizzleA: 0, swizzleB: 128, tnspB: 0, rs: true, scaleD: true }, seed += 3);
+  // 4. A MN-major, as the few-rows decode kernel's O^T += V^T·P^T reads V^T straight from the K
+  // tile (64 V columns of a 128-byte swizzled chunk as M, key rows as K, B = P K-major): every
+  // swizzle at n16, and n32 over k64 (the descriptor start advancing 16 rows a step).
+  for (const sw of [0, 32, 64, 128] as const) {
+    wgmmaCase(t, `ss bf16 n16 k16 A MN-major swizzle ${sw}`, { dtype: 'bf16', n: 16, k: 16, swizzleA: sw, swizzleB: 128, tnspA: 1, tnspB: 0, rs: false, scaleD: true }, seed += 3);
+  }
+  for (const dtype of ['bf16', 'f16'] as const) {
+    wgmmaCase(t, `ss ${dtype} n32 k64 (4 steps) A MN-major 128B, B K-major 128B`, { dtype, n: 32, k: 64, swizzleA: 128, swizzleB: 128, tnspA: 1, tnspB: 0, rs: false, scaleD: true }, seed += 3);
+  }
 });
 
 t.test(`TMA tensor loads vs PTX ISA (${sm90Label})`, { skip: gpuSkip || (sm90 ? false : 'needs compute capability 9.0') }, async (t) => {

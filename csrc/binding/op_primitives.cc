@@ -7,7 +7,7 @@ namespace mla::binding {
 namespace {
 
 // primitives({ which, ...the tensors of that primitive (see primitives.h), num?, trans?, the sm_90a
-// integers (n, k, swizzleA, swizzleB, tnspB, lboRows, rs, scaleD, box0-2, swizzle, mode, handover), stream? })
+// integers (n, k, swizzleA, swizzleB, tnspA, tnspB, lboRows, rs, scaleD, box0-2, swizzle, mode, handover), stream? })
 Napi::Value PrimitivesOp(const Napi::CallbackInfo& info) {
   ArgReader a(info, "primitives");
   PrimitivesParams p;
@@ -50,6 +50,7 @@ Napi::Value PrimitivesOp(const Napi::CallbackInfo& info) {
       p.k = static_cast<int>(a.i64("k"));
       p.swizzleA = static_cast<int>(a.i64("swizzleA", 0));
       p.swizzleB = static_cast<int>(a.i64("swizzleB", 0));
+      p.tnspA = static_cast<int>(a.i64("tnspA", 0));
       p.tnspB = static_cast<int>(a.i64("tnspB", 0));
       p.lboRows = static_cast<int>(a.i64("lboRows", p.k));
       p.rs = a.boolean("rs", false);

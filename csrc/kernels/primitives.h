@@ -43,10 +43,11 @@ struct PrimitivesParams {
   // Wgmma: d = A·B (+ c when scaleD) by wgmma.mma_async m64nNk16 f32.{bf16,f16} in k/16 steps
   // (a, b, c, d as for Mma but a [64,k], b [k,n], c/d [64,n]; n 16, 32, 64 or 256; k 16, or 64
   // with n 32 or 64).
-  // A is K-major (from shared memory with swizzleA, or from registers when rs); B is K-major
-  // (tnspB 0) or MN-major (tnspB 1) with swizzleB. Swizzles are spans in bytes: 0 (none), 32,
-  // 64, 128. lboRows: k-rows per 64-column group of a swizzled MN-major B (its LBO = lboRows·span).
-  int n = 16, k = 16, swizzleA = 0, swizzleB = 0, tnspB = 0, lboRows = 16;
+  // A is K-major (tnspA 0) or MN-major (tnspA 1, shared memory only) with swizzleA, or from
+  // registers when rs; B is K-major (tnspB 0) or MN-major (tnspB 1) with swizzleB. Swizzles are
+  // spans in bytes: 0 (none), 32, 64, 128. lboRows: k-rows per 64-column group of a swizzled
+  // MN-major B (its LBO = lboRows·span; an MN-major A's is k rows).
+  int n = 16, k = 16, swizzleA = 0, swizzleB = 0, tnspA = 0, tnspB = 0, lboRows = 16;
   bool rs = false, scaleD = true;
   // Tma: src, a bf16 tensor of rank 2 or 3 (shape outermost first); coords [m, rank] i32, box
   // corners innermost first; box[0..rank) innermost first; swizzle (a span, as above); out [m, box

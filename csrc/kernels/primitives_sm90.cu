@@ -78,13 +78,13 @@ struct WgmmaArgs {
 // KS k16 steps (K = 16·KS) at compile time, and every A fragment (RS) loaded before the first
 // wgmma: no register of a wgmma operand changes between them, so ptxas inserts no warpgroup
 // arrives of its own (and prints nothing at install).
-template <typename T, int N, int KS, int TB, bool RS>
+template <typename T, int N, int KS, int TA, int TB, bool RS>
 __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint16_t* b, const float* c, float* d,
                                                    WgmmaArgs args) {
   MLA_DYNAMIC_SMEM(unsigned char, smem, 1024);
   constexpr int K = 16 * KS;
   const int tid = threadIdx.x;
-  const Layout la = layoutOf(args.swizzleA, 0, 64, K, 0), lb = layoutOf(args.swizzleB, TB, N, K, args.lboRows);
+  const Layout la = layoutOf(args.swizzleA, TA, 64, K, K), lb = layoutOf(args.swizzleB, TB, N, K, args.lboRows);
   unsigned char* tileA = aligned1024(smem);
   unsigned char* tileB = tileA + (la.bytes + 1023u) / 1024u * 1024u;
   const uint32_t baseA = sharedAddr(tileA), baseB = sharedAddr(tileB);
@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(128) wgmmaKernel(const uint16_t* a, const uint
       wgmmaRS<T, N, TB>(acc, ar[s], descB, scaleD);
     } else {
       const uint64_t descA = smemDesc(baseA + uint32_t(s) * la.step, swizzleOf(la.span), la.lbo, la.sbo);
-      wgmmaSS<T, N, 0, TB>(acc, descA, descB, scaleD);
+      wgmmaSS<T, N, TA, TB>(acc, descA, descB, scaleD);
     }
     if (mode >= 3) wgmmaCommit();
   }
@@ -293,14 +293,14 @@ Status need(const TensorRef& t, const char* arg, std::initializer_list<int64_t> 
   return gpu::checkPrimitiveTensor(t, arg, shape, d0, d1);
 }
 
-template <typename T, int N, int KS, int TB, bool RS>
+template <typename T, int N, int KS, int TA, int TB, bool RS>
 Status launchWgmma(const PrimitivesParams& p, cudaStream_t s) {
-  const Layout la = layoutOf(p.swizzleA, 0, 64, p.k, 0), lb = layoutOf(p.swizzleB, TB, N, p.k, p.lboRows);
+  const Layout la = layoutOf(p.swizzleA, TA, 64, p.k, p.k), lb = layoutOf(p.swizzleB, TB, N, p.k, p.lboRows);
   const size_t smem = 1024 + (la.bytes + 1023) / 1024 * 1024 + lb.bytes;
-  MLA_CUDA_TRY(cudaFuncSetAttribute(wgmmaKernel<T, N, KS, TB, RS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  MLA_CUDA_TRY(cudaFuncSetAttribute(wgmmaKernel<T, N, KS, TA, TB, RS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(smem)),
                "primitives(wgmma)");
-  MLA_LAUNCH_KERNEL(1, 128, smem, s, wgmmaKernel<T, N, KS, TB, RS>)(p.a.ptr<const uint16_t>(), p.b.ptr<const uint16_t>(), p.c.ptr<const float>(),
+  MLA_LAUNCH_KERNEL(1, 128, smem, s, wgmmaKernel<T, N, KS, TA, TB, RS>)(p.a.ptr<const uint16_t>(), p.b.ptr<const uint16_t>(), p.c.ptr<const float>(),
                                              p.d.ptr<float>(),
                                              WgmmaArgs{p.k, p.swizzleA, p.swizzleB, p.lboRows, p.scaleD ? 1 : 0, p.mode});
   MLA_CHECK_LAUNCH("primitives(wgmma)");
@@ -309,8 +309,9 @@ Status launchWgmma(const PrimitivesParams& p, cudaStream_t s) {
 
 template <typename T, int N, int KS>
 Status dispatchWgmma(const PrimitivesParams& p, cudaStream_t s) {
-  if (p.rs) return p.tnspB ? launchWgmma<T, N, KS, 1, true>(p, s) : launchWgmma<T, N, KS, 0, true>(p, s);
-  return p.tnspB ? launchWgmma<T, N, KS, 1, false>(p, s) : launchWgmma<T, N, KS, 0, false>(p, s);
+  if (p.rs) return p.tnspB ? launchWgmma<T, N, KS, 0, 1, true>(p, s) : launchWgmma<T, N, KS, 0, 0, true>(p, s);
+  if (p.tnspA) return p.tnspB ? launchWgmma<T, N, KS, 1, 1, false>(p, s) : launchWgmma<T, N, KS, 1, 0, false>(p, s);
+  return p.tnspB ? launchWgmma<T, N, KS, 0, 1, false>(p, s) : launchWgmma<T, N, KS, 0, 0, false>(p, s);
 }
 
 Status encodeBf16(CUtensorMap* map, const TensorRef& src, const int* box, int swizzle) {
@@ -359,8 +360,9 @@ Status launchPrimitiveSm90(const PrimitivesParams& p, StreamHandle stream) {
       MLA_CHECK(p.k == 16 || (p.k == 64 && (p.n == 32 || p.n == 64)), Range,
                 "primitives: wgmma `k` must be 16, or 64 with n 32 or 64");
       MLA_CHECK(p.tnspB == 0 || p.tnspB == 1, Range, "primitives: `tnspB` must be 0 or 1");
+      MLA_CHECK(p.tnspA == 0 || (p.tnspA == 1 && !p.rs), Range, "primitives: `tnspA` must be 0, or 1 with A in shared memory");
       // The kernel's layouts keep a K-major row inside one swizzle span (no second atom along K).
-      MLA_CHECK(p.swizzleA == 0 || 2 * p.k <= p.swizzleA, Range, "primitives: a K-major swizzled A needs 2k <= swizzleA");
+      MLA_CHECK(p.tnspA == 1 || p.swizzleA == 0 || 2 * p.k <= p.swizzleA, Range, "primitives: a K-major swizzled A needs 2k <= swizzleA");
       MLA_CHECK(p.tnspB == 1 || p.swizzleB == 0 || 2 * p.k <= p.swizzleB, Range,
                 "primitives: a K-major swizzled B needs 2k <= swizzleB");
       MLA_CHECK(p.lboRows >= p.k && p.lboRows <= 256, Range, "primitives: `lboRows` must be in [k, 256]");

@@ -202,9 +202,12 @@ export function wgmmaConformance(a: Uint16Array, b: Uint16Array, c: Float32Array
   if (dtype !== 'bf16' && dtype !== 'f16') throw new MlaError('ERR_DTYPE', `${fn}: \`dtype\` must be bf16 or f16, got ${String(dtype)}`);
   const swizzleA = checkSpan(fn, 'swizzleA', spec.swizzleA), swizzleB = checkSpan(fn, 'swizzleB', spec.swizzleB);
   if (spec.tnspB !== 0 && spec.tnspB !== 1) throw new MlaError('ERR_RANGE', `${fn}: \`tnspB\` must be 0 or 1`);
+  const tnspA = spec.tnspA ?? 0;
+  if (tnspA !== 0 && tnspA !== 1) throw new MlaError('ERR_RANGE', `${fn}: \`tnspA\` must be 0 or 1`);
   const lboRows = spec.lboRows ?? k;
   checkInt(fn, 'lboRows', lboRows, k, 256);
   if (typeof spec.rs !== 'boolean' || typeof spec.scaleD !== 'boolean') throw new MlaError('ERR_ARGUMENT', `${fn}: \`rs\` and \`scaleD\` must be booleans`);
+  if (tnspA === 1 && spec.rs) throw new MlaError('ERR_ARGUMENT', `${fn}: \`tnspA\` 1 (A MN-major) needs A in shared memory, not \`rs\``);
   checkArray(fn, 'a', a, Uint16Array, 64 * k);
   checkArray(fn, 'b', b, Uint16Array, k * n);
   checkArray(fn, 'c', c, Float32Array, 64 * n);
@@ -215,7 +218,7 @@ export function wgmmaConformance(a: Uint16Array, b: Uint16Array, c: Float32Array
     b: { data: b, shape: [k, n], dtype },
     c: { data: c, shape: [64, n], dtype: 'f32' },
   }, { d: { data: new Float32Array(64 * n).fill(Number.NaN), shape: [64, n], dtype: 'f32' } },
-  { n, k, swizzleA, swizzleB, tnspB: spec.tnspB, lboRows, rs: spec.rs, scaleD: spec.scaleD, mode }, opts);
+  { n, k, swizzleA, swizzleB, tnspA, tnspB: spec.tnspB, lboRows, rs: spec.rs, scaleD: spec.scaleD, mode }, opts);
   return d as Float32Array;
 }
 

@@ -126,9 +126,11 @@ export interface WgmmaCase {
   n: 16 | 32 | 64 | 256;
   /** K, in k16 steps that accumulate: 16 or 64. */
   k: 16 | 64;
-  /** A is K-major; its swizzle (ignored with rs). */
+  /** A's swizzle (ignored with rs). */
   swizzleA: SwizzleSpan;
   swizzleB: SwizzleSpan;
+  /** A K-major (0, default) or MN-major (1, shared memory only: not with rs). */
+  tnspA?: 0 | 1;
   /** B K-major (0) or MN-major (1). */
   tnspB: 0 | 1;
   /** k-rows per 64-column group of a swizzled MN-major B: its LBO is lboRows·span (default k). */
