@@ -3,6 +3,9 @@
 // portable path's (decode_impl.cuh), so both paths share every rule about splits, masks, empty
 // rows and errors; decode.cu's launcher picks this one on compute capability 9.0 for 16-bit
 // caches (docs/decode-kernel.md, "Hopper path"). Built for sm_90a only (CMakeLists.txt).
+#include <mutex>
+#include <unordered_map>
+
 #include "kernels/decode_impl.cuh"
 #include "kernels/hopper.cuh"
 
@@ -755,6 +758,46 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
   }
 }
 
+// The cache as [numPages][pageSize][576] with its strides; one box = 64 columns of min(pageSize,
+// 64) rows of one page, 128-byte swizzled (the tile layout above). Encoded once per layout:
+// cuTensorMapEncodeTiled is a pure function of its arguments and would cost host time on every
+// call, and a model's layers each keep their cache tensor from step to step. Bounded (cleared
+// when full); the mutex is for the odd second thread, the addon runs on Node's main thread.
+Status cacheTensorMap(const DecodeKernelArgs& a, bool bf16, CUtensorMap* out) {
+  struct Key {
+    const void* cache;
+    int64_t row, page;
+    int pages, pageSize;
+    bool bf16;
+    bool operator==(const Key& o) const {
+      return cache == o.cache && row == o.row && page == o.page && pages == o.pages && pageSize == o.pageSize && bf16 == o.bf16;
+    }
+  };
+  struct Hash {
+    size_t operator()(const Key& k) const {
+      size_t h = std::hash<const void*>()(k.cache);
+      for (int64_t v : {k.row, k.page, int64_t(k.pages), int64_t(k.pageSize), int64_t(k.bf16)}) h = h * 1000003u ^ std::hash<int64_t>()(v);
+      return h;
+    }
+  };
+  static std::mutex mu;
+  static std::unordered_map<Key, CUtensorMap, Hash> maps;
+  const Key key{a.cache, a.cRow, a.cPage, a.numPages, a.pageSize, bf16};
+  std::lock_guard<std::mutex> lock(mu);
+  if (const auto it = maps.find(key); it != maps.end()) {
+    *out = it->second;
+    return Status::Ok();
+  }
+  const uint64_t dims[3] = {uint64_t(kD), uint64_t(a.pageSize), uint64_t(a.numPages)};
+  const uint64_t strides[2] = {uint64_t(a.cRow) * 2, uint64_t(a.cPage) * 2};
+  const uint32_t box[3] = {64u, uint32_t(std::min(a.pageSize, kBN)), 1u};
+  MLA_RETURN_IF_ERROR(encodeTensorMapTiled(out, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
+                                           const_cast<void*>(a.cache), dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B));
+  if (maps.size() >= 4096) maps.clear();
+  maps.emplace(key, *out);
+  return Status::Ok();
+}
+
 // The main kernel the plan was made for (the 64-row one or the few-rows one, NR = blockM) on the
 // cache's tensor map, with the shared plan and combine launches around it.
 template <typename T>
@@ -764,13 +807,7 @@ Status runSm90(DecodeKernelArgs a, const Plan& plan, Phases ph, cudaStream_t s) 
   else if (plan.blockM == 32) MLA_RETURN_IF_ERROR((prepareMainKernel<decodeNarrowSm90Kernel<T, 32>>(plan.smem, kThreadsSm90, &ctas)));
   else MLA_RETURN_IF_ERROR((prepareMainKernel<decodeMainSm90Kernel<T>>(plan.smem, kThreadsSm90, &ctas)));
   CUtensorMap kv;
-  // The cache as [numPages][pageSize][576] with its strides; one box = 64 columns of
-  // min(pageSize, 64) rows of one page, 128-byte swizzled (the tile layout above).
-  const uint64_t dims[3] = {uint64_t(kD), uint64_t(a.pageSize), uint64_t(a.numPages)};
-  const uint64_t strides[2] = {uint64_t(a.cRow) * 2, uint64_t(a.cPage) * 2};
-  const uint32_t box[3] = {64u, uint32_t(std::min(a.pageSize, kBN)), 1u};
-  MLA_RETURN_IF_ERROR(encodeTensorMapTiled(&kv, std::is_same_v<T, __nv_bfloat16> ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                                           3, const_cast<void*>(a.cache), dims, strides, box, CU_TENSOR_MAP_SWIZZLE_128B));
+  MLA_RETURN_IF_ERROR(cacheTensorMap(a, std::is_same_v<T, __nv_bfloat16>, &kv));
   return runSplitKv<T, false>(a, ph, s, [&]() -> Status {
     const dim3 grid(plan.numParts, plan.rowTiles);
     if (plan.blockM == 16) MLA_LAUNCH_KERNEL_PDL(ph.pdl, grid, kThreadsSm90, size_t(plan.smem), s, decodeNarrowSm90Kernel<T, 16>)(a, kv);
