@@ -8,7 +8,7 @@
 #   export GPU_CHECK_T0=$(date +%s); source .gpu/setup.sh && bash scripts/gpu-check.sh all
 #
 # usage: bash scripts/gpu-check.sh [all | PHASE...]     (default all; `summary` reprints the table)
-# Phases, each under its own `timeout`, budgets in seconds (sum 495; the deadline cuts the last):
+# Phases, each under its own `timeout`, budgets in seconds (sum 520; the deadline cuts the last):
 #   env         20  nvidia-smi, the carried addon (build/gpu, sm_90) loads and sees the GPU, doctor;
 #                   rebuilds on the device only when the carried addon cannot run there (+150)
 #   hopper      20  scripts/hopper-smoke.mjs: small decodes (4 shapes) per main kernel against the

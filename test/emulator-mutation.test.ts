@@ -500,7 +500,7 @@ const RACE_MUTANTS: readonly RaceMutant[] = [
     todo: 'the emulated wgmma runs when all 4 warps of the warpgroup have issued it (a rendezvous), which orders every ' +
       'warp\'s earlier P stores before the operand reads; on a GPU only the barrier (with the proxy fence) does',
     racy: [
-      '*reinterpret_cast<T*>(sP + nrOffset(colOf(ci(i)), keyA + 8 * ((i >> 1) & 1))) = fromFloat<T>(p);',
+      '*reinterpret_cast<T*>(sP + tileOffset<NR>(colOf(ci(i)), keyA + 8 * ((i >> 1) & 1))) = fromFloat<T>(p);',
       'wgmmaSS<T, NR, 1, 0>(o + cb * NS, smemDesc(kAddr + cb * kChunkBytes + kk * 16 * 128, Swizzle::B128, kChunkBytes, 1024),',
     ],
   },

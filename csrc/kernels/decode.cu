@@ -144,13 +144,14 @@ Status launchDecode(const DecodeParams& p, StreamHandle stream) {
   a.B = int(B); a.causal = p.causal ? 1 : 0;
   a.maxRows = rowsBound;
 
+  const Phases phases{p.runPlan, p.runMain, p.runCombine, p.pdl && dp.major >= 9};
 #if MLA_HAS_SM90A
   if (hopper)
-    return runDecodeSm90(a, q.dtype, rowsBound, p.kernel == DecodeKernel::HopperWide, p.wsMaxParts, p.wsPartialRows, dp, Phases{p.runPlan, p.runMain, p.runCombine, p.pdl && dp.major >= 9},
+    return runDecodeSm90(a, q.dtype, rowsBound, p.kernel == DecodeKernel::HopperWide, p.wsMaxParts, p.wsPartialRows, dp, phases,
                          static_cast<cudaStream_t>(stream), nullptr);
 #endif
   SplitKvLauncher<false> launcher{"decode", a, q.dtype, fp8, rowsBound, p.wsMaxParts, p.wsPartialRows,
-                                  Phases{p.runPlan, p.runMain, p.runCombine, p.pdl && dp.major >= 9}, &dp, static_cast<cudaStream_t>(stream)};
+                                  phases, &dp, static_cast<cudaStream_t>(stream)};
   return withConfig(pickBlockM(rowsBound), tier, launcher);
 }
 

@@ -34,11 +34,12 @@ static_assert(kOffBar + 2 * kNChunks * 8 + 1024 == kSm90SmemBytes, "decode_impl.
 // producer warpgroup and waited on by the other; and one per warpgroup for its own 128 threads.
 enum : int { kBarScale0 = 1, kBarScale1 = 2, kBarP0 = 3, kBarPv1Issued = 4, kBarLocal0 = 5 };
 
-// Byte offset of (row, col) in a tile stored as 128-byte swizzled chunks: chunk col/64 holds
-// rows of 128 bytes whose 16-byte units are XOR-ed with row % 8 (TMA's and wgmma's SWIZZLE_128B
-// on a 1024-aligned base).
+// Byte offset of (row, col) in an R-row tile stored as 128-byte swizzled chunks: chunk col/64
+// holds R rows of 128 bytes whose 16-byte units are XOR-ed with row % 8 (TMA's and wgmma's
+// SWIZZLE_128B on a 1024-aligned base). K tiles and the 64-row kernel's Q have 64 rows.
+template <int R = kBM>
 __device__ __forceinline__ int tileOffset(int row, int col) {
-  return (col >> 6) * kChunkBytes + row * 128 + ((((col & 63) >> 3) ^ (row & 7)) << 4) + (col & 7) * 2;
+  return (col >> 6) * (R * 128) + row * 128 + ((((col & 63) >> 3) ^ (row & 7)) << 4) + (col & 7) * 2;
 }
 
 // One thread: chunks [c0, c1) of the 64-key tile from key0 into `tile` (9 chunks of 8 KB), chunk
@@ -56,6 +57,43 @@ __device__ __forceinline__ void issueKvChunks(const DecodeKernelArgs& a, const C
 #pragma unroll 1
     for (int c = c0; c < c1; ++c) tmaLoad3d(tile + c * kChunkBytes + (k - key0) * 128, kv, c * 64, r0, pg, &bar[c]);
   }
+}
+
+// Rows [first, 64) of chunks [c0, c0 + nc) of a K tile to zeros, by a warpgroup's 128 threads
+// (t: the thread's index in it): the keys past a request's length in its last page, whatever the
+// cache holds there (NaN included), must not meet P's zeros in P·V.
+__device__ __forceinline__ void zeroKeyRows(unsigned char* tile, int c0, int nc, int first, int t) {
+  for (int u = t; u < (kBN - first) * nc * 8; u += 128) {
+    const int r = first + u / (nc * 8), c8 = u % (nc * 8);
+    *reinterpret_cast<uint4*>(tile + tileOffset(r, c0 * 64 + c8 * 8)) = make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+// The first request from b on in which CTA (part, row tile at row0) has work (lastReq + 1 when
+// none): both kernels walk their part's requests with it.
+__device__ __forceinline__ int nextWork(const DecodeKernelArgs& a, const int32_t* meta, int lastReq, int row0, int b, ReqWork& w) {
+  while (b <= lastReq && !reqWork(a, meta, b, row0, w)) ++b;
+  return b;
+}
+
+// Rows [row0, row0 + R) of request w's packed s_q*H query rows into an R-row tile (tileOffset<R>),
+// rows past them zero-filled, committed as one cp.async group: all of a thread's 16-byte copies
+// in flight at once (loads into registers would be dependent round trips: a guarded load is not
+// hoisted above the previous store). The caller waits, fences the proxy and syncs before wgmma.
+template <typename T, int R>
+__device__ __forceinline__ void loadQTile(const DecodeKernelArgs& a, unsigned char* sQ, int row0, const ReqWork& w, int tid) {
+  const T* qBase = static_cast<const T*>(a.q);
+  for (int u = tid; u < R * kChunks; u += kThreadsSm90) {
+    const int r = u / kChunks, ch = u - r * kChunks, idx = row0 + r;
+    const bool valid = idx < w.rows;
+    const T* src = qBase;
+    if (valid) {
+      const int j = idx / a.H, h = idx - j * a.H;
+      src = qBase + int64_t(w.qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8;
+    }
+    cpAsync16(sQ + tileOffset<R>(r, ch * 8), src, valid);
+  }
+  cpAsyncCommit();
 }
 
 // CTA (part, rowTile) walks its part's (request, block) range like decodeMainKernel, taking the
@@ -95,7 +133,6 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
   // non-divergent and keeps its wgmmas pipelined.
   const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
   const int g = lane >> 2, q = lane & 3;
-  const T* qBase = static_cast<const T*>(a.q);
   const int32_t* meta = a.partMeta + part * 8;
   const int lastReq = min(meta[2], a.B - 1), row0 = rt * kBM;
 
@@ -111,11 +148,7 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
   };
   // Rows [first, 64) of this warpgroup's V chunks of a stage to zeros, visible to its next wgmma.
   auto clearV = [&](int stage, int first) {
-    unsigned char* t = sK + stage * kTileBytes + wg * kVChunks * kChunkBytes;
-    for (int u = tid & 127; u < (kBN - first) * kVChunks * 8; u += 128) {
-      const int r = first + u / (kVChunks * 8), c8 = u % (kVChunks * 8);
-      *reinterpret_cast<uint4*>(t + tileOffset(r, c8 * 8)) = make_uint4(0u, 0u, 0u, 0u);
-    }
+    zeroKeyRows(sK + stage * kTileBytes, wg * kVChunks, kVChunks, first, tid & 127);
     fenceProxyAsync();
     namedBarrierSync(kBarLocal0 + wg, 128);
   };
@@ -153,16 +186,9 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
     }
   };
 
-  // The first request from b on in which this CTA has work (lastReq + 1 when none).
-  auto nextWork = [&](int b, ReqWork& w) {
-    while (b <= lastReq && !reqWork(a, meta, b, row0, w)) ++b;
-    return b;
-  };
   // Request b's first two K tiles (stage 1's chunks 4-8 first: warpgroup 1's S starts there) and
-  // its Q tile, swizzled like the K tiles, rows past s_q*H zero-filled. cp.async puts all 18 of a
-  // thread's 16-byte Q copies in flight at once (loads into registers would be 18 dependent round
-  // trips: a guarded load is not hoisted above the previous store). Issued once every wgmma of
-  // the previous request is done, before its outputs are stored, so the stores overlap the loads.
+  // its Q tile. Issued once every wgmma of the previous request is done, before its outputs are
+  // stored, so the stores overlap the loads.
   auto startLoads = [&](int b, const ReqWork& w) {
     const int kv0 = w.blk0 * kBN;
     const int32_t* btRow = a.bt + b * a.btStride;
@@ -173,21 +199,11 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
         issueChunks(1, 0, kVChunks, btRow, kv0 + kBN, w.L);
       }
     }
-    for (int u = tid; u < kBM * kChunks; u += kThreadsSm90) {
-      const int r = u / kChunks, ch = u - r * kChunks, idx = row0 + r;
-      const bool valid = idx < w.rows;
-      const T* src = qBase;
-      if (valid) {
-        const int j = idx / a.H, h = idx - j * a.H;
-        src = qBase + int64_t(w.qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8;
-      }
-      cpAsync16(sQ + tileOffset(r, ch * 8), src, valid);
-    }
-    cpAsyncCommit();
+    loadQTile<T, kBM>(a, sQ, row0, w, tid);
   };
 
   ReqWork w;
-  int b = nextWork(meta[0], w);
+  int b = nextWork(a, meta, lastReq, row0, meta[0], w);
   if (b <= lastReq) startLoads(b, w);
   while (b <= lastReq) {
     const int sq = w.sq, L = w.L, qStart = w.qStart, rows = w.rows, slot = w.slot;
@@ -423,7 +439,7 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeMainSm90Kernel(DecodeKe
     }
     __syncthreads();  // every wgmma of this request done: Q and both K stages are free
     ReqWork wNext;
-    const int bNext = nextWork(b + 1, wNext);
+    const int bNext = nextWork(a, meta, lastReq, row0, b + 1, wNext);
     if (bNext <= lastReq) startLoads(bNext, wNext);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -507,7 +523,6 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
   float* sRed = reinterpret_cast<float*>(smem + N::kOffRed) + wg * 4 * NR;
   uint64_t* bar = reinterpret_cast<uint64_t*>(smem + N::kOffBar);
   uint64_t* tileBar = bar + wg * kNChunks;
-  const T* qBase = static_cast<const T*>(a.q);
   const int32_t* meta = a.partMeta + part * 8;
   const int lastReq = min(meta[2], a.B - 1);
 
@@ -518,44 +533,22 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
   const uint32_t qAddr = sharedAddr(sQ), pAddr = sharedAddr(sP), kAddr = sharedAddr(tile);
   auto ci = [](int i) { return 2 * (i >> 2) + (i & 1); };           // accumulator -> row slot
   auto colOf = [&](int c) { return 8 * (c >> 1) + 2 * q + (c & 1); };  // row slot -> query row
-  // Byte offset of (row, col) in an NR-row tile of 128-byte swizzled 64-column chunks.
-  auto nrOffset = [](int row, int col) {
-    return (col >> 6) * N::kQChunk + row * 128 + ((((col & 63) >> 3) ^ (row & 7)) << 4) + (col & 7) * 2;
-  };
   const int keyA = 16 * wi + g;  // this thread's keys in a tile: keyA and keyA + 8
   float s[NS];
   float o[8 * NS];
 
-  // The first request from b on in which this CTA has work (lastReq + 1 when none).
-  auto nextWork = [&](int b, ReqWork& w) {
-    while (b <= lastReq && !reqWork(a, meta, b, 0, w)) ++b;
-    return b;
-  };
   // Request b's tile t (0 or 1) into stage t, by that warpgroup's TMA thread.
   auto startTile = [&](int b, const ReqWork& w, int t) {
     if (issuer && wg == t && t < w.blk1 - w.blk0)
       issueKvChunks(a, &kv, tile, tileBar, 0, kNChunks, a.bt + b * a.btStride, (w.blk0 + t) * kBN, w.L);
   };
-  // Its Q, rows past s_q*H zero-filled; all of a thread's copies in flight at once.
-  auto startQ = [&](const ReqWork& w) {
-    for (int u = tid; u < NR * kChunks; u += kThreadsSm90) {
-      const int r = u / kChunks, ch = u - r * kChunks;
-      const T* src = qBase;
-      if (r < w.rows) {
-        const int j = r / a.H, h = r - j * a.H;
-        src = qBase + int64_t(w.qStart + j) * a.qTok + int64_t(h) * a.qHead + ch * 8;
-      }
-      cpAsync16(sQ + nrOffset(r, ch * 8), src, r < w.rows);
-    }
-    cpAsyncCommit();
-  };
 
   ReqWork w;
-  int b = nextWork(meta[0], w);
+  int b = nextWork(a, meta, lastReq, 0, meta[0], w);
   if (b <= lastReq) {
     startTile(b, w, 0);
     startTile(b, w, 1);
-    startQ(w);
+    loadQTile<T, NR>(a, sQ, 0, w, tid);
   }
   while (b <= lastReq) {
     const int sq = w.sq, L = w.L, rows = w.rows, slot = w.slot, qStart = w.qStart;
@@ -640,15 +633,11 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
       for (int i = 0; i < NS; ++i) {
         const float p = exp2Ftz(fmaf(s[i], scaleLog2, -mUse[ci(i)]));
         l[ci(i)] += p;
-        *reinterpret_cast<T*>(sP + nrOffset(colOf(ci(i)), keyA + 8 * ((i >> 1) & 1))) = fromFloat<T>(p);
+        *reinterpret_cast<T*>(sP + tileOffset<NR>(colOf(ci(i)), keyA + 8 * ((i >> 1) & 1))) = fromFloat<T>(p);
       }
-      // A partial last tile: its V rows past L to zeros (whatever the cache holds there, NaN
-      // included, must not meet P's zeros), after S has read them.
+      // A partial last tile: its V rows past L to zeros, after S has read them.
       const int first = key0 + kBN > L ? max(L - key0, 0) : kBN;
-      for (int u = tid & 127; u < (kBN - first) * 8 * 8; u += 128) {
-        const int r = first + u / 64, c8 = u % 64;
-        *reinterpret_cast<uint4*>(tile + (c8 >> 3) * kChunkBytes + r * 128 + (((c8 & 7) ^ (r & 7)) << 4)) = make_uint4(0u, 0u, 0u, 0u);
-      }
+      zeroKeyRows(tile, 0, kNChunks - 1, first, tid & 127);
       fenceProxyAsync();
       namedBarrierSync(kBarLocal0 + wg, 128);  // P and the cleared rows visible to the wgmmas
 
@@ -671,10 +660,10 @@ __global__ void __launch_bounds__(kThreadsSm90, 1) decodeNarrowSm90Kernel(Decode
     // Q and first tile now, while this one's rows are merged through stage 1 and stored.
     __syncthreads();
     ReqWork wNext;
-    const int bNext = nextWork(b + 1, wNext);
+    const int bNext = nextWork(a, meta, lastReq, 0, b + 1, wNext);
     if (bNext <= lastReq) {
       startTile(bNext, wNext, 0);
-      startQ(wNext);
+      loadQTile<T, NR>(a, sQ, 0, wNext, tid);
     }
     // M = max(m0, m1), O = sum_w O_w 2^(m_w - M) / sum_w l_w 2^(m_w - M), per row.
     unsigned char* merge = smem + kTileBytes;

@@ -169,9 +169,14 @@ class SharedDecodePlan {
     ws?.dispose();
     this.ws = null;
     this.step = null;
-    this.ws = new DecodeWorkspace({ maxBatch: Math.max(batch, ws?.maxBatch ?? 0), maxHeads: heads, maxQSeqLen: Math.max(maxQ, ws?.maxQSeqLen ?? 1) });
+    this.ws = grownWorkspace(ws, batch, heads, maxQ);
     return this.ws;
   }
+}
+
+/** A workspace for this call that also fits every call the outgrown one `had` fitted. */
+function grownWorkspace(had: DecodeWorkspace | null, batch: number, heads: number, maxQ: number): DecodeWorkspace {
+  return new DecodeWorkspace({ maxBatch: Math.max(batch, had?.maxBatch ?? 0), maxHeads: heads, maxQSeqLen: Math.max(maxQ, had?.maxQSeqLen ?? 1) });
 }
 const sharedPlans = new WeakMap<LatentCache, Map<Stream | undefined, SharedDecodePlan>>();
 
@@ -248,7 +253,7 @@ export class GpuBackend implements AttentionBackend {
     const H = this.#cfg.numHeads;
     const ws = this.#workspace;
     if (ws !== null && ws.fits(batch, H, maxQ)) return ws;
-    const next = new DecodeWorkspace({ maxBatch: Math.max(batch, ws?.maxBatch ?? 0), maxHeads: H, maxQSeqLen: Math.max(maxQ, ws?.maxQSeqLen ?? 1) });
+    const next = grownWorkspace(ws, batch, H, maxQ);
     if (ws !== null) this.#retire(ws);
     this.#workspace = next;
     return next;
@@ -379,7 +384,8 @@ export class GpuBackend implements AttentionBackend {
           // plans with the layer's own workspace.
           const sp = arena ? null : this.#sharedPlan;
           const workspace = sp ? sp.workspace(s.b1 - s.b0, H, maxQ) : this.#decodeWorkspace(s.b1 - s.b0, maxQ);
-          const reuse = sp !== null && sp.step === step && sp.b0 === s.b0 && sp.b1 === s.b1 && sp.heads === H && this.#cache.isCurrentStep(step);
+          // (MlaAttention.forward refuses a step that is not the cache's current one.)
+          const reuse = sp !== null && sp.step === step && sp.b0 === s.b0 && sp.b1 === s.b1 && sp.heads === H;
           decode({
             q: qAbs,
             cache,
